@@ -1,0 +1,61 @@
+#include "core/threading.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+
+#include "core/error.h"
+#ifdef CF_HAVE_OPENMP
+#include <omp.h>
+#endif
+
+namespace cf {
+namespace {
+
+int initial_threads() {
+  if (const char* env = std::getenv("COREFORMER_NUM_THREADS")) {
+    char* end = nullptr;
+    long n = std::strtol(env, &end, 10);
+    if (end != env && *end == '\0' && n >= 1 && n <= 4096) return static_cast<int>(n);
+  }
+#ifdef CF_HAVE_OPENMP
+  return std::max(1, omp_get_max_threads());
+#else
+  return 1;
+#endif
+}
+
+std::atomic<int>& thread_count() {
+  static std::atomic<int> n{initial_threads()};
+  return n;
+}
+
+}  // namespace
+
+bool openmp_enabled() {
+#ifdef CF_HAVE_OPENMP
+  return true;
+#else
+  return false;
+#endif
+}
+
+int get_num_threads() { return thread_count().load(std::memory_order_relaxed); }
+
+void set_num_threads(int n) {
+  CF_CHECK(n >= 1, ValueError, "num_threads must be >= 1, got ", n);
+  thread_count().store(n, std::memory_order_relaxed);
+}
+
+int threads_for(int64_t work, int64_t min_work_per_thread) {
+#ifdef CF_HAVE_OPENMP
+  if (omp_in_parallel()) return 1;
+  int64_t by_work = std::max<int64_t>(1, work / std::max<int64_t>(1, min_work_per_thread));
+  return static_cast<int>(std::min<int64_t>(get_num_threads(), by_work));
+#else
+  (void)work; (void)min_work_per_thread;
+  return 1;
+#endif
+}
+
+}  // namespace cf

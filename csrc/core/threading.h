@@ -1,0 +1,15 @@
+// Threads: one OpenMP team per kernel call, never nested. The count comes from
+// set_num_threads(), else COREFORMER_NUM_THREADS, else OpenMP's default.
+#pragma once
+#include <cstdint>
+
+namespace cf {
+
+bool openmp_enabled();
+int get_num_threads();
+void set_num_threads(int n);  // n >= 1
+// Threads to use for `work` units of roughly `grain` cost each: 1 inside an OpenMP region
+// (no nesting) or when the work is too small to pay for waking the team.
+int threads_for(int64_t work, int64_t min_work_per_thread = 1);
+
+}  // namespace cf

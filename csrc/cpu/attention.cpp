@@ -1,0 +1,196 @@
+// Scaled dot-product attention, tiled with an online softmax (FlashAttention's recurrence on the CPU).
+//
+//   out (B,H,Sq,Dv) = softmax(scale * q k^T + mask) v,  q (B,H,Sq,D), k (B,H,Sk,D), v (B,H,Sk,Dv)
+//
+// Phase 1 packs K^T and V of every head once into microkernel panels (O(S*D) memory).
+// Phase 2 runs tasks (b, h, query block of BQ rows) over the threads: for each key block of BK
+// keys, S = Qblk K^T (BQ x BK, in L1/L2), masks, the online softmax update of the running max m
+// and sum l, and O += P V. The full Sq x Sk score matrix never exists. With is_causal, key blocks
+// past the diagonal are skipped and the mask is computed only on the blocks the diagonal crosses.
+// A row with no key to attend keeps l = 0 and is written as zeros.
+#include <cmath>
+#include <cstring>
+#include <limits>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "core/threading.h"
+#include "cpu/buffer.h"
+#include "cpu/kernels.h"
+#include "cpu/microkernel.h"
+
+namespace cf::cpu::CF_ISA_NS {
+namespace {
+
+constexpr int64_t kBQ = kMR * (48 / kMR);  // query rows per task
+constexpr int64_t kBK = 256;               // keys per block; the P tile's compile-time leading dimension
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// s[0, n) gets the mask of row (b, h, i), keys [j0, j0 + n).
+inline void apply_mask(const MaskArgs& mk, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t n, float* s) {
+  if (mk.kind == MaskArgs::none) return;
+  const int64_t base = b * mk.sb + h * mk.sh + i * mk.sq + j0 * mk.sk;
+  const Vec ninf = Vec::set1(kNegInf);
+  if (mk.kind == MaskArgs::boolean) {
+    const uint8_t* p = static_cast<const uint8_t*>(mk.data) + base;
+    const uint8_t keep = mk.true_means_masked ? 0 : 1;
+    if (mk.sk == 1) {
+      int64_t j = 0;
+      if (mk.true_means_masked) {
+        for (; j + Vec::W <= n; j += Vec::W) select_bytes(p + j, ninf, Vec::load(s + j)).store(s + j);
+      } else {
+        for (; j + Vec::W <= n; j += Vec::W) select_bytes(p + j, Vec::load(s + j), ninf).store(s + j);
+      }
+      for (; j < n; ++j) if ((p[j] != 0) != keep) s[j] = kNegInf;
+    } else {
+      for (int64_t j = 0; j < n; ++j) if ((p[j * mk.sk] != 0) != keep) s[j] = kNegInf;
+    }
+  } else {
+    const float* p = static_cast<const float*>(mk.data) + base;
+    if (mk.sk == 1) {
+      int64_t j = 0;
+      for (; j + Vec::W <= n; j += Vec::W) (Vec::load(s + j) + Vec::load(p + j)).store(s + j);
+      for (; j < n; ++j) s[j] += p[j];
+    } else {
+      for (int64_t j = 0; j < n; ++j) s[j] += p[j * mk.sk];
+    }
+  }
+}
+
+inline float row_max(const float* s, int64_t n) {
+  Vec m = Vec::set1(kNegInf);
+  int64_t j = 0;
+  for (; j + Vec::W <= n; j += Vec::W) m = max(m, Vec::load(s + j));
+  float r = reduce_max(m);
+  for (; j < n; ++j) r = s[j] > r ? s[j] : r;
+  return r;
+}
+
+// s[j] = exp(s[j] - mx) in place; returns the sum.
+inline float exp_row(float* s, int64_t n, float mx) {
+  const Vec vm = Vec::set1(mx);
+  Vec acc = Vec::zero();
+  int64_t j = 0;
+  for (; j + Vec::W <= n; j += Vec::W) {
+    Vec e = exp(Vec::load(s + j) - vm);
+    e.store(s + j);
+    acc = acc + e;
+  }
+  if (j < n) {
+    int t = static_cast<int>(n - j);
+    Vec e = exp(Vec::load_partial(s + j, t) - vm);
+    e.store_partial(s + j, t);
+    acc = acc + Vec::load_partial(s + j, t);
+  }
+  return reduce_add(acc);
+}
+
+inline void scale_row(float* o, int64_t n, float c) {
+  const Vec vc = Vec::set1(c);
+  int64_t j = 0;
+  for (; j + Vec::W <= n; j += Vec::W) (Vec::load(o + j) * vc).store(o + j);
+  for (; j < n; ++j) o[j] *= c;
+}
+
+}  // namespace
+
+void attention(const AttentionArgs& a) {
+  const int64_t B = a.B, H = a.H, Sq = a.Sq, Sk = a.Sk, D = a.D, Dv = a.Dv;
+  if (B == 0 || H == 0 || Sq == 0 || Dv == 0) return;
+  const int64_t BH = B * H;
+  const int64_t kp_head = ceil_div(Sk, kNR) * kNR * D;   // packed K^T of one head
+  const int64_t dvp = ceil_div(Dv, kNR) * kNR;
+  const int64_t vp_head = Sk * dvp;                       // packed V of one head
+  const int64_t nqb = ceil_div(Sq, kBQ);
+  const int64_t causal_off = Sk - Sq;                     // query i sees keys j <= i + causal_off
+  const int nt = threads_for(BH * Sq * Sk * (D + Dv), 1 << 18);
+
+  Buffer kv(static_cast<size_t>(BH * (kp_head + vp_head)));
+  const int64_t per_thread = kBQ * D + kBQ * kBK + kBQ * Dv + 2 * kBQ;
+  Buffer scratch(static_cast<size_t>(nt * per_thread));
+  std::memset(scratch.get(), 0, sizeof(float) * nt * per_thread);
+
+#pragma omp parallel num_threads(nt)
+  {
+#pragma omp for schedule(static)
+    for (int64_t bh = 0; bh < BH; ++bh) {
+      const int64_t b = bh / H, h = bh % H;
+      float* kp = kv.get() + bh * (kp_head + vp_head);
+      float* vp = kp + kp_head;
+      pack_b_transposed(a.k + b * a.k_sb + h * a.k_sh, a.k_ss, Sk, D, kp);
+      for (int64_t j0 = 0; j0 < Sk; j0 += kBK)
+        pack_b(a.v + b * a.v_sb + h * a.v_sh + j0 * a.v_ss, a.v_ss, imin(kBK, Sk - j0), Dv, vp + j0 * dvp);
+    }
+
+    int tid = 0;
+#ifdef _OPENMP
+    tid = omp_get_thread_num();
+#endif
+    float* qp = scratch.get() + tid * per_thread;
+    float* s = qp + kBQ * D;
+    float* o = s + kBQ * kBK;
+    float* m = o + kBQ * Dv;
+    float* l = m + kBQ;
+
+#pragma omp for schedule(dynamic)
+    for (int64_t task = 0; task < BH * nqb; ++task) {
+      const int64_t bh = task / nqb, b = bh / H, h = bh % H;
+      const int64_t i0 = (task % nqb) * kBQ, mq = imin(kBQ, Sq - i0);
+      const float* kp = kv.get() + bh * (kp_head + vp_head);
+      const float* vp = kp + kp_head;
+      pack_a(a.q + b * a.q_sb + h * a.q_sh + i0 * a.q_ss, a.q_ss, mq, D, a.scale, qp);
+      for (int64_t r = 0; r < mq; ++r) { m[r] = kNegInf; l[r] = 0.0f; }
+      std::memset(o, 0, sizeof(float) * kBQ * Dv);
+
+      // Keys past the last row's causal limit are never visible to this block.
+      const int64_t j_end = a.causal ? imin(Sk, imax(0, i0 + mq + causal_off)) : Sk;
+      for (int64_t j0 = 0; j0 < j_end; j0 += kBK) {
+        const int64_t nk = imin(kBK, j_end - j0);
+        for (int64_t ir = 0; ir < mq; ir += kMR)
+          for (int64_t jr = 0; jr < nk; jr += kNR)
+            microkernel<0>(D, qp + ir * D, kp + (j0 + jr) * D, s + ir * kBK + jr, kBK,
+                           static_cast<int>(imin(kMR, mq - ir)), static_cast<int>(imin(kNR, nk - jr)), false);
+
+        const bool diagonal = a.causal && j0 + nk - 1 > i0 + causal_off;
+        for (int64_t r = 0; r < mq; ++r) {
+          float* srow = s + r * kBK;
+          const int64_t i = i0 + r;
+          apply_mask(a.mask, b, h, i, j0, nk, srow);
+          apply_mask(a.mask2, b, h, i, j0, nk, srow);
+          if (diagonal) {
+            for (int64_t j = imax(0, i + causal_off + 1 - j0); j < nk; ++j) srow[j] = kNegInf;
+          }
+          const float mx = row_max(srow, nk);
+          const float m_new = mx > m[r] ? mx : m[r];
+          if (m_new == kNegInf) {  // nothing visible yet: P = 0, state unchanged
+            std::memset(srow, 0, sizeof(float) * nk);
+            continue;
+          }
+          const float corr = m[r] == kNegInf ? 0.0f : std::exp(m[r] - m_new);
+          const float sum = exp_row(srow, nk, m_new);
+          if (l[r] != 0.0f && corr != 1.0f) { scale_row(o + r * Dv, Dv, corr); }
+          l[r] = l[r] * corr + sum;
+          m[r] = m_new;
+        }
+        for (int64_t ir = 0; ir < mq; ir += kMR)
+          for (int64_t jv = 0; jv < Dv; jv += kNR)
+            microkernel<kBK>(nk, s + ir * kBK, vp + j0 * dvp + jv * nk, o + ir * Dv + jv, Dv,
+                             static_cast<int>(imin(kMR, mq - ir)), static_cast<int>(imin(kNR, Dv - jv)), true);
+      }
+
+      for (int64_t r = 0; r < mq; ++r) {
+        float* dst = a.out + b * a.o_sb + h * a.o_sh + (i0 + r) * a.o_ss;
+        if (l[r] == 0.0f) {
+          std::memset(dst, 0, sizeof(float) * Dv);
+        } else {
+          const float inv = 1.0f / l[r];
+          const float* src = o + r * Dv;
+          for (int64_t d = 0; d < Dv; ++d) dst[d] = src[d] * inv;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace cf::cpu::CF_ISA_NS

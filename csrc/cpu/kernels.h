@@ -1,0 +1,106 @@
+// The CPU kernel table. Each kernel source in csrc/cpu/ is compiled once per ISA into the
+// namespace cf::cpu::<isa>; dispatch.cpp collects the three tables and picks one at run time.
+// Arguments are plain structs of pointers, sizes and strides (in elements), already checked
+// by csrc/ops/: kernels trust them.
+#pragma once
+#include <cstdint>
+
+namespace cf::cpu {
+
+enum class Activation : int { none = 0, relu = 1, gelu = 2, gelu_tanh = 3 };
+
+// C (M,N) = act(A (M,K) @ W (N,K)^T + bias (N)) + residual (M,N)
+struct GemmArgs {
+  int64_t M = 0, N = 0, K = 0;
+  const float* a = nullptr; int64_t lda = 0;
+  const float* w = nullptr; int64_t ldw = 0;
+  float* c = nullptr; int64_t ldc = 0;
+  const float* bias = nullptr;       // optional
+  const float* residual = nullptr;  // optional, added after the activation
+  int64_t ldr = 0;
+  Activation act = Activation::none;
+};
+
+// A mask broadcast to (B, H, Sq, Sk) by its strides (0 on broadcast axes).
+struct MaskArgs {
+  enum Kind : int { none = 0, boolean = 1, additive = 2 } kind = none;
+  const void* data = nullptr;   // uint8 (0/1) for boolean, float for additive
+  int64_t sb = 0, sh = 0, sq = 0, sk = 0;
+  bool true_means_masked = false;  // boolean only: torch.nn.MultiheadAttention's convention
+};
+
+// out (B,H,Sq,Dv) = softmax(scale * q k^T + masks) v, with strides for b, h and s (the last axis is contiguous).
+struct AttentionArgs {
+  int64_t B = 0, H = 0, Sq = 0, Sk = 0, D = 0, Dv = 0;
+  const float* q = nullptr; int64_t q_sb = 0, q_sh = 0, q_ss = 0;
+  const float* k = nullptr; int64_t k_sb = 0, k_sh = 0, k_ss = 0;
+  const float* v = nullptr; int64_t v_sb = 0, v_sh = 0, v_ss = 0;
+  float* out = nullptr; int64_t o_sb = 0, o_sh = 0, o_ss = 0;
+  MaskArgs mask, mask2;  // mask2: a second mask (key padding in multi-head attention)
+  bool causal = false;   // bottom-right aligned: query i sees keys j <= i + Sk - Sq
+  float scale = 1.0f;
+};
+
+// Additive attention after the projections: qp (B,Sq,A), kp (B,Sk,A), all contiguous.
+struct AdditiveArgs {
+  int64_t B = 0, Sq = 0, Sk = 0, A = 0, Dv = 0;
+  const float* qp = nullptr;
+  const float* kp = nullptr;
+  const float* v_vec = nullptr;      // (A,)
+  const float* values = nullptr;     // (B,Sk,Dv)
+  const uint8_t* mask = nullptr;     // optional, True = attend, strides below
+  int64_t m_sb = 0, m_sq = 0;        // key axis stride is 1
+  float* out = nullptr;              // (B,Sq,Dv)
+  float* weights = nullptr;          // optional (B,Sq,Sk)
+};
+
+// Rows of length n: y = (x + residual - mean) / sqrt(var + eps) * weight + bias.
+struct LayerNormArgs {
+  int64_t rows = 0, n = 0;
+  const float* x = nullptr;
+  const float* residual = nullptr;  // optional
+  const float* weight = nullptr;    // optional
+  const float* bias = nullptr;      // optional
+  float* y = nullptr;
+  float* sum_out = nullptr;         // optional: x + residual
+  float eps = 1e-5f;
+};
+
+// Softmax over the middle axis of (outer, n, inner).
+struct SoftmaxArgs {
+  int64_t outer = 0, n = 0, inner = 0;
+  const float* x = nullptr;
+  float* y = nullptr;
+};
+
+struct ActivationArgs {
+  int64_t n = 0;
+  const float* x = nullptr;
+  float* y = nullptr;
+  Activation act = Activation::none;
+};
+
+struct Kernels {
+  void (*gemm)(const GemmArgs&);
+  void (*attention)(const AttentionArgs&);
+  void (*additive_attention)(const AdditiveArgs&);
+  void (*layer_norm)(const LayerNormArgs&);
+  void (*softmax)(const SoftmaxArgs&);
+  void (*activation)(const ActivationArgs&);
+};
+
+#define CF_DECLARE_KERNELS(ns)                                   \
+  namespace ns {                                                 \
+  void gemm(const GemmArgs&);                                    \
+  void attention(const AttentionArgs&);                          \
+  void additive_attention(const AdditiveArgs&);                  \
+  void layer_norm(const LayerNormArgs&);                         \
+  void softmax(const SoftmaxArgs&);                              \
+  void activation(const ActivationArgs&);                        \
+  }
+CF_DECLARE_KERNELS(scalar)
+CF_DECLARE_KERNELS(avx2)
+CF_DECLARE_KERNELS(avx512)
+#undef CF_DECLARE_KERNELS
+
+}  // namespace cf::cpu

@@ -1,0 +1,119 @@
+// The register-blocked inner kernel shared by GEMM and attention:
+//   C (m x n, m <= MR, n <= NR) (+)= A (m x kc) . B (kc x n)
+// A is an MR-row panel, either packed (a[k*MR + r]) or row-major with a compile-time leading
+// dimension LDA (a[r*LDA + k]; rows past m may hold anything, their results are dropped).
+// B is an NR-wide packed panel, b[k*NR + j], zero-padded past n.
+// MR x NV accumulators stay in registers: 24 zmm on AVX-512, 12 ymm on AVX2 -- enough independent
+// FMA chains to hide the FMA latency on both FMA pipes (see bench/gemm_notes.md).
+#pragma once
+#include <cstdint>
+
+#include "cpu/simd.h"
+
+namespace cf::cpu::CF_ISA_NS {
+
+#if defined(CF_ISA_AVX512)
+constexpr int kMR = 12, kNV = 2;
+#elif defined(CF_ISA_AVX2)
+constexpr int kMR = 6, kNV = 2;
+#else
+constexpr int kMR = 4, kNV = 2;
+#endif
+constexpr int kNR = kNV * Vec::W;
+
+template <int LDA>
+inline void microkernel(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int m, int n,
+                        bool accumulate) {
+  Vec acc[kMR][kNV];
+#pragma GCC unroll 16
+  for (int r = 0; r < kMR; ++r)
+#pragma GCC unroll 4
+    for (int j = 0; j < kNV; ++j) acc[r][j] = Vec::zero();
+
+  for (int64_t k = 0; k < kc; ++k) {
+    Vec bv[kNV];
+#pragma GCC unroll 4
+    for (int j = 0; j < kNV; ++j) bv[j] = Vec::load(b + k * kNR + j * Vec::W);
+#pragma GCC unroll 16
+    for (int r = 0; r < kMR; ++r) {
+      Vec ar = Vec::set1(LDA == 0 ? a[k * kMR + r] : a[r * LDA + k]);
+#pragma GCC unroll 4
+      for (int j = 0; j < kNV; ++j) acc[r][j] = fma(ar, bv[j], acc[r][j]);
+    }
+  }
+
+  if (m == kMR && n == kNR) {
+#pragma GCC unroll 16
+    for (int r = 0; r < kMR; ++r)
+#pragma GCC unroll 4
+      for (int j = 0; j < kNV; ++j) {
+        float* p = c + r * ldc + j * Vec::W;
+        (accumulate ? acc[r][j] + Vec::load(p) : acc[r][j]).store(p);
+      }
+    return;
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < kMR; ++r) {
+    if (r >= m) break;
+#pragma GCC unroll 4
+    for (int j = 0; j < kNV; ++j) {
+      int cols = n - j * Vec::W;
+      if (cols <= 0) break;
+      float* p = c + r * ldc + j * Vec::W;
+      if (cols >= Vec::W) {
+        (accumulate ? acc[r][j] + Vec::load(p) : acc[r][j]).store(p);
+      } else {
+        (accumulate ? acc[r][j] + Vec::load_partial(p, cols) : acc[r][j]).store_partial(p, cols);
+      }
+    }
+  }
+}
+
+// Pack rows [0, rows) x cols [0, kc) of a row-major matrix (leading dimension ld) into MR-row
+// panels: dst[p][k*MR + r] = scale * src[(p*MR + r)*ld + k], zero rows past `rows`.
+inline void pack_a(const float* src, int64_t ld, int64_t rows, int64_t kc, float scale, float* dst) {
+  for (int64_t p0 = 0; p0 < rows; p0 += kMR, dst += kc * kMR) {
+    int64_t pr = rows - p0 < kMR ? rows - p0 : kMR;
+    for (int64_t r = 0; r < kMR; ++r) {
+      if (r < pr) {
+        const float* s = src + (p0 + r) * ld;
+        for (int64_t k = 0; k < kc; ++k) dst[k * kMR + r] = scale * s[k];
+      } else {
+        for (int64_t k = 0; k < kc; ++k) dst[k * kMR + r] = 0.0f;
+      }
+    }
+  }
+}
+
+// Pack the transpose of rows [0, rows) x cols [0, kc) of a row-major matrix into NR-wide panels:
+// dst[p][k*NR + j] = src[(p*NR + j)*ld + k] (a Linear weight (out, in), or K in attention).
+inline void pack_b_transposed(const float* src, int64_t ld, int64_t rows, int64_t kc, float* dst) {
+  for (int64_t p0 = 0; p0 < rows; p0 += kNR, dst += kc * kNR) {
+    int64_t pr = rows - p0 < kNR ? rows - p0 : kNR;
+    for (int64_t j = 0; j < kNR; ++j) {
+      if (j < pr) {
+        const float* s = src + (p0 + j) * ld;
+        for (int64_t k = 0; k < kc; ++k) dst[k * kNR + j] = s[k];
+      } else {
+        for (int64_t k = 0; k < kc; ++k) dst[k * kNR + j] = 0.0f;
+      }
+    }
+  }
+}
+
+// Pack rows [0, kc) x cols [0, cols) of a row-major matrix into NR-wide panels:
+// dst[p][k*NR + j] = src[k*ld + p*NR + j] (V in attention).
+inline void pack_b(const float* src, int64_t ld, int64_t kc, int64_t cols, float* dst) {
+  for (int64_t p0 = 0; p0 < cols; p0 += kNR, dst += kc * kNR) {
+    int64_t pc = cols - p0 < kNR ? cols - p0 : kNR;
+    for (int64_t k = 0; k < kc; ++k) {
+      const float* s = src + k * ld + p0;
+      float* d = dst + k * kNR;
+      int64_t j = 0;
+      for (; j < pc; ++j) d[j] = s[j];
+      for (; j < kNR; ++j) d[j] = 0.0f;
+    }
+  }
+}
+
+}  // namespace cf::cpu::CF_ISA_NS

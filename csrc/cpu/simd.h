@@ -1,0 +1,227 @@
+// One vector type per ISA, chosen by the CF_ISA_* macro of the translation unit that includes it.
+// Kernels are written once against Vec and compiled three times (scalar, avx2, avx512).
+// Everything here lives in cf::cpu::<isa> so the three copies never collide at link time.
+#pragma once
+#include <cstdint>
+#include <cmath>
+#include <cstring>
+#if defined(CF_ISA_AVX2) || defined(CF_ISA_AVX512)
+#include <immintrin.h>
+#endif
+
+namespace cf::cpu::CF_ISA_NS {
+
+#if defined(CF_ISA_AVX512)
+struct Vec {
+  static constexpr int W = 16;
+  __m512 v;
+  Vec() = default;
+  Vec(__m512 x) : v(x) {}  // NOLINT
+  static __mmask16 first(int n) { return static_cast<__mmask16>((1u << n) - 1u); }
+  static Vec zero() { return _mm512_setzero_ps(); }
+  static Vec set1(float x) { return _mm512_set1_ps(x); }
+  static Vec load(const float* p) { return _mm512_loadu_ps(p); }
+  static Vec load_partial(const float* p, int n) { return _mm512_maskz_loadu_ps(first(n), p); }
+  void store(float* p) const { _mm512_storeu_ps(p, v); }
+  void store_partial(float* p, int n) const { _mm512_mask_storeu_ps(p, first(n), v); }
+};
+inline Vec operator+(Vec a, Vec b) { return _mm512_add_ps(a.v, b.v); }
+inline Vec operator-(Vec a, Vec b) { return _mm512_sub_ps(a.v, b.v); }
+inline Vec operator*(Vec a, Vec b) { return _mm512_mul_ps(a.v, b.v); }
+inline Vec operator/(Vec a, Vec b) { return _mm512_div_ps(a.v, b.v); }
+inline Vec fma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a.v, b.v, c.v); }
+inline Vec max(Vec a, Vec b) { return _mm512_max_ps(a.v, b.v); }
+inline Vec min(Vec a, Vec b) { return _mm512_min_ps(a.v, b.v); }
+inline Vec abs(Vec a) { return _mm512_abs_ps(a.v); }
+inline float reduce_add(Vec a) { return _mm512_reduce_add_ps(a.v); }
+inline float reduce_max(Vec a) { return _mm512_reduce_max_ps(a.v); }
+inline Vec round_nearest(Vec a) { return _mm512_roundscale_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+// a * 2^n for integral n in [-126, 127]
+inline Vec ldexp(Vec a, Vec n) { return _mm512_scalef_ps(a.v, n.v); }
+inline Vec select_lt(Vec a, Vec b, Vec x, Vec y) { return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ), y.v, x.v); }
+inline Vec copysign(Vec mag, Vec sgn) {
+  const __m512i m = _mm512_set1_epi32(0x80000000);
+  return _mm512_castsi512_ps(_mm512_or_si512(_mm512_andnot_si512(m, _mm512_castps_si512(mag.v)),
+                                             _mm512_and_si512(m, _mm512_castps_si512(sgn.v))));
+}
+// p[i] != 0 ? x : y, for W bytes at p
+inline Vec select_bytes(const uint8_t* p, Vec x, Vec y) {
+  __mmask16 m = _mm_test_epi8_mask(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)), _mm_set1_epi8(-1));
+  return _mm512_mask_blend_ps(m, y.v, x.v);
+}
+
+#elif defined(CF_ISA_AVX2)
+struct Vec {
+  static constexpr int W = 8;
+  __m256 v;
+  Vec() = default;
+  Vec(__m256 x) : v(x) {}  // NOLINT
+  static __m256i first(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static Vec zero() { return _mm256_setzero_ps(); }
+  static Vec set1(float x) { return _mm256_set1_ps(x); }
+  static Vec load(const float* p) { return _mm256_loadu_ps(p); }
+  static Vec load_partial(const float* p, int n) { return _mm256_maskload_ps(p, first(n)); }
+  void store(float* p) const { _mm256_storeu_ps(p, v); }
+  void store_partial(float* p, int n) const { _mm256_maskstore_ps(p, first(n), v); }
+};
+inline Vec operator+(Vec a, Vec b) { return _mm256_add_ps(a.v, b.v); }
+inline Vec operator-(Vec a, Vec b) { return _mm256_sub_ps(a.v, b.v); }
+inline Vec operator*(Vec a, Vec b) { return _mm256_mul_ps(a.v, b.v); }
+inline Vec operator/(Vec a, Vec b) { return _mm256_div_ps(a.v, b.v); }
+inline Vec fma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a.v, b.v, c.v); }
+inline Vec max(Vec a, Vec b) { return _mm256_max_ps(a.v, b.v); }
+inline Vec min(Vec a, Vec b) { return _mm256_min_ps(a.v, b.v); }
+inline Vec abs(Vec a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a.v); }
+inline float reduce_add(Vec a) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a.v), _mm256_extractf128_ps(a.v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+inline float reduce_max(Vec a) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(a.v), _mm256_extractf128_ps(a.v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+inline Vec round_nearest(Vec a) { return _mm256_round_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+inline Vec ldexp(Vec a, Vec n) {
+  __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(n.v), 23);
+  return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(a.v), e));
+}
+inline Vec select_lt(Vec a, Vec b, Vec x, Vec y) { return _mm256_blendv_ps(y.v, x.v, _mm256_cmp_ps(a.v, b.v, _CMP_LT_OQ)); }
+inline Vec copysign(Vec mag, Vec sgn) {
+  const __m256 m = _mm256_set1_ps(-0.0f);
+  return _mm256_or_ps(_mm256_andnot_ps(m, mag.v), _mm256_and_ps(m, sgn.v));
+}
+inline Vec select_bytes(const uint8_t* p, Vec x, Vec y) {
+  __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  __m256 is_zero = _mm256_castsi256_ps(_mm256_cmpeq_epi32(b, _mm256_setzero_si256()));
+  return _mm256_blendv_ps(x.v, y.v, is_zero);
+}
+
+#else  // portable fallback: plain loops the compiler vectorises for the baseline ISA
+struct Vec {
+  static constexpr int W = 8;
+  float v[W];
+  static Vec zero() { return set1(0.0f); }
+  static Vec set1(float x) { Vec r; for (int i = 0; i < W; ++i) r.v[i] = x; return r; }
+  static Vec load(const float* p) { Vec r; std::memcpy(r.v, p, sizeof r.v); return r; }
+  static Vec load_partial(const float* p, int n) { Vec r = zero(); for (int i = 0; i < n; ++i) r.v[i] = p[i]; return r; }
+  void store(float* p) const { std::memcpy(p, v, sizeof v); }
+  void store_partial(float* p, int n) const { for (int i = 0; i < n; ++i) p[i] = v[i]; }
+};
+#define CF_VEC_BINARY(name, expr) \
+  inline Vec name(Vec a, Vec b) { Vec r; for (int i = 0; i < Vec::W; ++i) { float x = a.v[i], y = b.v[i]; r.v[i] = (expr); } return r; }
+CF_VEC_BINARY(operator+, x + y)
+CF_VEC_BINARY(operator-, x - y)
+CF_VEC_BINARY(operator*, x * y)
+CF_VEC_BINARY(operator/, x / y)
+CF_VEC_BINARY(max, x > y ? x : y)
+CF_VEC_BINARY(min, x < y ? x : y)
+#undef CF_VEC_BINARY
+inline Vec fma(Vec a, Vec b, Vec c) { Vec r; for (int i = 0; i < Vec::W; ++i) r.v[i] = a.v[i] * b.v[i] + c.v[i]; return r; }
+inline Vec abs(Vec a) { Vec r; for (int i = 0; i < Vec::W; ++i) r.v[i] = a.v[i] < 0 ? -a.v[i] : a.v[i]; return r; }
+inline float reduce_add(Vec a) { float s = 0; for (int i = 0; i < Vec::W; ++i) s += a.v[i]; return s; }
+inline float reduce_max(Vec a) { float s = a.v[0]; for (int i = 1; i < Vec::W; ++i) s = a.v[i] > s ? a.v[i] : s; return s; }
+inline Vec round_nearest(Vec a) {
+  Vec r;
+  for (int i = 0; i < Vec::W; ++i) r.v[i] = static_cast<float>(static_cast<int32_t>(a.v[i] + (a.v[i] >= 0 ? 0.5f : -0.5f)));
+  return r;
+}
+inline Vec ldexp(Vec a, Vec n) {
+  Vec r;
+  for (int i = 0; i < Vec::W; ++i) {
+    uint32_t bits; std::memcpy(&bits, &a.v[i], 4);
+    bits += static_cast<uint32_t>(static_cast<int32_t>(n.v[i])) << 23;
+    std::memcpy(&r.v[i], &bits, 4);
+  }
+  return r;
+}
+inline Vec select_lt(Vec a, Vec b, Vec x, Vec y) { Vec r; for (int i = 0; i < Vec::W; ++i) r.v[i] = a.v[i] < b.v[i] ? x.v[i] : y.v[i]; return r; }
+inline Vec copysign(Vec mag, Vec sgn) {
+  Vec r;
+  for (int i = 0; i < Vec::W; ++i) { float m = mag.v[i] < 0 ? -mag.v[i] : mag.v[i]; r.v[i] = std::signbit(sgn.v[i]) ? -m : m; }
+  return r;
+}
+inline Vec select_bytes(const uint8_t* p, Vec x, Vec y) { Vec r; for (int i = 0; i < Vec::W; ++i) r.v[i] = p[i] ? x.v[i] : y.v[i]; return r; }
+#endif
+
+inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// ---- Elementary functions (float32, a few ulp), written once over Vec ----
+
+// exp(x): Cephes' polynomial on x - n ln2, n = round(x / ln2). exp(x) for x < -87.3 is 0
+// (the true value is below FLT_MIN), so exp(-inf) = 0 as softmax needs.
+inline Vec exp(Vec x) {
+  const Vec hi = Vec::set1(88.3762626647949f), lo = Vec::set1(-87.3365447505531f);
+  Vec xc = min(hi, max(lo, x));  // operand order keeps NaN (x86 min/max return the 2nd on NaN)
+  Vec n = round_nearest(xc * Vec::set1(1.44269504088896341f));
+  Vec r = fma(n, Vec::set1(-0.693359375f), xc);
+  r = fma(n, Vec::set1(2.12194440e-4f), r);
+  Vec p = Vec::set1(1.9875691500e-4f);
+  p = fma(p, r, Vec::set1(1.3981999507e-3f));
+  p = fma(p, r, Vec::set1(8.3334519073e-3f));
+  p = fma(p, r, Vec::set1(4.1665795894e-2f));
+  p = fma(p, r, Vec::set1(1.6666665459e-1f));
+  p = fma(p, r, Vec::set1(5.0000001201e-1f));
+  p = fma(p, r * r, r + Vec::set1(1.0f));
+  // scale by 2^n in two halves so n = 128 (x near the top) does not overflow the exponent field
+  Vec half = round_nearest(n * Vec::set1(0.5f));
+  Vec y = ldexp(ldexp(p, half), n - half);
+  return select_lt(x, lo, Vec::zero(), y);
+}
+
+// tanh: Cephes' odd polynomial for |x| < 0.625, else 1 - 2 / (exp(2|x|) + 1) with the sign of x.
+inline Vec tanh(Vec x) {
+  Vec ax = abs(x);
+  Vec z = x * x;
+  Vec p = Vec::set1(-5.70498872745e-3f);
+  p = fma(p, z, Vec::set1(2.06390887954e-2f));
+  p = fma(p, z, Vec::set1(-5.37397155531e-2f));
+  p = fma(p, z, Vec::set1(1.33314422036e-1f));
+  p = fma(p, z, Vec::set1(-3.33332819422e-1f));
+  Vec small = fma(p * z, x, x);
+  Vec e = exp(min(Vec::set1(88.0f), ax + ax));
+  Vec large = copysign(Vec::set1(1.0f) - Vec::set1(2.0f) / (e + Vec::set1(1.0f)), x);
+  return select_lt(ax, Vec::set1(0.625f), small, large);
+}
+
+// erfc(z) for z >= 0 with fractional error < 1.2e-7 (Numerical Recipes' Chebyshev fit, erfcc).
+inline Vec erfc_nonneg(Vec z) {
+  Vec t = Vec::set1(1.0f) / fma(Vec::set1(0.5f), z, Vec::set1(1.0f));
+  Vec p = Vec::set1(0.17087277f);
+  p = fma(p, t, Vec::set1(-0.82215223f));
+  p = fma(p, t, Vec::set1(1.48851587f));
+  p = fma(p, t, Vec::set1(-1.13520398f));
+  p = fma(p, t, Vec::set1(0.27886807f));
+  p = fma(p, t, Vec::set1(-0.18628806f));
+  p = fma(p, t, Vec::set1(0.09678418f));
+  p = fma(p, t, Vec::set1(0.37409196f));
+  p = fma(p, t, Vec::set1(1.00002368f));
+  p = fma(p, t, Vec::set1(-1.26551223f));
+  return t * exp(p - z * z);
+}
+
+// gelu(x) = x * Phi(x), Phi(x) = erfc(-x / sqrt 2) / 2, evaluated without cancellation on either side.
+inline Vec gelu(Vec x) {
+  Vec z = abs(x) * Vec::set1(0.70710678118654752f);
+  Vec tail = Vec::set1(0.5f) * erfc_nonneg(z);            // Phi(-|x|)
+  Vec phi = select_lt(x, Vec::zero(), tail, Vec::set1(1.0f) - tail);
+  return x * phi;
+}
+
+// gelu_tanh(x) = x / 2 (1 + tanh(u)) = x * sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3)
+inline Vec gelu_tanh(Vec x) {
+  Vec u2 = x * fma(Vec::set1(2.0f * 0.7978845608028654f * 0.044715f), x * x, Vec::set1(2.0f * 0.7978845608028654f));
+  Vec e = exp(min(Vec::set1(88.0f), Vec::zero() - u2));
+  return x / (Vec::set1(1.0f) + e);
+}
+
+inline Vec relu(Vec x) { return max(Vec::zero(), x); }  // NaN stays NaN
+
+}  // namespace cf::cpu::CF_ISA_NS

@@ -1,0 +1,83 @@
+// Softmax over the middle axis of (outer, n, inner). inner == 1 (the last axis) runs along
+// contiguous rows; otherwise the vector lanes run across `inner`. A slice whose every element is
+// -inf gives zeros (the convention of scaled_dot_product_attention), not NaN.
+#include <limits>
+
+#include "core/threading.h"
+#include "cpu/kernels.h"
+#include "cpu/simd.h"
+
+namespace cf::cpu::CF_ISA_NS {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+void softmax_rows(const SoftmaxArgs& a) {
+  const int64_t n = a.n;
+  const int nt = threads_for(a.outer * n, 1 << 15);
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t r = 0; r < a.outer; ++r) {
+    const float* x = a.x + r * n;
+    float* y = a.y + r * n;
+    Vec vmax = Vec::set1(kNegInf);
+    int64_t j = 0;
+    for (; j + Vec::W <= n; j += Vec::W) vmax = max(vmax, Vec::load(x + j));
+    float mx = reduce_max(vmax);
+    for (; j < n; ++j) mx = x[j] > mx ? x[j] : mx;
+    if (mx == kNegInf) {
+      for (j = 0; j < n; ++j) y[j] = 0.0f;
+      continue;
+    }
+    const Vec vm = Vec::set1(mx);
+    Vec acc = Vec::zero();
+    for (j = 0; j + Vec::W <= n; j += Vec::W) {
+      Vec e = exp(Vec::load(x + j) - vm);
+      e.store(y + j);
+      acc = acc + e;
+    }
+    if (j < n) {
+      int t = static_cast<int>(n - j);
+      exp(Vec::load_partial(x + j, t) - vm).store_partial(y + j, t);
+      acc = acc + Vec::load_partial(y + j, t);  // reloaded: lanes past n are 0, not exp(-mx)
+    }
+    const float sum = reduce_add(acc);
+    const Vec inv = Vec::set1(1.0f / sum);
+    for (j = 0; j + Vec::W <= n; j += Vec::W) (Vec::load(y + j) * inv).store(y + j);
+    if (j < n) (Vec::load_partial(y + j, static_cast<int>(n - j)) * inv).store_partial(y + j, static_cast<int>(n - j));
+  }
+}
+
+void softmax_strided(const SoftmaxArgs& a) {
+  const int64_t n = a.n, inner = a.inner;
+  const int64_t chunks = ceil_div(inner, Vec::W);
+  const int nt = threads_for(a.outer * n * inner, 1 << 15);
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t t = 0; t < a.outer * chunks; ++t) {
+    const int64_t o = t / chunks, c0 = (t % chunks) * Vec::W;
+    const int w = static_cast<int>(imin(Vec::W, inner - c0));
+    const float* x = a.x + o * n * inner + c0;
+    float* y = a.y + o * n * inner + c0;
+    Vec vmax = Vec::set1(kNegInf);
+    for (int64_t j = 0; j < n; ++j) vmax = max(vmax, Vec::load_partial(x + j * inner, w));
+    // all -inf: subtract 0 instead, every exp is 0, and the 0-sum below gives zeros
+    vmax = select_lt(vmax, Vec::set1(-std::numeric_limits<float>::max()), Vec::zero(), vmax);
+    Vec sum = Vec::zero();
+    for (int64_t j = 0; j < n; ++j) {
+      Vec e = exp(Vec::load_partial(x + j * inner, w) - vmax);
+      e.store_partial(y + j * inner, w);
+      sum = sum + e;
+    }
+    Vec inv = select_lt(Vec::zero(), sum, Vec::set1(1.0f) / sum, Vec::zero());
+    for (int64_t j = 0; j < n; ++j) (Vec::load_partial(y + j * inner, w) * inv).store_partial(y + j * inner, w);
+  }
+}
+
+}  // namespace
+
+void softmax(const SoftmaxArgs& a) {
+  if (a.outer == 0 || a.n == 0 || a.inner == 0) return;
+  if (a.inner == 1) softmax_rows(a);
+  else softmax_strided(a);
+}
+
+}  // namespace cf::cpu::CF_ISA_NS

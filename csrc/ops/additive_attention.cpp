@@ -1,0 +1,80 @@
+#include <vector>
+
+#include "ops/common.h"
+
+namespace cf::ops {
+
+Shape additive_attention_shape(const TensorView& query, const TensorView& keys, const TensorView& values,
+                               const TensorView& w_query, const TensorView& w_key, const TensorView& v,
+                               const OptionalView& mask) {
+  expect_f32(query, "query");
+  expect_f32(keys, "keys");
+  expect_f32(values, "values");
+  expect_f32(w_query, "w_query");
+  expect_f32(w_key, "w_key");
+  expect_f32(v, "v");
+  expect_ndim(query, 3, "query");
+  expect_ndim(keys, 3, "keys");
+  expect_ndim(values, 3, "values");
+  expect_ndim(w_query, 2, "w_query");
+  expect_ndim(w_key, 2, "w_key");
+  const int64_t B = query.shape[0], Sq = query.shape[1], Sk = keys.shape[1], A = w_query.shape[0];
+  CF_CHECK(keys.shape[0] == B && values.shape[0] == B, ValueError, "query, keys and values must have the same batch "
+           "size, got shapes ", query.shape_str(), ", ", keys.shape_str(), ", ", values.shape_str());
+  CF_CHECK(values.shape[1] == Sk, ValueError, "values must have as many rows as keys: keys ", keys.shape_str(),
+           ", values ", values.shape_str());
+  CF_CHECK(w_query.shape[1] == query.shape[2], ValueError, "w_query must have shape (A, ", query.shape[2],
+           ") for query ", query.shape_str(), ", got ", w_query.shape_str());
+  CF_CHECK(w_key.shape[0] == A && w_key.shape[1] == keys.shape[2], ValueError, "w_key must have shape (", A, ", ",
+           keys.shape[2], ") for keys ", keys.shape_str(), " and w_query ", w_query.shape_str(), ", got ",
+           w_key.shape_str());
+  CF_CHECK(v.ndim == 1 && v.shape[0] == A, ValueError, "v must have shape (", A, ",) to match w_query ",
+           w_query.shape_str(), ", got ", v.shape_str());
+  if (mask) {
+    const TensorView& m = *mask;
+    expect_cpu(m, "mask");
+    CF_CHECK(m.dtype == DType::boolean, TypeError, "mask must be a bool array, got ", dtype_name(m.dtype));
+    expect_contiguous(m, "mask");
+    CF_CHECK((m.ndim == 2 && m.shape[0] == B && m.shape[1] == Sk) ||
+                 (m.ndim == 3 && m.shape[0] == B && m.shape[1] == Sq && m.shape[2] == Sk),
+             ValueError, "mask must have shape (", B, ", ", Sk, ") or (", B, ", ", Sq, ", ", Sk, "), got ",
+             m.shape_str());
+  }
+  return {B, Sq, values.shape[2]};
+}
+
+void additive_attention(const TensorView& query, const TensorView& keys, const TensorView& values,
+                        const TensorView& w_query, const TensorView& w_key, const TensorView& v,
+                        const OptionalView& mask, const TensorView& out, const OptionalView& weights) {
+  const Shape shape = additive_attention_shape(query, keys, values, w_query, w_key, v, mask);
+  expect_out(out, shape, "additive_attention");
+  const int64_t B = query.shape[0], Sq = query.shape[1], Sk = keys.shape[1], A = w_query.shape[0];
+  if (weights) {
+    expect_f32(*weights, "weights");
+    CF_CHECK(shape_of(*weights) == (Shape{B, Sq, Sk}), ValueError, "weights must have shape ",
+             shape_str({B, Sq, Sk}), ", got ", weights->shape_str());
+  }
+  // The projections are ordinary GEMMs; the O(B Sq Sk A) tanh part is the kernel.
+  std::vector<float> qp(static_cast<size_t>(B * Sq * A)), kp(static_cast<size_t>(B * Sk * A));
+  cpu::GemmArgs g;
+  g.M = B * Sq; g.N = A; g.K = query.shape[2];
+  g.a = query.ptr<float>(); g.lda = g.K; g.w = w_query.ptr<float>(); g.ldw = g.K; g.c = qp.data(); g.ldc = A;
+  kernels().gemm(g);
+  g.M = B * Sk; g.K = keys.shape[2];
+  g.a = keys.ptr<float>(); g.lda = g.K; g.w = w_key.ptr<float>(); g.ldw = g.K; g.c = kp.data();
+  kernels().gemm(g);
+
+  cpu::AdditiveArgs a;
+  a.B = B; a.Sq = Sq; a.Sk = Sk; a.A = A; a.Dv = values.shape[2];
+  a.qp = qp.data(); a.kp = kp.data(); a.v_vec = v.ptr<float>(); a.values = values.ptr<float>();
+  if (mask) {
+    a.mask = mask->ptr<uint8_t>();
+    a.m_sb = mask->ndim == 2 ? Sk : Sq * Sk;
+    a.m_sq = mask->ndim == 2 ? 0 : Sk;
+  }
+  a.out = out.ptr<float>();
+  a.weights = weights ? weights->ptr<float>() : nullptr;
+  kernels().additive_attention(a);
+}
+
+}  // namespace cf::ops

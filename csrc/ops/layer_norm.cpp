@@ -1,0 +1,37 @@
+#include "ops/common.h"
+
+namespace cf::ops {
+
+void layer_norm_check(const TensorView& x, const OptionalView& weight, const OptionalView& bias,
+                      const OptionalView& residual, float eps) {
+  expect_f32(x, "x");
+  CF_CHECK(x.ndim >= 1, ValueError, "layer_norm: x must have at least 1 dimension, got a scalar");
+  CF_CHECK(eps >= 0.0f, ValueError, "eps must be >= 0, got ", eps);
+  expect_vector(weight, x.size(-1), "weight", "x's last axis");
+  expect_vector(bias, x.size(-1), "bias", "x's last axis");
+  if (residual) {
+    expect_f32(*residual, "residual");
+    CF_CHECK(shape_of(*residual) == shape_of(x), ValueError, "residual has shape ", residual->shape_str(),
+             " but x has shape ", x.shape_str());
+  }
+}
+
+void layer_norm(const TensorView& x, const OptionalView& weight, const OptionalView& bias,
+                const OptionalView& residual, float eps, const TensorView& out, const OptionalView& sum_out) {
+  layer_norm_check(x, weight, bias, residual, eps);
+  expect_out(out, shape_of(x), "layer_norm");
+  if (sum_out) expect_out(*sum_out, shape_of(x), "layer_norm (residual_out)");
+  cpu::LayerNormArgs a;
+  a.n = x.size(-1);
+  a.rows = a.n == 0 ? 0 : x.numel() / a.n;
+  a.x = x.ptr<float>();
+  a.residual = residual ? residual->ptr<float>() : nullptr;
+  a.weight = weight ? weight->ptr<float>() : nullptr;
+  a.bias = bias ? bias->ptr<float>() : nullptr;
+  a.y = out.ptr<float>();
+  a.sum_out = sum_out ? sum_out->ptr<float>() : nullptr;
+  a.eps = eps;
+  kernels().layer_norm(a);
+}
+
+}  // namespace cf::ops

@@ -1,0 +1,58 @@
+#include <cmath>
+
+#include "ops/common.h"
+
+namespace cf::ops {
+
+Activation activation_from_name(const std::string& name) {
+  if (name == "none") return Activation::none;
+  if (name == "relu") return Activation::relu;
+  if (name == "gelu") return Activation::gelu;
+  if (name == "gelu_tanh") return Activation::gelu_tanh;
+  raise<ValueError>("activation must be None, 'relu', 'gelu' or 'gelu_tanh', got '", name, "'");
+}
+
+void expect_out(const TensorView& out, const Shape& shape, const char* op) {
+  expect_f32(out, "out");
+  CF_CHECK(shape_of(out) == shape, ValueError, op, ": out has shape ", out.shape_str(), " but the result has shape ",
+           shape_str(shape));
+}
+
+Shape linear_shape(const TensorView& x, const TensorView& weight, const OptionalView& bias,
+                   const OptionalView& residual) {
+  expect_f32(x, "x");
+  expect_f32(weight, "weight");
+  CF_CHECK(x.ndim >= 1, ValueError, "linear: x must have at least 1 dimension, got a scalar");
+  expect_ndim(weight, 2, "weight");
+  CF_CHECK(x.size(-1) == weight.shape[1], ValueError, "linear: x has shape ", x.shape_str(), " and weight has shape ",
+           weight.shape_str(), "; x's last axis (", x.size(-1), ") must equal weight.shape[1] (", weight.shape[1], ")");
+  expect_vector(bias, weight.shape[0], "bias", "weight.shape[0]");
+  Shape out = shape_of(x);
+  out.back() = weight.shape[0];
+  if (residual) {
+    expect_f32(*residual, "residual");
+    CF_CHECK(shape_of(*residual) == out, ValueError, "linear: residual has shape ", residual->shape_str(),
+             " but the output has shape ", shape_str(out));
+  }
+  return out;
+}
+
+void linear(const TensorView& x, const TensorView& weight, const OptionalView& bias, Activation act,
+            const OptionalView& residual, const TensorView& out) {
+  expect_out(out, linear_shape(x, weight, bias, residual), "linear");
+  cpu::GemmArgs g;
+  g.K = x.size(-1);
+  g.M = 1;
+  for (int i = 0; i + 1 < x.ndim; ++i) g.M *= x.shape[i];
+  g.N = weight.shape[0];
+  g.a = x.ptr<float>(); g.lda = g.K;
+  g.w = weight.ptr<float>(); g.ldw = g.K;
+  g.c = out.ptr<float>(); g.ldc = g.N;
+  g.bias = bias ? bias->ptr<float>() : nullptr;
+  g.residual = residual ? residual->ptr<float>() : nullptr;
+  g.ldr = g.N;
+  g.act = act;
+  kernels().gemm(g);
+}
+
+}  // namespace cf::ops

@@ -1,0 +1,131 @@
+// torch.nn.MultiheadAttention's forward as one op: the projections are GEMMs straight into
+// (B, S, E) buffers, and attention reads the heads out of them through strides -- head h of Q is
+// columns [h*Dh, (h+1)*Dh) of each row -- and writes its output merged the same way, so heads are
+// never split or merged by copying. Self-attention (query, key and value the same array) runs one
+// packed QKV GEMM; cross-attention with key == value runs one K/V GEMM.
+#include <cmath>
+#include <vector>
+
+#include "ops/common.h"
+
+namespace cf::ops {
+namespace {
+
+// A contiguous array seen as (d0, d1, d2, d3) with the same element order.
+TensorView as_4d(const TensorView& t, int64_t d0, int64_t d1, int64_t d2, int64_t d3) {
+  TensorView r(t.data, t.dtype, {d0, d1, d2, d3}, t.device);
+  return r;
+}
+
+bool same_array(const TensorView& a, const TensorView& b) {
+  return a.data == b.data && shape_of(a) == shape_of(b) && a.dtype == b.dtype;
+}
+
+// y (rows, n) = x (rows, kdim) @ w[w0 : w0+n, :]^T + b[w0 : w0+n]
+void project(const float* x, int64_t rows, int64_t kdim, const TensorView& w, const OptionalView& b, int64_t w0,
+             int64_t n, float* y) {
+  cpu::GemmArgs g;
+  g.M = rows; g.N = n; g.K = kdim;
+  g.a = x; g.lda = kdim;
+  g.w = w.ptr<float>() + w0 * kdim; g.ldw = kdim;
+  g.c = y; g.ldc = n;
+  g.bias = b ? b->ptr<float>() + w0 : nullptr;
+  kernels().gemm(g);
+}
+
+}  // namespace
+
+Shape multi_head_attention_shape(const TensorView& query, const TensorView& key, const TensorView& value,
+                                 int64_t num_heads, const TensorView& in_weight, const OptionalView& in_bias,
+                                 const TensorView& out_weight, const OptionalView& out_bias,
+                                 const OptionalView& attn_mask, const OptionalView& key_padding_mask) {
+  expect_f32(query, "query");
+  expect_f32(key, "key");
+  expect_f32(value, "value");
+  expect_ndim(query, 3, "query");
+  expect_ndim(key, 3, "key");
+  expect_ndim(value, 3, "value");
+  const int64_t B = query.shape[0], Sq = query.shape[1], E = query.shape[2], Sk = key.shape[1];
+  CF_CHECK(num_heads >= 1, ValueError, "num_heads must be >= 1, got ", num_heads);
+  CF_CHECK(E % num_heads == 0, ValueError, "embed_dim (", E, ") must be divisible by num_heads (", num_heads, ")");
+  CF_CHECK(key.shape[0] == B && value.shape[0] == B, ValueError, "query, key and value must have the same batch size, "
+           "got shapes ", query.shape_str(), ", ", key.shape_str(), ", ", value.shape_str());
+  CF_CHECK(key.shape[2] == E && value.shape[2] == E, ValueError, "key and value must have embed_dim ", E,
+           " like query, got shapes ", key.shape_str(), ", ", value.shape_str());
+  CF_CHECK(value.shape[1] == Sk, ValueError, "key and value must have the same sequence length, got shapes ",
+           key.shape_str(), ", ", value.shape_str());
+  expect_f32(in_weight, "in_weight");
+  expect_f32(out_weight, "out_weight");
+  CF_CHECK(in_weight.ndim == 2 && in_weight.shape[0] == 3 * E && in_weight.shape[1] == E, ValueError,
+           "in_weight must have shape (", 3 * E, ", ", E, "), got ", in_weight.shape_str());
+  CF_CHECK(out_weight.ndim == 2 && out_weight.shape[0] == E && out_weight.shape[1] == E, ValueError,
+           "out_weight must have shape (", E, ", ", E, "), got ", out_weight.shape_str());
+  expect_vector(in_bias, 3 * E, "in_bias", "3 * embed_dim");
+  expect_vector(out_bias, E, "out_bias", "embed_dim");
+  if (attn_mask) {
+    const TensorView& m = *attn_mask;
+    CF_CHECK((m.ndim == 2 && m.shape[0] == Sq && m.shape[1] == Sk) ||
+                 (m.ndim == 3 && m.shape[0] == B * num_heads && m.shape[1] == Sq && m.shape[2] == Sk),
+             ValueError, "attn_mask must have shape (", Sq, ", ", Sk, ") or (", B * num_heads, ", ", Sq, ", ", Sk,
+             "), got ", m.shape_str());
+    broadcast_mask(m.ndim == 3 ? as_4d(m, B, num_heads, Sq, Sk) : m, B, num_heads, Sq, Sk, "attn_mask", true);
+  }
+  if (key_padding_mask) {
+    CF_CHECK(key_padding_mask->ndim == 2 && key_padding_mask->shape[0] == B && key_padding_mask->shape[1] == Sk,
+             ValueError, "key_padding_mask must have shape (", B, ", ", Sk, "), got ", key_padding_mask->shape_str());
+    broadcast_mask(as_4d(*key_padding_mask, B, 1, 1, Sk), B, num_heads, Sq, Sk, "key_padding_mask", true);
+  }
+  return shape_of(query);
+}
+
+void multi_head_attention(const TensorView& query, const TensorView& key, const TensorView& value,
+                          int64_t num_heads, const TensorView& in_weight, const OptionalView& in_bias,
+                          const TensorView& out_weight, const OptionalView& out_bias, const OptionalView& attn_mask,
+                          const OptionalView& key_padding_mask, bool is_causal, const TensorView& out) {
+  expect_out(out, multi_head_attention_shape(query, key, value, num_heads, in_weight, in_bias, out_weight, out_bias,
+                                             attn_mask, key_padding_mask),
+             "multi_head_attention");
+  const int64_t B = query.shape[0], Sq = query.shape[1], E = query.shape[2], Sk = key.shape[1];
+  const int64_t H = num_heads, Dh = E / H;
+
+  cpu::AttentionArgs a;
+  a.B = B; a.H = H; a.Sq = Sq; a.Sk = Sk; a.D = Dh; a.Dv = Dh;
+  std::vector<float> qbuf, kvbuf, ctx(static_cast<size_t>(B * Sq * E));
+  if (same_array(query, key) && same_array(key, value)) {
+    qbuf.resize(static_cast<size_t>(B * Sq * 3 * E));
+    project(query.ptr<float>(), B * Sq, E, in_weight, in_bias, 0, 3 * E, qbuf.data());
+    a.q = qbuf.data(); a.k = a.q + E; a.v = a.q + 2 * E;
+    a.q_ss = a.k_ss = a.v_ss = 3 * E;
+  } else {
+    qbuf.resize(static_cast<size_t>(B * Sq * E));
+    project(query.ptr<float>(), B * Sq, E, in_weight, in_bias, 0, E, qbuf.data());
+    a.q = qbuf.data(); a.q_ss = E;
+    if (same_array(key, value)) {
+      kvbuf.resize(static_cast<size_t>(B * Sk * 2 * E));
+      project(key.ptr<float>(), B * Sk, E, in_weight, in_bias, E, 2 * E, kvbuf.data());
+      a.k = kvbuf.data(); a.v = a.k + E; a.k_ss = a.v_ss = 2 * E;
+    } else {
+      kvbuf.resize(static_cast<size_t>(B * Sk * 2 * E));
+      project(key.ptr<float>(), B * Sk, E, in_weight, in_bias, E, E, kvbuf.data());
+      project(value.ptr<float>(), B * Sk, E, in_weight, in_bias, 2 * E, E, kvbuf.data() + B * Sk * E);
+      a.k = kvbuf.data(); a.v = a.k + B * Sk * E; a.k_ss = a.v_ss = E;
+    }
+  }
+  a.q_sh = a.k_sh = a.v_sh = Dh;
+  a.q_sb = Sq * a.q_ss; a.k_sb = Sk * a.k_ss; a.v_sb = Sk * a.v_ss;
+  a.out = ctx.data(); a.o_ss = E; a.o_sh = Dh; a.o_sb = Sq * E;
+  if (attn_mask) {
+    // (B*H, Sq, Sk) is (B, H, Sq, Sk) in the same order; (Sq, Sk) broadcasts as it is.
+    const TensorView m = attn_mask->ndim == 3 ? as_4d(*attn_mask, B, H, Sq, Sk) : *attn_mask;
+    a.mask = broadcast_mask(m, B, H, Sq, Sk, "attn_mask", true);
+  }
+  if (key_padding_mask)
+    a.mask2 = broadcast_mask(as_4d(*key_padding_mask, B, 1, 1, Sk), B, H, Sq, Sk, "key_padding_mask", true);
+  a.causal = is_causal;
+  a.scale = 1.0f / std::sqrt(static_cast<float>(Dh));
+  kernels().attention(a);
+
+  project(ctx.data(), B * Sq, E, out_weight, out_bias, 0, E, out.ptr<float>());
+}
+
+}  // namespace cf::ops

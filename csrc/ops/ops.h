@@ -1,0 +1,76 @@
+// The C++ API of coreformer: one function per op. Each checks shapes and dtypes once (typed
+// errors naming the argument and the shapes), then dispatches on device and ISA to a kernel.
+// `*_shape` functions validate the arguments and return the output's shape, so a caller (the
+// Python binding) can allocate the output before calling the op.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "cpu/kernels.h"
+
+namespace cf::ops {
+
+using Shape = std::vector<int64_t>;
+using cpu::Activation;
+
+Activation activation_from_name(const std::string& name);  // "none"|"relu"|"gelu"|"gelu_tanh"
+
+// y (..., out) = act(x (..., in) @ weight (out, in)^T + bias (out,)) + residual (..., out)
+Shape linear_shape(const TensorView& x, const TensorView& weight, const OptionalView& bias,
+                   const OptionalView& residual);
+void linear(const TensorView& x, const TensorView& weight, const OptionalView& bias, Activation act,
+            const OptionalView& residual, const TensorView& out);
+
+// q (B,H,Sq,D) or (H,Sq,D); k (..,Sk,D); v (..,Sk,Dv); attn_mask bool (True = attend) or float
+// (added), broadcastable to (B,H,Sq,Sk). scale defaults to 1/sqrt(D).
+Shape attention_shape(const TensorView& q, const TensorView& k, const TensorView& v, const OptionalView& mask);
+void scaled_dot_product_attention(const TensorView& q, const TensorView& k, const TensorView& v,
+                                  const OptionalView& mask, bool is_causal, std::optional<float> scale,
+                                  const TensorView& out);
+
+// torch.nn.MultiheadAttention(batch_first=True) forward, inference: query (B,Sq,E), key (B,Sk,E),
+// value (B,Sk,E); in_weight (3E,E), in_bias (3E,), out_weight (E,E), out_bias (E,);
+// attn_mask (Sq,Sk) or (B*num_heads,Sq,Sk), bool True = may NOT attend (torch's convention) or
+// float added; key_padding_mask (B,Sk), bool True = padding, or float added.
+Shape multi_head_attention_shape(const TensorView& query, const TensorView& key, const TensorView& value,
+                                 int64_t num_heads, const TensorView& in_weight, const OptionalView& in_bias,
+                                 const TensorView& out_weight, const OptionalView& out_bias,
+                                 const OptionalView& attn_mask, const OptionalView& key_padding_mask);
+void multi_head_attention(const TensorView& query, const TensorView& key, const TensorView& value,
+                          int64_t num_heads, const TensorView& in_weight, const OptionalView& in_bias,
+                          const TensorView& out_weight, const OptionalView& out_bias, const OptionalView& attn_mask,
+                          const OptionalView& key_padding_mask, bool is_causal, const TensorView& out);
+
+// query (B,Sq,Dq), keys (B,Sk,Dk), values (B,Sk,Dv), w_query (A,Dq), w_key (A,Dk), v (A,),
+// mask bool (B,Sk) or (B,Sq,Sk), True = attend. out (B,Sq,Dv); weights (B,Sq,Sk) optional.
+Shape additive_attention_shape(const TensorView& query, const TensorView& keys, const TensorView& values,
+                               const TensorView& w_query, const TensorView& w_key, const TensorView& v,
+                               const OptionalView& mask);
+void additive_attention(const TensorView& query, const TensorView& keys, const TensorView& values,
+                        const TensorView& w_query, const TensorView& w_key, const TensorView& v,
+                        const OptionalView& mask, const TensorView& out, const OptionalView& weights);
+
+void layer_norm_check(const TensorView& x, const OptionalView& weight, const OptionalView& bias,
+                      const OptionalView& residual, float eps);
+void layer_norm(const TensorView& x, const OptionalView& weight, const OptionalView& bias,
+                const OptionalView& residual, float eps, const TensorView& out, const OptionalView& sum_out);
+
+int softmax_axis(const TensorView& x, int64_t axis);  // normalised axis; IndexError when out of range
+void softmax(const TensorView& x, int64_t axis, const TensorView& out);
+
+void activation(const TensorView& x, Activation act, const TensorView& out);
+
+// ids int32/int64 of any shape, table (V, D) -> out (*ids.shape, D); IndexError outside [0, V).
+Shape embedding_shape(const TensorView& ids, const TensorView& table);
+void embedding(const TensorView& ids, const TensorView& table, const TensorView& out);
+
+// (num_positions, dim): sin on even columns, cos on odd (Vaswani et al. 2017, section 3.5).
+void sinusoidal_positions(int64_t num_positions, int64_t dim, const TensorView& out);
+
+// Checks that `out` has the shape and dtype an op produces.
+void expect_out(const TensorView& out, const Shape& shape, const char* op);
+
+}  // namespace cf::ops

@@ -1,0 +1,35 @@
+// numpy <-> TensorView for the binding. Inputs: float32 C-contiguous arrays are viewed without a
+// copy; other real dtypes and non-contiguous arrays are converted; complex, string, object and
+// other non-numeric input is a TypeError naming the argument.
+#pragma once
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace cf::pyext {
+
+namespace py = pybind11;
+
+// An argument converted for the core: `array` keeps the memory alive while `view` is used.
+struct Arg {
+  py::array array;
+  TensorView view;
+};
+
+Arg float_arg(py::handle obj, const char* name);
+OptionalView optional_float(py::handle obj, const char* name, Arg& holder);
+// bool or float32 (an attention mask)
+OptionalView optional_mask(py::handle obj, const char* name, Arg& holder);
+// bool only; other real dtypes are converted with != 0
+OptionalView optional_bool(py::handle obj, const char* name, Arg& holder);
+Arg ids_arg(py::handle obj, const char* name);  // int32 or int64
+
+// A new float32 array of the given shape, or the caller's `out` checked to be writeable float32
+// C-contiguous and not overlapping `inputs` (except, where allowed, being exactly the same memory).
+Arg output(py::handle out, const std::vector<int64_t>& shape, const std::vector<const Arg*>& inputs,
+           bool allow_same = false);
+
+}  // namespace cf::pyext

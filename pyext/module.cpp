@@ -1,0 +1,246 @@
+// coreformer._core: conversion, argument checking and GIL release around the C++ ops; no arithmetic.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <optional>
+#include <string>
+
+#include "convert.h"
+#include "core/dispatch.h"
+#include "core/error.h"
+#include "core/threading.h"
+#include "ops/ops.h"
+#ifdef CF_HAVE_CUDA
+#include "cuda/runtime.h"
+#endif
+
+#ifndef COREFORMER_VERSION
+#define COREFORMER_VERSION "0.0.0"
+#endif
+
+namespace py = pybind11;
+using cf::OptionalView;
+using cf::pyext::Arg;
+
+namespace {
+
+cf::ops::Activation activation_arg(py::handle act) {
+  if (act.is_none()) return cf::ops::Activation::none;
+  if (!py::isinstance<py::str>(act)) cf::raise<cf::TypeError>("activation must be None or a str, got ", std::string(py::str(act.get_type().attr("__name__"))));
+  const std::string name = act.cast<std::string>();
+  if (name == "none") cf::raise<cf::ValueError>("activation must be None, 'relu', 'gelu' or 'gelu_tanh', got 'none'");
+  return cf::ops::activation_from_name(name);
+}
+
+py::dict info() {
+  py::dict d;
+  d["version"] = COREFORMER_VERSION;
+  d["isa"] = cf::isa_name(cf::active_isa());
+  py::list supported;
+  for (cf::Isa i : cf::supported_isas()) supported.append(cf::isa_name(i));
+  d["isa_supported"] = supported;
+  d["num_threads"] = cf::get_num_threads();
+  d["openmp"] = cf::openmp_enabled();
+#ifdef CF_HAVE_CUDA
+  d["cuda_built"] = true;
+  d["cuda_devices"] = cf::cuda::device_count();
+#else
+  d["cuda_built"] = false;
+  d["cuda_devices"] = 0;
+#endif
+  return d;
+}
+
+py::object linear(py::handle x, py::handle weight, py::handle bias, py::handle activation, py::handle residual,
+                  py::handle out) {
+  Arg xa = cf::pyext::float_arg(x, "x"), wa = cf::pyext::float_arg(weight, "weight"), ba, ra;
+  OptionalView b = cf::pyext::optional_float(bias, "bias", ba);
+  OptionalView r = cf::pyext::optional_float(residual, "residual", ra);
+  const auto act = activation_arg(activation);
+  Arg oa = cf::pyext::output(out, cf::ops::linear_shape(xa.view, wa.view, b, r), {&xa, &wa, &ba, &ra});
+  {
+    py::gil_scoped_release nogil;
+    cf::ops::linear(xa.view, wa.view, b, act, r, oa.view);
+  }
+  return oa.array;
+}
+
+py::object sdpa(py::handle q, py::handle k, py::handle v, py::handle attn_mask, bool is_causal, py::handle scale,
+                py::handle out) {
+  Arg qa = cf::pyext::float_arg(q, "query"), ka = cf::pyext::float_arg(k, "key"), va = cf::pyext::float_arg(v, "value"),
+      ma;
+  OptionalView m = cf::pyext::optional_mask(attn_mask, "attn_mask", ma);
+  std::optional<float> s;
+  if (!scale.is_none()) {
+    s = scale.cast<float>();
+    CF_CHECK(std::isfinite(*s), ValueError, "scale must be finite, got ", *s);
+  }
+  Arg oa = cf::pyext::output(out, cf::ops::attention_shape(qa.view, ka.view, va.view, m), {&qa, &ka, &va, &ma});
+  {
+    py::gil_scoped_release nogil;
+    cf::ops::scaled_dot_product_attention(qa.view, ka.view, va.view, m, is_causal, s, oa.view);
+  }
+  return oa.array;
+}
+
+py::object mha(py::handle query, py::handle key, py::handle value, int64_t num_heads, py::handle in_weight,
+               py::handle in_bias, py::handle out_weight, py::handle out_bias, py::handle attn_mask,
+               py::handle key_padding_mask, bool is_causal) {
+  // The same object passed as query/key/value is converted once, so the core sees one array and
+  // runs the fused QKV projection.
+  Arg qa = cf::pyext::float_arg(query, "query");
+  Arg ka = key.is(query) ? qa : cf::pyext::float_arg(key, "key");
+  Arg va = value.is(query) ? qa : value.is(key) ? ka : cf::pyext::float_arg(value, "value");
+  Arg iwa = cf::pyext::float_arg(in_weight, "in_weight"), owa = cf::pyext::float_arg(out_weight, "out_weight");
+  Arg iba, oba, ma, kpa;
+  OptionalView ib = cf::pyext::optional_float(in_bias, "in_bias", iba);
+  OptionalView ob = cf::pyext::optional_float(out_bias, "out_bias", oba);
+  OptionalView m = cf::pyext::optional_mask(attn_mask, "attn_mask", ma);
+  OptionalView kpm = cf::pyext::optional_mask(key_padding_mask, "key_padding_mask", kpa);
+  const auto shape = cf::ops::multi_head_attention_shape(qa.view, ka.view, va.view, num_heads, iwa.view, ib, owa.view,
+                                                         ob, m, kpm);
+  Arg oa = cf::pyext::output(py::none(), shape, {});
+  {
+    py::gil_scoped_release nogil;
+    cf::ops::multi_head_attention(qa.view, ka.view, va.view, num_heads, iwa.view, ib, owa.view, ob, m, kpm, is_causal,
+                                  oa.view);
+  }
+  return oa.array;
+}
+
+py::object additive(py::handle query, py::handle keys, py::handle values, py::handle w_query, py::handle w_key,
+                    py::handle v, py::handle mask, bool return_weights) {
+  Arg qa = cf::pyext::float_arg(query, "query"), ka = cf::pyext::float_arg(keys, "keys"),
+      va = cf::pyext::float_arg(values, "values"), wqa = cf::pyext::float_arg(w_query, "w_query"),
+      wka = cf::pyext::float_arg(w_key, "w_key"), vva = cf::pyext::float_arg(v, "v"), ma;
+  OptionalView m = cf::pyext::optional_bool(mask, "mask", ma);
+  const auto shape = cf::ops::additive_attention_shape(qa.view, ka.view, va.view, wqa.view, wka.view, vva.view, m);
+  Arg oa = cf::pyext::output(py::none(), shape, {});
+  Arg wa;
+  OptionalView w;
+  if (return_weights) {
+    wa = cf::pyext::output(py::none(), {shape[0], shape[1], ka.view.shape[1]}, {});
+    w = wa.view;
+  }
+  {
+    py::gil_scoped_release nogil;
+    cf::ops::additive_attention(qa.view, ka.view, va.view, wqa.view, wka.view, vva.view, m, oa.view, w);
+  }
+  if (return_weights) return py::make_tuple(oa.array, wa.array);
+  return oa.array;
+}
+
+py::object layer_norm(py::handle x, py::handle weight, py::handle bias, float eps, py::handle residual,
+                      bool return_sum, py::handle out) {
+  Arg xa = cf::pyext::float_arg(x, "x"), wa, ba, ra;
+  OptionalView w = cf::pyext::optional_float(weight, "weight", wa);
+  OptionalView b = cf::pyext::optional_float(bias, "bias", ba);
+  OptionalView r = cf::pyext::optional_float(residual, "residual", ra);
+  CF_CHECK(!return_sum || r, ValueError, "return_sum=True needs a residual to add");
+  cf::ops::layer_norm_check(xa.view, w, b, r, eps);
+  const cf::ops::Shape shape(xa.view.shape, xa.view.shape + xa.view.ndim);
+  Arg oa = cf::pyext::output(out, shape, {&xa, &wa, &ba, &ra}, /*allow_same=*/true);
+  Arg sa;
+  OptionalView s;
+  if (return_sum) {
+    sa = cf::pyext::output(py::none(), shape, {});
+    s = sa.view;
+  }
+  {
+    py::gil_scoped_release nogil;
+    cf::ops::layer_norm(xa.view, w, b, r, eps, oa.view, s);
+  }
+  if (return_sum) return py::make_tuple(oa.array, sa.array);
+  return oa.array;
+}
+
+py::object softmax(py::handle x, int64_t axis, py::handle out) {
+  Arg xa = cf::pyext::float_arg(x, "x");
+  cf::ops::softmax_axis(xa.view, axis);
+  Arg oa = cf::pyext::output(out, {xa.view.shape, xa.view.shape + xa.view.ndim}, {&xa}, true);
+  {
+    py::gil_scoped_release nogil;
+    cf::ops::softmax(xa.view, axis, oa.view);
+  }
+  return oa.array;
+}
+
+py::object activation(py::handle x, cf::ops::Activation act, py::handle out) {
+  Arg xa = cf::pyext::float_arg(x, "x");
+  Arg oa = cf::pyext::output(out, {xa.view.shape, xa.view.shape + xa.view.ndim}, {&xa}, true);
+  {
+    py::gil_scoped_release nogil;
+    cf::ops::activation(xa.view, act, oa.view);
+  }
+  return oa.array;
+}
+
+py::object gelu(py::handle x, const std::string& approximate, py::handle out) {
+  if (approximate == "none") return activation(x, cf::ops::Activation::gelu, out);
+  if (approximate == "tanh") return activation(x, cf::ops::Activation::gelu_tanh, out);
+  cf::raise<cf::ValueError>("approximate must be 'none' or 'tanh', got '", approximate, "'");
+}
+
+py::object embedding(py::handle ids, py::handle table) {
+  Arg ia = cf::pyext::ids_arg(ids, "ids"), ta = cf::pyext::float_arg(table, "table");
+  Arg oa = cf::pyext::output(py::none(), cf::ops::embedding_shape(ia.view, ta.view), {});
+  {
+    py::gil_scoped_release nogil;
+    cf::ops::embedding(ia.view, ta.view, oa.view);
+  }
+  return oa.array;
+}
+
+py::object sinusoidal(int64_t n, int64_t dim) {
+  CF_CHECK(n >= 0, ValueError, "num_positions must be >= 0, got ", n);
+  CF_CHECK(dim >= 1, ValueError, "dim must be >= 1, got ", dim);
+  Arg oa = cf::pyext::output(py::none(), {n, dim}, {});
+  {
+    py::gil_scoped_release nogil;
+    cf::ops::sinusoidal_positions(n, dim, oa.view);
+  }
+  return oa.array;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "coreformer's C++ core (see coreformer.ops for the documented API)";
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const cf::TypeError& e) {
+      PyErr_SetString(PyExc_TypeError, e.what());
+    } catch (const cf::ValueError& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const cf::IndexError& e) {
+      PyErr_SetString(PyExc_IndexError, e.what());
+    }
+  });
+
+  m.def("info", &info);
+  m.def("get_num_threads", &cf::get_num_threads);
+  m.def("set_num_threads", &cf::set_num_threads, py::arg("n"));
+  m.def("_set_isa", [](const std::string& name) { cf::set_active_isa(cf::isa_from_name(name)); }, py::arg("name"));
+
+  const auto none = py::none();
+  m.def("linear", &linear, py::arg("x"), py::arg("weight"), py::arg("bias") = none, py::arg("activation") = none,
+        py::arg("residual") = none, py::arg("out") = none);
+  m.def("scaled_dot_product_attention", &sdpa, py::arg("query"), py::arg("key"), py::arg("value"),
+        py::arg("attn_mask") = none, py::arg("is_causal") = false, py::arg("scale") = none, py::arg("out") = none);
+  m.def("multi_head_attention", &mha, py::arg("query"), py::arg("key"), py::arg("value"), py::arg("num_heads"),
+        py::arg("in_weight"), py::arg("in_bias"), py::arg("out_weight"), py::arg("out_bias"),
+        py::arg("attn_mask") = none, py::arg("key_padding_mask") = none, py::arg("is_causal") = false);
+  m.def("additive_attention", &additive, py::arg("query"), py::arg("keys"), py::arg("values"), py::arg("w_query"),
+        py::arg("w_key"), py::arg("v"), py::arg("mask") = none, py::arg("return_weights") = false);
+  m.def("layer_norm", &layer_norm, py::arg("x"), py::arg("weight") = none, py::arg("bias") = none,
+        py::arg("eps") = 1e-5f, py::arg("residual") = none, py::arg("return_sum") = false, py::arg("out") = none);
+  m.def("softmax", &softmax, py::arg("x"), py::arg("axis") = -1, py::arg("out") = none);
+  m.def("gelu", &gelu, py::arg("x"), py::arg("approximate") = "none", py::arg("out") = none);
+  m.def("relu", [](py::handle x, py::handle out) { return activation(x, cf::ops::Activation::relu, out); },
+        py::arg("x"), py::arg("out") = none);
+  m.def("embedding", &embedding, py::arg("ids"), py::arg("table"));
+  m.def("sinusoidal_positions", &sinusoidal, py::arg("num_positions"), py::arg("dim"));
+}

@@ -1,0 +1,38 @@
+"""coreformer: Transformer building blocks on a fast C++/OpenMP core, called on numpy arrays.
+
+>>> import numpy as np, coreformer
+>>> from coreformer import ops
+>>> x = np.random.rand(4, 768).astype(np.float32)
+>>> w = np.random.rand(3072, 768).astype(np.float32)
+>>> ops.linear(x, w, activation="gelu").shape
+(4, 3072)
+"""
+from __future__ import annotations
+
+from . import _core, ops
+
+__version__ = _core.info()["version"]
+
+__all__ = ["info", "get_num_threads", "set_num_threads", "ops", "__version__"]
+
+
+def info() -> dict:
+    """What this build runs on: ``version``, ``isa`` (the SIMD path in use: scalar, avx2 or avx512),
+    ``isa_supported``, ``num_threads``, ``openmp``, ``cuda_built``, ``cuda_devices``.
+
+    ``COREFORMER_ISA=scalar|avx2|avx512`` forces a lower path; ``COREFORMER_NUM_THREADS`` sets the
+    thread count at import (``set_num_threads`` changes it later).
+    """
+    return dict(_core.info())
+
+
+def get_num_threads() -> int:
+    """Threads each kernel call uses."""
+    return _core.get_num_threads()
+
+
+def set_num_threads(n: int) -> None:
+    """Use ``n`` (>= 1) threads in every later kernel call, from any Python thread."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n must be an int, got {type(n).__name__}")
+    _core.set_num_threads(n)

@@ -1,0 +1,131 @@
+"""Functions over numpy arrays, each one call into the C++ core with the GIL released.
+
+Inputs: float32 C-contiguous arrays are read without a copy; other real dtypes (float64, ints,
+bool) and strided arrays are converted to float32 C-contiguous first; complex, string and object
+arrays raise ``TypeError``. Results are new float32 arrays, or are written into ``out=`` where an
+op takes one (``out`` must be float32, C-contiguous and must not overlap the inputs; the
+elementwise ops accept ``out=x`` for in-place). Mismatched shapes raise ``ValueError`` naming the
+argument and the shapes; out-of-range ids raise ``IndexError``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _core
+
+__all__ = [
+    "linear",
+    "scaled_dot_product_attention",
+    "multi_head_attention",
+    "additive_attention",
+    "layer_norm",
+    "softmax",
+    "gelu",
+    "relu",
+    "embedding",
+    "sinusoidal_positions",
+]
+
+
+def linear(x, weight, bias=None, activation=None, *, residual=None, out=None):
+    """``activation(x @ weight.T + bias) + residual`` in one GEMM with a fused epilogue.
+
+    x ``(..., in)``, weight ``(out, in)`` (PyTorch's layout), bias ``(out,)``; activation is
+    ``None``, ``"relu"``, ``"gelu"`` (erf) or ``"gelu_tanh"``; residual ``(..., out)`` is added
+    after the activation. Returns ``(..., out)``.
+    """
+    return _core.linear(x, weight, bias, activation, residual, out)
+
+
+def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal=False, scale=None, *, out=None):
+    """``softmax(query @ key.T * scale + mask) @ value``, as ``torch.nn.functional.scaled_dot_product_attention``.
+
+    query ``(B, H, Sq, D)``, key ``(B, H, Sk, D)``, value ``(B, H, Sk, Dv)``, or the same without B.
+    ``attn_mask`` is bool (True = may attend) or float (added to the scores), broadcastable to
+    ``(B, H, Sq, Sk)``. ``scale`` defaults to ``1/sqrt(D)``.
+
+    Two deliberate differences from PyTorch: ``is_causal`` with ``Sq < Sk`` aligns to the bottom
+    right (query i sees keys up to ``i + Sk - Sq``, what a KV cache needs), and a query row with
+    no key left to attend gives zeros, not NaN. The score matrix is never materialised: memory is
+    O(S * D) whatever the sequence length.
+    """
+    return _core.scaled_dot_product_attention(query, key, value, attn_mask, bool(is_causal), scale, out)
+
+
+def multi_head_attention(query, key, value, num_heads, in_weight, in_bias, out_weight, out_bias,
+                         attn_mask=None, key_padding_mask=None, is_causal=False):
+    """The forward of ``torch.nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)`` (inference).
+
+    query ``(B, Sq, E)``, key and value ``(B, Sk, E)`` (or unbatched ``(S, E)``); ``in_weight``
+    ``(3E, E)`` and ``in_bias`` ``(3E,)`` are torch's packed ``in_proj_weight``/``in_proj_bias``,
+    ``out_weight`` ``(E, E)``/``out_bias`` ``(E,)`` its ``out_proj``. As in torch, a bool
+    ``attn_mask`` (``(Sq, Sk)`` or ``(B*num_heads, Sq, Sk)``) is True where attending is NOT
+    allowed, a float one is added; ``key_padding_mask`` ``(B, Sk)`` is True at padding.
+    ``is_causal`` applies the causal mask (bottom-right aligned). Passing the same array as
+    query, key and value runs one fused QKV projection. Returns the attention output only
+    (torch's ``need_weights=False``); a fully masked query row gives ``out_bias``, not NaN.
+    """
+    q = np.asarray(query)
+    unbatched = q.ndim == 2
+    if unbatched:
+        same_kv = key is value
+        query_is_key = query is key
+        query = q[None]
+        key = query if query_is_key else np.asarray(key)[None]
+        value = key if same_kv else (query if value is q else np.asarray(value)[None])
+        if key_padding_mask is not None:
+            key_padding_mask = np.asarray(key_padding_mask)[None]
+    r = _core.multi_head_attention(query, key, value, int(num_heads), in_weight, in_bias, out_weight, out_bias,
+                                   attn_mask, key_padding_mask, bool(is_causal))
+    return r[0] if unbatched else r
+
+
+def additive_attention(query, keys, values, w_query, w_key, v, mask=None, return_weights=False):
+    """Additive (Bahdanau, "weighted-sum") attention.
+
+    ``score[b, i, j] = v . tanh(w_query @ query[b, i] + w_key @ keys[b, j])``, softmax over j where
+    ``mask`` (bool ``(B, Sk)`` or ``(B, Sq, Sk)``, True = attend) allows, then the weighted sum of
+    ``values``. query ``(B, Sq, Dq)``, keys ``(B, Sk, Dk)``, values ``(B, Sk, Dv)``, w_query
+    ``(A, Dq)``, w_key ``(A, Dk)``, v ``(A,)``. Returns ``(B, Sq, Dv)``, and the weights
+    ``(B, Sq, Sk)`` too when ``return_weights``. A row with no key to attend gives zeros.
+    """
+    return _core.additive_attention(query, keys, values, w_query, w_key, v, mask, bool(return_weights))
+
+
+def layer_norm(x, weight=None, bias=None, eps=1e-5, residual=None, *, return_sum=False, out=None):
+    """LayerNorm over the last axis: ``(s - mean) / sqrt(var + eps) * weight + bias`` with ``s = x (+ residual)``.
+
+    With ``residual`` the sum is normalised in the same pass (a post-LN block's add & norm);
+    ``return_sum=True`` also returns the sum ``x + residual`` (a pre-LN block's next residual),
+    as ``(normalised, sum)``.
+    """
+    return _core.layer_norm(x, weight, bias, float(eps), residual, bool(return_sum), out)
+
+
+def softmax(x, axis=-1, *, out=None):
+    """Softmax along ``axis``. A slice whose every element is -inf gives zeros (as attention does)."""
+    return _core.softmax(x, int(axis), out)
+
+
+def gelu(x, approximate="none", *, out=None):
+    """GELU: ``x * Phi(x)`` (``approximate="none"``, erf) or the tanh approximation (``"tanh"``)."""
+    return _core.gelu(x, approximate, out)
+
+
+def relu(x, *, out=None):
+    """``max(x, 0)``; NaN stays NaN."""
+    return _core.relu(x, out)
+
+
+def embedding(ids, table):
+    """Rows of ``table`` ``(V, D)`` for integer ``ids`` of any shape: ``(*ids.shape, D)``.
+
+    Ids outside ``[0, V)`` (negative ones too) raise ``IndexError``.
+    """
+    return _core.embedding(ids, table)
+
+
+def sinusoidal_positions(num_positions, dim):
+    """Sinusoidal positional encodings ``(num_positions, dim)``: sin on even columns, cos on odd
+    (Vaswani et al. 2017): ``pe[p, 2i] = sin(p / 10000**(2i/dim))``, ``pe[p, 2i+1] = cos(...)``."""
+    return _core.sinusoidal_positions(int(num_positions), int(dim))
