@@ -146,7 +146,8 @@ void attention(const AttentionArgs& a) {
       // Keys past the last row's causal limit are never visible to this block.
       const int64_t j_end = a.causal ? imin(Sk, imax(0, i0 + mq + causal_off)) : Sk;
       for (int64_t j0 = 0; j0 < j_end; j0 += kBK) {
-        const int64_t nk = imin(kBK, j_end - j0);
+        const int64_t nk = imin(kBK, j_end - j0);           // keys used (causal may cut the block)
+        const int64_t packed_rows = imin(kBK, Sk - j0);     // rows per V panel of this block
         for (int64_t ir = 0; ir < mq; ir += kMR)
           for (int64_t jr = 0; jr < nk; jr += kNR)
             microkernel<0>(D, qp + ir * D, kp + (j0 + jr) * D, s + ir * kBK + jr, kBK,
@@ -175,7 +176,7 @@ void attention(const AttentionArgs& a) {
         }
         for (int64_t ir = 0; ir < mq; ir += kMR)
           for (int64_t jv = 0; jv < Dv; jv += kNR)
-            microkernel<kBK>(nk, s + ir * kBK, vp + j0 * dvp + jv * nk, o + ir * Dv + jv, Dv,
+            microkernel<kBK>(nk, s + ir * kBK, vp + j0 * dvp + jv * packed_rows, o + ir * Dv + jv, Dv,
                              static_cast<int>(imin(kMR, mq - ir)), static_cast<int>(imin(kNR, Dv - jv)), true);
       }
 

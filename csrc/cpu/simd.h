@@ -155,14 +155,17 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // ---- Elementary functions (float32, a few ulp), written once over Vec ----
 
-// exp(x): Cephes' polynomial on x - n ln2, n = round(x / ln2). exp(x) for x < -87.3 is 0
-// (the true value is below FLT_MIN), so exp(-inf) = 0 as softmax needs.
-inline Vec exp(Vec x) {
-  const Vec hi = Vec::set1(88.3762626647949f), lo = Vec::set1(-87.3365447505531f);
-  Vec xc = min(hi, max(lo, x));  // operand order keeps NaN (x86 min/max return the 2nd on NaN)
+// exp(hi + lo) for |lo| small: Cephes' polynomial on r = hi - n ln2 + lo, n = round((hi + lo) / ln2).
+// hi - n ln2 is exact (Cody-Waite split of ln2), so an argument given as an exact sum (see
+// square_error) keeps its low bits. exp of anything below -87.3 is 0 (the true value is below
+// FLT_MIN), so exp(-inf) = 0 as softmax needs.
+inline Vec exp_sum(Vec hi, Vec lo) {
+  const Vec top = Vec::set1(88.3762626647949f), bottom = Vec::set1(-87.3365447505531f);
+  Vec x = hi + lo;
+  Vec xc = min(top, max(bottom, x));  // operand order keeps NaN (x86 min/max return the 2nd on NaN)
   Vec n = round_nearest(xc * Vec::set1(1.44269504088896341f));
-  Vec r = fma(n, Vec::set1(-0.693359375f), xc);
-  r = fma(n, Vec::set1(2.12194440e-4f), r);
+  Vec r = fma(n, Vec::set1(-0.693359375f), min(top, max(bottom, hi)));
+  r = fma(n, Vec::set1(2.12194440e-4f), r) + lo;
   Vec p = Vec::set1(1.9875691500e-4f);
   p = fma(p, r, Vec::set1(1.3981999507e-3f));
   p = fma(p, r, Vec::set1(8.3334519073e-3f));
@@ -173,7 +176,20 @@ inline Vec exp(Vec x) {
   // scale by 2^n in two halves so n = 128 (x near the top) does not overflow the exponent field
   Vec half = round_nearest(n * Vec::set1(0.5f));
   Vec y = ldexp(ldexp(p, half), n - half);
-  return select_lt(x, lo, Vec::zero(), y);
+  return select_lt(x, bottom, Vec::zero(), y);
+}
+
+inline Vec exp(Vec x) { return exp_sum(x, Vec::zero()); }
+
+// The rounding error of a = x * x: x*x - a exactly (an FMA, or Dekker's split without one).
+inline Vec square_error(Vec x, Vec a) {
+#if defined(CF_ISA_AVX2) || defined(CF_ISA_AVX512)
+  return fma(x, x, Vec::zero() - a);
+#else
+  Vec c = Vec::set1(4097.0f) * x;
+  Vec xh = c - (c - x), xl = x - xh;
+  return ((xh * xh - a) + Vec::set1(2.0f) * xh * xl) + xl * xl;
+#endif
 }
 
 // tanh: Cephes' odd polynomial for |x| < 0.625, else 1 - 2 / (exp(2|x|) + 1) with the sign of x.
@@ -191,8 +207,12 @@ inline Vec tanh(Vec x) {
   return select_lt(ax, Vec::set1(0.625f), small, large);
 }
 
-// erfc(z) for z >= 0 with fractional error < 1.2e-7 (Numerical Recipes' Chebyshev fit, erfcc).
-inline Vec erfc_nonneg(Vec z) {
+// erfc(x / sqrt 2) for x >= 0 with fractional error < 1.2e-7 (Numerical Recipes' Chebyshev fit,
+// erfcc). The exponent -x^2/2 is passed to exp as an exact sum: rounding it would cost
+// |x^2/2| * 6e-8 of relative error, 1e-5 in the far tail.
+inline Vec erfc_scaled_nonneg(Vec x) {
+  Vec z = x * Vec::set1(0.70710678118654752f);
+  Vec x2 = x * x;
   Vec t = Vec::set1(1.0f) / fma(Vec::set1(0.5f), z, Vec::set1(1.0f));
   Vec p = Vec::set1(0.17087277f);
   p = fma(p, t, Vec::set1(-0.82215223f));
@@ -204,22 +224,27 @@ inline Vec erfc_nonneg(Vec z) {
   p = fma(p, t, Vec::set1(0.37409196f));
   p = fma(p, t, Vec::set1(1.00002368f));
   p = fma(p, t, Vec::set1(-1.26551223f));
-  return t * exp(p - z * z);
+  const Vec minus_half = Vec::set1(-0.5f);
+  return t * exp_sum(x2 * minus_half, fma(square_error(x, x2), minus_half, p));
 }
+
+// Below x = -20 both GELUs are 0 in float32 (|gelu| < 1e-80); selecting 0 there also gives
+// gelu(-inf) = 0 rather than -inf * 0. NaN stays NaN (a comparison with NaN selects the formula).
+inline Vec zero_below_minus_20(Vec x, Vec y) { return select_lt(x, Vec::set1(-20.0f), Vec::zero(), y); }
 
 // gelu(x) = x * Phi(x), Phi(x) = erfc(-x / sqrt 2) / 2, evaluated without cancellation on either side.
 inline Vec gelu(Vec x) {
-  Vec z = abs(x) * Vec::set1(0.70710678118654752f);
-  Vec tail = Vec::set1(0.5f) * erfc_nonneg(z);            // Phi(-|x|)
+  Vec ax = min(Vec::set1(20.0f), abs(x));                   // erfc(20/sqrt 2) = 0; keeps inf out
+  Vec tail = Vec::set1(0.5f) * erfc_scaled_nonneg(ax);      // Phi(-|x|)
   Vec phi = select_lt(x, Vec::zero(), tail, Vec::set1(1.0f) - tail);
-  return x * phi;
+  return zero_below_minus_20(x, x * phi);
 }
 
 // gelu_tanh(x) = x / 2 (1 + tanh(u)) = x * sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3)
 inline Vec gelu_tanh(Vec x) {
   Vec u2 = x * fma(Vec::set1(2.0f * 0.7978845608028654f * 0.044715f), x * x, Vec::set1(2.0f * 0.7978845608028654f));
   Vec e = exp(min(Vec::set1(88.0f), Vec::zero() - u2));
-  return x / (Vec::set1(1.0f) + e);
+  return zero_below_minus_20(x, x / (Vec::set1(1.0f) + e));
 }
 
 inline Vec relu(Vec x) { return max(Vec::zero(), x); }  // NaN stays NaN

@@ -1,0 +1,39 @@
+import numpy as np
+import pytest
+
+import coreformer
+from coreformer import _core
+
+ISAS = coreformer.info()["isa_supported"]
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    """Run the test on every SIMD path this CPU supports (scalar, avx2, avx512)."""
+    before = coreformer.info()["isa"]
+    _core._set_isa(request.param)
+    yield request.param
+    _core._set_isa(before)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def randn(rng, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def assert_close(got, ref, rtol=2e-6, atol_scale=2e-6):
+    """|got - ref| <= rtol |ref| + atol_scale * max|ref|: float32 rounding against a float64 reference."""
+    got = np.asarray(got, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    assert got.shape == ref.shape, (got.shape, ref.shape)
+    assert np.all(np.isfinite(got) == np.isfinite(ref)), "non-finite values differ"
+    fin = np.isfinite(ref)
+    scale = np.abs(ref[fin]).max() if fin.any() else 1.0
+    err = np.abs(got[fin] - ref[fin])
+    bound = rtol * np.abs(ref[fin]) + atol_scale * max(scale, 1e-30)
+    worst = np.argmax(err - bound) if err.size else 0
+    assert np.all(err <= bound), f"max error {err.max():.3g} over bound at flat index {worst} (scale {scale:.3g})"

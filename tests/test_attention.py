@@ -1,0 +1,127 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from coreformer import ops
+
+import reference as ref
+from conftest import assert_close, randn
+
+
+@pytest.mark.parametrize("sq,sk", [(1, 1), (1, 7), (7, 7), (63, 65), (65, 63), (1, 1000), (300, 520), (128, 128)])
+@pytest.mark.parametrize("d,dv", [(64, 64), (7, 13), (1, 1), (80, 40)])
+def test_sdpa_shapes(isa, rng, sq, sk, d, dv):
+    q, k, v = randn(rng, 2, 3, sq, d), randn(rng, 2, 3, sk, d), randn(rng, 2, 3, sk, dv)
+    assert_close(ops.scaled_dot_product_attention(q, k, v), ref.sdpa(q, k, v), atol_scale=5e-6)
+
+
+@pytest.mark.parametrize("sq,sk", [(1, 1), (7, 7), (63, 65), (65, 65), (5, 300), (300, 300), (600, 257)])
+def test_sdpa_causal_bottom_right(isa, rng, sq, sk):
+    q, k, v = randn(rng, 1, 2, sq, 32), randn(rng, 1, 2, sk, 32), randn(rng, 1, 2, sk, 32)
+    got = ops.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert_close(got, ref.sdpa(q, k, v, is_causal=True), atol_scale=5e-6)
+    if sq > sk:  # the first sq - sk queries see no key at all: zeros, not NaN
+        assert np.all(got[..., : sq - sk, :] == 0)
+
+
+def test_sdpa_causal_square_matches_torch_convention(rng):
+    # Sq == Sk: bottom-right and top-left alignment agree (torch's is_causal).
+    q, k, v = randn(rng, 1, 1, 9, 8), randn(rng, 1, 1, 9, 8), randn(rng, 1, 1, 9, 8)
+    tril = np.tril(np.ones((9, 9), bool))
+    assert_close(ops.scaled_dot_product_attention(q, k, v, is_causal=True),
+                 ops.scaled_dot_product_attention(q, k, v, attn_mask=tril), atol_scale=1e-7)
+
+
+MASK_SHAPES = [(1, 1, 1, 1), (2, 1, 1, 300), (1, 3, 70, 1), (70, 300), (300,), (2, 3, 70, 300), (3, 1, 300)]
+
+
+@pytest.mark.parametrize("mshape", MASK_SHAPES)
+def test_sdpa_bool_mask_broadcast(isa, rng, mshape):
+    q, k, v = randn(rng, 2, 3, 70, 16), randn(rng, 2, 3, 300, 16), randn(rng, 2, 3, 300, 16)
+    mask = rng.random(mshape) > 0.3
+    assert_close(ops.scaled_dot_product_attention(q, k, v, attn_mask=mask), ref.sdpa(q, k, v, attn_mask=mask),
+                 atol_scale=5e-6)
+
+
+@pytest.mark.parametrize("mshape", MASK_SHAPES)
+def test_sdpa_float_mask_broadcast(isa, rng, mshape):
+    q, k, v = randn(rng, 2, 3, 70, 16), randn(rng, 2, 3, 300, 16), randn(rng, 2, 3, 300, 16)
+    mask = randn(rng, *mshape, scale=3.0)
+    mask[mask < -3.5] = -np.inf
+    assert_close(ops.scaled_dot_product_attention(q, k, v, attn_mask=mask), ref.sdpa(q, k, v, attn_mask=mask),
+                 atol_scale=5e-6)
+
+
+def test_sdpa_fully_masked_rows_give_zeros(isa, rng):
+    q, k, v = randn(rng, 2, 2, 40, 16), randn(rng, 2, 2, 600, 16), randn(rng, 2, 2, 600, 16)
+    mask = rng.random((2, 1, 40, 600)) > 0.5
+    mask[0, :, 3] = False          # row with nothing to attend
+    mask[1, :, :, :] = False
+    mask[1, :, 5, 599] = True      # a single key, in the last block
+    fmask = np.where(mask, 0.0, -np.inf).astype(np.float32)
+    for m in (mask, fmask):
+        got = ops.scaled_dot_product_attention(q, k, v, attn_mask=m)
+        assert np.isfinite(got).all()
+        assert np.all(got[0, :, 3] == 0) and np.all(got[1, :, 0] == 0)
+        assert_close(got[1, :, 5], v[1, :, 599], atol_scale=1e-6)
+        assert_close(got, ref.sdpa(q, k, v, attn_mask=mask), atol_scale=5e-6)
+
+
+def test_sdpa_causal_and_mask_together(isa, rng):
+    q, k, v = randn(rng, 2, 2, 100, 16), randn(rng, 2, 2, 300, 16), randn(rng, 2, 2, 300, 16)
+    mask = rng.random((2, 1, 1, 300)) > 0.2
+    assert_close(ops.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=True),
+                 ref.sdpa(q, k, v, attn_mask=mask, is_causal=True), atol_scale=5e-6)
+
+
+@pytest.mark.parametrize("scale", [0.01, 0.125, 1.0, 3.0])
+def test_sdpa_scale(isa, rng, scale):
+    q, k, v = randn(rng, 1, 2, 33, 24), randn(rng, 1, 2, 47, 24), randn(rng, 1, 2, 47, 24)
+    assert_close(ops.scaled_dot_product_attention(q, k, v, scale=scale), ref.sdpa(q, k, v, scale=scale),
+                 atol_scale=5e-6)
+
+
+def test_sdpa_without_batch_axis(rng):
+    q, k, v = randn(rng, 3, 10, 8), randn(rng, 3, 12, 8), randn(rng, 3, 12, 5)
+    got = ops.scaled_dot_product_attention(q, k, v)
+    assert got.shape == (3, 10, 5)
+    assert_close(got, ref.sdpa(q, k, v), atol_scale=5e-6)
+
+
+def test_sdpa_large_logits_stable(rng):
+    q, k, v = randn(rng, 1, 1, 50, 16, scale=30), randn(rng, 1, 1, 700, 16, scale=30), randn(rng, 1, 1, 700, 16)
+    got = ops.scaled_dot_product_attention(q, k, v)
+    assert np.isfinite(got).all()
+    # logits reach ~3e3, so float32 rounding of a logit alone is ~2e-4: the problem's own conditioning
+    assert_close(got, ref.sdpa(q, k, v), atol_scale=1e-3)
+
+
+def test_sdpa_empty(rng):
+    assert ops.scaled_dot_product_attention(np.zeros((1, 2, 0, 4), np.float32), randn(rng, 1, 2, 3, 4),
+                                            randn(rng, 1, 2, 3, 4)).shape == (1, 2, 0, 4)
+    got = ops.scaled_dot_product_attention(randn(rng, 1, 2, 3, 4), np.zeros((1, 2, 0, 4), np.float32),
+                                           np.zeros((1, 2, 0, 6), np.float32))
+    assert got.shape == (1, 2, 3, 6) and np.all(got == 0)
+
+
+def test_sdpa_matches_torch(rng):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    q, k, v = randn(rng, 2, 4, 130, 64), randn(rng, 2, 4, 130, 64), randn(rng, 2, 4, 130, 64)
+    mask = rng.random((2, 1, 130, 130)) > 0.1
+    for kw_ours, kw_torch in [({}, {}), ({"is_causal": True}, {"is_causal": True}),
+                              ({"attn_mask": mask}, {"attn_mask": torch.from_numpy(mask)})]:
+        t = F.scaled_dot_product_attention(torch.from_numpy(q), torch.from_numpy(k), torch.from_numpy(v), **kw_torch)
+        np.testing.assert_allclose(ops.scaled_dot_product_attention(q, k, v, **kw_ours), t.numpy(), rtol=1e-4,
+                                   atol=2e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(sq=st.integers(1, 80), sk=st.integers(1, 300), d=st.integers(1, 70), causal=st.booleans(),
+       masked=st.booleans())
+def test_sdpa_hypothesis(sq, sk, d, causal, masked):
+    rng = np.random.default_rng(sq * 100003 + sk * 101 + d)
+    q, k, v = randn(rng, 1, 2, sq, d), randn(rng, 1, 2, sk, d), randn(rng, 1, 2, sk, d)
+    mask = (rng.random((1, 2, sq, sk)) > 0.4) if masked else None
+    assert_close(ops.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal),
+                 ref.sdpa(q, k, v, attn_mask=mask, is_causal=causal), atol_scale=5e-6)

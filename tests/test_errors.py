@@ -1,0 +1,167 @@
+"""Bad input raises a clear Python exception naming the argument and the shapes; never a crash."""
+import numpy as np
+import pytest
+
+import coreformer
+from coreformer import ops
+
+from conftest import randn
+
+rng = np.random.default_rng(0)
+X, W, B = randn(rng, 4, 8), randn(rng, 5, 8), randn(rng, 5)
+Q = randn(rng, 1, 2, 3, 8)
+
+
+@pytest.mark.parametrize("bad", [np.ones((2, 2), np.complex64), np.array([["a", "b"]]), np.array([None, 1.0]), None,
+                                 "text"])
+def test_non_numeric_is_type_error(bad):
+    with pytest.raises(TypeError, match="x"):
+        ops.linear(bad, W)
+    with pytest.raises(TypeError):
+        ops.softmax(bad)
+    with pytest.raises(TypeError):
+        ops.gelu(bad)
+
+
+def test_ragged_list_is_value_error():
+    with pytest.raises(ValueError):
+        ops.relu([[1.0, 2.0], [3.0]])
+
+
+def test_linear_shapes():
+    with pytest.raises(ValueError, match=r"\(4, 8\).*\(5, 7\)"):
+        ops.linear(X, randn(rng, 5, 7))
+    with pytest.raises(ValueError, match="weight must have 2 dimensions"):
+        ops.linear(X, randn(rng, 8))
+    with pytest.raises(ValueError, match=r"bias must have shape \(5,\)"):
+        ops.linear(X, W, randn(rng, 4))
+    with pytest.raises(ValueError, match="residual"):
+        ops.linear(X, W, residual=randn(rng, 4, 4))
+    with pytest.raises(ValueError, match="scalar"):
+        ops.linear(np.float32(1), W)
+
+
+def test_linear_activation():
+    with pytest.raises(ValueError, match="swish"):
+        ops.linear(X, W, activation="swish")
+    with pytest.raises(TypeError, match="activation"):
+        ops.linear(X, W, activation=3)
+
+
+def test_out_checks():
+    with pytest.raises(ValueError, match=r"out has shape \(4, 4\).*\(4, 5\)"):
+        ops.linear(X, W, out=np.empty((4, 4), np.float32))
+    with pytest.raises(TypeError, match="float32"):
+        ops.linear(X, W, out=np.empty((4, 5)))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        ops.linear(X, W, out=np.empty((5, 4), np.float32).T)
+    ro = np.empty((4, 5), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        ops.linear(X, W, out=ro)
+    buf = np.zeros((4, 8), np.float32)
+    with pytest.raises(ValueError, match="overlaps"):  # linear never writes over its input
+        ops.linear(buf, randn(rng, 4, 8), out=buf.reshape(-1)[:16].reshape(4, 4))
+
+
+def test_partial_overlap_rejected_exact_alias_allowed():
+    flat = np.zeros(33, np.float32)
+    x = flat[:32].reshape(4, 8)
+    with pytest.raises(ValueError, match="overlaps"):
+        ops.gelu(x, out=flat[1:].reshape(4, 8))
+    ops.gelu(x, out=x)
+
+
+def test_sdpa_shapes():
+    with pytest.raises(ValueError, match="query must be"):
+        ops.scaled_dot_product_attention(randn(rng, 3, 8), randn(rng, 3, 8), randn(rng, 3, 8))
+    with pytest.raises(ValueError, match="key's last axis"):
+        ops.scaled_dot_product_attention(Q, randn(rng, 1, 2, 3, 7), randn(rng, 1, 2, 3, 8))
+    with pytest.raises(ValueError, match="as many rows"):
+        ops.scaled_dot_product_attention(Q, Q, randn(rng, 1, 2, 4, 8))
+    with pytest.raises(ValueError, match="batch and head"):
+        ops.scaled_dot_product_attention(Q, randn(rng, 1, 3, 3, 8), randn(rng, 1, 3, 3, 8))
+    with pytest.raises(ValueError, match="same number of dimensions"):
+        ops.scaled_dot_product_attention(Q, Q[0], Q)
+    with pytest.raises(ValueError, match=r"attn_mask has shape \(2, 2\)"):
+        ops.scaled_dot_product_attention(Q, Q, Q, attn_mask=np.ones((2, 2), bool))
+    with pytest.raises(TypeError, match="attn_mask"):
+        ops.scaled_dot_product_attention(Q, Q, Q, attn_mask=np.ones((3, 3), np.int64))
+    with pytest.raises(ValueError, match="scale"):
+        ops.scaled_dot_product_attention(Q, Q, Q, scale=float("nan"))
+
+
+def test_mha_shapes():
+    x = randn(rng, 2, 3, 8)
+    iw, ib, ow, ob = randn(rng, 24, 8), randn(rng, 24), randn(rng, 8, 8), randn(rng, 8)
+    with pytest.raises(ValueError, match="divisible"):
+        ops.multi_head_attention(x, x, x, 3, iw, ib, ow, ob)
+    with pytest.raises(ValueError, match=r"in_weight must have shape \(24, 8\)"):
+        ops.multi_head_attention(x, x, x, 2, randn(rng, 8, 8), ib, ow, ob)
+    with pytest.raises(ValueError, match="in_bias"):
+        ops.multi_head_attention(x, x, x, 2, iw, randn(rng, 8), ow, ob)
+    with pytest.raises(ValueError, match="key_padding_mask must have shape"):
+        ops.multi_head_attention(x, x, x, 2, iw, ib, ow, ob, key_padding_mask=np.zeros((2, 4), bool))
+    with pytest.raises(ValueError, match="attn_mask must have shape"):
+        ops.multi_head_attention(x, x, x, 2, iw, ib, ow, ob, attn_mask=np.zeros((3, 4), bool))
+    with pytest.raises(ValueError, match="num_heads"):
+        ops.multi_head_attention(x, x, x, 0, iw, ib, ow, ob)
+    with pytest.raises(ValueError, match="batch size"):
+        ops.multi_head_attention(x, randn(rng, 3, 3, 8), randn(rng, 3, 3, 8), 2, iw, ib, ow, ob)
+
+
+def test_additive_shapes():
+    q, k, v = randn(rng, 2, 3, 4), randn(rng, 2, 5, 6), randn(rng, 2, 5, 7)
+    wq, wk, vv = randn(rng, 9, 4), randn(rng, 9, 6), randn(rng, 9)
+    ops.additive_attention(q, k, v, wq, wk, vv)
+    with pytest.raises(ValueError, match="w_key must have shape"):
+        ops.additive_attention(q, k, v, wq, randn(rng, 9, 4), vv)
+    with pytest.raises(ValueError, match=r"v must have shape \(9,\)"):
+        ops.additive_attention(q, k, v, wq, wk, randn(rng, 8))
+    with pytest.raises(ValueError, match="values must have as many rows"):
+        ops.additive_attention(q, k, randn(rng, 2, 4, 7), wq, wk, vv)
+    with pytest.raises(ValueError, match="mask must have shape"):
+        ops.additive_attention(q, k, v, wq, wk, vv, mask=np.ones((2, 4), bool))
+
+
+def test_layer_norm_errors():
+    with pytest.raises(ValueError, match=r"weight must have shape \(8,\)"):
+        ops.layer_norm(X, randn(rng, 7))
+    with pytest.raises(ValueError, match="residual has shape"):
+        ops.layer_norm(X, residual=randn(rng, 4, 7))
+    with pytest.raises(ValueError, match="eps"):
+        ops.layer_norm(X, eps=-1.0)
+    with pytest.raises(ValueError, match="return_sum"):
+        ops.layer_norm(X, return_sum=True)
+
+
+def test_softmax_gelu_errors():
+    with pytest.raises(IndexError, match="axis 2"):
+        ops.softmax(X, axis=2)
+    with pytest.raises(IndexError):
+        ops.softmax(X, axis=-3)
+    with pytest.raises(ValueError, match="approximate"):
+        ops.gelu(X, approximate="fast")
+
+
+def test_embedding_errors():
+    with pytest.raises(TypeError, match="integer"):
+        ops.embedding(np.array([0.0, 1.0]), X)
+    with pytest.raises(TypeError, match="integer"):
+        ops.embedding(np.array([True]), X)
+    with pytest.raises(ValueError, match="table must have 2 dimensions"):
+        ops.embedding(np.array([0]), randn(rng, 8))
+
+
+def test_positions_errors():
+    with pytest.raises(ValueError, match="num_positions"):
+        ops.sinusoidal_positions(-1, 4)
+    with pytest.raises(ValueError, match="dim"):
+        ops.sinusoidal_positions(4, 0)
+
+
+def test_threads_errors():
+    with pytest.raises(ValueError):
+        coreformer.set_num_threads(0)
+    with pytest.raises(TypeError):
+        coreformer.set_num_threads("2")

@@ -1,0 +1,66 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import coreformer
+from coreformer import ops
+
+
+def test_info_keys():
+    info = coreformer.info()
+    for key in ("version", "isa", "isa_supported", "num_threads", "openmp", "cuda_built", "cuda_devices"):
+        assert key in info
+    assert info["isa"] in ("scalar", "avx2", "avx512")
+    assert info["isa"] in info["isa_supported"] and "scalar" in info["isa_supported"]
+    assert isinstance(info["openmp"], bool) and isinstance(info["cuda_built"], bool)
+    assert info["cuda_devices"] >= 0
+    assert info["version"] == coreformer.__version__
+
+
+def test_set_num_threads_round_trip():
+    before = coreformer.get_num_threads()
+    try:
+        coreformer.set_num_threads(1)
+        assert coreformer.get_num_threads() == 1 and coreformer.info()["num_threads"] == 1
+        x = np.ones((300, 300), np.float32)
+        np.testing.assert_allclose(ops.linear(x, x), 300.0)
+    finally:
+        coreformer.set_num_threads(before)
+
+
+def run_child(code, **env):
+    e = dict(os.environ, **env)
+    out = subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return out
+
+
+def test_env_num_threads():
+    out = run_child("import coreformer; print(coreformer.get_num_threads())", COREFORMER_NUM_THREADS="3")
+    assert out.stdout.strip() == "3"
+
+
+@pytest.mark.parametrize("isa", coreformer.info()["isa_supported"])
+def test_env_isa_forces_path(isa):
+    code = ("import json, numpy as np, coreformer; from coreformer import ops;"
+            "x = np.arange(12, dtype=np.float32).reshape(3, 4);"
+            "print(json.dumps([coreformer.info()['isa'], ops.linear(x, x).tolist()]))")
+    got_isa, y = json.loads(run_child(code, COREFORMER_ISA=isa).stdout)
+    assert got_isa == isa
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.testing.assert_array_equal(np.array(y, np.float32), x @ x.T)
+
+
+def test_env_isa_unknown_falls_back_with_message():
+    out = run_child("import coreformer; print(coreformer.info()['isa'])", COREFORMER_ISA="sse9")
+    assert out.stdout.strip() == coreformer.info()["isa_supported"][-1]
+    assert "COREFORMER_ISA" in out.stderr
+
+
+def test_cli_info():
+    out = run_child("from coreformer.cli import main; main(['info'])")
+    assert json.loads(out.stdout)["isa"] in ("scalar", "avx2", "avx512")

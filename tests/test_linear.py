@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from coreformer import ops
+
+import reference as ref
+from conftest import assert_close, randn
+
+SIZES = [1, 7, 16, 63, 65, 1000]
+
+
+@pytest.mark.parametrize("m", SIZES)
+@pytest.mark.parametrize("k", [1, 7, 63, 65, 300])
+@pytest.mark.parametrize("n", [1, 7, 63, 65, 129])
+def test_linear_shapes(isa, rng, m, k, n):
+    x, w, b = randn(rng, m, k), randn(rng, n, k), randn(rng, n)
+    assert_close(ops.linear(x, w, b), ref.linear(x, w, b), atol_scale=2e-6 * np.sqrt(k))
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "gelu", "gelu_tanh"])
+@pytest.mark.parametrize("m", [1, 5, 17, 200])
+def test_linear_fused_epilogue(isa, rng, activation, m):
+    x, w, b, r = randn(rng, m, 768), randn(rng, 1000, 768, scale=0.05), randn(rng, 1000), randn(rng, m, 1000)
+    assert_close(ops.linear(x, w, b, activation), ref.linear(x, w, b, activation), atol_scale=2e-5)
+    assert_close(ops.linear(x, w, b, activation, residual=r), ref.linear(x, w, b, activation, r), atol_scale=2e-5)
+
+
+def test_linear_large_k_blocks(isa, rng):
+    # K spans several cache blocks; M spans several row tiles with a ragged edge.
+    x, w = randn(rng, 301, 3072), randn(rng, 200, 3072, scale=0.02)
+    assert_close(ops.linear(x, w), ref.linear(x, w), atol_scale=2e-5)
+
+
+def test_linear_batched_leading_axes(rng):
+    x, w = randn(rng, 2, 3, 5, 16), randn(rng, 8, 16)
+    y = ops.linear(x, w)
+    assert y.shape == (2, 3, 5, 8)
+    assert_close(y, ref.linear(x, w))
+
+
+def test_linear_empty_and_zero_k(rng):
+    assert ops.linear(np.zeros((0, 4), np.float32), randn(rng, 3, 4)).shape == (0, 3)
+    b = randn(rng, 3)
+    y = ops.linear(np.zeros((2, 0), np.float32), np.zeros((3, 0), np.float32), b, "relu")
+    np.testing.assert_array_equal(y, np.broadcast_to(np.maximum(b, 0), (2, 3)))
+
+
+def test_linear_converts_dtypes_and_strides(rng):
+    x = rng.standard_normal((6, 10))             # float64
+    w = randn(rng, 20, 10)[::2]                  # strided
+    y = ops.linear(x, w)
+    assert y.dtype == np.float32
+    assert_close(y, ref.linear(x.astype(np.float32), w))
+    xi = np.arange(20, dtype=np.int64).reshape(2, 10)
+    assert_close(ops.linear(xi, w), ref.linear(xi.astype(np.float32), w))
+
+
+def test_linear_out(rng):
+    x, w = randn(rng, 9, 12), randn(rng, 5, 12)
+    out = np.empty((9, 5), np.float32)
+    r = ops.linear(x, w, out=out)
+    assert r is out
+    assert_close(out, ref.linear(x, w))
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(1, 70), k=st.integers(1, 90), n=st.integers(1, 90), act=st.sampled_from([None, "relu", "gelu"]))
+def test_linear_hypothesis(m, k, n, act):
+    rng = np.random.default_rng(m * 10000 + k * 100 + n)
+    x, w, b = randn(rng, m, k), randn(rng, n, k), randn(rng, n)
+    assert_close(ops.linear(x, w, b, act), ref.linear(x, w, b, act), atol_scale=4e-6 * np.sqrt(k))
