@@ -6,7 +6,9 @@
 // while it is in L1. Rows of A few enough (M <= kSmallM) skip packing: each output is a dot
 // product of an A row with a W row, 4 x 4 at a time, and W streams from memory once (the GEMV
 // path for decoding one token). Measurements behind these choices: bench/gemm_notes.md.
+#include <cstdlib>
 #include <cstring>
+#include <new>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -22,36 +24,36 @@ namespace {
 
 constexpr int64_t kKC = 256;
 constexpr int64_t kMC = kMR * (144 / kMR);
-constexpr int64_t kNC = kNR * (256 / kNR);
 constexpr int64_t kSmallM = 16;
 
-// Rows [m0, m0+mr) of C, columns [n0, n0+4) (nr <= 4 valid): dot products over K.
-template <int MR>
+// Rows [m0, m0+MR) of C, columns [n0, n0+nr) (nr <= NB): dot products of A rows with W rows over K.
+// NB W rows stream at once (8 when MR <= 2: the GEMV case is bound by loads in flight).
+template <int MR, int NB>
 inline void dot_block(const GemmArgs& g, int64_t m0, int64_t n0, int nr) {
   const int64_t K = g.K;
-  const float* w[4];
-  for (int j = 0; j < 4; ++j) w[j] = g.w + (n0 + (j < nr ? j : 0)) * g.ldw;
+  const float* w[NB];
+  for (int j = 0; j < NB; ++j) w[j] = g.w + (n0 + (j < nr ? j : 0)) * g.ldw;
   const float* x[MR];
   for (int r = 0; r < MR; ++r) x[r] = g.a + (m0 + r) * g.lda;
-  Vec acc[MR][4];
+  Vec acc[MR][NB];
   for (int r = 0; r < MR; ++r)
-    for (int j = 0; j < 4; ++j) acc[r][j] = Vec::zero();
+    for (int j = 0; j < NB; ++j) acc[r][j] = Vec::zero();
   int64_t k = 0;
   for (; k + Vec::W <= K; k += Vec::W) {
-    Vec wv[4];
-    for (int j = 0; j < 4; ++j) wv[j] = Vec::load(w[j] + k);
+    Vec wv[NB];
+    for (int j = 0; j < NB; ++j) wv[j] = Vec::load(w[j] + k);
     for (int r = 0; r < MR; ++r) {
       Vec xv = Vec::load(x[r] + k);
-      for (int j = 0; j < 4; ++j) acc[r][j] = fma(xv, wv[j], acc[r][j]);
+      for (int j = 0; j < NB; ++j) acc[r][j] = fma(xv, wv[j], acc[r][j]);
     }
   }
   if (k < K) {
     int t = static_cast<int>(K - k);
-    Vec wv[4];
-    for (int j = 0; j < 4; ++j) wv[j] = Vec::load_partial(w[j] + k, t);
+    Vec wv[NB];
+    for (int j = 0; j < NB; ++j) wv[j] = Vec::load_partial(w[j] + k, t);
     for (int r = 0; r < MR; ++r) {
       Vec xv = Vec::load_partial(x[r] + k, t);
-      for (int j = 0; j < 4; ++j) acc[r][j] = fma(xv, wv[j], acc[r][j]);
+      for (int j = 0; j < NB; ++j) acc[r][j] = fma(xv, wv[j], acc[r][j]);
     }
   }
   for (int r = 0; r < MR; ++r) {
@@ -62,32 +64,71 @@ inline void dot_block(const GemmArgs& g, int64_t m0, int64_t n0, int nr) {
   }
 }
 
-void gemm_small_m(const GemmArgs& g) {
-  const int64_t nblocks = ceil_div(g.N, 4);
+template <int NB>
+void gemm_small_m_nb(const GemmArgs& g) {
+  const int64_t nblocks = ceil_div(g.N, NB);
   const int nt = threads_for(g.N * g.K * g.M, 1 << 16);
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (int64_t nb = 0; nb < nblocks; ++nb) {
-    int64_t n0 = nb * 4;
-    int nr = static_cast<int>(imin(4, g.N - n0));
+    const int64_t n0 = nb * NB;
+    const int nr = static_cast<int>(imin(NB, g.N - n0));
     int64_t m0 = 0;
-    for (; m0 + 4 <= g.M; m0 += 4) dot_block<4>(g, m0, n0, nr);
-    switch (g.M - m0) {
-      case 3: dot_block<3>(g, m0, n0, nr); break;
-      case 2: dot_block<2>(g, m0, n0, nr); break;
-      case 1: dot_block<1>(g, m0, n0, nr); break;
-      default: break;
+    if constexpr (NB <= 4) {
+      for (; m0 + 4 <= g.M; m0 += 4) dot_block<4, NB>(g, m0, n0, nr);
+      if (g.M - m0 == 3) { dot_block<3, NB>(g, m0, n0, nr); continue; }
     }
+    for (; m0 + 2 <= g.M; m0 += 2) dot_block<2, NB>(g, m0, n0, nr);
+    if (m0 < g.M) dot_block<1, NB>(g, m0, n0, nr);
   }
 }
 
+void gemm_small_m(const GemmArgs& g) {
+  if (g.M <= 2) gemm_small_m_nb<8>(g);
+  else gemm_small_m_nb<4>(g);
+}
+
+// Packed W, kept per calling thread between calls: a fresh multi-MB buffer every call costs its
+// page faults each time (~7% of a 1024x768x3072 GEMM). Buffers above kKeepFloats are freed after use.
+constexpr size_t kKeepFloats = size_t(16) << 20;  // 64 MiB
+
+struct PackCache {
+  float* p = nullptr;
+  size_t n = 0;
+  ~PackCache() { std::free(p); }
+  float* get(size_t want) {
+    if (want > n) {
+      std::free(p);
+      n = 0;
+      p = static_cast<float*>(std::aligned_alloc(64, (want * sizeof(float) + 63) / 64 * 64));
+      if (!p) throw std::bad_alloc();
+      n = want;
+    }
+    return p;
+  }
+  void trim() {
+    if (n > kKeepFloats) { std::free(p); p = nullptr; n = 0; }
+  }
+};
+
 void gemm_packed(const GemmArgs& g) {
   const int64_t M = g.M, N = g.N, K = g.K;
-  const int64_t np = ceil_div(N, kNR);  // B panels
+  const int64_t np = ceil_div(N, kNR);  // W panels
   const int64_t nkb = ceil_div(K, kKC);
-  Buffer bpack(static_cast<size_t>(np * kNR * K));
-  float* const bp = bpack.get();
-  const int64_t mt = ceil_div(M, kMC), ntiles = ceil_div(N, kNC);
   const int nt = threads_for(M * N * K, 1 << 18);
+
+  // Tiles: each thread owns whole row blocks of C (its block of A is packed once per K block and
+  // swept across all of N). Row blocks are sized so they split evenly over the threads; when there
+  // are too few of them, N is cut into column chunks too.
+  int64_t blocks = ceil_div(M, kMC);
+  blocks = ceil_div(blocks, nt) * nt;
+  const int64_t mc_blk = imin(kMC, ceil_div(ceil_div(M, blocks), kMR) * kMR);
+  const int64_t mt = ceil_div(M, mc_blk);
+  const int64_t col_chunks = mt >= 2 * nt ? 1 : ceil_div(2 * nt, mt);
+  const int64_t nc_blk = ceil_div(ceil_div(N, col_chunks), kNR) * kNR;
+  const int64_t ntiles = ceil_div(N, nc_blk);
+
+  static thread_local PackCache cache;
+  float* const bp = cache.get(static_cast<size_t>(np * kNR * K));
   Buffer apack(static_cast<size_t>(nt) * kMC * kKC);
 
 #pragma omp parallel num_threads(nt)
@@ -106,10 +147,10 @@ void gemm_packed(const GemmArgs& g) {
     tid = omp_get_thread_num();
 #endif
     float* ap = apack.get() + static_cast<int64_t>(tid) * kMC * kKC;
-#pragma omp for schedule(dynamic)
+#pragma omp for schedule(static)
     for (int64_t t = 0; t < mt * ntiles; ++t) {
-      const int64_t i0 = (t / ntiles) * kMC, j0 = (t % ntiles) * kNC;
-      const int64_t mc = imin(kMC, M - i0), nc = imin(kNC, N - j0);
+      const int64_t i0 = (t / ntiles) * mc_blk, j0 = (t % ntiles) * nc_blk;
+      const int64_t mc = imin(mc_blk, M - i0), nc = imin(nc_blk, N - j0);
       for (int64_t kb = 0; kb < nkb; ++kb) {
         const int64_t k0 = kb * kKC, kc = imin(kKC, K - k0);
         const bool last = kb + 1 == nkb;
@@ -131,6 +172,7 @@ void gemm_packed(const GemmArgs& g) {
       }
     }
   }
+  cache.trim();
 }
 
 }  // namespace

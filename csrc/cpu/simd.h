@@ -36,8 +36,14 @@ inline Vec abs(Vec a) { return _mm512_abs_ps(a.v); }
 inline float reduce_add(Vec a) { return _mm512_reduce_add_ps(a.v); }
 inline float reduce_max(Vec a) { return _mm512_reduce_max_ps(a.v); }
 inline Vec round_nearest(Vec a) { return _mm512_roundscale_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-// a * 2^n for integral n in [-126, 127]
+// a * 2^n for integral n (scalef handles any n, overflow and underflow included)
 inline Vec ldexp(Vec a, Vec n) { return _mm512_scalef_ps(a.v, n.v); }
+constexpr bool kLdexpFullRange = true;
+// 1/a to ~1 ulp: the 14-bit estimate and one Newton step
+inline Vec reciprocal(Vec a) {
+  __m512 r = _mm512_rcp14_ps(a.v);
+  return _mm512_mul_ps(r, _mm512_fnmadd_ps(a.v, r, _mm512_set1_ps(2.0f)));
+}
 inline Vec select_lt(Vec a, Vec b, Vec x, Vec y) { return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ), y.v, x.v); }
 inline Vec copysign(Vec mag, Vec sgn) {
   const __m512i m = _mm512_set1_epi32(0x80000000);
@@ -87,10 +93,13 @@ inline float reduce_max(Vec a) {
   return _mm_cvtss_f32(s);
 }
 inline Vec round_nearest(Vec a) { return _mm256_round_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+// a * 2^n for integral n while the result stays a normal float (exponent-field arithmetic)
 inline Vec ldexp(Vec a, Vec n) {
   __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(n.v), 23);
   return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(a.v), e));
 }
+constexpr bool kLdexpFullRange = false;
+inline Vec reciprocal(Vec a) { return _mm256_div_ps(_mm256_set1_ps(1.0f), a.v); }
 inline Vec select_lt(Vec a, Vec b, Vec x, Vec y) { return _mm256_blendv_ps(y.v, x.v, _mm256_cmp_ps(a.v, b.v, _CMP_LT_OQ)); }
 inline Vec copysign(Vec mag, Vec sgn) {
   const __m256 m = _mm256_set1_ps(-0.0f);
@@ -140,6 +149,8 @@ inline Vec ldexp(Vec a, Vec n) {
   }
   return r;
 }
+constexpr bool kLdexpFullRange = false;
+inline Vec reciprocal(Vec a) { Vec r; for (int i = 0; i < Vec::W; ++i) r.v[i] = 1.0f / a.v[i]; return r; }
 inline Vec select_lt(Vec a, Vec b, Vec x, Vec y) { Vec r; for (int i = 0; i < Vec::W; ++i) r.v[i] = a.v[i] < b.v[i] ? x.v[i] : y.v[i]; return r; }
 inline Vec copysign(Vec mag, Vec sgn) {
   Vec r;
@@ -173,9 +184,13 @@ inline Vec exp_sum(Vec hi, Vec lo) {
   p = fma(p, r, Vec::set1(1.6666665459e-1f));
   p = fma(p, r, Vec::set1(5.0000001201e-1f));
   p = fma(p, r * r, r + Vec::set1(1.0f));
-  // scale by 2^n in two halves so n = 128 (x near the top) does not overflow the exponent field
-  Vec half = round_nearest(n * Vec::set1(0.5f));
-  Vec y = ldexp(ldexp(p, half), n - half);
+  Vec y;
+  if constexpr (kLdexpFullRange) {
+    y = ldexp(p, n);
+  } else {  // in two halves, so n = 128 (x near the top) does not overflow the exponent field
+    Vec half = round_nearest(n * Vec::set1(0.5f));
+    y = ldexp(ldexp(p, half), n - half);
+  }
   return select_lt(x, bottom, Vec::zero(), y);
 }
 
@@ -213,7 +228,7 @@ inline Vec tanh(Vec x) {
 inline Vec erfc_scaled_nonneg(Vec x) {
   Vec z = x * Vec::set1(0.70710678118654752f);
   Vec x2 = x * x;
-  Vec t = Vec::set1(1.0f) / fma(Vec::set1(0.5f), z, Vec::set1(1.0f));
+  Vec t = reciprocal(fma(Vec::set1(0.5f), z, Vec::set1(1.0f)));
   Vec p = Vec::set1(0.17087277f);
   p = fma(p, t, Vec::set1(-0.82215223f));
   p = fma(p, t, Vec::set1(1.48851587f));
