@@ -168,15 +168,22 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // exp(hi + lo) for |lo| small: Cephes' polynomial on r = hi - n ln2 + lo, n = round((hi + lo) / ln2).
 // hi - n ln2 is exact (Cody-Waite split of ln2), so an argument given as an exact sum (see
-// square_error) keeps its low bits. exp of anything below -87.3 is 0 (the true value is below
-// FLT_MIN), so exp(-inf) = 0 as softmax needs.
-inline Vec exp_sum(Vec hi, Vec lo) {
-  const Vec top = Vec::set1(88.3762626647949f), bottom = Vec::set1(-87.3365447505531f);
-  Vec x = hi + lo;
-  Vec xc = min(top, max(bottom, x));  // operand order keeps NaN (x86 min/max return the 2nd on NaN)
-  Vec n = round_nearest(xc * Vec::set1(1.44269504088896341f));
-  Vec r = fma(n, Vec::set1(-0.693359375f), min(top, max(bottom, hi)));
-  r = fma(n, Vec::set1(2.12194440e-4f), r) + lo;
+// square_error) keeps its low bits. exp(-inf) = 0 (softmax needs it), exp(inf) = inf, NaN stays NaN.
+template <bool kHasLo>
+inline Vec exp_impl(Vec hi, Vec lo) {
+  const Vec log2e = Vec::set1(1.44269504088896341f);
+  const Vec arg = kHasLo ? hi + lo : hi;  // unclamped, for the underflow test below
+  if constexpr (kLdexpFullRange) {
+    // scalef over/underflows correctly by itself (to inf, denormals, 0): only keep the argument
+    // finite and n in range. Operand order keeps NaN (x86 min/max return the 2nd on NaN).
+    hi = min(Vec::set1(89.0f), max(Vec::set1(-104.0f), hi));
+  } else {
+    hi = min(Vec::set1(88.3762626647949f), max(Vec::set1(-87.3365447505531f), hi));
+  }
+  Vec n = round_nearest((kHasLo ? hi + lo : hi) * log2e);
+  Vec r = fma(n, Vec::set1(-0.693359375f), hi);
+  r = fma(n, Vec::set1(2.12194440e-4f), r);
+  if constexpr (kHasLo) r = r + lo;
   Vec p = Vec::set1(1.9875691500e-4f);
   p = fma(p, r, Vec::set1(1.3981999507e-3f));
   p = fma(p, r, Vec::set1(8.3334519073e-3f));
@@ -184,17 +191,19 @@ inline Vec exp_sum(Vec hi, Vec lo) {
   p = fma(p, r, Vec::set1(1.6666665459e-1f));
   p = fma(p, r, Vec::set1(5.0000001201e-1f));
   p = fma(p, r * r, r + Vec::set1(1.0f));
-  Vec y;
   if constexpr (kLdexpFullRange) {
-    y = ldexp(p, n);
-  } else {  // in two halves, so n = 128 (x near the top) does not overflow the exponent field
+    return ldexp(p, n);
+  } else {
+    // exponent-field arithmetic: 2^n in two halves so n = 128 does not overflow the field, and
+    // 0 below ln(FLT_MIN), where the true value is no longer a normal float
     Vec half = round_nearest(n * Vec::set1(0.5f));
-    y = ldexp(ldexp(p, half), n - half);
+    Vec y = ldexp(ldexp(p, half), n - half);
+    return select_lt(arg, Vec::set1(-87.3365447505531f), Vec::zero(), y);
   }
-  return select_lt(x, bottom, Vec::zero(), y);
 }
 
-inline Vec exp(Vec x) { return exp_sum(x, Vec::zero()); }
+inline Vec exp(Vec x) { return exp_impl<false>(x, x); }
+inline Vec exp_sum(Vec hi, Vec lo) { return exp_impl<true>(hi, lo); }
 
 // The rounding error of a = x * x: x*x - a exactly (an FMA, or Dekker's split without one).
 inline Vec square_error(Vec x, Vec a) {
