@@ -117,12 +117,11 @@ void gemm_packed(const GemmArgs& g) {
   const int nt = threads_for(M * N * K, 1 << 18);
 
   // Tiles: each thread owns whole row blocks of C (its block of A is packed once per K block and
-  // swept across all of N). Row blocks are sized so they split evenly over the threads; when there
-  // are too few of them, N is cut into column chunks too.
-  int64_t blocks = ceil_div(M, kMC);
-  blocks = ceil_div(blocks, nt) * nt;
-  const int64_t mc_blk = imin(kMC, ceil_div(ceil_div(M, blocks), kMR) * kMR);
-  const int64_t mt = ceil_div(M, mc_blk);
+  // swept across all of N). The MR-row panels of A are dealt out evenly: row block b covers panels
+  // [b*P/T, (b+1)*P/T), T a multiple of the thread count, each block at most MC rows. When there
+  // are too few row blocks, N is cut into column chunks too.
+  const int64_t panels = ceil_div(M, kMR);
+  const int64_t mt = ceil_div(ceil_div(panels, kMC / kMR), nt) * nt;
   const int64_t col_chunks = mt >= 2 * nt ? 1 : ceil_div(2 * nt, mt);
   const int64_t nc_blk = ceil_div(ceil_div(N, col_chunks), kNR) * kNR;
   const int64_t ntiles = ceil_div(N, nc_blk);
@@ -149,8 +148,10 @@ void gemm_packed(const GemmArgs& g) {
     float* ap = apack.get() + static_cast<int64_t>(tid) * kMC * kKC;
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < mt * ntiles; ++t) {
-      const int64_t i0 = (t / ntiles) * mc_blk, j0 = (t % ntiles) * nc_blk;
-      const int64_t mc = imin(mc_blk, M - i0), nc = imin(nc_blk, N - j0);
+      const int64_t rb = t / ntiles, j0 = (t % ntiles) * nc_blk;
+      const int64_t i0 = imin(M, rb * panels / mt * kMR), i1 = imin(M, (rb + 1) * panels / mt * kMR);
+      const int64_t mc = i1 - i0, nc = imin(nc_blk, N - j0);
+      if (mc <= 0) continue;
       for (int64_t kb = 0; kb < nkb; ++kb) {
         const int64_t k0 = kb * kKC, kc = imin(kKC, K - k0);
         const bool last = kb + 1 == nkb;

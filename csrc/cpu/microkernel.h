@@ -7,6 +7,9 @@
 // FMA chains to hide the FMA latency on both FMA pipes (see bench/gemm_notes.md).
 #pragma once
 #include <cstdint>
+#if defined(__SSE2__)
+#include <xmmintrin.h>
+#endif
 
 #include "cpu/simd.h"
 
@@ -90,6 +93,25 @@ inline void pack_a(const float* src, int64_t ld, int64_t rows, int64_t kc, float
 inline void pack_b_transposed(const float* src, int64_t ld, int64_t rows, int64_t kc, float* dst) {
   for (int64_t p0 = 0; p0 < rows; p0 += kNR, dst += kc * kNR) {
     int64_t pr = rows - p0 < kNR ? rows - p0 : kNR;
+#if defined(__SSE2__)
+    if (pr == kNR) {  // full panel: 4 x 4 transposes (SSE is baseline x86-64, so every ISA build has it)
+      int64_t k = 0;
+      for (; k + 4 <= kc; k += 4)
+        for (int64_t j = 0; j < kNR; j += 4) {
+          const float* s0 = src + (p0 + j) * ld + k;
+          __m128 r0 = _mm_loadu_ps(s0), r1 = _mm_loadu_ps(s0 + ld), r2 = _mm_loadu_ps(s0 + 2 * ld),
+                 r3 = _mm_loadu_ps(s0 + 3 * ld);
+          _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+          _mm_storeu_ps(dst + k * kNR + j, r0);
+          _mm_storeu_ps(dst + (k + 1) * kNR + j, r1);
+          _mm_storeu_ps(dst + (k + 2) * kNR + j, r2);
+          _mm_storeu_ps(dst + (k + 3) * kNR + j, r3);
+        }
+      for (; k < kc; ++k)
+        for (int64_t j = 0; j < kNR; ++j) dst[k * kNR + j] = src[(p0 + j) * ld + k];
+      continue;
+    }
+#endif
     for (int64_t j = 0; j < kNR; ++j) {
       if (j < pr) {
         const float* s = src + (p0 + j) * ld;
