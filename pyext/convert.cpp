@@ -91,8 +91,7 @@ Arg output(py::handle out, const std::vector<int64_t>& shape, const std::vector<
   }
   if (!py::isinstance<py::array>(out)) raise<TypeError>("out must be a numpy array");
   py::array a = py::reinterpret_borrow<py::array>(out);
-  if (!a.dtype().is(py::dtype::of<float>()) && !(a.dtype().kind() == 'f' && a.itemsize() == 4 &&
-                                                  a.dtype().attr("isnative").cast<bool>())) {
+  if (!(a.dtype().kind() == 'f' && a.itemsize() == 4 && a.dtype().attr("isnative").cast<bool>())) {
     std::string dt = py::str(a.dtype());
     raise<TypeError>("out must be a float32 array, got dtype ", dt);
   }

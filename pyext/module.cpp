@@ -28,7 +28,7 @@ namespace {
 
 cf::ops::Activation activation_arg(py::handle act) {
   if (act.is_none()) return cf::ops::Activation::none;
-  if (!py::isinstance<py::str>(act)) cf::raise<cf::TypeError>("activation must be None or a str, got ", std::string(py::str(act.get_type().attr("__name__"))));
+  if (!py::isinstance<py::str>(act)) cf::raise<cf::TypeError>("activation must be None or a str, got ", std::string(py::str(py::type::of(act).attr("__name__"))));
   const std::string name = act.cast<std::string>();
   if (name == "none") cf::raise<cf::ValueError>("activation must be None, 'relu', 'gelu' or 'gelu_tanh', got 'none'");
   return cf::ops::activation_from_name(name);

@@ -34,15 +34,6 @@ inline const char* dtype_name(DType t) {
   return "?";
 }
 
-inline int64_t dtype_size(DType t) {
-  switch (t) {
-    case DType::f16: case DType::bf16: return 2;
-    case DType::f64: case DType::i64: return 8;
-    case DType::u8: case DType::boolean: return 1;
-    default: return 4;
-  }
-}
-
 constexpr int kMaxDims = 8;
 
 struct TensorView {
@@ -72,7 +63,6 @@ struct TensorView {
     int64_t s = 1;
     for (int i = ndim - 1; i >= 0; --i) { strides[i] = s; s *= shape[i]; }
   }
-  bool defined() const { return data != nullptr || numel() == 0; }
   int64_t numel() const {
     int64_t n = 1;
     for (int i = 0; i < ndim; ++i) n *= shape[i];

@@ -12,6 +12,7 @@
 #include "core/threading.h"
 #include "cpu/buffer.h"
 #include "cpu/kernels.h"
+#include "cpu/row.h"
 #include "cpu/simd.h"
 
 namespace cf::cpu::CF_ISA_NS {
@@ -57,24 +58,7 @@ void additive_attention(const AdditiveArgs& a) {
         if (w) std::memset(w, 0, sizeof(float) * Sk);
         continue;
       }
-      float sum = 0.0f;
-      {
-        const Vec vm = Vec::set1(mx);
-        Vec acc = Vec::zero();
-        int64_t j = 0;
-        for (; j + Vec::W <= Sk; j += Vec::W) {
-          Vec e = exp(Vec::load(s + j) - vm);
-          e.store(s + j);
-          acc = acc + e;
-        }
-        if (j < Sk) {
-          int t = static_cast<int>(Sk - j);
-          Vec e = exp(Vec::load_partial(s + j, t) - vm);
-          e.store_partial(s + j, t);
-          acc = acc + Vec::load_partial(s + j, t);
-        }
-        sum = reduce_add(acc);
-      }
+      const float sum = exp_sub_sum(s, s, Sk, mx);
       const float inv = 1.0f / sum;
       for (int64_t j = 0; j < Sk; ++j) {
         const float p = s[j] * inv;

@@ -19,6 +19,7 @@
 #include "cpu/buffer.h"
 #include "cpu/kernels.h"
 #include "cpu/microkernel.h"
+#include "cpu/row.h"
 
 namespace cf::cpu::CF_ISA_NS {
 namespace {
@@ -56,41 +57,6 @@ inline void apply_mask(const MaskArgs& mk, int64_t b, int64_t h, int64_t i, int6
       for (int64_t j = 0; j < n; ++j) s[j] += p[j * mk.sk];
     }
   }
-}
-
-inline float row_max(const float* s, int64_t n) {
-  Vec m = Vec::set1(kNegInf);
-  int64_t j = 0;
-  for (; j + Vec::W <= n; j += Vec::W) m = max(m, Vec::load(s + j));
-  float r = reduce_max(m);
-  for (; j < n; ++j) r = s[j] > r ? s[j] : r;
-  return r;
-}
-
-// s[j] = exp(s[j] - mx) in place; returns the sum.
-inline float exp_row(float* s, int64_t n, float mx) {
-  const Vec vm = Vec::set1(mx);
-  Vec acc = Vec::zero();
-  int64_t j = 0;
-  for (; j + Vec::W <= n; j += Vec::W) {
-    Vec e = exp(Vec::load(s + j) - vm);
-    e.store(s + j);
-    acc = acc + e;
-  }
-  if (j < n) {
-    int t = static_cast<int>(n - j);
-    Vec e = exp(Vec::load_partial(s + j, t) - vm);
-    e.store_partial(s + j, t);
-    acc = acc + Vec::load_partial(s + j, t);
-  }
-  return reduce_add(acc);
-}
-
-inline void scale_row(float* o, int64_t n, float c) {
-  const Vec vc = Vec::set1(c);
-  int64_t j = 0;
-  for (; j + Vec::W <= n; j += Vec::W) (Vec::load(o + j) * vc).store(o + j);
-  for (; j < n; ++j) o[j] *= c;
 }
 
 }  // namespace
@@ -169,7 +135,7 @@ void attention(const AttentionArgs& a) {
             continue;
           }
           const float corr = m[r] == kNegInf ? 0.0f : std::exp(m[r] - m_new);
-          const float sum = exp_row(srow, nk, m_new);
+          const float sum = exp_sub_sum(srow, srow, nk, m_new);
           if (l[r] != 0.0f && corr != 1.0f) { scale_row(o + r * Dv, Dv, corr); }
           l[r] = l[r] * corr + sum;
           m[r] = m_new;

@@ -5,6 +5,7 @@
 
 #include "core/threading.h"
 #include "cpu/kernels.h"
+#include "cpu/row.h"
 #include "cpu/simd.h"
 
 namespace cf::cpu::CF_ISA_NS {
@@ -19,31 +20,12 @@ void softmax_rows(const SoftmaxArgs& a) {
   for (int64_t r = 0; r < a.outer; ++r) {
     const float* x = a.x + r * n;
     float* y = a.y + r * n;
-    Vec vmax = Vec::set1(kNegInf);
-    int64_t j = 0;
-    for (; j + Vec::W <= n; j += Vec::W) vmax = max(vmax, Vec::load(x + j));
-    float mx = reduce_max(vmax);
-    for (; j < n; ++j) mx = x[j] > mx ? x[j] : mx;
-    if (mx == kNegInf) {
-      for (j = 0; j < n; ++j) y[j] = 0.0f;
+    const float mx = row_max(x, n);
+    if (mx == kNegInf) {  // every element -inf: zeros
+      for (int64_t j = 0; j < n; ++j) y[j] = 0.0f;
       continue;
     }
-    const Vec vm = Vec::set1(mx);
-    Vec acc = Vec::zero();
-    for (j = 0; j + Vec::W <= n; j += Vec::W) {
-      Vec e = exp(Vec::load(x + j) - vm);
-      e.store(y + j);
-      acc = acc + e;
-    }
-    if (j < n) {
-      int t = static_cast<int>(n - j);
-      exp(Vec::load_partial(x + j, t) - vm).store_partial(y + j, t);
-      acc = acc + Vec::load_partial(y + j, t);  // reloaded: lanes past n are 0, not exp(-mx)
-    }
-    const float sum = reduce_add(acc);
-    const Vec inv = Vec::set1(1.0f / sum);
-    for (j = 0; j + Vec::W <= n; j += Vec::W) (Vec::load(y + j) * inv).store(y + j);
-    if (j < n) (Vec::load_partial(y + j, static_cast<int>(n - j)) * inv).store_partial(y + j, static_cast<int>(n - j));
+    scale_row(y, n, 1.0f / exp_sub_sum(x, y, n, mx));
   }
 }
 
