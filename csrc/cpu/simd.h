@@ -30,6 +30,7 @@ inline Vec operator-(Vec a, Vec b) { return _mm512_sub_ps(a.v, b.v); }
 inline Vec operator*(Vec a, Vec b) { return _mm512_mul_ps(a.v, b.v); }
 inline Vec operator/(Vec a, Vec b) { return _mm512_div_ps(a.v, b.v); }
 inline Vec fma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a.v, b.v, c.v); }
+inline Vec fms(Vec a, Vec b, Vec c) { return _mm512_fmsub_ps(a.v, b.v, c.v); }
 inline Vec max(Vec a, Vec b) { return _mm512_max_ps(a.v, b.v); }
 inline Vec min(Vec a, Vec b) { return _mm512_min_ps(a.v, b.v); }
 inline Vec abs(Vec a) { return _mm512_abs_ps(a.v); }
@@ -77,6 +78,7 @@ inline Vec operator-(Vec a, Vec b) { return _mm256_sub_ps(a.v, b.v); }
 inline Vec operator*(Vec a, Vec b) { return _mm256_mul_ps(a.v, b.v); }
 inline Vec operator/(Vec a, Vec b) { return _mm256_div_ps(a.v, b.v); }
 inline Vec fma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a.v, b.v, c.v); }
+inline Vec fms(Vec a, Vec b, Vec c) { return _mm256_fmsub_ps(a.v, b.v, c.v); }
 inline Vec max(Vec a, Vec b) { return _mm256_max_ps(a.v, b.v); }
 inline Vec min(Vec a, Vec b) { return _mm256_min_ps(a.v, b.v); }
 inline Vec abs(Vec a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a.v); }
@@ -132,6 +134,7 @@ CF_VEC_BINARY(max, x > y ? x : y)
 CF_VEC_BINARY(min, x < y ? x : y)
 #undef CF_VEC_BINARY
 inline Vec fma(Vec a, Vec b, Vec c) { Vec r; for (int i = 0; i < Vec::W; ++i) r.v[i] = a.v[i] * b.v[i] + c.v[i]; return r; }
+inline Vec fms(Vec a, Vec b, Vec c) { Vec r; for (int i = 0; i < Vec::W; ++i) r.v[i] = a.v[i] * b.v[i] - c.v[i]; return r; }
 inline Vec abs(Vec a) { Vec r; for (int i = 0; i < Vec::W; ++i) r.v[i] = a.v[i] < 0 ? -a.v[i] : a.v[i]; return r; }
 inline float reduce_add(Vec a) { float s = 0; for (int i = 0; i < Vec::W; ++i) s += a.v[i]; return s; }
 inline float reduce_max(Vec a) { float s = a.v[0]; for (int i = 1; i < Vec::W; ++i) s = a.v[i] > s ? a.v[i] : s; return s; }
@@ -169,11 +172,15 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // exp(hi + lo) for |lo| small: Cephes' polynomial on r = hi - n ln2 + lo, n = round((hi + lo) / ln2).
 // hi - n ln2 is exact (Cody-Waite split of ln2), so an argument given as an exact sum (see
 // square_error) keeps its low bits. exp(-inf) = 0 (softmax needs it), exp(inf) = inf, NaN stays NaN.
-template <bool kHasLo>
+// kBounded: the caller guarantees a finite argument above -300, so where scalef does the scaling
+// no clamp is needed at all (2^-433 and below scale to 0 exactly).
+template <bool kHasLo, bool kBounded = false>
 inline Vec exp_impl(Vec hi, Vec lo) {
   const Vec log2e = Vec::set1(1.44269504088896341f);
   const Vec arg = kHasLo ? hi + lo : hi;  // unclamped, for the underflow test below
-  if constexpr (kLdexpFullRange) {
+  if constexpr (kLdexpFullRange && kBounded) {
+    // nothing to clamp
+  } else if constexpr (kLdexpFullRange) {
     // scalef over/underflows correctly by itself (to inf, denormals, 0): only keep the argument
     // finite and n in range. Operand order keeps NaN (x86 min/max return the 2nd on NaN).
     hi = min(Vec::set1(89.0f), max(Vec::set1(-104.0f), hi));
@@ -204,11 +211,12 @@ inline Vec exp_impl(Vec hi, Vec lo) {
 
 inline Vec exp(Vec x) { return exp_impl<false>(x, x); }
 inline Vec exp_sum(Vec hi, Vec lo) { return exp_impl<true>(hi, lo); }
+inline Vec exp_sum_bounded(Vec hi, Vec lo) { return exp_impl<true, true>(hi, lo); }
 
 // The rounding error of a = x * x: x*x - a exactly (an FMA, or Dekker's split without one).
 inline Vec square_error(Vec x, Vec a) {
 #if defined(CF_ISA_AVX2) || defined(CF_ISA_AVX512)
-  return fma(x, x, Vec::zero() - a);
+  return fms(x, x, a);
 #else
   Vec c = Vec::set1(4097.0f) * x;
   Vec xh = c - (c - x), xl = x - xh;
@@ -231,10 +239,10 @@ inline Vec tanh(Vec x) {
   return select_lt(ax, Vec::set1(0.625f), small, large);
 }
 
-// erfc(x / sqrt 2) for x >= 0 with fractional error < 1.2e-7 (Numerical Recipes' Chebyshev fit,
-// erfcc). The exponent -x^2/2 is passed to exp as an exact sum: rounding it would cost
-// |x^2/2| * 6e-8 of relative error, 1e-5 in the far tail.
-inline Vec erfc_scaled_nonneg(Vec x) {
+// Phi(-x) = erfc(x / sqrt 2) / 2 for 0 <= x <= 20, with fractional error < 1.2e-7 (Numerical Recipes'
+// Chebyshev fit, erfcc; the 1/2 is folded into the exponent as -ln 2). The exponent -x^2/2 is passed
+// to exp as an exact sum: rounding it would cost |x^2/2| * 6e-8 of relative error, 1e-5 in the tail.
+inline Vec normal_tail(Vec x) {
   Vec z = x * Vec::set1(0.70710678118654752f);
   Vec x2 = x * x;
   Vec t = reciprocal(fma(Vec::set1(0.5f), z, Vec::set1(1.0f)));
@@ -247,28 +255,26 @@ inline Vec erfc_scaled_nonneg(Vec x) {
   p = fma(p, t, Vec::set1(0.09678418f));
   p = fma(p, t, Vec::set1(0.37409196f));
   p = fma(p, t, Vec::set1(1.00002368f));
-  p = fma(p, t, Vec::set1(-1.26551223f));
+  p = fma(p, t, Vec::set1(-1.26551223f - 0.69314718055994531f));
   const Vec minus_half = Vec::set1(-0.5f);
-  return t * exp_sum(x2 * minus_half, fma(square_error(x, x2), minus_half, p));
+  return t * exp_sum_bounded(x2 * minus_half, fma(square_error(x, x2), minus_half, p));
 }
-
-// Below x = -20 both GELUs are 0 in float32 (|gelu| < 1e-80); selecting 0 there also gives
-// gelu(-inf) = 0 rather than -inf * 0. NaN stays NaN (a comparison with NaN selects the formula).
-inline Vec zero_below_minus_20(Vec x, Vec y) { return select_lt(x, Vec::set1(-20.0f), Vec::zero(), y); }
 
 // gelu(x) = x * Phi(x), Phi(x) = erfc(-x / sqrt 2) / 2, evaluated without cancellation on either side.
+// Below x = -20, Phi is 0 in float32; clamping x at -FLT_MAX for the product gives gelu(-inf) = 0
+// (not -inf * 0). NaN stays NaN (x86 max/min return the 2nd operand on NaN).
 inline Vec gelu(Vec x) {
-  Vec ax = min(Vec::set1(20.0f), abs(x));                   // erfc(20/sqrt 2) = 0; keeps inf out
-  Vec tail = Vec::set1(0.5f) * erfc_scaled_nonneg(ax);      // Phi(-|x|)
+  Vec tail = normal_tail(min(Vec::set1(20.0f), abs(x)));     // Phi(-|x|); |x| <= 20 keeps inf out
   Vec phi = select_lt(x, Vec::zero(), tail, Vec::set1(1.0f) - tail);
-  return zero_below_minus_20(x, x * phi);
+  return max(Vec::set1(-3.4028235e38f), x) * phi;
 }
 
-// gelu_tanh(x) = x / 2 (1 + tanh(u)) = x * sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3)
+// gelu_tanh(x) = x / 2 (1 + tanh(u)) = x * sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3).
+// Below x = -20 it is 0 in float32 (|gelu| < 1e-80): selecting 0 there also gives gelu(-inf) = 0.
 inline Vec gelu_tanh(Vec x) {
   Vec u2 = x * fma(Vec::set1(2.0f * 0.7978845608028654f * 0.044715f), x * x, Vec::set1(2.0f * 0.7978845608028654f));
   Vec e = exp(min(Vec::set1(88.0f), Vec::zero() - u2));
-  return zero_below_minus_20(x, x / (Vec::set1(1.0f) + e));
+  return select_lt(x, Vec::set1(-20.0f), Vec::zero(), x / (Vec::set1(1.0f) + e));
 }
 
 inline Vec relu(Vec x) { return max(Vec::zero(), x); }  // NaN stays NaN
