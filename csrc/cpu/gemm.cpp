@@ -1,11 +1,11 @@
 // GEMM for Linear layers: C (M,N) = act(A (M,K) . W (N,K)^T + bias) + residual.
 //
 // Goto/BLIS scheme. W is packed once per call into NR-wide panels, KC deep (shared by all
-// threads); each thread takes MC x NC tiles of C, packs its MC x KC block of A and runs the
-// MR x NR microkernel over it; the epilogue runs on each micro-tile after its last K block,
-// while it is in L1. Rows of A few enough (M <= kSmallM) skip packing: each output is a dot
-// product of an A row with a W row, 4 x 4 at a time, and W streams from memory once (the GEMV
-// path for decoding one token). Measurements behind these choices: bench/gemm_notes.md.
+// threads). Each thread owns whole row blocks of C: it packs its block of A once per K block and
+// runs the MR x NR microkernel across all of N; the epilogue runs on each micro-tile after its last
+// K block, while it is in L1. Few rows (M <= kSmallM) skip packing: each output is a dot product of
+// an A row with a W row, as many W rows at once as the registers allow, and W streams from memory
+// once (the GEMV path for decoding one token). Measurements behind these choices: bench/gemm_notes.md.
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -26,8 +26,8 @@ constexpr int64_t kKC = 256;
 constexpr int64_t kMC = kMR * (144 / kMR);
 constexpr int64_t kSmallM = 16;
 
-// Rows [m0, m0+MR) of C, columns [n0, n0+nr) (nr <= NB): dot products of A rows with W rows over K.
-// NB W rows stream at once (8 when MR <= 2: the GEMV case is bound by loads in flight).
+// Rows [m0, m0+MR) of C, columns [n0, n0+nr) (nr <= NB): dot products of A rows with W rows over K,
+// NB W rows streaming at once.
 template <int MR, int NB>
 inline void dot_block(const GemmArgs& g, int64_t m0, int64_t n0, int nr) {
   const int64_t K = g.K;
