@@ -64,3 +64,31 @@ def test_env_isa_unknown_falls_back_with_message():
 def test_cli_info():
     out = run_child("from coreformer.cli import main; main(['info'])")
     assert json.loads(out.stdout)["isa"] in ("scalar", "avx2", "avx512")
+
+
+def test_cli_bench_json(tmp_path, capsys):
+    from coreformer.cli import main
+    path = tmp_path / "bench.json"
+    before = coreformer.get_num_threads()
+    try:
+        assert main(["bench", "--quick", "--ops", "layer_norm,relu", "--rounds", "1", "--threads", "1",
+                     "--json", str(path)]) == 0
+    finally:
+        coreformer.set_num_threads(before)  # --threads sets the process-wide count
+    table = capsys.readouterr().out
+    assert "| layer_norm" in table and "numpy/ours" in table
+    data = json.loads(path.read_text())
+    assert data["environment"]["coreformer"]["num_threads"] == 1
+    ops_seen = {r["op"] for r in data["results"]}
+    assert {"layer_norm", "relu"} <= ops_seen
+    for r in data["results"]:
+        assert r["unit"] in ("GB/s", "GFLOP/s") and r["work"] > 0
+        assert all(t > 0 for t in r["seconds"].values())
+
+
+def test_cli_bench_bad_arguments():
+    from coreformer.cli import main
+    for argv in (["bench", "--ops", "nope"], ["bench", "--threads", "0"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
