@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import statistics
 import time
@@ -320,6 +321,10 @@ def main(args) -> int:
           + (f" | torch {env['torch']} threads={env['torch_threads']}" if "torch" in env else " | torch not installed")
           + f" | {env['processor']}", flush=True)
     print(f"{rounds} rounds, medians; peer/ours > 1 means coreformer is faster", flush=True)
+    forced = {k: v for k, v in os.environ.items() if k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    if forced:
+        print("note: " + " ".join(f"{k}={v}" for k, v in forced.items()) + " pins numpy's OpenBLAS to a kernel "
+              "of its choosing; unset it for a fair numpy column", flush=True)
     results = run(cases, rounds, min_sample,
                   progress=lambda r: print(f"  {r['op']:<24} {r['shape']:<28} done", flush=True) if args.verbose else None)
     print(format_table(results))
