@@ -125,3 +125,24 @@ def test_sdpa_hypothesis(sq, sk, d, causal, masked):
     mask = (rng.random((1, 2, sq, sk)) > 0.4) if masked else None
     assert_close(ops.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal),
                  ref.sdpa(q, k, v, attn_mask=mask, is_causal=causal), atol_scale=5e-6)
+
+
+@pytest.mark.parametrize("sq", [1, 2])
+@pytest.mark.parametrize("sk", [1, 5, 300, 1000])
+@pytest.mark.parametrize("kind", ["none", "causal", "bool", "float", "causal+bool"])
+def test_sdpa_few_queries(isa, rng, sq, sk, kind):
+    # Decoding against a KV cache: Sq <= 2 takes the path that reads K and V in place.
+    q, k, v = randn(rng, 2, 3, sq, 24), randn(rng, 2, 3, sk, 24), randn(rng, 2, 3, sk, 40)
+    mask = None
+    if "bool" in kind:
+        mask = rng.random((2, 1, sq, sk)) > 0.3
+        mask[0, 0, 0, :] = False  # a row with nothing to attend
+    elif kind == "float":
+        mask = randn(rng, 2, 3, 1, sk, scale=2)
+        mask[1, :, :, : sk // 2] = -np.inf
+    causal = "causal" in kind
+    got = ops.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+    assert np.isfinite(got).all()
+    assert_close(got, ref.sdpa(q, k, v, attn_mask=mask, is_causal=causal), atol_scale=5e-6)
+    if "bool" in kind:
+        assert np.all(got[0, 0, 0] == 0)

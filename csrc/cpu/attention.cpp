@@ -27,6 +27,7 @@ namespace {
 constexpr int64_t kBQ = kMR * (48 / kMR);  // query rows per task
 constexpr int64_t kBK = 256;               // keys per block; the P tile's compile-time leading dimension
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+constexpr int64_t kFewQueries = 2;         // up to this many query rows, attend without packing K and V (measured: bench/gemm_notes.md)
 
 // s[0, n) gets the mask of row (b, h, i), keys [j0, j0 + n).
 inline void apply_mask(const MaskArgs& mk, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t n, float* s) {
@@ -59,11 +60,71 @@ inline void apply_mask(const MaskArgs& mk, int64_t b, int64_t h, int64_t i, int6
   }
 }
 
+// Few queries (decoding against a KV cache): packing K and V would cost more than reading them. One
+// task per (b, h) reads each K row and each V row once for all Sq queries: scores by dot products
+// in place, a softmax per query row, then V's rows summed with those weights. Memory O(Sq * Sk)
+// per thread, Sq <= kFewQueries.
+void attention_few_queries(const AttentionArgs& a) {
+  const int64_t B = a.B, H = a.H, Sq = a.Sq, Sk = a.Sk, D = a.D, Dv = a.Dv;
+  const int64_t causal_off = Sk - Sq;
+  const int nt = threads_for(B * H * Sq * Sk * (D + Dv), 1 << 15);
+  const int64_t per_thread = Sq * (Sk + Dv + 1);
+  Buffer scratch(static_cast<size_t>(nt * per_thread));
+#pragma omp parallel num_threads(nt)
+  {
+    int tid = 0;
+#ifdef _OPENMP
+    tid = omp_get_thread_num();
+#endif
+    float* s = scratch.get() + tid * per_thread;  // (Sq, Sk) scores, then weights
+    float* acc = s + Sq * Sk;                     // (Sq, Dv)
+    float* inv = acc + Sq * Dv;                   // (Sq,) 1 / sum, or 0 for a row with nothing to attend
+#pragma omp for schedule(dynamic)
+    for (int64_t bh = 0; bh < B * H; ++bh) {
+      const int64_t b = bh / H, h = bh % H;
+      const float* q = a.q + b * a.q_sb + h * a.q_sh;
+      const float* k = a.k + b * a.k_sb + h * a.k_sh;
+      const float* v = a.v + b * a.v_sb + h * a.v_sh;
+      // query i sees keys [0, visible(i)); the last query sees the most
+      auto visible = [&](int64_t i) { return a.causal ? imin(Sk, imax(0, i + causal_off + 1)) : Sk; };
+      const int64_t jmax = visible(Sq - 1);
+      for (int64_t j = 0; j < jmax; ++j)
+        for (int64_t i = 0; i < Sq; ++i)
+          if (j < visible(i)) s[i * Sk + j] = a.scale * dot(q + i * a.q_ss, k + j * a.k_ss, D);
+      for (int64_t i = 0; i < Sq; ++i) {
+        float* row = s + i * Sk;
+        const int64_t n = visible(i);
+        apply_mask(a.mask, b, h, i, 0, n, row);
+        apply_mask(a.mask2, b, h, i, 0, n, row);
+        const float mx = n > 0 ? row_max(row, n) : kNegInf;
+        for (int64_t j = n; j < jmax; ++j) row[j] = 0.0f;
+        if (mx == kNegInf) {  // nothing to attend: zeros
+          for (int64_t j = 0; j < n; ++j) row[j] = 0.0f;
+          inv[i] = 0.0f;
+        } else {
+          inv[i] = 1.0f / exp_sub_sum(row, row, n, mx);
+        }
+      }
+      std::memset(acc, 0, sizeof(float) * Sq * Dv);
+      for (int64_t j = 0; j < jmax; ++j)
+        for (int64_t i = 0; i < Sq; ++i) {
+          const float p = s[i * Sk + j];
+          if (p != 0.0f) axpy(p, v + j * a.v_ss, acc + i * Dv, Dv);
+        }
+      for (int64_t i = 0; i < Sq; ++i) {
+        float* dst = a.out + b * a.o_sb + h * a.o_sh + i * a.o_ss;
+        for (int64_t d = 0; d < Dv; ++d) dst[d] = acc[i * Dv + d] * inv[i];
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void attention(const AttentionArgs& a) {
   const int64_t B = a.B, H = a.H, Sq = a.Sq, Sk = a.Sk, D = a.D, Dv = a.Dv;
   if (B == 0 || H == 0 || Sq == 0 || Dv == 0) return;
+  if (Sq <= kFewQueries) return attention_few_queries(a);
   const int64_t BH = B * H;
   const int64_t kp_head = ceil_div(Sk, kNR) * kNR * D;   // packed K^T of one head
   const int64_t dvp = ceil_div(Dv, kNR) * kNR;

@@ -1,4 +1,4 @@
-// Row operations shared by softmax and the two attentions: max, exp-and-sum, scale.
+// Row operations shared by softmax and the two attentions: max, exp-and-sum, scale, dot, axpy.
 #pragma once
 #include <cstdint>
 #include <limits>
@@ -32,6 +32,31 @@ inline float exp_sub_sum(const float* x, float* y, int64_t n, float mx) {
     acc = acc + Vec::load_partial(y + j, t);  // reloaded: lanes past n are 0, not exp(-mx)
   }
   return reduce_add(acc);
+}
+
+inline float dot(const float* x, const float* y, int64_t n) {
+  Vec acc0 = Vec::zero(), acc1 = Vec::zero();
+  int64_t j = 0;
+  for (; j + 2 * Vec::W <= n; j += 2 * Vec::W) {
+    acc0 = fma(Vec::load(x + j), Vec::load(y + j), acc0);
+    acc1 = fma(Vec::load(x + j + Vec::W), Vec::load(y + j + Vec::W), acc1);
+  }
+  for (; j < n; j += Vec::W) {
+    const int t = static_cast<int>(n - j < Vec::W ? n - j : Vec::W);
+    acc0 = fma(Vec::load_partial(x + j, t), Vec::load_partial(y + j, t), acc0);
+  }
+  return reduce_add(acc0 + acc1);
+}
+
+// y[0, n) += c * x[0, n)
+inline void axpy(float c, const float* x, float* y, int64_t n) {
+  const Vec vc = Vec::set1(c);
+  int64_t j = 0;
+  for (; j + Vec::W <= n; j += Vec::W) fma(vc, Vec::load(x + j), Vec::load(y + j)).store(y + j);
+  if (j < n) {
+    const int t = static_cast<int>(n - j);
+    fma(vc, Vec::load_partial(x + j, t), Vec::load_partial(y + j, t)).store_partial(y + j, t);
+  }
 }
 
 inline void scale_row(float* y, int64_t n, float c) {
