@@ -99,6 +99,14 @@ def _attention_cases(rng, torch, F, quick):
             tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
             impls["torch"] = lambda tq=tq, tk=tk, tv=tv, c=causal: F.scaled_dot_product_attention(tq, tk, tv, is_causal=c)
         cases.append(Case("sdpa" + (" causal" if causal else ""), f"({b},{h},{s},{d})", flops, "GFLOP/s", impls))
+    # decoding one token against a KV cache: memory-bound, so GB/s of K and V read
+    b, h, sk, d = 1, 12, 1024, 64
+    q, k, v = _rand(rng, b, h, 1, d), _rand(rng, b, h, sk, d), _rand(rng, b, h, sk, d)
+    impls = {"coreformer": lambda: ops.scaled_dot_product_attention(q, k, v, is_causal=True)}
+    if torch is not None:
+        tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
+        impls["torch"] = lambda: F.scaled_dot_product_attention(tq, tk, tv)  # one query: nothing to mask
+    cases.append(Case("sdpa decode", f"({b},{h},1,{d}) vs Sk={sk}", k.nbytes + v.nbytes, "GB/s", impls))
     return cases
 
 
