@@ -138,8 +138,7 @@ py::object layer_norm(py::handle x, py::handle weight, py::handle bias, float ep
   OptionalView w = cf::pyext::optional_float(weight, "weight", wa);
   OptionalView b = cf::pyext::optional_float(bias, "bias", ba);
   OptionalView r = cf::pyext::optional_float(residual, "residual", ra);
-  CF_CHECK(!return_sum || r, ValueError, "return_sum=True needs a residual to add");
-  cf::ops::layer_norm_check(xa.view, w, b, r, eps);
+  cf::ops::layer_norm_check(xa.view, w, b, r, eps, return_sum);
   const cf::ops::Shape shape(xa.view.shape, xa.view.shape + xa.view.ndim);
   Arg oa = cf::pyext::output(out, shape, {&xa, &wa, &ba, &ra}, /*allow_same=*/true);
   Arg sa;

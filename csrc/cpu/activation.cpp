@@ -6,8 +6,11 @@
 #include "cpu/simd.h"
 
 namespace cf::cpu::CF_ISA_NS {
+namespace {
 
-void activation(const ActivationArgs& a) {
+// One straight-line loop per activation: A is a template argument, so activate()'s switch folds away.
+template <Activation A>
+void apply(const ActivationArgs& a) {
   constexpr int64_t kChunk = 1 << 14;  // floats per task: 64 KiB, a multiple of every vector width
   const int64_t chunks = ceil_div(a.n, kChunk);
   const int nt = threads_for(a.n, 1 << 15);
@@ -15,18 +18,22 @@ void activation(const ActivationArgs& a) {
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t j0 = c * kChunk, j1 = imin(a.n, j0 + kChunk);
     int64_t j = j0;
-    switch (a.act) {  // the switch sits outside the loop so each loop body is one straight line
-#define CF_ACT_LOOP(fn)                                                                       \
-  for (; j + Vec::W <= j1; j += Vec::W) fn(Vec::load(a.x + j)).store(a.y + j);                 \
-  if (j < j1) fn(Vec::load_partial(a.x + j, static_cast<int>(j1 - j))).store_partial(a.y + j, static_cast<int>(j1 - j)); \
-  break;
-      case Activation::relu: CF_ACT_LOOP(relu)
-      case Activation::gelu: CF_ACT_LOOP(gelu)
-      case Activation::gelu_tanh: CF_ACT_LOOP(gelu_tanh)
-#undef CF_ACT_LOOP
-      default:
-        for (; j < j1; ++j) a.y[j] = a.x[j];
+    for (; j + Vec::W <= j1; j += Vec::W) activate(Vec::load(a.x + j), A).store(a.y + j);
+    if (j < j1) {
+      const int t = static_cast<int>(j1 - j);
+      activate(Vec::load_partial(a.x + j, t), A).store_partial(a.y + j, t);
     }
+  }
+}
+
+}  // namespace
+
+void activation(const ActivationArgs& a) {
+  switch (a.act) {
+    case Activation::relu: return apply<Activation::relu>(a);
+    case Activation::gelu: return apply<Activation::gelu>(a);
+    case Activation::gelu_tanh: return apply<Activation::gelu_tanh>(a);
+    default: return apply<Activation::none>(a);
   }
 }
 

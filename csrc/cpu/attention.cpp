@@ -133,7 +133,8 @@ void attention(const AttentionArgs& a) {
   const int64_t causal_off = Sk - Sq;                     // query i sees keys j <= i + causal_off
   const int nt = threads_for(BH * Sq * Sk * (D + Dv), 1 << 18);
 
-  Buffer kv(static_cast<size_t>(BH * (kp_head + vp_head)));
+  static thread_local ThreadCache kv_cache;  // packed K and V of every head
+  float* const kv = kv_cache.get(static_cast<size_t>(BH * (kp_head + vp_head)));
   const int64_t per_thread = kBQ * D + kBQ * kBK + kBQ * Dv + 2 * kBQ;
   Buffer scratch(static_cast<size_t>(nt * per_thread));
   std::memset(scratch.get(), 0, sizeof(float) * nt * per_thread);
@@ -143,7 +144,7 @@ void attention(const AttentionArgs& a) {
 #pragma omp for schedule(static)
     for (int64_t bh = 0; bh < BH; ++bh) {
       const int64_t b = bh / H, h = bh % H;
-      float* kp = kv.get() + bh * (kp_head + vp_head);
+      float* kp = kv + bh * (kp_head + vp_head);
       float* vp = kp + kp_head;
       pack_b_transposed(a.k + b * a.k_sb + h * a.k_sh, a.k_ss, Sk, D, kp);
       for (int64_t j0 = 0; j0 < Sk; j0 += kBK)
@@ -164,7 +165,7 @@ void attention(const AttentionArgs& a) {
     for (int64_t task = 0; task < BH * nqb; ++task) {
       const int64_t bh = task / nqb, b = bh / H, h = bh % H;
       const int64_t i0 = (task % nqb) * kBQ, mq = imin(kBQ, Sq - i0);
-      const float* kp = kv.get() + bh * (kp_head + vp_head);
+      const float* kp = kv + bh * (kp_head + vp_head);
       const float* vp = kp + kp_head;
       pack_a(a.q + b * a.q_sb + h * a.q_sh + i0 * a.q_ss, a.q_ss, mq, D, a.scale, qp);
       for (int64_t r = 0; r < mq; ++r) { m[r] = kNegInf; l[r] = 0.0f; }
@@ -219,6 +220,7 @@ void attention(const AttentionArgs& a) {
       }
     }
   }
+  kv_cache.release();
 }
 
 }  // namespace cf::cpu::CF_ISA_NS

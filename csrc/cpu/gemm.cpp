@@ -6,9 +6,7 @@
 // K block, while it is in L1. Few rows (M <= kSmallM) skip packing: each output is a dot product of
 // an A row with a W row, as many W rows at once as the registers allow, and W streams from memory
 // once (the GEMV path for decoding one token). Measurements behind these choices: bench/gemm_notes.md.
-#include <cstdlib>
 #include <cstring>
-#include <new>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -94,29 +92,6 @@ void gemm_small_m(const GemmArgs& g) {
   else gemm_small_m_nb<kVecRegs / 8>(g);
 }
 
-// Packed W, kept per calling thread between calls: a fresh multi-MB buffer every call costs its
-// page faults each time (~7% of a 1024x768x3072 GEMM). Buffers above kKeepFloats are freed after use.
-constexpr size_t kKeepFloats = size_t(16) << 20;  // 64 MiB
-
-struct PackCache {
-  float* p = nullptr;
-  size_t n = 0;
-  ~PackCache() { std::free(p); }
-  float* get(size_t want) {
-    if (want > n) {
-      std::free(p);
-      n = 0;
-      p = static_cast<float*>(std::aligned_alloc(64, (want * sizeof(float) + 63) / 64 * 64));
-      if (!p) throw std::bad_alloc();
-      n = want;
-    }
-    return p;
-  }
-  void trim() {
-    if (n > kKeepFloats) { std::free(p); p = nullptr; n = 0; }
-  }
-};
-
 void gemm_packed(const GemmArgs& g) {
   const int64_t M = g.M, N = g.N, K = g.K;
   const int64_t np = ceil_div(N, kNR);  // W panels
@@ -133,7 +108,7 @@ void gemm_packed(const GemmArgs& g) {
   const int64_t nc_blk = ceil_div(ceil_div(N, col_chunks), kNR) * kNR;
   const int64_t ntiles = ceil_div(N, nc_blk);
 
-  static thread_local PackCache cache;
+  static thread_local ThreadCache cache;
   float* const bp = cache.get(static_cast<size_t>(np * kNR * K));
   Buffer apack(static_cast<size_t>(nt) * kMC * kKC);
 
@@ -180,7 +155,7 @@ void gemm_packed(const GemmArgs& g) {
       }
     }
   }
-  cache.trim();
+  cache.release();
 }
 
 }  // namespace

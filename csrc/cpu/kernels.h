@@ -62,7 +62,7 @@ struct LayerNormArgs {
   const float* weight = nullptr;    // optional
   const float* bias = nullptr;      // optional
   float* y = nullptr;
-  float* sum_out = nullptr;         // optional: x + residual
+  float* sum_out = nullptr;         // optional, only with a residual: x + residual
   float eps = 1e-5f;
 };
 

@@ -209,8 +209,7 @@ inline Vec exp_impl(Vec hi, Vec lo) {
   }
 }
 
-inline Vec exp(Vec x) { return exp_impl<false>(x, x); }
-inline Vec exp_sum(Vec hi, Vec lo) { return exp_impl<true>(hi, lo); }
+inline Vec exp(Vec x) { return exp_impl<false>(x, Vec::zero()); }
 inline Vec exp_sum_bounded(Vec hi, Vec lo) { return exp_impl<true, true>(hi, lo); }
 
 // The rounding error of a = x * x: x*x - a exactly (an FMA, or Dekker's split without one).

@@ -1,5 +1,3 @@
-#include <vector>
-
 #include "ops/common.h"
 
 namespace cf::ops {
@@ -55,18 +53,18 @@ void additive_attention(const TensorView& query, const TensorView& keys, const T
              shape_str({B, Sq, Sk}), ", got ", weights->shape_str());
   }
   // The projections are ordinary GEMMs; the O(B Sq Sk A) tanh part is the kernel.
-  std::vector<float> qp(static_cast<size_t>(B * Sq * A)), kp(static_cast<size_t>(B * Sk * A));
+  auto qp = scratch(B * Sq * A), kp = scratch(B * Sk * A);
   cpu::GemmArgs g;
   g.M = B * Sq; g.N = A; g.K = query.shape[2];
-  g.a = query.ptr<float>(); g.lda = g.K; g.w = w_query.ptr<float>(); g.ldw = g.K; g.c = qp.data(); g.ldc = A;
+  g.a = query.ptr<float>(); g.lda = g.K; g.w = w_query.ptr<float>(); g.ldw = g.K; g.c = qp.get(); g.ldc = A;
   kernels().gemm(g);
   g.M = B * Sk; g.K = keys.shape[2];
-  g.a = keys.ptr<float>(); g.lda = g.K; g.w = w_key.ptr<float>(); g.ldw = g.K; g.c = kp.data();
+  g.a = keys.ptr<float>(); g.lda = g.K; g.w = w_key.ptr<float>(); g.ldw = g.K; g.c = kp.get();
   kernels().gemm(g);
 
   cpu::AdditiveArgs a;
   a.B = B; a.Sq = Sq; a.Sk = Sk; a.A = A; a.Dv = values.shape[2];
-  a.qp = qp.data(); a.kp = kp.data(); a.v_vec = v.ptr<float>(); a.values = values.ptr<float>();
+  a.qp = qp.get(); a.kp = kp.get(); a.v_vec = v.ptr<float>(); a.values = values.ptr<float>();
   if (mask) {
     a.mask = mask->ptr<uint8_t>();
     a.m_sb = mask->ndim == 2 ? Sk : Sq * Sk;

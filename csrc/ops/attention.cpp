@@ -4,30 +4,6 @@
 
 namespace cf::ops {
 
-cpu::MaskArgs broadcast_mask(const TensorView& mask, int64_t B, int64_t H, int64_t Sq, int64_t Sk, const char* name,
-                             bool true_means_masked) {
-  expect_cpu(mask, name);
-  CF_CHECK(mask.dtype == DType::boolean || mask.dtype == DType::f32, TypeError, name,
-           " must be a bool or float array, got ", dtype_name(mask.dtype));
-  CF_CHECK(mask.ndim <= 4, ValueError, name, " has shape ", mask.shape_str(), "; it must broadcast to (", B, ", ", H,
-           ", ", Sq, ", ", Sk, ")");
-  const int64_t target[4] = {B, H, Sq, Sk};
-  int64_t st[4] = {0, 0, 0, 0};
-  for (int i = 0; i < mask.ndim; ++i) {
-    const int t = 4 - mask.ndim + i;
-    const int64_t d = mask.shape[i];
-    CF_CHECK(d == target[t] || d == 1, ValueError, name, " has shape ", mask.shape_str(), " which does not broadcast to (",
-             B, ", ", H, ", ", Sq, ", ", Sk, ")");
-    st[t] = d == 1 ? 0 : mask.strides[i];
-  }
-  cpu::MaskArgs m;
-  m.kind = mask.dtype == DType::boolean ? cpu::MaskArgs::boolean : cpu::MaskArgs::additive;
-  m.data = mask.data;
-  m.sb = st[0]; m.sh = st[1]; m.sq = st[2]; m.sk = st[3];
-  m.true_means_masked = true_means_masked;
-  return m;
-}
-
 Shape attention_shape(const TensorView& q, const TensorView& k, const TensorView& v, const OptionalView& mask) {
   expect_f32(q, "query");
   expect_f32(k, "key");

@@ -3,12 +3,14 @@
 namespace cf::ops {
 
 void layer_norm_check(const TensorView& x, const OptionalView& weight, const OptionalView& bias,
-                      const OptionalView& residual, float eps) {
+                      const OptionalView& residual, float eps, bool with_sum) {
   expect_f32(x, "x");
   CF_CHECK(x.ndim >= 1, ValueError, "layer_norm: x must have at least 1 dimension, got a scalar");
   CF_CHECK(eps >= 0.0f, ValueError, "eps must be >= 0, got ", eps);
   expect_vector(weight, x.size(-1), "weight", "x's last axis");
   expect_vector(bias, x.size(-1), "bias", "x's last axis");
+  CF_CHECK(!with_sum || residual, ValueError,
+           "layer_norm: the sum x + residual (return_sum=True) needs a residual to add");
   if (residual) {
     expect_f32(*residual, "residual");
     CF_CHECK(shape_of(*residual) == shape_of(x), ValueError, "residual has shape ", residual->shape_str(),
@@ -18,9 +20,9 @@ void layer_norm_check(const TensorView& x, const OptionalView& weight, const Opt
 
 void layer_norm(const TensorView& x, const OptionalView& weight, const OptionalView& bias,
                 const OptionalView& residual, float eps, const TensorView& out, const OptionalView& sum_out) {
-  layer_norm_check(x, weight, bias, residual, eps);
+  layer_norm_check(x, weight, bias, residual, eps, static_cast<bool>(sum_out));
   expect_out(out, shape_of(x), "layer_norm");
-  if (sum_out) expect_out(*sum_out, shape_of(x), "layer_norm (residual_out)");
+  if (sum_out) expect_out(*sum_out, shape_of(x), "layer_norm (sum)");
   cpu::LayerNormArgs a;
   a.n = x.size(-1);
   a.rows = a.n == 0 ? 0 : x.numel() / a.n;

@@ -4,20 +4,6 @@
 
 namespace cf::ops {
 
-Activation activation_from_name(const std::string& name) {
-  if (name == "none") return Activation::none;
-  if (name == "relu") return Activation::relu;
-  if (name == "gelu") return Activation::gelu;
-  if (name == "gelu_tanh") return Activation::gelu_tanh;
-  raise<ValueError>("activation must be None, 'relu', 'gelu' or 'gelu_tanh', got '", name, "'");
-}
-
-void expect_out(const TensorView& out, const Shape& shape, const char* op) {
-  expect_f32(out, "out");
-  CF_CHECK(shape_of(out) == shape, ValueError, op, ": out has shape ", out.shape_str(), " but the result has shape ",
-           shape_str(shape));
-}
-
 Shape linear_shape(const TensorView& x, const TensorView& weight, const OptionalView& bias,
                    const OptionalView& residual) {
   expect_f32(x, "x");

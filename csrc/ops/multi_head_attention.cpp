@@ -4,7 +4,6 @@
 // never split or merged by copying. Self-attention (query, key and value the same array) runs one
 // packed QKV GEMM; cross-attention with key == value runs one K/V GEMM.
 #include <cmath>
-#include <vector>
 
 #include "ops/common.h"
 
@@ -90,30 +89,29 @@ void multi_head_attention(const TensorView& query, const TensorView& key, const 
 
   cpu::AttentionArgs a;
   a.B = B; a.H = H; a.Sq = Sq; a.Sk = Sk; a.D = Dh; a.Dv = Dh;
-  std::vector<float> qbuf, kvbuf, ctx(static_cast<size_t>(B * Sq * E));
-  if (same_array(query, key) && same_array(key, value)) {
-    qbuf.resize(static_cast<size_t>(B * Sq * 3 * E));
-    project(query.ptr<float>(), B * Sq, E, in_weight, in_bias, 0, 3 * E, qbuf.data());
-    a.q = qbuf.data(); a.k = a.q + E; a.v = a.q + 2 * E;
+  const bool self_attention = same_array(query, key) && same_array(key, value);
+  auto qbuf = scratch(B * Sq * (self_attention ? 3 * E : E));
+  auto kvbuf = scratch(self_attention ? 0 : B * Sk * 2 * E);
+  auto ctx = scratch(B * Sq * E);
+  if (self_attention) {
+    project(query.ptr<float>(), B * Sq, E, in_weight, in_bias, 0, 3 * E, qbuf.get());
+    a.q = qbuf.get(); a.k = a.q + E; a.v = a.q + 2 * E;
     a.q_ss = a.k_ss = a.v_ss = 3 * E;
   } else {
-    qbuf.resize(static_cast<size_t>(B * Sq * E));
-    project(query.ptr<float>(), B * Sq, E, in_weight, in_bias, 0, E, qbuf.data());
-    a.q = qbuf.data(); a.q_ss = E;
+    project(query.ptr<float>(), B * Sq, E, in_weight, in_bias, 0, E, qbuf.get());
+    a.q = qbuf.get(); a.q_ss = E;
     if (same_array(key, value)) {
-      kvbuf.resize(static_cast<size_t>(B * Sk * 2 * E));
-      project(key.ptr<float>(), B * Sk, E, in_weight, in_bias, E, 2 * E, kvbuf.data());
-      a.k = kvbuf.data(); a.v = a.k + E; a.k_ss = a.v_ss = 2 * E;
+      project(key.ptr<float>(), B * Sk, E, in_weight, in_bias, E, 2 * E, kvbuf.get());
+      a.k = kvbuf.get(); a.v = a.k + E; a.k_ss = a.v_ss = 2 * E;
     } else {
-      kvbuf.resize(static_cast<size_t>(B * Sk * 2 * E));
-      project(key.ptr<float>(), B * Sk, E, in_weight, in_bias, E, E, kvbuf.data());
-      project(value.ptr<float>(), B * Sk, E, in_weight, in_bias, 2 * E, E, kvbuf.data() + B * Sk * E);
-      a.k = kvbuf.data(); a.v = a.k + B * Sk * E; a.k_ss = a.v_ss = E;
+      project(key.ptr<float>(), B * Sk, E, in_weight, in_bias, E, E, kvbuf.get());
+      project(value.ptr<float>(), B * Sk, E, in_weight, in_bias, 2 * E, E, kvbuf.get() + B * Sk * E);
+      a.k = kvbuf.get(); a.v = a.k + B * Sk * E; a.k_ss = a.v_ss = E;
     }
   }
   a.q_sh = a.k_sh = a.v_sh = Dh;
   a.q_sb = Sq * a.q_ss; a.k_sb = Sk * a.k_ss; a.v_sb = Sk * a.v_ss;
-  a.out = ctx.data(); a.o_ss = E; a.o_sh = Dh; a.o_sb = Sq * E;
+  a.out = ctx.get(); a.o_ss = E; a.o_sh = Dh; a.o_sb = Sq * E;
   if (attn_mask) {
     // (B*H, Sq, Sk) is (B, H, Sq, Sk) in the same order; (Sq, Sk) broadcasts as it is.
     const TensorView m = attn_mask->ndim == 3 ? as_4d(*attn_mask, B, H, Sq, Sk) : *attn_mask;
@@ -125,7 +123,7 @@ void multi_head_attention(const TensorView& query, const TensorView& key, const 
   a.scale = 1.0f / std::sqrt(static_cast<float>(Dh));
   kernels().attention(a);
 
-  project(ctx.data(), B * Sq, E, out_weight, out_bias, 0, E, out.ptr<float>());
+  project(ctx.get(), B * Sq, E, out_weight, out_bias, 0, E, out.ptr<float>());
 }
 
 }  // namespace cf::ops

@@ -53,8 +53,9 @@ void additive_attention(const TensorView& query, const TensorView& keys, const T
                         const TensorView& w_query, const TensorView& w_key, const TensorView& v,
                         const OptionalView& mask, const TensorView& out, const OptionalView& weights);
 
+// with_sum: the caller also wants x + residual back (a pre-LN block's next residual), which needs a residual.
 void layer_norm_check(const TensorView& x, const OptionalView& weight, const OptionalView& bias,
-                      const OptionalView& residual, float eps);
+                      const OptionalView& residual, float eps, bool with_sum = false);
 void layer_norm(const TensorView& x, const OptionalView& weight, const OptionalView& bias,
                 const OptionalView& residual, float eps, const TensorView& out, const OptionalView& sum_out);
 

@@ -65,14 +65,12 @@ def multi_head_attention(query, key, value, num_heads, in_weight, in_bias, out_w
     query, key and value runs one fused QKV projection. Returns the attention output only
     (torch's ``need_weights=False``); a fully masked query row gives ``out_bias``, not NaN.
     """
-    q = np.asarray(query)
-    unbatched = q.ndim == 2
+    unbatched = np.ndim(query) == 2
     if unbatched:
-        same_kv = key is value
-        query_is_key = query is key
-        query = q[None]
-        key = query if query_is_key else np.asarray(key)[None]
-        value = key if same_kv else (query if value is q else np.asarray(value)[None])
+        # add the batch axis once per distinct object, so query is key (is value) stays true and the
+        # core still runs the fused projection
+        batched = {}
+        query, key, value = (batched.setdefault(id(t), np.asarray(t)[None]) for t in (query, key, value))
         if key_padding_mask is not None:
             key_padding_mask = np.asarray(key_padding_mask)[None]
     r = _core.multi_head_attention(query, key, value, int(num_heads), in_weight, in_bias, out_weight, out_bias,
