@@ -1,5 +1,7 @@
 #include "convert.h"
 
+#include <algorithm>
+#include <cstdint>
 #include <string>
 
 #include "core/error.h"
@@ -11,6 +13,41 @@ TensorView view_of(const py::array& a, DType t) {
   std::vector<int64_t> dims(a.shape(), a.shape() + a.ndim());
   CF_CHECK(a.ndim() <= kMaxDims, ValueError, "at most ", kMaxDims, " dimensions are supported, got ", a.ndim());
   return TensorView(const_cast<void*>(a.data()), t, static_cast<int>(a.ndim()), dims.data());
+}
+
+bool is_native_f32(const py::array& a) {
+  return a.dtype().kind() == 'f' && a.itemsize() == 4 && a.dtype().attr("isnative").cast<bool>();
+}
+
+// The view of a float32 array with its own strides, or false when they are not whole elements,
+// are negative, or the last axis is not contiguous.
+bool strided_view(const py::array& a, TensorView& v) {
+  if (!is_native_f32(a) || a.ndim() > kMaxDims) return false;
+  if (reinterpret_cast<uintptr_t>(a.data()) % alignof(float)) return false;
+  std::vector<int64_t> dims(a.shape(), a.shape() + a.ndim());
+  v = TensorView(const_cast<void*>(a.data()), DType::f32, static_cast<int>(a.ndim()), dims.data());
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) {
+    const py::ssize_t st = a.strides(i);
+    if (a.shape(i) <= 1) { v.strides[i] = 0; continue; }
+    if (st < 0 || st % 4) return false;
+    v.strides[i] = st / 4;
+  }
+  return a.ndim() == 0 || a.shape(a.ndim() - 1) <= 1 || v.strides[a.ndim() - 1] == 1;
+}
+
+// No two elements of the view share memory: sorted by stride, each axis steps past the whole
+// extent of the axes inside it.
+bool elements_distinct(const TensorView& v) {
+  std::vector<int> axes;
+  for (int i = 0; i < v.ndim; ++i)
+    if (v.shape[i] > 1) axes.push_back(i);
+  std::sort(axes.begin(), axes.end(), [&](int x, int y) { return v.strides[x] < v.strides[y]; });
+  int64_t extent = 1;
+  for (int i : axes) {
+    if (v.strides[i] < extent) return false;
+    extent = v.strides[i] * (v.shape[i] - 1) + extent;
+  }
+  return true;
 }
 
 py::array as_array(py::handle obj, const char* name) {
@@ -36,6 +73,13 @@ Arg float_arg(py::handle obj, const char* name) {
   auto f = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(a);
   if (!f) throw py::error_already_set();
   return {f, view_of(f, DType::f32)};
+}
+
+Arg strided_float_arg(py::handle obj, const char* name) {
+  py::array a = as_array(obj, name);
+  TensorView v;
+  if (strided_view(a, v)) return {a, v};
+  return float_arg(a, name);
 }
 
 OptionalView optional_float(py::handle obj, const char* name, Arg& holder) {
@@ -114,6 +158,37 @@ Arg output(py::handle out, const std::vector<int64_t>& shape, const std::vector<
       raise<ValueError>("out overlaps an input array; pass a separate array", allow_same ? " (or exactly the input)" : "");
   }
   return r;
+}
+
+Arg strided_output(py::handle out, const std::vector<int64_t>& shape, const std::vector<const Arg*>& inputs) {
+  if (out.is_none() || !py::isinstance<py::array>(out)) return output(out, shape, inputs);
+  py::array a = py::reinterpret_borrow<py::array>(out);
+  if (!is_native_f32(a)) return output(out, shape, inputs);  // its dtype error
+  TensorView v;
+  if (!strided_view(a, v) || !elements_distinct(v))
+    raise<ValueError>("out must have a contiguous last axis, non-negative strides and no repeated elements");
+  if (!a.writeable()) raise<ValueError>("out is read-only");
+  std::vector<int64_t> got(a.shape(), a.shape() + a.ndim());
+  if (got != shape) {
+    raise<ValueError>("out has shape ", v.shape_str(), " but the result has shape ",
+                      TensorView(nullptr, DType::f32, static_cast<int>(shape.size()), shape.data()).shape_str());
+  }
+  // Overlap by address range, conservatively: the span from the first to one past the last element.
+  auto span = [](const TensorView& t, const char*& lo, const char*& hi) {
+    int64_t last = 0;
+    for (int i = 0; i < t.ndim; ++i) last += (t.shape[i] - 1) * t.strides[i];
+    lo = static_cast<const char*>(t.data);
+    hi = lo + (last + 1) * 4;
+  };
+  const char *o0, *o1;
+  span(v, o0, o1);
+  for (const Arg* in : inputs) {
+    if (!in || !in->array || in->view.numel() == 0 || v.numel() == 0) continue;
+    const char *i0 = static_cast<const char*>(in->array.data()), *i1 = i0 + in->array.nbytes();
+    if (in->view.dtype == DType::f32) span(in->view, i0, i1);
+    if (o0 < i1 && i0 < o1) raise<ValueError>("out overlaps an input array; pass a separate array");
+  }
+  return {a, v};
 }
 
 }  // namespace cf::pyext

@@ -20,6 +20,10 @@ struct Arg {
 };
 
 Arg float_arg(py::handle obj, const char* name);
+// float32 arrays whose last axis is contiguous (other strides non-negative multiples of 4 bytes)
+// are viewed in place, strides and all; anything else is converted as float_arg does. For the
+// kernels that take strided rows (attention).
+Arg strided_float_arg(py::handle obj, const char* name);
 OptionalView optional_float(py::handle obj, const char* name, Arg& holder);
 // bool or float32 (an attention mask)
 OptionalView optional_mask(py::handle obj, const char* name, Arg& holder);
@@ -31,5 +35,9 @@ Arg ids_arg(py::handle obj, const char* name);  // int32 or int64
 // C-contiguous and not overlapping `inputs` (except, where allowed, being exactly the same memory).
 Arg output(py::handle out, const std::vector<int64_t>& shape, const std::vector<const Arg*>& inputs,
            bool allow_same = false);
+
+// As output, but a caller's `out` only needs a contiguous last axis and non-overlapping elements
+// (a (B, S, H, Dh) buffer transposed to (B, H, S, Dh), so heads merge without a copy).
+Arg strided_output(py::handle out, const std::vector<int64_t>& shape, const std::vector<const Arg*>& inputs);
 
 }  // namespace cf::pyext

@@ -69,15 +69,15 @@ py::object linear(py::handle x, py::handle weight, py::handle bias, py::handle a
 
 py::object sdpa(py::handle q, py::handle k, py::handle v, py::handle attn_mask, bool is_causal, py::handle scale,
                 py::handle out) {
-  Arg qa = cf::pyext::float_arg(q, "query"), ka = cf::pyext::float_arg(k, "key"), va = cf::pyext::float_arg(v, "value"),
-      ma;
+  Arg qa = cf::pyext::strided_float_arg(q, "query"), ka = cf::pyext::strided_float_arg(k, "key"),
+      va = cf::pyext::strided_float_arg(v, "value"), ma;
   OptionalView m = cf::pyext::optional_mask(attn_mask, "attn_mask", ma);
   std::optional<float> s;
   if (!scale.is_none()) {
     s = scale.cast<float>();
     CF_CHECK(std::isfinite(*s), ValueError, "scale must be finite, got ", *s);
   }
-  Arg oa = cf::pyext::output(out, cf::ops::attention_shape(qa.view, ka.view, va.view, m), {&qa, &ka, &va, &ma});
+  Arg oa = cf::pyext::strided_output(out, cf::ops::attention_shape(qa.view, ka.view, va.view, m), {&qa, &ka, &va, &ma});
   {
     py::gil_scoped_release nogil;
     cf::ops::scaled_dot_product_attention(qa.view, ka.view, va.view, m, is_causal, s, oa.view);

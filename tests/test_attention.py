@@ -146,3 +146,35 @@ def test_sdpa_few_queries(isa, rng, sq, sk, kind):
     assert_close(got, ref.sdpa(q, k, v, attn_mask=mask, is_causal=causal), atol_scale=5e-6)
     if "bool" in kind:
         assert np.all(got[0, 0, 0] == 0)
+
+
+@pytest.mark.parametrize("sq,sk", [(1, 9), (7, 7), (65, 130)])
+def test_sdpa_strided_views_read_and_written_in_place(isa, rng, sq, sk):
+    # heads split out of a packed (B, S, 3, H, Dh) projection, a prefix of a larger KV cache, and
+    # an out that is a (B, S, H, Dh) buffer seen as (B, H, S, Dh): the layouts the models use
+    B, H, Dh, cap = 2, 3, 16, sk + 11
+    qkv = randn(rng, B, sq, 3, H, Dh)
+    q = qkv[:, :, 0].transpose(0, 2, 1, 3)
+    kc, vc = randn(rng, B, H, cap, Dh), randn(rng, B, H, cap, Dh)
+    k, v = kc[:, :, :sk], vc[:, :, :sk]
+    mask = rng.random((B, 1, 1, sk)) < 0.8
+    buf = np.full((B, sq, H, Dh), np.nan, np.float32)
+    got = ops.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=True, out=buf.transpose(0, 2, 1, 3))
+    want = ref.sdpa(q, k, v, attn_mask=mask, is_causal=True)
+    assert_close(got, want)
+    assert_close(buf.transpose(0, 2, 1, 3), want)
+
+
+def test_sdpa_strided_out_errors(rng):
+    q = randn(rng, 1, 2, 5, 8)
+    buf = np.empty((1, 5, 2, 8), np.float32)
+    with pytest.raises(ValueError, match="overlaps"):
+        ops.scaled_dot_product_attention(q, q, q, out=q)
+    with pytest.raises(ValueError, match="contiguous last axis"):
+        ops.scaled_dot_product_attention(q, q, q, out=np.empty((1, 2, 8, 5), np.float32).transpose(0, 1, 3, 2))
+    with pytest.raises(ValueError, match="repeated"):
+        ops.scaled_dot_product_attention(q, q, q, out=np.broadcast_to(buf[:, :1].transpose(0, 2, 1, 3), (1, 2, 5, 8)))
+    with pytest.raises(ValueError, match="read-only"):
+        ro = buf.transpose(0, 2, 1, 3)
+        ro.flags.writeable = False
+        ops.scaled_dot_product_attention(q, q, q, out=ro)

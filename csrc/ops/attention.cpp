@@ -5,9 +5,9 @@
 namespace cf::ops {
 
 Shape attention_shape(const TensorView& q, const TensorView& k, const TensorView& v, const OptionalView& mask) {
-  expect_f32(q, "query");
-  expect_f32(k, "key");
-  expect_f32(v, "value");
+  expect_f32_rows(q, "query");
+  expect_f32_rows(k, "key");
+  expect_f32_rows(v, "value");
   CF_CHECK(q.ndim == 3 || q.ndim == 4, ValueError,
            "query must be (B, H, Sq, D) or (H, Sq, D), got shape ", q.shape_str());
   CF_CHECK(k.ndim == q.ndim && v.ndim == q.ndim, ValueError, "query, key and value must have the same number of "
@@ -32,7 +32,10 @@ Shape attention_shape(const TensorView& q, const TensorView& k, const TensorView
 void scaled_dot_product_attention(const TensorView& q, const TensorView& k, const TensorView& v,
                                   const OptionalView& mask, bool is_causal, std::optional<float> scale,
                                   const TensorView& out) {
-  expect_out(out, attention_shape(q, k, v, mask), "scaled_dot_product_attention");
+  const Shape shape = attention_shape(q, k, v, mask);
+  expect_f32_rows(out, "out");
+  CF_CHECK(shape_of(out) == shape, ValueError, "scaled_dot_product_attention: out has shape ", out.shape_str(),
+           " but the result has shape ", shape_str(shape));
   cpu::AttentionArgs a;
   a.B = q.ndim == 4 ? q.shape[0] : 1;
   a.H = q.size(-3);
@@ -40,10 +43,13 @@ void scaled_dot_product_attention(const TensorView& q, const TensorView& k, cons
   a.Sk = k.size(-2);
   a.D = q.size(-1);
   a.Dv = v.size(-1);
-  a.q = q.ptr<float>(); a.q_sh = a.Sq * a.D; a.q_sb = a.H * a.q_sh; a.q_ss = a.D;
-  a.k = k.ptr<float>(); a.k_sh = a.Sk * a.D; a.k_sb = a.H * a.k_sh; a.k_ss = a.D;
-  a.v = v.ptr<float>(); a.v_sh = a.Sk * a.Dv; a.v_sb = a.H * a.v_sh; a.v_ss = a.Dv;
-  a.out = out.ptr<float>(); a.o_sh = a.Sq * a.Dv; a.o_sb = a.H * a.o_sh; a.o_ss = a.Dv;
+  // Any strides with a contiguous last axis: a head split out of a packed QKV projection or a
+  // prefix of a preallocated KV cache is read in place.
+  const bool batched = q.ndim == 4;
+  a.q = q.ptr<float>(); a.q_sb = batched ? q.stride(0) : 0; a.q_sh = q.stride(-3); a.q_ss = q.stride(-2);
+  a.k = k.ptr<float>(); a.k_sb = batched ? k.stride(0) : 0; a.k_sh = k.stride(-3); a.k_ss = k.stride(-2);
+  a.v = v.ptr<float>(); a.v_sb = batched ? v.stride(0) : 0; a.v_sh = v.stride(-3); a.v_ss = v.stride(-2);
+  a.out = out.ptr<float>(); a.o_sb = batched ? out.stride(0) : 0; a.o_sh = out.stride(-3); a.o_ss = out.stride(-2);
   if (mask) a.mask = broadcast_mask(*mask, a.B, a.H, a.Sq, a.Sk, "attn_mask", false);
   a.causal = is_causal;
   a.scale = scale ? *scale : (a.D > 0 ? 1.0f / std::sqrt(static_cast<float>(a.D)) : 1.0f);

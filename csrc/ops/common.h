@@ -29,6 +29,17 @@ inline void expect_f32(const TensorView& t, const char* name) {
   expect_contiguous(t, name);
 }
 
+// A float32 CPU array whose last axis is contiguous and whose other strides are non-negative: what
+// the attention kernel reads (a head split out of a packed QKV projection, or a prefix of a
+// preallocated KV cache, without a copy).
+inline void expect_f32_rows(const TensorView& t, const char* name) {
+  expect_cpu(t, name);
+  expect_dtype(t, DType::f32, name);
+  CF_CHECK(t.ndim == 0 || t.size(-1) <= 1 || t.stride(-1) == 1, ValueError, name,
+           " must have a contiguous last axis");
+  for (int i = 0; i < t.ndim; ++i) CF_CHECK(t.strides[i] >= 0, ValueError, name, " must not have negative strides");
+}
+
 inline void expect_ndim(const TensorView& t, int ndim, const char* name) {
   CF_CHECK(t.ndim == ndim, ValueError, name, " must have ", ndim, " dimensions, got shape ", t.shape_str());
 }

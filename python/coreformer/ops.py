@@ -48,6 +48,10 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal=Fa
     right (query i sees keys up to ``i + Sk - Sq``, what a KV cache needs), and a query row with
     no key left to attend gives zeros, not NaN. The score matrix is never materialised: memory is
     O(S * D) whatever the sequence length.
+
+    Strided float32 views whose last axis is contiguous are read in place (heads split out of a
+    packed QKV projection, a prefix of a preallocated KV cache), and ``out`` may be such a view
+    too (a ``(B, S, H, Dv)`` buffer seen as ``(B, H, S, Dv)``, so heads merge without a copy).
     """
     return _core.scaled_dot_product_attention(query, key, value, attn_mask, bool(is_causal), scale, out)
 
