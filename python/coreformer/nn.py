@@ -1,0 +1,599 @@
+"""Layers: plain Python classes that hold numpy weights and call ``coreformer.ops``.
+
+Weights live behind ``state_dict()`` / ``load_state_dict()`` under PyTorch's names (a
+``TransformerEncoder`` here takes the state dict of a ``torch.nn.TransformerEncoder``), and
+``save(path)`` / ``load(path)`` write and map safetensors files. Layers are inference-only: a
+forward is a handful of core calls, each with the GIL released.
+
+Masks follow PyTorch's ``nn`` modules: a bool ``attn_mask`` is True where attending is NOT allowed
+(a float one is added to the scores) and a ``*_key_padding_mask`` is True at padding.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import numpy as np
+
+from . import ops
+from . import safetensors as _st
+
+__all__ = [
+    "Module", "ModuleList", "Linear", "LayerNorm", "Embedding", "SinusoidalPositionalEncoding",
+    "LearnedPositionalEmbedding", "MultiHeadAttention", "AdditiveAttention", "FeedForward", "KVCache",
+    "TransformerEncoderLayer", "TransformerDecoderLayer", "TransformerEncoder", "TransformerDecoder",
+    "manual_seed",
+]
+
+_rng = np.random.default_rng()
+
+
+def manual_seed(seed: int) -> None:
+    """Seed the generator that initialises new layers' weights."""
+    global _rng
+    _rng = np.random.default_rng(seed)
+
+
+def _uniform(shape, bound):
+    return _rng.uniform(-bound, bound, size=shape).astype(np.float32)
+
+
+def _as_f32(name, value) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    a = np.asarray(value)
+    if a.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must be a real numeric array, got dtype {a.dtype}")
+    if a.dtype != np.float32 or not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a, dtype=np.float32)
+    return a
+
+
+class Module:
+    """Base class: numpy arrays assigned as attributes are parameters, ``Module``s are children.
+
+    ``state_dict()`` names parameters by their dotted path, as PyTorch does. Assigning ``None`` to a
+    parameter (a layer built with ``bias=False``) leaves it out of the state dict.
+    """
+
+    def __init__(self):
+        object.__setattr__(self, "_params", {})
+        object.__setattr__(self, "_modules", {})
+
+    def __setattr__(self, name, value):
+        params, modules = self.__dict__.get("_params"), self.__dict__.get("_modules")
+        if params is None:
+            raise AttributeError(f"{type(self).__name__}.__init__ must call Module.__init__ first")
+        if isinstance(value, Module):
+            params.pop(name, None)
+            modules[name] = value
+        elif isinstance(value, np.ndarray) or (value is None and name in params):
+            modules.pop(name, None)
+            params[name] = value
+        else:
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name):
+        d = self.__dict__
+        if name in d.get("_params", ()):
+            return d["_params"][name]
+        if name in d.get("_modules", ()):
+            return d["_modules"][name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError
+
+    def children(self) -> Iterator["Module"]:
+        return iter(self._modules.values())
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
+        for name, p in self._params.items():
+            if p is not None:
+                yield prefix + name, p
+        for name, m in self._modules.items():
+            yield from m.named_parameters(prefix + name + ".")
+
+    def num_parameters(self) -> int:
+        return sum(p.size for _, p in self.named_parameters())
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """``{dotted name: array}`` (the arrays themselves, not copies)."""
+        return dict(self.named_parameters())
+
+    def _owner(self, dotted: str):
+        mod = self
+        *path, leaf = dotted.split(".")
+        for p in path:
+            mod = mod._modules[p]
+        return mod, leaf
+
+    def load_state_dict(self, state_dict, strict: bool = True) -> "Module":
+        """Copy weights in by name. Values may be numpy arrays or torch tensors; they are converted to
+        float32 C-contiguous (float32 C-contiguous arrays, mapped ones included, are kept without a
+        copy). Missing or unexpected names (with ``strict``) and wrong shapes raise ``ValueError``
+        listing them; nothing is changed then."""
+        own = self.state_dict()
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        problems = []
+        if strict and missing:
+            problems.append(f"missing tensors: {', '.join(missing)}")
+        if strict and unexpected:
+            problems.append(f"unexpected tensors: {', '.join(unexpected)}")
+        converted = {}
+        for k, v in state_dict.items():
+            if k not in own:
+                continue
+            a = _as_f32(k, v)
+            if a.shape != own[k].shape:
+                problems.append(f"{k} has shape {tuple(a.shape)}, expected {tuple(own[k].shape)}")
+            converted[k] = a
+        if problems:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: " + "; ".join(problems))
+        for k, a in converted.items():
+            mod, leaf = self._owner(k)
+            mod._params[leaf] = a
+        self._after_load()
+        return self
+
+    def _after_load(self):
+        for m in self._modules.values():
+            m._after_load()
+
+    def save(self, path) -> None:
+        """Write the state dict to a safetensors file."""
+        _st.save_file(self.state_dict(), path)
+
+    def load(self, path, strict: bool = True) -> "Module":
+        """Load weights from a safetensors file (mapped, not read into a second copy)."""
+        return self.load_state_dict(_st.load_file(path), strict=strict)
+
+    def __repr__(self):
+        inner = "".join(f"\n  ({n}): " + repr(m).replace("\n", "\n  ") for n, m in self._modules.items())
+        return f"{type(self).__name__}({self.extra_repr()}{inner}{chr(10) if inner else ''})"
+
+    def extra_repr(self) -> str:
+        return ""
+
+
+class ModuleList(Module):
+    """A list of modules named ``0``, ``1``, ... in the state dict."""
+
+    def __init__(self, modules=()):
+        super().__init__()
+        for m in modules:
+            self.append(m)
+
+    def append(self, m: Module) -> None:
+        self._modules[str(len(self._modules))] = m
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(list(self._modules.values()))
+
+    def __getitem__(self, i):
+        return list(self._modules.values())[i]
+
+
+_ACTIVATIONS = {None: None, "relu": "relu", "gelu": "gelu", "gelu_tanh": "gelu_tanh",
+                "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+
+
+def _activation(name):
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(k for k in _ACTIVATIONS if k)} or None, got {name!r}")
+    return _ACTIVATIONS[name]
+
+
+class Linear(Module):
+    """``y = activation(x @ weight.T + bias) (+ residual)``; weight ``(out_features, in_features)``."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, activation=None):
+        super().__init__()
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.activation = _activation(activation)
+        bound = 1.0 / math.sqrt(max(self.in_features, 1))
+        self.weight = _uniform((self.out_features, self.in_features), bound)
+        self.bias = _uniform((self.out_features,), bound) if bias else None
+
+    def forward(self, x, residual=None, out=None):
+        return ops.linear(x, self.weight, self.bias, self.activation, residual=residual, out=out)
+
+    def extra_repr(self):
+        act = f", activation={self.activation!r}" if self.activation else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}{act}"
+
+
+class LayerNorm(Module):
+    """LayerNorm over the last axis; ``forward(x, residual=None, return_sum=False)`` normalises
+    ``x + residual`` in one pass and can hand back the sum (a pre-LN block's next residual)."""
+
+    def __init__(self, normalized_shape: int, eps: float = 1e-5, elementwise_affine: bool = True):
+        super().__init__()
+        self.normalized_shape, self.eps = int(normalized_shape), float(eps)
+        self.weight = np.ones(self.normalized_shape, np.float32) if elementwise_affine else None
+        self.bias = np.zeros(self.normalized_shape, np.float32) if elementwise_affine else None
+
+    def forward(self, x, residual=None, return_sum=False, out=None):
+        return ops.layer_norm(x, self.weight, self.bias, self.eps, residual, return_sum=return_sum, out=out)
+
+    def extra_repr(self):
+        return f"{self.normalized_shape}, eps={self.eps:g}"
+
+
+class Embedding(Module):
+    """Rows of ``weight (num_embeddings, embedding_dim)`` for integer ids of any shape."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = int(num_embeddings), int(embedding_dim)
+        self.weight = _rng.standard_normal((self.num_embeddings, self.embedding_dim)).astype(np.float32)
+
+    def forward(self, ids):
+        return ops.embedding(ids, self.weight)
+
+    def extra_repr(self):
+        return f"{self.num_embeddings}, {self.embedding_dim}"
+
+
+class SinusoidalPositionalEncoding(Module):
+    """Adds Vaswani et al.'s fixed sinusoidal encodings: ``forward(x, offset=0)`` returns
+    ``x + pe[offset : offset + S]`` for x ``(..., S, dim)``. No parameters; the table grows on demand."""
+
+    def __init__(self, dim: int, max_len: int = 1024):
+        super().__init__()
+        self.dim = int(dim)
+        object.__setattr__(self, "_pe", ops.sinusoidal_positions(max_len, self.dim))
+
+    def encodings(self, start: int, stop: int) -> np.ndarray:
+        if start < 0:
+            raise ValueError(f"offset must be >= 0, got {start}")
+        if stop > self._pe.shape[0]:
+            object.__setattr__(self, "_pe", ops.sinusoidal_positions(max(stop, 2 * self._pe.shape[0]), self.dim))
+        return self._pe[start:stop]
+
+    def forward(self, x, offset: int = 0):
+        x = np.asarray(x, np.float32)
+        if x.ndim < 2 or x.shape[-1] != self.dim:
+            raise ValueError(f"x must be (..., S, {self.dim}), got shape {x.shape}")
+        return x + self.encodings(offset, offset + x.shape[-2])
+
+
+class LearnedPositionalEmbedding(Module):
+    """A learned table ``weight (num_positions, dim)`` (BERT, GPT-2): ``forward(x, offset=0)`` returns
+    ``x + weight[offset : offset + S]``; ``forward(x, position_ids=ids)`` adds the rows of ``ids``.
+    Positions past the table raise ``ValueError``."""
+
+    def __init__(self, num_positions: int, dim: int):
+        super().__init__()
+        self.num_positions, self.dim = int(num_positions), int(dim)
+        self.weight = (_rng.standard_normal((self.num_positions, self.dim)) * 0.02).astype(np.float32)
+
+    def forward(self, x, offset: int = 0, position_ids=None):
+        x = np.asarray(x, np.float32)
+        if position_ids is not None:
+            return x + ops.embedding(position_ids, self.weight)
+        s = x.shape[-2]
+        if offset < 0 or offset + s > self.num_positions:
+            raise ValueError(f"positions {offset}..{offset + s - 1} are outside the model's {self.num_positions} "
+                             f"positions (sequence of length {s} at offset {offset})")
+        return x + self.weight[offset:offset + s]
+
+
+class KVCache:
+    """Keys and values of one attention layer, preallocated ``(B, H, capacity, Dh)`` and appended in
+    place; ``keys()`` / ``values()`` are views of the first ``length`` positions (no copy: the
+    attention kernel reads strided views). Past the capacity it doubles (one copy)."""
+
+    def __init__(self, batch: int, num_heads: int, head_dim: int, capacity: int):
+        shape = (int(batch), int(num_heads), max(int(capacity), 1), int(head_dim))
+        self.k = np.empty(shape, np.float32)
+        self.v = np.empty(shape, np.float32)
+        self.length = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[2]
+
+    def append(self, k, v) -> None:
+        """k, v ``(B, H, S, Dh)`` (any strides)."""
+        s = k.shape[2]
+        if self.length + s > self.capacity:
+            cap = max(self.length + s, 2 * self.capacity)
+            for name in ("k", "v"):
+                old = getattr(self, name)
+                new = np.empty(old.shape[:2] + (cap,) + old.shape[3:], np.float32)
+                new[:, :, :self.length] = old[:, :, :self.length]
+                setattr(self, name, new)
+        self.k[:, :, self.length:self.length + s] = k
+        self.v[:, :, self.length:self.length + s] = v
+        self.length += s
+
+    def set(self, k, v) -> None:
+        """Replace the contents (cross-attention's keys and values of the encoder's output)."""
+        self.length = 0
+        self.append(k, v)
+
+    def keys(self) -> np.ndarray:
+        return self.k[:, :, :self.length]
+
+    def values(self) -> np.ndarray:
+        return self.v[:, :, :self.length]
+
+    def reorder(self, index) -> None:
+        """Keep batch rows ``index`` (beam search), in place."""
+        index = np.asarray(index)
+        self.k[:len(index), :, :self.length] = self.k[index, :, :self.length]
+        self.v[:len(index), :, :self.length] = self.v[index, :, :self.length]
+        if len(index) != self.k.shape[0]:
+            self.k, self.v = self.k[:len(index)], self.v[:len(index)]
+
+
+def _heads(x, n, h, dh):
+    """(B, S, n*h*dh) -> n views (B, h, S, dh), no copy."""
+    b, s = x.shape[0], x.shape[1]
+    x = x.reshape(b, s, n, h, dh)
+    return [x[:, :, i].transpose(0, 2, 1, 3) for i in range(n)]
+
+
+def _allowed(attn_mask, key_padding_mask, batch, sq, sk):
+    """torch-style masks (bool True = not allowed, float added; padding True) -> one mask for
+    ``ops.scaled_dot_product_attention`` (bool True = attend, or float), or None."""
+    m = None
+    if attn_mask is not None:
+        a = np.asarray(attn_mask)
+        if a.dtype == np.bool_:
+            m = ~a
+        else:
+            m = a.astype(np.float32, copy=False)
+        if m.ndim == 3:  # (B*H, Sq, Sk)
+            m = m.reshape(batch, -1, sq, sk)
+    if key_padding_mask is not None:
+        k = np.asarray(key_padding_mask)
+        if k.shape != (batch, sk):
+            raise ValueError(f"key_padding_mask must have shape ({batch}, {sk}), got {k.shape}")
+        if k.dtype == np.bool_:
+            keep = ~k[:, None, None, :]
+            m = keep if m is None else (m & keep if m.dtype == np.bool_ else np.where(keep, m, -np.inf))
+        else:
+            kf = k.astype(np.float32)[:, None, None, :]
+            m = kf if m is None else (np.where(m, kf, -np.inf) if m.dtype == np.bool_ else m + kf)
+    return m
+
+
+class MultiHeadAttention(Module):
+    """``torch.nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)`` for inference, with the
+    same parameter names (``in_proj_weight (3E, E)``, ``in_proj_bias``, ``out_proj.weight``,
+    ``out_proj.bias``) and an optional KV cache.
+
+    ``forward(query, key=None, value=None, attn_mask=None, key_padding_mask=None, is_causal=False,
+    cache=None, residual=None)``: key and value default to query (self-attention, one fused QKV
+    projection). With ``cache`` (a ``KVCache``) in self-attention, the new keys and values are
+    appended and the queries attend to everything cached (``is_causal`` aligns bottom-right, and
+    ``key_padding_mask`` covers all cached positions); in cross-attention (``static=True``) the
+    keys and values of ``key``/``value`` are projected on the first call and reused after.
+    ``residual`` is added to the output inside the output projection's GEMM.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, bias: bool = True):
+        super().__init__()
+        self.embed_dim, self.num_heads = int(embed_dim), int(num_heads)
+        if self.num_heads < 1 or self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
+        self.head_dim = self.embed_dim // self.num_heads
+        e = self.embed_dim
+        self.in_proj_weight = _uniform((3 * e, e), math.sqrt(6.0 / (4 * e)))
+        self.in_proj_bias = np.zeros(3 * e, np.float32) if bias else None
+        self.out_proj = Linear(e, e, bias=bias)
+        if bias:
+            self.out_proj.bias = np.zeros(e, np.float32)
+
+    def extra_repr(self):
+        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}"
+
+    def new_cache(self, batch: int, capacity: int) -> KVCache:
+        return KVCache(batch, self.num_heads, self.head_dim, capacity)
+
+    def _check(self, x, name):
+        x = np.asarray(x)
+        if x.ndim != 3 or x.shape[-1] != self.embed_dim:
+            raise ValueError(f"{name} must be (B, S, {self.embed_dim}), got shape {x.shape}")
+        return x
+
+    def forward(self, query, key=None, value=None, attn_mask=None, key_padding_mask=None, is_causal=False,
+                cache: KVCache | None = None, static: bool = False, residual=None):
+        self_attn = key is None or key is query
+        key = query if key is None else key
+        value = key if value is None else value
+        if cache is None:
+            out = ops.multi_head_attention(query, key, value, self.num_heads, self.in_proj_weight, self.in_proj_bias,
+                                           self.out_proj.weight, self.out_proj.bias, attn_mask=attn_mask,
+                                           key_padding_mask=key_padding_mask, is_causal=is_causal)
+            return out if residual is None else np.add(out, residual, out=out)
+        e, h, dh = self.embed_dim, self.num_heads, self.head_dim
+        w, b = self.in_proj_weight, self.in_proj_bias
+        query = self._check(query, "query")
+        bsz, sq = query.shape[0], query.shape[1]
+        if self_attn and not static:
+            qkv = ops.linear(query, w, b)
+            q, k, v = _heads(qkv, 3, h, dh)
+            cache.append(k, v)
+        else:
+            q = _heads(ops.linear(query, w[:e], None if b is None else b[:e]), 1, h, dh)[0]
+            if not static or cache.length == 0:
+                key = self._check(key, "key")
+                if value is key:
+                    k, v = _heads(ops.linear(key, w[e:], None if b is None else b[e:]), 2, h, dh)
+                else:
+                    k = _heads(ops.linear(key, w[e:2 * e], None if b is None else b[e:2 * e]), 1, h, dh)[0]
+                    v = _heads(ops.linear(self._check(value, "value"), w[2 * e:], None if b is None else b[2 * e:]),
+                               1, h, dh)[0]
+                if static:
+                    cache.set(k, v)
+                else:
+                    cache.append(k, v)
+        sk = cache.length
+        mask = _allowed(attn_mask, key_padding_mask, bsz, sq, sk)
+        merged = np.empty((bsz, sq, h, dh), np.float32)
+        ops.scaled_dot_product_attention(q, cache.keys(), cache.values(), attn_mask=mask, is_causal=is_causal,
+                                         out=merged.transpose(0, 2, 1, 3))
+        return self.out_proj(merged.reshape(bsz, sq, e), residual=residual)
+
+
+class AdditiveAttention(Module):
+    """Additive (Bahdanau) attention: ``score = v . tanh(w_query q + w_key k)``, softmax over the keys
+    where ``mask`` (True = attend) allows, weighted sum of the values. Parameters ``w_query (A, Dq)``,
+    ``w_key (A, Dk)``, ``v (A,)``. ``forward(query, keys, values, mask=None, return_weights=False)``."""
+
+    def __init__(self, query_dim: int, key_dim: int, attn_dim: int):
+        super().__init__()
+        self.query_dim, self.key_dim, self.attn_dim = int(query_dim), int(key_dim), int(attn_dim)
+        self.w_query = _uniform((self.attn_dim, self.query_dim), 1.0 / math.sqrt(max(self.query_dim, 1)))
+        self.w_key = _uniform((self.attn_dim, self.key_dim), 1.0 / math.sqrt(max(self.key_dim, 1)))
+        self.v = _uniform((self.attn_dim,), 1.0 / math.sqrt(max(self.attn_dim, 1)))
+
+    def forward(self, query, keys, values, mask=None, return_weights=False):
+        return ops.additive_attention(query, keys, values, self.w_query, self.w_key, self.v, mask=mask,
+                                      return_weights=return_weights)
+
+
+class FeedForward(Module):
+    """``linear2(activation(linear1(x))) (+ residual)``, the activation fused into the first GEMM and
+    the residual into the second."""
+
+    def __init__(self, d_model: int, dim_feedforward: int, activation="relu", bias: bool = True):
+        super().__init__()
+        self.linear1 = Linear(d_model, dim_feedforward, bias=bias, activation=activation)
+        self.linear2 = Linear(dim_feedforward, d_model, bias=bias)
+
+    def forward(self, x, residual=None):
+        return self.linear2(self.linear1(x), residual=residual)
+
+
+class TransformerEncoderLayer(Module):
+    """``torch.nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, activation=..., layer_norm_eps,
+    batch_first=True, norm_first)`` for inference, with its parameter names: ``self_attn``,
+    ``linear1``, ``linear2``, ``norm1``, ``norm2``. Post-LN (Vaswani, BERT) by default, pre-LN with
+    ``norm_first=True``. Activation ``"relu"``, ``"gelu"`` (erf) or ``"gelu_tanh"``."""
+
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, activation="relu",
+                 layer_norm_eps: float = 1e-5, norm_first: bool = False, bias: bool = True):
+        super().__init__()
+        self.norm_first = bool(norm_first)
+        self.self_attn = MultiHeadAttention(d_model, nhead, bias=bias)
+        self.linear1 = Linear(d_model, dim_feedforward, bias=bias, activation=activation)
+        self.linear2 = Linear(dim_feedforward, d_model, bias=bias)
+        self.norm1 = LayerNorm(d_model, layer_norm_eps)
+        self.norm2 = LayerNorm(d_model, layer_norm_eps)
+
+    def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False):
+        x = src
+        if self.norm_first:
+            h = self.norm1(x)
+            a = self.self_attn(h, h, h, attn_mask=src_mask, key_padding_mask=src_key_padding_mask,
+                               is_causal=is_causal)
+            h, x = self.norm2(a, residual=x, return_sum=True)
+            return self.linear2(self.linear1(h), residual=x)
+        a = self.self_attn(x, x, x, attn_mask=src_mask, key_padding_mask=src_key_padding_mask, is_causal=is_causal)
+        x = self.norm1(a, residual=x)
+        return self.norm2(self.linear2(self.linear1(x)), residual=x)
+
+
+class TransformerDecoderLayer(Module):
+    """``torch.nn.TransformerDecoderLayer(..., batch_first=True)`` for inference, with its names
+    (``self_attn``, ``multihead_attn``, ``linear1``, ``linear2``, ``norm1..3``) and an optional cache:
+    ``cache=(self_kv, cross_kv)`` (``KVCache``s) appends the new target positions to the self-attention
+    cache and projects ``memory`` once for cross-attention."""
+
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, activation="relu",
+                 layer_norm_eps: float = 1e-5, norm_first: bool = False, bias: bool = True):
+        super().__init__()
+        self.norm_first = bool(norm_first)
+        self.self_attn = MultiHeadAttention(d_model, nhead, bias=bias)
+        self.multihead_attn = MultiHeadAttention(d_model, nhead, bias=bias)
+        self.linear1 = Linear(d_model, dim_feedforward, bias=bias, activation=activation)
+        self.linear2 = Linear(dim_feedforward, d_model, bias=bias)
+        self.norm1 = LayerNorm(d_model, layer_norm_eps)
+        self.norm2 = LayerNorm(d_model, layer_norm_eps)
+        self.norm3 = LayerNorm(d_model, layer_norm_eps)
+
+    def new_cache(self, batch: int, capacity: int, memory_len: int = 0):
+        return (self.self_attn.new_cache(batch, capacity), self.multihead_attn.new_cache(batch, memory_len))
+
+    def forward(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
+                memory_key_padding_mask=None, tgt_is_causal=False, memory_is_causal=False, cache=None):
+        sc, cc = cache if cache is not None else (None, None)
+        x = tgt
+
+        def sa(h):
+            return self.self_attn(h, h, h, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask,
+                                  is_causal=tgt_is_causal, cache=sc)
+
+        def ca(h):
+            return self.multihead_attn(h, memory, memory, attn_mask=memory_mask,
+                                       key_padding_mask=memory_key_padding_mask, is_causal=memory_is_causal,
+                                       cache=cc, static=cc is not None)
+
+        if self.norm_first:
+            a = sa(self.norm1(x))
+            h, x = self.norm2(a, residual=x, return_sum=True)
+            a = ca(h)
+            h, x = self.norm3(a, residual=x, return_sum=True)
+            return self.linear2(self.linear1(h), residual=x)
+        x = self.norm1(sa(x), residual=x)
+        x = self.norm2(ca(x), residual=x)
+        return self.norm3(self.linear2(self.linear1(x)), residual=x)
+
+
+class TransformerEncoder(Module):
+    """A stack of ``TransformerEncoderLayer``s and a final LayerNorm (``norm=True``, as
+    ``torch.nn.Transformer`` builds it): loads the state dict of ``torch.nn.TransformerEncoder``
+    (``layers.{i}.…``, ``norm.…``). ``forward(src, mask=None, src_key_padding_mask=None,
+    is_causal=False)``; outputs at padded positions are unspecified (torch gives zeros there)."""
+
+    def __init__(self, num_layers: int, d_model: int, nhead: int, dim_feedforward: int = 2048, activation="relu",
+                 norm_first: bool = False, layer_norm_eps: float = 1e-5, norm: bool = True, bias: bool = True):
+        super().__init__()
+        self.layers = ModuleList(TransformerEncoderLayer(d_model, nhead, dim_feedforward, activation, layer_norm_eps,
+                                                         norm_first, bias) for _ in range(num_layers))
+        self.norm = LayerNorm(d_model, layer_norm_eps) if norm else None
+
+    def forward(self, src, mask=None, src_key_padding_mask=None, is_causal=False):
+        x = src
+        for layer in self.layers:
+            x = layer(x, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=is_causal)
+        return self.norm(x) if self.norm is not None else x
+
+
+class TransformerDecoder(Module):
+    """A stack of ``TransformerDecoderLayer``s and a final LayerNorm (``norm=True``), with
+    ``torch.nn.TransformerDecoder``'s names. ``forward(tgt, memory, tgt_mask=None, memory_mask=None,
+    tgt_key_padding_mask=None, memory_key_padding_mask=None, tgt_is_causal=False, cache=None)``;
+    ``tgt_is_causal=True`` applies the causal mask itself (torch only takes it as a hint about
+    ``tgt_mask``). ``new_cache(batch, capacity)`` makes the per-layer caches for incremental decoding."""
+
+    def __init__(self, num_layers: int, d_model: int, nhead: int, dim_feedforward: int = 2048, activation="relu",
+                 norm_first: bool = False, layer_norm_eps: float = 1e-5, norm: bool = True, bias: bool = True):
+        super().__init__()
+        self.layers = ModuleList(TransformerDecoderLayer(d_model, nhead, dim_feedforward, activation, layer_norm_eps,
+                                                         norm_first, bias) for _ in range(num_layers))
+        self.norm = LayerNorm(d_model, layer_norm_eps) if norm else None
+
+    def new_cache(self, batch: int, capacity: int, memory_len: int = 0):
+        return [layer.new_cache(batch, capacity, memory_len) for layer in self.layers]
+
+    def forward(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
+                memory_key_padding_mask=None, tgt_is_causal=False, memory_is_causal=False, cache=None):
+        x = tgt
+        for i, layer in enumerate(self.layers):
+            x = layer(x, memory, tgt_mask=tgt_mask, memory_mask=memory_mask,
+                      tgt_key_padding_mask=tgt_key_padding_mask, memory_key_padding_mask=memory_key_padding_mask,
+                      tgt_is_causal=tgt_is_causal, memory_is_causal=memory_is_causal,
+                      cache=None if cache is None else cache[i])
+        return self.norm(x) if self.norm is not None else x

@@ -1,0 +1,181 @@
+"""coreformer.nn against torch.nn on the same weights, the KV cache against the full forward,
+state dicts and safetensors round trips."""
+import numpy as np
+import pytest
+
+from coreformer import nn, ops
+from coreformer import safetensors as st
+
+import reference as ref
+from conftest import assert_close, randn
+
+torch = pytest.importorskip("torch")
+
+
+def rel_err(got, want):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return np.abs(got - want).max() / max(np.abs(want).max(), 1e-30)
+
+
+def t(a):
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def randomise(module, seed=0):
+    """torch initialises biases and norms to 0/1: give every parameter random values so a swapped
+    name or a missed bias shows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.5 if p.ndim == 1 else 1.0 / p.shape[-1] ** 0.5))
+    return module.eval()
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_encoder_matches_torch(rng, norm_first, activation):
+    d, h, ff, layers = 48, 4, 67, 2
+    tl = torch.nn.TransformerEncoderLayer(d, h, ff, dropout=0.0, activation=activation, batch_first=True,
+                                          norm_first=norm_first, layer_norm_eps=1e-6)
+    te = randomise(torch.nn.TransformerEncoder(tl, layers, norm=torch.nn.LayerNorm(d, eps=1e-6),
+                                               enable_nested_tensor=False))
+    ours = nn.TransformerEncoder(layers, d, h, ff, activation=activation, norm_first=norm_first, layer_norm_eps=1e-6)
+    ours.load_state_dict(te.state_dict())
+    x = randn(rng, 3, 13, d)
+    pad = np.zeros((3, 13), bool)
+    pad[1, 9:] = True
+    pad[2, 1:] = True
+    with torch.no_grad():
+        want = te(t(x), src_key_padding_mask=t(pad)).numpy()
+        want_nopad = te(t(x)).numpy()
+        causal = torch.nn.Transformer.generate_square_subsequent_mask(13)
+        want_causal = te(t(x), mask=causal, is_causal=True).numpy()
+    got = ours(x, src_key_padding_mask=pad)
+    assert rel_err(got[~pad], want[~pad]) < 1e-5
+    assert rel_err(ours(x), want_nopad) < 1e-5
+    assert rel_err(ours(x, is_causal=True), want_causal) < 1e-5
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_decoder_matches_torch_and_cache_matches_full(rng, norm_first):
+    d, h, ff, layers, s_src, s_tgt = 32, 4, 50, 2, 11, 9
+    tl = torch.nn.TransformerDecoderLayer(d, h, ff, dropout=0.0, batch_first=True, norm_first=norm_first)
+    td = randomise(torch.nn.TransformerDecoder(tl, layers, norm=torch.nn.LayerNorm(d)), seed=1)
+    ours = nn.TransformerDecoder(layers, d, h, ff, norm_first=norm_first)
+    ours.load_state_dict(td.state_dict())
+    tgt, mem = randn(rng, 2, s_tgt, d), randn(rng, 2, s_src, d)
+    mpad = np.zeros((2, s_src), bool)
+    mpad[0, 7:] = True
+    causal = torch.nn.Transformer.generate_square_subsequent_mask(s_tgt)
+    with torch.no_grad():
+        want = td(t(tgt), t(mem), tgt_mask=causal, tgt_is_causal=True, memory_key_padding_mask=t(mpad)).numpy()
+    full = ours(tgt, mem, tgt_is_causal=True, memory_key_padding_mask=mpad)
+    assert rel_err(full, want) < 1e-5
+    # incremental: 4 positions, then one at a time, against the full forward
+    cache = ours.new_cache(2, capacity=4)  # smaller than needed: the cache must grow
+    steps = [ours(tgt[:, :4], mem, tgt_is_causal=True, memory_key_padding_mask=mpad, cache=cache)]
+    for i in range(4, s_tgt):
+        steps.append(ours(tgt[:, i:i + 1], mem, tgt_is_causal=True, memory_key_padding_mask=mpad, cache=cache))
+    assert rel_err(np.concatenate(steps, axis=1), full) < 1e-5
+    assert cache[0][0].length == s_tgt and cache[0][1].length == s_src
+
+
+def test_multi_head_attention_cache_with_padding(rng):
+    d, h = 24, 3
+    mha = nn.MultiHeadAttention(d, h)
+    mha.load_state_dict(randomise(torch.nn.MultiheadAttention(d, h, batch_first=True)).state_dict())
+    x = randn(rng, 2, 6, d)
+    pad = np.zeros((2, 6), bool)
+    pad[0, :2] = True  # left padding
+    full = mha(x, is_causal=True, key_padding_mask=pad)
+    cache = mha.new_cache(2, 6)
+    a = mha(x[:, :3], is_causal=True, key_padding_mask=pad[:, :3], cache=cache)
+    b = mha(x[:, 3:], is_causal=True, key_padding_mask=pad, cache=cache)
+    got = np.concatenate([a, b], axis=1)
+    keep = np.ones((2, 6), bool)
+    keep[0, :2] = False  # rows with every key masked: torch-style NaN there, ours zeros+bias
+    assert rel_err(got[keep], full[keep]) < 1e-5
+
+
+def test_additive_attention_and_feed_forward(rng):
+    aa = nn.AdditiveAttention(5, 7, 9)
+    q, k, v = randn(rng, 2, 3, 5), randn(rng, 2, 4, 7), randn(rng, 2, 4, 6)
+    mask = np.array([[1, 1, 0, 1], [1, 0, 0, 0]], bool)
+    out, w = aa(q, k, v, mask=mask, return_weights=True)
+    want_out, want_w = ref.additive(q, k, v, aa.w_query, aa.w_key, aa.v, mask)
+    assert_close(out, want_out, rtol=1e-5, atol_scale=1e-5)
+    assert_close(w, want_w, rtol=1e-5, atol_scale=1e-5)
+    ff = nn.FeedForward(8, 20, activation="gelu")
+    x = randn(rng, 3, 8)
+    h = ref.gelu(ref.f64(x) @ ref.f64(ff.linear1.weight).T + ff.linear1.bias)
+    assert_close(ff(x, residual=x), h @ ref.f64(ff.linear2.weight).T + ff.linear2.bias + x, rtol=1e-5,
+                 atol_scale=1e-5)
+
+
+def test_positional_layers(rng):
+    pe = nn.SinusoidalPositionalEncoding(16, max_len=4)
+    x = randn(rng, 2, 6, 16)
+    assert_close(pe(x, offset=3), x + ops.sinusoidal_positions(9, 16)[3:])  # grows past max_len
+    lp = nn.LearnedPositionalEmbedding(8, 16)
+    assert_close(lp(x, offset=2), x + lp.weight[2:8])
+    with pytest.raises(ValueError, match="outside the model's 8 positions"):
+        lp(x, offset=3)
+    ids = np.array([[0, 1, 2, 0, 1, 2]] * 2)
+    assert_close(lp(x, position_ids=ids), x + lp.weight[ids])
+    with pytest.raises(ValueError, match="offset"):
+        pe(x, offset=-1)
+
+
+def test_state_dict_errors_and_safetensors_round_trip(tmp_path, rng):
+    enc = nn.TransformerEncoder(1, 16, 2, 24)
+    sd = enc.state_dict()
+    assert "layers.0.self_attn.in_proj_weight" in sd and "norm.bias" in sd
+    bad = dict(sd)
+    bad.pop("layers.0.linear1.bias")
+    bad["layers.0.extra"] = np.zeros(3, np.float32)
+    with pytest.raises(ValueError, match="missing tensors: layers.0.linear1.bias.*unexpected tensors: layers.0.extra"):
+        enc.load_state_dict(bad)
+    wrong = dict(sd)
+    wrong["norm.weight"] = np.zeros(5, np.float32)
+    with pytest.raises(ValueError, match=r"norm.weight has shape \(5,\), expected \(16,\)"):
+        enc.load_state_dict(wrong)
+    with pytest.raises(TypeError, match="real numeric"):
+        enc.load_state_dict({**sd, "norm.weight": np.array(["a"] * 16)})
+    enc.save(tmp_path / "enc.safetensors")
+    other = nn.TransformerEncoder(1, 16, 2, 24).load(tmp_path / "enc.safetensors")
+    x = randn(rng, 2, 5, 16)
+    np.testing.assert_array_equal(other(x), enc(x))
+    loaded = st.load_file(tmp_path / "enc.safetensors")
+    assert not loaded["norm.weight"].flags.writeable  # mapped, not copied
+    assert "linear1" in repr(enc)
+
+
+def test_safetensors_reads_what_the_reference_writes_and_rejects_corrupt_files(tmp_path):
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    tensors = {"a": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.arange(5, dtype=np.int64),
+               "h": np.linspace(-2, 2, 7).astype(np.float16)}
+    path = tmp_path / "x.safetensors"
+    safetensors_numpy.save_file(tensors, str(path))
+    got = st.load_file(path)
+    np.testing.assert_array_equal(got["a"], tensors["a"])
+    np.testing.assert_array_equal(got["b"], tensors["b"])
+    assert got["h"].dtype == np.float32
+    np.testing.assert_array_equal(got["h"], tensors["h"].astype(np.float32))
+    st.save_file(tensors, tmp_path / "y.safetensors")
+    back = safetensors_numpy.load_file(str(tmp_path / "y.safetensors"))
+    np.testing.assert_array_equal(back["a"], tensors["a"])
+    # bf16 widens to float32
+    torch_st = pytest.importorskip("safetensors.torch")
+    bf = torch.linspace(-3, 3, 9).to(torch.bfloat16)
+    torch_st.save_file({"w": bf}, str(tmp_path / "bf.safetensors"))
+    np.testing.assert_array_equal(st.load_file(tmp_path / "bf.safetensors")["w"], bf.float().numpy())
+    data = path.read_bytes()
+    for name, blob, match in [("short", data[:4], "no header"), ("cut", data[:-8], "truncated"),
+                              ("header", data[:8] + b"{nonsense" + data[17:], "corrupt header"),
+                              ("len", (10**9).to_bytes(8, "little") + data[8:], "runs past the end")]:
+        p = tmp_path / f"{name}.safetensors"
+        p.write_bytes(blob)
+        with pytest.raises(ValueError, match=match):
+            st.load_file(p)
+    with pytest.raises(FileNotFoundError):
+        st.load_file(tmp_path / "absent.safetensors")
