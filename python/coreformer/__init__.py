@@ -9,11 +9,19 @@
 """
 from __future__ import annotations
 
-from . import _core, ops
+from . import _core, nn, ops
+from .tokenizer import Tokenizer
 
 __version__ = _core.info()["version"]
 
-__all__ = ["info", "get_num_threads", "set_num_threads", "ops", "__version__"]
+__all__ = ["info", "get_num_threads", "set_num_threads", "ops", "nn", "models", "Tokenizer", "__version__"]
+
+
+def __getattr__(name):
+    if name == "models":  # imported on first use: it is the heaviest part of the package
+        import importlib
+        return importlib.import_module(".models", __name__)
+    raise AttributeError(f"module 'coreformer' has no attribute {name!r}")
 
 
 def info() -> dict:

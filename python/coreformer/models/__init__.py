@@ -1,0 +1,14 @@
+"""Models on coreformer's ops: BERT, GPT-2, the encoder-decoder Transformer and sentence encoders.
+
+Each ``from_pretrained(local_dir)`` reads a Hugging Face folder (``config.json`` and
+``model.safetensors``, mapped rather than copied); nothing is downloaded.
+"""
+from ._common import ModelOutput
+from .bert import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel
+from .generation import TokenStreamer
+from .gpt2 import GPT2Cache, GPT2Config, GPT2LMHeadModel
+from .sentence import SentenceEncoder
+from .transformer import Transformer
+
+__all__ = ["ModelOutput", "BertConfig", "BertModel", "BertForSequenceClassification", "BertForMaskedLM",
+           "GPT2Config", "GPT2LMHeadModel", "GPT2Cache", "TokenStreamer", "SentenceEncoder", "Transformer"]

@@ -1,0 +1,115 @@
+"""What every model shares: reading a Hugging Face folder, checking tensor names, outputs."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .. import safetensors as st
+
+
+class ModelOutput(dict):
+    """A dict whose keys are also attributes (``out.logits`` or ``out["logits"]``), as in transformers."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"this output has no {name!r}; it has {', '.join(self)}") from None
+
+    def __setattr__(self, name, value):
+        self[name] = value
+
+
+def read_config(model_dir, expected_types: tuple[str, ...], what: str) -> dict:
+    """``config.json`` of ``model_dir``, checked to have a supported ``model_type``."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model folder not found: {model_dir}")
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: a Hugging Face model folder needs config.json")
+    try:
+        cfg = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    mt = cfg.get("model_type")
+    if mt not in expected_types:
+        raise ValueError(f"{what} supports model_type {' or '.join(map(repr, expected_types))}; {path} has "
+                         f"model_type {mt!r}")
+    return cfg
+
+
+def read_weights(model_dir) -> dict[str, np.ndarray]:
+    """The tensors of ``model.safetensors`` (or the shards listed in ``model.safetensors.index.json``),
+    mapped rather than read."""
+    model_dir = Path(model_dir)
+    single = model_dir / "model.safetensors"
+    index = model_dir / "model.safetensors.index.json"
+    if single.is_file():
+        return st.load_file(single)
+    if index.is_file():
+        try:
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, AttributeError) as e:
+            raise ValueError(f"{index} is not a valid safetensors index: {e}") from None
+        out = {}
+        for f in files:
+            out.update(st.load_file(model_dir / f))
+        return out
+    hint = " (only safetensors weights are read; pytorch_model.bin is not)" if (
+        model_dir / "pytorch_model.bin").exists() else ""
+    raise FileNotFoundError(f"{single} not found{hint}")
+
+
+def check_names(got: dict, expected: set, ignorable=(), where: str = "checkpoint") -> None:
+    """ValueError listing missing and unexpected tensors; names starting with an ``ignorable`` prefix
+    (buffers, heads of other tasks) are allowed extras."""
+    missing = sorted(expected - got.keys())
+    unexpected = sorted(k for k in got.keys() - expected if not any(k.startswith(p) for p in ignorable))
+    problems = []
+    if missing:
+        problems.append(f"missing tensors: {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensors: {', '.join(unexpected)}")
+    if problems:
+        raise ValueError(f"{where}: " + "; ".join(problems))
+
+
+def check_shape(name: str, a: np.ndarray, shape: tuple) -> np.ndarray:
+    if tuple(a.shape) != tuple(shape):
+        raise ValueError(f"tensor {name} has shape {tuple(a.shape)}, the config implies {tuple(shape)}")
+    return a
+
+
+def f32(a) -> np.ndarray:
+    a = np.asarray(a)
+    return a if a.dtype == np.float32 and a.flags.c_contiguous else np.ascontiguousarray(a, dtype=np.float32)
+
+
+def as_ids(ids, name: str, ndim: int = 2) -> np.ndarray:
+    a = np.asarray(ids)
+    if a.ndim == ndim - 1:
+        a = a[None]
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must be (batch, seq) integers, got shape {a.shape}")
+    if a.size and a.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array, got dtype {a.dtype}")
+    return a.astype(np.int64, copy=False)
+
+
+def as_mask(mask, shape, name: str) -> np.ndarray | None:
+    if mask is None:
+        return None
+    m = np.asarray(mask)
+    if m.ndim == len(shape) - 1:
+        m = m[None]
+    if m.shape != tuple(shape):
+        raise ValueError(f"{name} must have the shape of input_ids {tuple(shape)}, got {m.shape}")
+    return m != 0
+
+
+def model_folder(path) -> str:
+    return os.fspath(path)

@@ -1,0 +1,247 @@
+"""BERT (Devlin et al. 2019) on coreformer's ops: ``BertModel``, ``BertForSequenceClassification``,
+``BertForMaskedLM``, loading Hugging Face folders (``config.json`` + ``model.safetensors``).
+
+Parameter names are Hugging Face's (``embeddings.word_embeddings.weight``,
+``encoder.layer.0.attention.self.query.weight``, ...). At load the query, key and value weights of
+each layer are packed into one ``(3H, H)`` matrix (and the three modules' weights become views of
+it), so a layer runs one fused QKV GEMM: per layer the forward is five core calls.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import nn, ops
+from ._common import ModelOutput, as_ids, as_mask, check_names, read_config, read_weights
+
+__all__ = ["BertConfig", "BertModel", "BertForSequenceClassification", "BertForMaskedLM"]
+
+class BertConfig(dict):
+    """The fields of a Hugging Face BERT ``config.json`` that the forward uses, with its defaults."""
+
+    DEFAULTS = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                    intermediate_size=3072, hidden_act="gelu", max_position_embeddings=512, type_vocab_size=2,
+                    layer_norm_eps=1e-12, pad_token_id=0, position_embedding_type="absolute", num_labels=None)
+
+    def __init__(self, **kw):
+        super().__init__({**self.DEFAULTS, **kw})
+        if self.get("num_labels") is None:
+            self["num_labels"] = len(self.get("id2label") or {}) or 2
+        if self["position_embedding_type"] != "absolute":
+            raise ValueError(f"position_embedding_type {self['position_embedding_type']!r} is not supported "
+                             "(only 'absolute')")
+        if self["hidden_size"] % self["num_attention_heads"]:
+            raise ValueError(f"hidden_size ({self['hidden_size']}) must be divisible by num_attention_heads "
+                             f"({self['num_attention_heads']})")
+
+    __getattr__ = dict.__getitem__
+
+
+class _Embeddings(nn.Module):
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(c.vocab_size, c.hidden_size)
+        self.position_embeddings = nn.Embedding(c.max_position_embeddings, c.hidden_size)
+        self.token_type_embeddings = nn.Embedding(c.type_vocab_size, c.hidden_size)
+        self.LayerNorm = nn.LayerNorm(c.hidden_size, c.layer_norm_eps)
+
+    def forward(self, input_ids, token_type_ids, past_length=0):
+        s = input_ids.shape[1]
+        n = self.position_embeddings.num_embeddings
+        if past_length + s > n:
+            raise ValueError(f"input_ids has {s} positions but the model has {n} (max_position_embeddings)")
+        x = ops.embedding(input_ids, self.word_embeddings.weight)
+        x += self.position_embeddings.weight[past_length:past_length + s]
+        if token_type_ids is None:
+            x += self.token_type_embeddings.weight[0]
+            return self.LayerNorm(x)
+        return self.LayerNorm(x, residual=ops.embedding(token_type_ids, self.token_type_embeddings.weight))
+
+
+class _SelfAttention(nn.Module):
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.query = nn.Linear(c.hidden_size, c.hidden_size)
+        self.key = nn.Linear(c.hidden_size, c.hidden_size)
+        self.value = nn.Linear(c.hidden_size, c.hidden_size)
+        self._after_load()
+
+    def _after_load(self):
+        # one (3H, H) matrix; the three weights become views of it so no second copy stays alive
+        w = np.concatenate([self.query.weight, self.key.weight, self.value.weight])
+        b = np.concatenate([self.query.bias, self.key.bias, self.value.bias])
+        h = self.query.weight.shape[0]
+        for i, m in enumerate((self.query, self.key, self.value)):
+            m._params["weight"], m._params["bias"] = w[i * h:(i + 1) * h], b[i * h:(i + 1) * h]
+        object.__setattr__(self, "in_proj_weight", w)
+        object.__setattr__(self, "in_proj_bias", b)
+
+
+class _Dense(nn.Module):  # HF's BertSelfOutput / BertOutput: dense + LayerNorm(x + residual)
+    def __init__(self, n_in, n_out, eps):
+        super().__init__()
+        self.dense = nn.Linear(n_in, n_out)
+        self.LayerNorm = nn.LayerNorm(n_out, eps)
+
+
+class _Attention(nn.Module):
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.self = _SelfAttention(c)
+        self.output = _Dense(c.hidden_size, c.hidden_size, c.layer_norm_eps)
+
+
+class _Intermediate(nn.Module):
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(c.hidden_size, c.intermediate_size, activation=c.hidden_act)
+
+
+class _Layer(nn.Module):
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.num_heads = c.num_attention_heads
+        self.attention = _Attention(c)
+        self.intermediate = _Intermediate(c)
+        self.output = _Dense(c.intermediate_size, c.hidden_size, c.layer_norm_eps)
+
+    def forward(self, x, padding):
+        sa, ao = self.attention.self, self.attention.output
+        a = ops.multi_head_attention(x, x, x, self.num_heads, sa.in_proj_weight, sa.in_proj_bias,
+                                     ao.dense.weight, ao.dense.bias, key_padding_mask=padding)
+        x = ao.LayerNorm(a, residual=x)
+        h = self.intermediate.dense(x)
+        return self.output.LayerNorm(self.output.dense(h), residual=x)
+
+
+class _Encoder(nn.Module):
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(_Layer(c) for _ in range(c.num_hidden_layers))
+
+
+class _Pooler(nn.Module):
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(c.hidden_size, c.hidden_size)
+
+    def forward(self, hidden):
+        return np.tanh(self.dense(np.ascontiguousarray(hidden[:, 0])))
+
+
+def _config_of(cfg):
+    return cfg if isinstance(cfg, BertConfig) else BertConfig(**cfg)
+
+
+class BertModel(nn.Module):
+    """The BERT encoder: embeddings, ``num_hidden_layers`` post-LN layers, pooler.
+
+    ``model(input_ids, attention_mask=None, token_type_ids=None)`` takes ``(B, S)`` integer arrays
+    (``attention_mask`` 1 for tokens, 0 for padding, as in transformers) and returns
+    ``.last_hidden_state (B, S, H)`` and ``.pooler_output (B, H)``.
+    """
+
+    base_prefix = "bert."
+
+    def __init__(self, config, add_pooling_layer: bool = True):
+        super().__init__()
+        c = _config_of(config)
+        object.__setattr__(self, "config", c)
+        self.embeddings = _Embeddings(c)
+        self.encoder = _Encoder(c)
+        self.pooler = _Pooler(c) if add_pooling_layer else None
+
+    @classmethod
+    def from_pretrained(cls, model_dir, **kw):
+        """Load a Hugging Face BERT folder (``config.json`` + ``model.safetensors``; the weights are
+        mapped, not copied, except the packed QKV matrices)."""
+        cfg = read_config(model_dir, ("bert",), cls.__name__)
+        model = cls(BertConfig(**cfg), **kw)
+        model._load_hf(read_weights(model_dir), where=str(model_dir))
+        return model
+
+    def _load_hf(self, weights: dict, where: str):
+        own = set(self.state_dict())
+        base = type(self) is BertModel
+        heads = ("cls.", "classifier.", "qa_outputs.")
+        mapped = {}
+        for k, v in weights.items():
+            # a task model's checkpoint keeps the encoder under "bert.", a BertModel's without
+            if base and k.startswith("bert."):
+                k = k[5:]
+            elif not base and not k.startswith(("bert.",) + heads):
+                k = "bert." + k
+            mapped[k] = v
+        self._tie(mapped)
+        # buffers, and heads or a pooler this model does not have, may be in the file
+        candidates = heads + ("pooler.", "bert.pooler.", "embeddings.position_ids", "bert.embeddings.position_ids")
+        ignorable = tuple(p for p in candidates if not any(k.startswith(p) for k in own))
+        check_names(mapped, own, ignorable, where=where)
+        self.load_state_dict({k: v for k, v in mapped.items() if k in own})
+
+    def _tie(self, mapped):
+        pass
+
+    def encode(self, input_ids, attention_mask=None, token_type_ids=None):
+        ids = as_ids(input_ids, "input_ids")
+        mask = as_mask(attention_mask, ids.shape, "attention_mask")
+        tt = None if token_type_ids is None else as_ids(token_type_ids, "token_type_ids")
+        if tt is not None and tt.shape != ids.shape:
+            raise ValueError(f"token_type_ids must have the shape of input_ids {ids.shape}, got {tt.shape}")
+        padding = None if mask is None or mask.all() else ~mask
+        x = self.embeddings(ids, tt)
+        for layer in self.encoder.layer:
+            x = layer(x, padding)
+        return x
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        x = self.encode(input_ids, attention_mask, token_type_ids)
+        pooled = self.pooler(x) if self.pooler is not None else None
+        return ModelOutput(last_hidden_state=x, pooler_output=pooled)
+
+
+class BertForSequenceClassification(BertModel):
+    """BERT with the classification head: ``.logits (B, num_labels)`` from the pooled output."""
+
+    def __init__(self, config):
+        nn.Module.__init__(self)
+        c = _config_of(config)
+        object.__setattr__(self, "config", c)
+        self.bert = BertModel(c)
+        self.classifier = nn.Linear(c.hidden_size, c.num_labels)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        out = self.bert(input_ids, attention_mask, token_type_ids)
+        out.logits = self.classifier(out.pooler_output)
+        return out
+
+
+class _PredictionHead(nn.Module):
+    def __init__(self, c: BertConfig):
+        super().__init__()
+        self.transform = nn.Module()
+        self.transform.dense = nn.Linear(c.hidden_size, c.hidden_size, activation=c.hidden_act)
+        self.transform.LayerNorm = nn.LayerNorm(c.hidden_size, c.layer_norm_eps)
+        self.bias = np.zeros(c.vocab_size, np.float32)
+
+
+class BertForMaskedLM(BertModel):
+    """BERT with the masked-LM head (its decoder tied to the word embeddings): ``.logits (B, S, V)``."""
+
+    def __init__(self, config):
+        nn.Module.__init__(self)
+        c = _config_of(config)
+        object.__setattr__(self, "config", c)
+        self.bert = BertModel(c, add_pooling_layer=False)
+        self.cls = nn.Module()
+        self.cls.predictions = _PredictionHead(c)
+
+    def _tie(self, mapped):
+        mapped.pop("cls.predictions.decoder.weight", None)  # tied to the word embeddings
+        mapped.pop("cls.predictions.decoder.bias", None)    # the same tensor as cls.predictions.bias
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        x = self.bert.encode(input_ids, attention_mask, token_type_ids)
+        t = self.cls.predictions.transform
+        h = t.LayerNorm(t.dense(x))
+        logits = ops.linear(h, self.bert.embeddings.word_embeddings.weight, self.cls.predictions.bias)
+        return ModelOutput(last_hidden_state=x, logits=logits)

@@ -1,0 +1,123 @@
+"""Choosing the next token: the logits processors of transformers' ``generate`` (repetition penalty,
+temperature, top-k, top-p, in that order), greedy and seeded sampling, and streamers."""
+from __future__ import annotations
+
+import queue
+
+import numpy as np
+
+__all__ = ["TokenStreamer", "NextToken", "check_generation_args"]
+
+
+def check_generation_args(max_new_tokens, temperature, top_k, top_p, repetition_penalty, num_beams=1):
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if not (temperature > 0 and np.isfinite(temperature)):
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
+        raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
+    if top_p is not None and not (0 < top_p <= 1):
+        raise ValueError(f"top_p must be None or in (0, 1], got {top_p!r}")
+    if not (repetition_penalty > 0 and np.isfinite(repetition_penalty)):
+        raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty!r}")
+    if isinstance(num_beams, bool) or not isinstance(num_beams, (int, np.integer)) or num_beams < 1:
+        raise ValueError(f"num_beams must be an int >= 1, got {num_beams!r}")
+
+
+class NextToken:
+    """Picks each row's next token from its logits, as transformers does: the repetition penalty
+    (a seen token's logit is divided by the penalty if positive, multiplied if negative), then for
+    sampling temperature, top-k and top-p (nucleus) filtering and a draw from
+    ``numpy.random.default_rng(seed)``; greedy takes the arg-max."""
+
+    def __init__(self, do_sample=False, temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0,
+                 seed=None):
+        self.do_sample = bool(do_sample)
+        self.temperature, self.top_k, self.top_p = float(temperature), top_k, top_p
+        self.repetition_penalty = float(repetition_penalty)
+        self.rng = np.random.default_rng(seed)
+
+    def scores(self, logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """The processed scores ``(B, V)`` (float32) for logits ``(B, V)`` after sequences ``ids (B, L)``."""
+        s = np.array(logits, dtype=np.float32)
+        if self.repetition_penalty != 1.0 and ids.shape[1]:
+            rows = np.arange(s.shape[0])[:, None]
+            seen = s[rows, ids]
+            s[rows, ids] = np.where(seen < 0, seen * self.repetition_penalty, seen / self.repetition_penalty)
+        if not self.do_sample:
+            return s
+        if self.temperature != 1.0:
+            s /= self.temperature
+        if self.top_k is not None and self.top_k < s.shape[1]:
+            kth = np.partition(s, -self.top_k, axis=1)[:, -self.top_k][:, None]
+            s[s < kth] = -np.inf
+        if self.top_p is not None and self.top_p < 1.0:
+            order = np.argsort(s, axis=1, kind="stable")  # ascending, as transformers sorts
+            srt = np.take_along_axis(s, order, axis=1).astype(np.float64)
+            p = np.exp(srt - srt[:, -1:])
+            cum = np.cumsum(p / p.sum(axis=1, keepdims=True), axis=1)
+            remove = cum <= 1.0 - self.top_p
+            remove[:, -1] = False  # keep at least one
+            np.put_along_axis(s, order, np.where(remove, -np.inf, srt).astype(np.float32), axis=1)
+        return s
+
+    def __call__(self, logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        s = self.scores(logits, ids)
+        if not self.do_sample:
+            return s.argmax(axis=1)
+        z = s.astype(np.float64)
+        z -= z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        cum = np.cumsum(p, axis=1)
+        u = self.rng.random(s.shape[0]) * cum[:, -1]
+        return np.minimum((cum < u[:, None]).sum(axis=1), s.shape[1] - 1)
+
+
+class TokenStreamer:
+    """Receives tokens as ``generate`` makes them: pass it as ``streamer=`` and iterate over it (from
+    another thread) to get each step's ids, a ``(B,)`` int64 array, until generation ends.
+
+    >>> streamer = TokenStreamer()
+    >>> threading.Thread(target=model.generate, args=(ids,), kwargs=dict(streamer=streamer)).start()
+    >>> for step in streamer: print(tokenizer.decode(step))
+    """
+
+    _END = object()
+
+    def __init__(self, timeout: float | None = None):
+        self._q: queue.Queue = queue.Queue()
+        self.timeout = timeout
+
+    def put(self, ids) -> None:
+        self._q.put(np.asarray(ids))
+
+    def end(self) -> None:
+        self._q.put(self._END)
+
+    def __iter__(self):
+        while True:
+            item = self._q.get(timeout=self.timeout)
+            if item is self._END:
+                return
+            yield item
+
+
+def stream_put(streamer, ids):
+    if streamer is None:
+        return
+    if hasattr(streamer, "put"):
+        streamer.put(ids)
+    else:
+        streamer(ids)
+
+
+def stream_end(streamer):
+    if streamer is not None and hasattr(streamer, "end"):
+        streamer.end()
+
+
+def eos_set(eos_token_id, default) -> np.ndarray:
+    e = default if eos_token_id is None else eos_token_id
+    if e is None:
+        return np.empty(0, np.int64)
+    return np.atleast_1d(np.asarray(e, dtype=np.int64))

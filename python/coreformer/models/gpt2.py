@@ -1,0 +1,241 @@
+"""GPT-2 (Radford et al. 2019) on coreformer's ops: ``GPT2LMHeadModel`` with a preallocated KV cache
+and ``generate`` (greedy, sampling, left-padded batches, EOS, streaming).
+
+Parameter names are Hugging Face's (``transformer.h.0.attn.c_attn.weight``, ...), but the Conv1D
+weights, stored ``(in, out)`` in the checkpoint, are held in PyTorch's Linear layout ``(out, in)``:
+they are transposed once, at load. The LM head is tied to ``transformer.wte``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .. import nn, ops
+from ._common import ModelOutput, as_ids, as_mask, check_names, read_config, read_weights
+from .generation import NextToken, check_generation_args, eos_set, stream_end, stream_put
+
+__all__ = ["GPT2Config", "GPT2LMHeadModel", "GPT2Cache"]
+
+_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+class GPT2Config(dict):
+    DEFAULTS = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12, n_inner=None,
+                    activation_function="gelu_new", layer_norm_epsilon=1e-5, bos_token_id=50256,
+                    eos_token_id=50256, pad_token_id=None, tie_word_embeddings=True, scale_attn_weights=True,
+                    scale_attn_by_inverse_layer_idx=False, reorder_and_upcast_attn=False)
+
+    def __init__(self, **kw):
+        super().__init__({**self.DEFAULTS, **kw})
+        if self["n_inner"] is None:
+            self["n_inner"] = 4 * self["n_embd"]
+        if self["n_embd"] % self["n_head"]:
+            raise ValueError(f"n_embd ({self['n_embd']}) must be divisible by n_head ({self['n_head']})")
+
+    __getattr__ = dict.__getitem__
+
+
+class GPT2Cache:
+    """Per-layer keys and values ``(B, H, capacity, Dh)``, preallocated for the prompt and every new
+    token, appended in place."""
+
+    def __init__(self, config: GPT2Config, batch: int, capacity: int):
+        dh = config.n_embd // config.n_head
+        self.layers = [nn.KVCache(batch, config.n_head, dh, capacity) for _ in range(config.n_layer)]
+
+    @property
+    def length(self) -> int:
+        return self.layers[0].length
+
+
+class _Attention(nn.Module):
+    def __init__(self, c: GPT2Config, index: int):
+        super().__init__()
+        self.c_attn = nn.Linear(c.n_embd, 3 * c.n_embd)
+        self.c_proj = nn.Linear(c.n_embd, c.n_embd)
+        self.n_head, self.head_dim = c.n_head, c.n_embd // c.n_head
+        scale = 1.0 / np.sqrt(self.head_dim) if c.scale_attn_weights else 1.0
+        self.scale = scale / (index + 1) if c.scale_attn_by_inverse_layer_idx else scale
+
+    def forward(self, h, x, keep, cache):
+        b, s, e = h.shape
+        qkv = self.c_attn(h)
+        x5 = qkv.reshape(b, s, 3, self.n_head, self.head_dim)
+        q, k, v = (x5[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+        if cache is not None:
+            cache.append(k, v)
+            k, v = cache.keys(), cache.values()
+        merged = np.empty((b, s, self.n_head, self.head_dim), np.float32)
+        ops.scaled_dot_product_attention(q, k, v, attn_mask=keep, is_causal=True, scale=self.scale,
+                                         out=merged.transpose(0, 2, 1, 3))
+        return self.c_proj(merged.reshape(b, s, e), residual=x)
+
+
+class _MLP(nn.Module):
+    def __init__(self, c: GPT2Config):
+        super().__init__()
+        self.c_fc = nn.Linear(c.n_embd, c.n_inner, activation=c.activation_function)
+        self.c_proj = nn.Linear(c.n_inner, c.n_embd)
+
+
+class _Block(nn.Module):
+    def __init__(self, c: GPT2Config, index: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(c.n_embd, c.layer_norm_epsilon)
+        self.attn = _Attention(c, index)
+        self.ln_2 = nn.LayerNorm(c.n_embd, c.layer_norm_epsilon)
+        self.mlp = _MLP(c)
+
+    def forward(self, x, keep, cache):
+        x = self.attn(self.ln_1(x), x, keep, cache)
+        return self.mlp.c_proj(self.mlp.c_fc(self.ln_2(x)), residual=x)
+
+
+class _Transformer(nn.Module):
+    def __init__(self, c: GPT2Config):
+        super().__init__()
+        self.wte = nn.Embedding(c.vocab_size, c.n_embd)
+        self.wpe = nn.Embedding(c.n_positions, c.n_embd)
+        self.h = nn.ModuleList(_Block(c, i) for i in range(c.n_layer))
+        self.ln_f = nn.LayerNorm(c.n_embd, c.layer_norm_epsilon)
+
+
+class GPT2LMHeadModel(nn.Module):
+    """GPT-2 with its (tied) LM head.
+
+    ``model(input_ids, attention_mask=None, position_ids=None, cache=None, logits_to_keep=0)`` returns
+    ``.logits (B, S, V)`` (only the last ``logits_to_keep`` positions when > 0). ``attention_mask``
+    (1 = token, 0 = padding) covers the cached positions and the new ones; position ids default to
+    its running count, as transformers' ``generate`` makes them, so a left-padded row sees what it
+    would see alone.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        c = config if isinstance(config, GPT2Config) else GPT2Config(**config)
+        if c.reorder_and_upcast_attn:
+            raise ValueError("reorder_and_upcast_attn=True is not supported")
+        object.__setattr__(self, "config", c)
+        object.__setattr__(self, "generation_defaults", {})
+        self.transformer = _Transformer(c)
+        self.lm_head = None if c.tie_word_embeddings else nn.Linear(c.n_embd, c.vocab_size, bias=False)
+
+    @classmethod
+    def from_pretrained(cls, model_dir):
+        """Load a Hugging Face GPT-2 folder (``config.json`` + ``model.safetensors``; the Conv1D weights
+        are transposed once, everything else is mapped, not copied)."""
+        cfg = read_config(model_dir, ("gpt2",), cls.__name__)
+        model = cls(GPT2Config(**cfg))
+        weights = read_weights(model_dir)
+        sd = {}
+        for k, v in weights.items():
+            if not k.startswith(("transformer.", "lm_head.")):
+                k = "transformer." + k  # a GPT2Model checkpoint
+            if k.endswith(_CONV1D):
+                if v.ndim != 2:
+                    raise ValueError(f"tensor {k} must be 2-D, got shape {v.shape}")
+                v = np.ascontiguousarray(v.T, dtype=np.float32)
+            sd[k] = v
+        if model.lm_head is None:
+            sd.pop("lm_head.weight", None)
+        ignorable = tuple(f"transformer.h.{i}.attn.{b}" for i in range(model.config.n_layer)
+                          for b in ("bias", "masked_bias"))
+        check_names(sd, set(model.state_dict()), ignorable, where=str(model_dir))
+        own = model.state_dict()
+        model.load_state_dict({k: v for k, v in sd.items() if k in own})
+        gen = Path(model_dir) / "generation_config.json"
+        if gen.is_file():
+            try:
+                model.generation_defaults.update(json.loads(gen.read_text()))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                pass
+        return model
+
+    def new_cache(self, batch: int, capacity: int) -> GPT2Cache:
+        return GPT2Cache(self.config, batch, capacity)
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache: GPT2Cache | None = None,
+                logits_to_keep: int = 0):
+        c = self.config
+        ids = as_ids(input_ids, "input_ids")
+        b, s = ids.shape
+        past = cache.length if cache is not None else 0
+        mask = as_mask(attention_mask, (b, past + s), "attention_mask")
+        if position_ids is None:
+            if mask is None:
+                position_ids = np.arange(past, past + s)[None]
+            else:
+                position_ids = np.where(mask, np.cumsum(mask, axis=1) - 1, 0)[:, past:]
+        position_ids = np.broadcast_to(np.asarray(position_ids, np.int64), (b, s))
+        if s and position_ids.max(initial=0) >= c.n_positions:
+            raise ValueError(f"a sequence of {position_ids.max() + 1} positions is longer than the model's "
+                             f"{c.n_positions} (n_positions)")
+        t = self.transformer
+        x = ops.embedding(ids, t.wte.weight)
+        x += ops.embedding(position_ids, t.wpe.weight)
+        keep = None if mask is None or mask.all() else mask[:, None, None, :]
+        for i, block in enumerate(t.h):
+            x = block(x, keep, None if cache is None else cache.layers[i])
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        h = t.ln_f(x)
+        w = t.wte.weight if self.lm_head is None else self.lm_head.weight
+        return ModelOutput(logits=ops.linear(h, w), cache=cache)
+
+    def generate(self, input_ids, attention_mask=None, max_new_tokens: int = 20, do_sample: bool = False,
+                 temperature: float = 1.0, top_k=None, top_p=None, repetition_penalty: float = 1.0,
+                 eos_token_id=None, pad_token_id=None, seed=None, streamer=None) -> np.ndarray:
+        """Continue each prompt by up to ``max_new_tokens`` tokens; returns ``(B, prompt + new)`` ids.
+
+        Greedy by default (the most probable token at every step); ``do_sample=True`` draws from the
+        distribution after ``repetition_penalty``, ``temperature``, ``top_k`` and ``top_p``,
+        reproducibly for a given ``seed``. Prompts of different lengths are left-padded, with
+        ``attention_mask`` marking the tokens: each row gives what it would give alone. A row stops
+        at ``eos_token_id`` (default: the model's) and is filled with ``pad_token_id`` (default: the
+        EOS) until every row has stopped. ``streamer`` receives each step's ``(B,)`` ids: a callable,
+        or an object with ``put(ids)`` and ``end()`` such as ``TokenStreamer``.
+        """
+        check_generation_args(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
+        ids = as_ids(input_ids, "input_ids")
+        b, p = ids.shape
+        if p == 0:
+            raise ValueError("input_ids must hold at least one token per row")
+        mask = as_mask(attention_mask, (b, p), "attention_mask")
+        mask = np.ones((b, p), bool) if mask is None else mask
+        if not mask.any(axis=1).all():
+            raise ValueError("attention_mask has a row with no tokens")
+        need = int(mask.sum(axis=1).max()) + max_new_tokens
+        if need > self.config.n_positions:
+            raise ValueError(f"prompt plus max_new_tokens needs {need} positions; the model has "
+                             f"{self.config.n_positions} (n_positions)")
+        defaults = {**{k: self.config.get(k) for k in ("eos_token_id", "pad_token_id")}, **self.generation_defaults}
+        eos = eos_set(eos_token_id, defaults.get("eos_token_id"))
+        pad = pad_token_id if pad_token_id is not None else defaults.get("pad_token_id")
+        pad = int(pad if pad is not None else (eos[0] if eos.size else 0))
+        pick = NextToken(do_sample, temperature, top_k, top_p, repetition_penalty, seed)
+
+        seqs = np.empty((b, p + max_new_tokens), np.int64)
+        seqs[:, :p] = ids
+        full_mask = np.ones((b, p + max_new_tokens), bool)
+        full_mask[:, :p] = mask
+        n = p
+        try:
+            if max_new_tokens:
+                cache = self.new_cache(b, p + max_new_tokens)
+                logits = self(ids, full_mask[:, :p], cache=cache, logits_to_keep=1).logits[:, -1]
+                done = np.zeros(b, bool)
+                for step in range(max_new_tokens):
+                    nxt = pick(logits, seqs[:, :n])
+                    nxt = np.where(done, pad, nxt)
+                    seqs[:, n] = nxt
+                    n += 1
+                    stream_put(streamer, nxt)
+                    done |= np.isin(nxt, eos)
+                    if done.all() or step + 1 == max_new_tokens:
+                        break
+                    logits = self(nxt[:, None], full_mask[:, :n], cache=cache, logits_to_keep=1).logits[:, -1]
+        finally:
+            stream_end(streamer)
+        return seqs[:, :n].copy()

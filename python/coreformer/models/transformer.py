@@ -1,0 +1,193 @@
+"""The original encoder-decoder Transformer (Vaswani et al. 2017) with greedy and beam-search
+generation: the encoder runs once, the decoder's self-attention keys and values are cached and the
+cross-attention's are projected once."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import nn, ops
+from ._common import ModelOutput, as_ids
+from .generation import check_generation_args, eos_set
+
+__all__ = ["Transformer"]
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+class Transformer(nn.Module):
+    """Source and target embeddings (scaled by ``sqrt(d_model)``), sinusoidal positions, a
+    ``TransformerEncoder`` and ``TransformerDecoder`` (each with its final norm, as
+    ``torch.nn.Transformer``) and the output projection ``generator`` (its weight tied to the target
+    embedding with ``tie_embeddings=True``).
+
+    Parameter names: ``src_embed.weight``, ``tgt_embed.weight``, ``encoder.…`` and ``decoder.…`` (those
+    of ``torch.nn.Transformer``'s encoder and decoder), ``generator.weight``/``generator.bias``.
+    Padding masks are True at padding, as in torch.
+    """
+
+    def __init__(self, src_vocab_size: int, tgt_vocab_size: int, d_model: int = 512, nhead: int = 8,
+                 num_encoder_layers: int = 6, num_decoder_layers: int = 6, dim_feedforward: int = 2048,
+                 activation="relu", norm_first: bool = False, layer_norm_eps: float = 1e-5,
+                 tie_embeddings: bool = False, max_len: int = 1024):
+        super().__init__()
+        self.d_model = int(d_model)
+        self.tie_embeddings = bool(tie_embeddings)
+        self.src_embed = nn.Embedding(src_vocab_size, d_model)
+        self.tgt_embed = nn.Embedding(tgt_vocab_size, d_model)
+        for e in (self.src_embed, self.tgt_embed):
+            e.weight *= d_model ** -0.5
+        self.positions = nn.SinusoidalPositionalEncoding(d_model, max_len)
+        self.encoder = nn.TransformerEncoder(num_encoder_layers, d_model, nhead, dim_feedforward, activation,
+                                             norm_first, layer_norm_eps)
+        self.decoder = nn.TransformerDecoder(num_decoder_layers, d_model, nhead, dim_feedforward, activation,
+                                             norm_first, layer_norm_eps)
+        self.generator = nn.Linear(d_model, tgt_vocab_size)
+        if self.tie_embeddings:
+            self.generator.weight = None
+
+    def _embed(self, table, ids, offset=0):
+        x = ops.embedding(ids, table.weight)
+        x *= math.sqrt(self.d_model)
+        x += self.positions.encodings(offset, offset + ids.shape[1])
+        return x
+
+    def encode(self, src_ids, src_padding_mask=None) -> np.ndarray:
+        """The encoder's output ``(B, S, d_model)`` for source ids ``(B, S)``."""
+        src = as_ids(src_ids, "src_ids")
+        return self.encoder(self._embed(self.src_embed, src), src_key_padding_mask=src_padding_mask)
+
+    def decode(self, tgt_ids, memory, memory_padding_mask=None, tgt_padding_mask=None, cache=None,
+               offset: int = 0) -> np.ndarray:
+        """Logits ``(B, T, V)`` of the target positions ``offset .. offset + T - 1`` (causal)."""
+        tgt = as_ids(tgt_ids, "tgt_ids")
+        h = self.decoder(self._embed(self.tgt_embed, tgt, offset), memory, tgt_key_padding_mask=tgt_padding_mask,
+                         memory_key_padding_mask=memory_padding_mask, tgt_is_causal=True, cache=cache)
+        w = self.tgt_embed.weight if self.tie_embeddings else self.generator.weight
+        return ops.linear(h, w, self.generator.bias)
+
+    def forward(self, src_ids, tgt_ids, src_padding_mask=None, tgt_padding_mask=None):
+        """Teacher-forced logits ``(B, T, V)``."""
+        memory = self.encode(src_ids, src_padding_mask)
+        return ModelOutput(logits=self.decode(tgt_ids, memory, src_padding_mask, tgt_padding_mask),
+                           encoder_last_hidden_state=memory)
+
+    def generate(self, src_ids, max_new_tokens: int, bos_token_id: int, eos_token_id=None, num_beams: int = 1,
+                 length_penalty: float = 1.0, src_padding_mask=None, pad_token_id=None) -> np.ndarray:
+        """Translate: ``(B, 1 + n)`` target ids starting with ``bos_token_id``, at most
+        ``max_new_tokens`` new ones per row, a row ending at ``eos_token_id`` and padded with
+        ``pad_token_id`` (default: the EOS) after.
+
+        ``num_beams=1`` is greedy; more keeps that many hypotheses per row and returns the one with
+        the best ``sum(log p) / generated_length ** length_penalty`` (transformers' beam search:
+        a hypothesis is finished at EOS, and a row stops once ``num_beams`` hypotheses are finished
+        and no running one can beat the worst of them).
+        """
+        check_generation_args(max_new_tokens, 1.0, None, None, 1.0, num_beams)
+        src = as_ids(src_ids, "src_ids")
+        if src_padding_mask is not None:
+            src_padding_mask = np.asarray(src_padding_mask, bool)
+            if src_padding_mask.shape != src.shape:
+                raise ValueError(f"src_padding_mask must have the shape of src_ids {src.shape}, got "
+                                 f"{src_padding_mask.shape}")
+        v = self.tgt_embed.num_embeddings
+        if not 0 <= bos_token_id < v:
+            raise IndexError(f"bos_token_id {bos_token_id} is outside the target vocabulary [0, {v})")
+        eos = eos_set(eos_token_id, None)
+        pad = int(pad_token_id if pad_token_id is not None else (eos[0] if eos.size else bos_token_id))
+        memory = self.encode(src, src_padding_mask)
+        if num_beams == 1:
+            return self._greedy(memory, src_padding_mask, max_new_tokens, bos_token_id, eos, pad)
+        return self._beam(memory, src_padding_mask, max_new_tokens, bos_token_id, eos, pad, num_beams,
+                          float(length_penalty))
+
+    def _greedy(self, memory, mpad, max_new, bos, eos, pad):
+        b = memory.shape[0]
+        cache = self.decoder.new_cache(b, max_new + 1, memory.shape[1])
+        seqs = np.full((b, max_new + 1), pad, np.int64)
+        seqs[:, 0] = bos
+        done = np.zeros(b, bool)
+        n = 1
+        for step in range(max_new):
+            logits = self.decode(seqs[:, n - 1:n], memory, mpad, cache=cache, offset=n - 1)[:, -1]
+            nxt = np.where(done, pad, logits.argmax(axis=1))
+            seqs[:, n] = nxt
+            n += 1
+            done |= np.isin(nxt, eos)
+            if done.all():
+                break
+        return seqs[:, :n].copy()
+
+    def _beam(self, memory, mpad, max_new, bos, eos, pad, k, length_penalty):
+        b, s_src = memory.shape[0], memory.shape[1]
+        memory = np.repeat(memory, k, axis=0)
+        mpad = None if mpad is None else np.repeat(mpad, k, axis=0)
+        cache = self.decoder.new_cache(b * k, max_new + 1, s_src)
+        seqs = np.full((b * k, max_new + 1), bos, np.int64)
+        scores = np.zeros((b, k))
+        scores[:, 1:] = -np.inf  # at the start every beam is the same: only the first counts
+        finished = [[] for _ in range(b)]  # (normalised score, tokens)
+        row_done = np.zeros(b, bool)
+        n = 1
+        for step in range(max_new):
+            logp = _log_softmax(self.decode(seqs[:, n - 1:n], memory, mpad, cache=cache, offset=n - 1)[:, -1])
+            v = logp.shape[1]
+            cand = (scores.reshape(b * k, 1) + logp).reshape(b, k * v)
+            top = np.argsort(-cand, axis=1, kind="stable")[:, :2 * k]
+            new_beam = np.zeros((b, k), np.int64)
+            new_tok = np.zeros((b, k), np.int64)
+            new_score = np.full((b, k), -np.inf)
+            for i in range(b):
+                if row_done[i]:
+                    new_beam[i] = np.arange(k)
+                    new_tok[i] = pad
+                    continue
+                filled = 0
+                for rank, c in enumerate(top[i]):
+                    beam, tok = divmod(int(c), v)
+                    sc = cand[i, c]
+                    if not np.isfinite(sc):
+                        break
+                    if tok in eos:
+                        if rank < k:
+                            hyp = np.append(seqs[i * k + beam, :n], tok)
+                            finished[i].append((sc / (n ** length_penalty), hyp))
+                        continue
+                    new_beam[i, filled], new_tok[i, filled], new_score[i, filled] = beam, tok, sc
+                    filled += 1
+                    if filled == k:
+                        break
+                finished[i].sort(key=lambda h: -h[0])
+                del finished[i][k:]
+                # transformers' heuristic: done when k hypotheses are finished and the best running
+                # one, normalised at the current length, cannot beat the worst finished
+                if len(finished[i]) == k and new_score[i, 0] / (n ** length_penalty) <= finished[i][-1][0]:
+                    row_done[i] = True
+            index = (np.arange(b)[:, None] * k + new_beam).reshape(-1)
+            seqs[:, :n] = seqs[index, :n]
+            seqs[:, n] = new_tok.reshape(-1)
+            scores = np.where(row_done[:, None], -np.inf, new_score)
+            n += 1
+            for self_kv, _ in cache:
+                self_kv.reorder(index)
+            if row_done.all():
+                break
+        results = []
+        for i in range(b):
+            hyps = list(finished[i])
+            if not row_done[i]:  # out of steps: the running beams compete too
+                for j in range(k):
+                    if np.isfinite(scores[i, j]):
+                        hyps.append((scores[i, j] / ((n - 1) ** length_penalty), seqs[i * k + j, :n]))
+            hyps.sort(key=lambda h: -h[0])
+            results.append(hyps[0][1])
+        width = max(len(r) for r in results)
+        out = np.full((b, width), pad, np.int64)
+        for i, r in enumerate(results):
+            out[i, :len(r)] = r
+        return out
