@@ -1,0 +1,404 @@
+"""Models against Hugging Face transformers and torch on the same weights (small random configs
+saved with save_pretrained into a temp folder; nothing comes from a hub)."""
+import itertools
+import json
+import shutil
+import threading
+
+import numpy as np
+import pytest
+
+from coreformer import nn
+from coreformer.models import (BertForMaskedLM, BertForSequenceClassification, BertModel, GPT2LMHeadModel,
+                               TokenStreamer, Transformer)
+from coreformer.models.generation import NextToken
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+
+def rel_err(got, want):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return np.abs(got - want).max() / max(np.abs(want).max(), 1e-30)
+
+
+@pytest.fixture(scope="module")
+def bert_dirs(tmp_path_factory):
+    cfg = transformers.BertConfig(vocab_size=120, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=70, max_position_embeddings=40, num_labels=3)
+    torch.manual_seed(0)
+    dirs = {}
+    for cls in (transformers.BertModel, transformers.BertForSequenceClassification, transformers.BertForMaskedLM):
+        m = cls(cfg).eval()
+        with torch.no_grad():  # random biases and norms, so a swapped or dropped one shows
+            for name, p in m.named_parameters():
+                if p.ndim == 1:
+                    p.copy_(torch.randn_like(p) * 0.3 + (1.0 if "LayerNorm.weight" in name else 0.0))
+        d = tmp_path_factory.mktemp(cls.__name__)
+        m.save_pretrained(d)
+        dirs[cls.__name__] = (d, m)
+    return dirs
+
+
+def bert_inputs(b=3, s=17, vocab=120):
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, vocab, (b, s))
+    mask = np.ones((b, s), np.int64)
+    mask[1, 10:] = 0
+    mask[2, 3:] = 0
+    types = np.zeros((b, s), np.int64)
+    types[:, 8:] = 1
+    return ids, mask, types
+
+
+def hf(model, ids, mask, types):
+    with torch.no_grad():
+        return model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                     token_type_ids=torch.tensor(types))
+
+
+@pytest.mark.parametrize("name,ours", [("BertModel", BertModel),
+                                       ("BertForSequenceClassification", BertForSequenceClassification),
+                                       ("BertForMaskedLM", BertForMaskedLM)])
+def test_bert_matches_transformers(bert_dirs, name, ours):
+    d, ref = bert_dirs[name]
+    model = ours.from_pretrained(d)
+    ids, mask, types = bert_inputs()
+    want, got = hf(ref, ids, mask, types), model(ids, mask, types)
+    keep = mask.astype(bool)
+    if name != "BertForSequenceClassification":
+        assert rel_err(got.last_hidden_state[keep], want.last_hidden_state.numpy()[keep]) < 1e-5 if hasattr(
+            want, "last_hidden_state") else True
+    if name == "BertModel":
+        assert rel_err(got.pooler_output, want.pooler_output.numpy()) < 1e-5
+    elif name == "BertForSequenceClassification":
+        assert got.logits.shape == (3, 3)
+        assert rel_err(got.logits, want.logits.numpy()) < 1e-5
+    else:
+        assert got.logits.shape == (3, 17, 120)
+        assert rel_err(got.logits[keep], want.logits.numpy()[keep]) < 1e-5
+    # without a mask or token types
+    with torch.no_grad():
+        plain = ref(input_ids=torch.tensor(ids))
+    out = model(ids)
+    key = "pooler_output" if name == "BertModel" else "logits"
+    assert rel_err(out[key], getattr(plain, key).numpy()) < 1e-5
+
+
+def test_bert_hidden_states_of_a_task_checkpoint(bert_dirs):
+    d, ref = bert_dirs["BertForSequenceClassification"]
+    base = BertModel.from_pretrained(d)  # the head is left out, the encoder is loaded
+    ids, mask, types = bert_inputs()
+    want = hf(ref.bert, ids, mask, types)
+    assert rel_err(base(ids, mask, types).pooler_output, want.pooler_output.numpy()) < 1e-5
+
+
+def test_bert_errors(bert_dirs, tmp_path):
+    d, _ = bert_dirs["BertModel"]
+    with pytest.raises(ValueError, match="missing tensors: classifier.bias, classifier.weight"):
+        BertForSequenceClassification.from_pretrained(d)
+    model = BertModel.from_pretrained(d)
+    ids, mask, _ = bert_inputs()
+    with pytest.raises(IndexError):
+        model(ids + 200, mask)
+    with pytest.raises(ValueError, match="40 \\(max_position_embeddings\\)"):
+        model(np.zeros((1, 41), np.int64))
+    with pytest.raises(ValueError, match="attention_mask must have the shape"):
+        model(ids, mask[:, :5])
+    with pytest.raises(TypeError, match="integer"):
+        model(ids.astype(np.float32))
+    # a folder without config / weights, an unsupported model_type, bad tensors, a corrupt file
+    with pytest.raises(FileNotFoundError, match="model folder not found"):
+        BertModel.from_pretrained(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        BertModel.from_pretrained(tmp_path)
+    bad = tmp_path / "bad"
+    shutil.copytree(d, bad)
+    (bad / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        BertModel.from_pretrained(bad)
+    shutil.copy(d / "model.safetensors", bad / "model.safetensors")
+    cfg = json.loads((d / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**cfg, "model_type": "roberta"}))
+    with pytest.raises(ValueError, match="'roberta'"):
+        BertModel.from_pretrained(bad)
+    (bad / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 3}))
+    with pytest.raises(ValueError, match="missing tensors: encoder.layer.2"):
+        BertModel.from_pretrained(bad)
+    (bad / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 1}))
+    with pytest.raises(ValueError, match="unexpected tensors: encoder.layer.1"):
+        BertModel.from_pretrained(bad)
+    (bad / "config.json").write_text(json.dumps({**cfg, "hidden_size": 64, "num_attention_heads": 4}))
+    with pytest.raises(ValueError, match="shape"):
+        BertModel.from_pretrained(bad)
+    (bad / "config.json").write_text(json.dumps(cfg))
+    blob = (d / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ValueError, match="truncated"):
+        BertModel.from_pretrained(bad)
+    (bad / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        BertModel.from_pretrained(bad)
+
+
+# ---------------------------------------------------------------- GPT-2
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory):
+    # initializer_range 0.3: random weights whose greedy continuations vary (at 0.02 they repeat one token)
+    cfg = transformers.GPT2Config(vocab_size=211, n_embd=64, n_layer=3, n_head=4, n_positions=160,
+                                  initializer_range=0.3, bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(1)
+    m = transformers.GPT2LMHeadModel(cfg).eval()
+    d = tmp_path_factory.mktemp("gpt2")
+    m.save_pretrained(d)
+    return d, m, GPT2LMHeadModel.from_pretrained(d)
+
+
+def prompts():
+    rng = np.random.default_rng(7)
+    return [rng.integers(1, 211, n) for n in (13, 5, 9)]
+
+
+def left_pad(rows, pad=0):
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), pad, np.int64)
+    mask = np.zeros((len(rows), width), np.int64)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = r
+        mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+def test_gpt2_logits_match_transformers(gpt2):
+    _, ref, model = gpt2
+    ids, mask = left_pad(prompts())
+    with torch.no_grad():
+        want = ref(input_ids=torch.tensor(ids[:1])).logits.numpy()
+        pos = torch.tensor(np.where(mask, mask.cumsum(1) - 1, 0))
+        want_b = ref(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), position_ids=pos).logits.numpy()
+    assert rel_err(model(ids[:1]).logits, want) < 1e-5
+    got_b = model(ids, mask).logits
+    keep = mask.astype(bool)
+    assert rel_err(got_b[keep], want_b[keep]) < 1e-5
+    # the cache: the prompt, then one token at a time, gives the full forward's logits
+    cache = model.new_cache(1, 4)  # too small: it must grow
+    parts = [model(ids[:1, :6], cache=cache).logits] + [model(ids[:1, i:i + 1], cache=cache).logits
+                                                        for i in range(6, ids.shape[1])]
+    assert rel_err(np.concatenate(parts, axis=1), want) < 1e-5
+    assert model(ids[:1], logits_to_keep=1).logits.shape == (1, 1, 211)
+
+
+def test_gpt2_greedy_50_tokens_identical_alone_and_in_a_left_padded_batch(gpt2):
+    _, ref, model = gpt2
+    rows = prompts()
+    alone = []
+    for r in rows:
+        with torch.no_grad():
+            want = ref.generate(torch.tensor(r[None]), max_new_tokens=50, do_sample=False, eos_token_id=None,
+                                pad_token_id=0).numpy()
+        got = model.generate(r[None], max_new_tokens=50, eos_token_id=[])
+        np.testing.assert_array_equal(got, want)
+        assert len(set(got[0, len(r):].tolist())) > 5  # a continuation that says something
+        alone.append(got[0])
+    ids, mask = left_pad(rows)
+    with torch.no_grad():
+        want = ref.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), max_new_tokens=50,
+                            do_sample=False, eos_token_id=None, pad_token_id=0).numpy()
+    got = model.generate(ids, mask, max_new_tokens=50, eos_token_id=[])
+    np.testing.assert_array_equal(got, want)
+    for i, r in enumerate(rows):
+        np.testing.assert_array_equal(got[i, ids.shape[1] - len(r):], alone[i])
+
+
+def test_gpt2_repetition_penalty_greedy_matches_transformers(gpt2):
+    _, ref, model = gpt2
+    r = prompts()[0]
+    with torch.no_grad():
+        want = ref.generate(torch.tensor(r[None]), max_new_tokens=30, do_sample=False, repetition_penalty=1.5,
+                            eos_token_id=None, pad_token_id=0).numpy()
+    np.testing.assert_array_equal(model.generate(r[None], max_new_tokens=30, repetition_penalty=1.5,
+                                                 eos_token_id=[]), want)
+
+
+def test_sampling_filters_match_transformers_processors():
+    from transformers.generation.logits_process import (RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
+                                                        TopKLogitsWarper, TopPLogitsWarper)
+    rng = np.random.default_rng(3)
+    logits = (rng.standard_normal((4, 97)) * 3).astype(np.float32)
+    ids = rng.integers(0, 97, (4, 9))
+    for temp, k, p, pen in [(0.7, 10, 0.9, 1.3), (1.5, None, 0.5, 1.0), (1.0, 3, None, 0.8), (0.3, None, 0.99, 1.0)]:
+        s = torch.tensor(logits)
+        ti = torch.tensor(ids)
+        if pen != 1.0:
+            s = RepetitionPenaltyLogitsProcessor(pen)(ti, s)
+        s = TemperatureLogitsWarper(temp)(ti, s)
+        if k:
+            s = TopKLogitsWarper(k)(ti, s)
+        if p:
+            s = TopPLogitsWarper(p)(ti, s)
+        got = NextToken(True, temp, k, p, pen).scores(logits, ids)
+        want = s.numpy()
+        assert np.array_equal(np.isinf(got), np.isinf(want))
+        fin = np.isfinite(want)
+        np.testing.assert_allclose(got[fin], want[fin], rtol=1e-6)
+
+
+def test_gpt2_sampling_is_reproducible_with_a_seed(gpt2):
+    _, _, model = gpt2
+    ids, mask = left_pad(prompts())
+    kw = dict(max_new_tokens=40, do_sample=True, temperature=0.9, top_k=50, top_p=0.95, eos_token_id=[])
+    a = model.generate(ids, mask, seed=11, **kw)
+    b = model.generate(ids, mask, seed=11, **kw)
+    c = model.generate(ids, mask, seed=12, **kw)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    # top_k=1 sampling is greedy
+    np.testing.assert_array_equal(model.generate(ids, mask, max_new_tokens=20, do_sample=True, top_k=1, seed=3,
+                                                 eos_token_id=[]),
+                                  model.generate(ids, mask, max_new_tokens=20, eos_token_id=[]))
+
+
+def test_gpt2_rows_stop_at_eos_and_streamers_see_every_token(gpt2):
+    _, ref, model = gpt2
+    ids, mask = left_pad(prompts())
+    free = model.generate(ids, mask, max_new_tokens=30, eos_token_id=[])
+    p = ids.shape[1]
+    eos = int(free[0, p + 4])  # row 0 makes this token at step 5: make it the EOS
+    seen = []
+    got = model.generate(ids, mask, max_new_tokens=30, eos_token_id=eos, pad_token_id=7, streamer=seen.append)
+    with torch.no_grad():
+        want = ref.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), max_new_tokens=30,
+                            do_sample=False, eos_token_id=eos, pad_token_id=7).numpy()
+    np.testing.assert_array_equal(got, want)
+    row0 = got[0, p:]
+    stop = int(np.argmax(row0 == eos))
+    assert stop <= 4 and np.all(row0[stop + 1:] == 7)
+    np.testing.assert_array_equal(np.stack(seen, axis=1), got[:, p:])
+    # an iterator streamer, consumed from another thread
+    streamer = TokenStreamer(timeout=60)
+    th = threading.Thread(target=model.generate, args=(ids, mask),
+                          kwargs=dict(max_new_tokens=12, eos_token_id=[], streamer=streamer))
+    th.start()
+    steps = list(streamer)
+    th.join()
+    np.testing.assert_array_equal(np.stack(steps, axis=1), free[:, p:p + 12])
+
+
+def test_gpt2_errors(gpt2, tmp_path):
+    d, _, model = gpt2
+    with pytest.raises(IndexError):
+        model.generate(np.array([[5, 300]]), max_new_tokens=2)
+    with pytest.raises(ValueError, match="n_positions"):
+        model.generate(np.arange(150)[None] % 200, max_new_tokens=20)
+    with pytest.raises(ValueError, match="n_positions"):
+        model(np.zeros((1, 161), np.int64))
+    for kw, match in [(dict(temperature=0), "temperature"), (dict(top_k=0), "top_k"), (dict(top_p=1.5), "top_p"),
+                      (dict(max_new_tokens=-1), "max_new_tokens"), (dict(repetition_penalty=0), "repetition")]:
+        with pytest.raises(ValueError, match=match):
+            model.generate(np.array([[1, 2]]), **{"max_new_tokens": 3, **kw})
+    with pytest.raises(ValueError, match="no tokens"):
+        model.generate(np.array([[1, 2]]), attention_mask=np.array([[0, 0]]))
+    with pytest.raises(ValueError, match="model_type"):
+        BertModel.from_pretrained(d)
+    bad = tmp_path / "g"
+    shutil.copytree(d, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**cfg, "n_embd": 32}))
+    with pytest.raises(ValueError, match="shape"):
+        GPT2LMHeadModel.from_pretrained(bad)
+
+
+# ---------------------------------------------------------------- encoder-decoder
+
+def torch_transformer(d, h, ff, layers, norm_first):
+    tr = torch.nn.Transformer(d, h, layers, layers, ff, dropout=0.0, batch_first=True, norm_first=norm_first)
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for p in tr.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.3 if p.ndim == 1 else p.shape[-1] ** -0.5))
+    return tr.eval()
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_transformer_matches_torch_nn_transformer(norm_first):
+    d, h, ff, layers, vs, vt = 32, 4, 48, 2, 40, 45
+    tr = torch_transformer(d, h, ff, layers, norm_first)
+    nn.manual_seed(0)
+    model = Transformer(vs, vt, d, h, layers, layers, ff, norm_first=norm_first)
+    sd = {k: v for k, v in tr.state_dict().items()}
+    model.encoder.load_state_dict({k[8:]: v for k, v in sd.items() if k.startswith("encoder.")})
+    model.decoder.load_state_dict({k[8:]: v for k, v in sd.items() if k.startswith("decoder.")})
+    rng = np.random.default_rng(0)
+    src, tgt = rng.integers(0, vs, (2, 11)), rng.integers(0, vt, (2, 7))
+    spad = np.zeros((2, 11), bool)
+    spad[1, 8:] = True
+
+    def emb(table, ids):
+        return torch.tensor((table[ids] * np.sqrt(d) + model.positions.encodings(0, ids.shape[1])).astype(np.float32))
+
+    with torch.no_grad():
+        hid = tr(emb(model.src_embed.weight, src), emb(model.tgt_embed.weight, tgt),
+                 tgt_mask=torch.nn.Transformer.generate_square_subsequent_mask(7), tgt_is_causal=True,
+                 src_key_padding_mask=torch.tensor(spad), memory_key_padding_mask=torch.tensor(spad)).numpy()
+    want = hid @ model.generator.weight.T.astype(np.float64) + model.generator.bias
+    got = model(src, tgt, src_padding_mask=spad).logits
+    assert rel_err(got, want) < 1e-5
+
+
+@pytest.fixture(scope="module")
+def small_translator():
+    nn.manual_seed(2)
+    m = Transformer(30, 6, d_model=32, nhead=4, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=40)
+    for name, p in m.named_parameters():  # sharper distributions than the default init
+        p *= 3.0 if name.startswith(("tgt_embed", "generator")) else 1.0
+    return m
+
+
+def test_transformer_greedy_matches_full_recompute(small_translator):
+    m = small_translator
+    src = np.random.default_rng(1).integers(3, 30, (3, 9))
+    spad = np.zeros((3, 9), bool)
+    spad[2, 5:] = True
+    got = m.generate(src, 15, bos_token_id=1, src_padding_mask=spad)
+    memory = m.encode(src, spad)
+    seq = np.ones((3, 1), np.int64)
+    for _ in range(15):
+        seq = np.concatenate([seq, m.decode(seq, memory, spad)[:, -1].argmax(1)[:, None]], axis=1)
+    np.testing.assert_array_equal(got, seq)
+
+
+def test_transformer_beam_search_finds_the_exhaustive_best(small_translator):
+    # with 6 target tokens, 3 steps and 36 beams, beam search keeps every 2-token prefix: its best
+    # must be the best of all 6**3 sequences, scored by the full (uncached) forward
+    m = small_translator
+    src = np.random.default_rng(2).integers(3, 30, (2, 7))
+    got = m.generate(src, 3, bos_token_id=1, num_beams=36, length_penalty=0.0)
+    memory = m.encode(src)
+    for i in range(2):
+        best, best_seq = -np.inf, None
+        for tail in itertools.product(range(6), repeat=3):
+            seq = np.array([[1, *tail]])
+            lg = m.decode(seq, memory[i:i + 1])[0].astype(np.float64)
+            lp = lg - np.log(np.exp(lg - lg.max(1, keepdims=True)).sum(1, keepdims=True)) - lg.max(1, keepdims=True)
+            score = sum(lp[j, tail[j]] for j in range(3))
+            if score > best:
+                best, best_seq = score, seq[0]
+        np.testing.assert_array_equal(got[i], best_seq)
+
+
+def test_transformer_beam_search_eos_and_padding(small_translator):
+    m = small_translator
+    src = np.random.default_rng(3).integers(3, 30, (4, 8))
+    out = m.generate(src, 12, bos_token_id=1, eos_token_id=2, num_beams=4, pad_token_id=0)
+    assert out.shape[0] == 4 and np.all(out[:, 0] == 1)
+    for row in out:
+        if 2 in row[1:]:
+            stop = 1 + int(np.argmax(row[1:] == 2))
+            assert np.all(row[stop + 1:] == 0)
+    greedy = m.generate(src, 12, bos_token_id=1, eos_token_id=2)
+    assert greedy.shape[0] == 4
+    with pytest.raises(IndexError, match="bos_token_id"):
+        m.generate(src, 3, bos_token_id=6)
+    with pytest.raises(ValueError, match="num_beams"):
+        m.generate(src, 3, bos_token_id=1, num_beams=0)
