@@ -1,4 +1,5 @@
-"""The ``coreformer`` command: ``bench`` (kernel micro-benchmarks against numpy and PyTorch) and ``info``."""
+"""The ``coreformer`` command: ``bench`` (kernel and model benchmarks against numpy, PyTorch and other
+engines), ``info``, and the model commands ``embed``, ``generate`` and ``classify`` on local folders."""
 from __future__ import annotations
 
 import argparse
@@ -22,11 +23,38 @@ def main(argv=None) -> int:
 
     sub.add_parser("info", help="version, SIMD path, threads, OpenMP and CUDA")
 
+    e = sub.add_parser("embed", help="sentence embeddings from a sentence-transformers (or BERT) folder")
+    e.add_argument("--model", required=True, help="local model folder")
+    e.add_argument("text", nargs="+")
+    e.add_argument("--out", help="write the (N, dim) float32 array to this .npy file instead of printing it")
+    e.add_argument("--batch-size", type=int, default=32)
+
+    g = sub.add_parser("generate", help="continue a prompt with a GPT-2 folder, streaming the text")
+    g.add_argument("--model", required=True, help="local model folder (config.json, model.safetensors, tokenizer)")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--max-new-tokens", type=int, default=50)
+    g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--repetition-penalty", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=None)
+
+    c = sub.add_parser("classify", help="label texts with a BERT sequence-classification folder")
+    c.add_argument("--model", required=True, help="local model folder")
+    c.add_argument("text", nargs="+")
+
     args = parser.parse_args(argv)
     if args.command == "info":
         import coreformer
         print(json.dumps(coreformer.info(), indent=2))
         return 0
+    if args.command in ("embed", "generate", "classify"):
+        try:
+            return {"embed": _embed, "generate": _generate, "classify": _classify}[args.command](args)
+        except (FileNotFoundError, ValueError, IndexError, TypeError, ImportError) as err:
+            print(f"coreformer {args.command}: error: {err}", file=sys.stderr)
+            return 1
     if args.command == "bench":
         if args.threads is not None and args.threads < 1:
             parser.error("--threads must be >= 1")
@@ -36,6 +64,67 @@ def main(argv=None) -> int:
         except ValueError as e:
             parser.error(str(e))
     return 2
+
+
+def _embed(args) -> int:
+    import numpy as np
+    from .models import SentenceEncoder
+    vectors = SentenceEncoder.from_pretrained(args.model).encode(args.text, batch_size=args.batch_size)
+    if args.out:
+        np.save(args.out, vectors)
+        print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} float32 to {args.out}", file=sys.stderr)
+    else:
+        for v in vectors:
+            print(" ".join(f"{x:.6f}" for x in v))
+    return 0
+
+
+def _generate(args) -> int:
+    from .models import GPT2LMHeadModel
+    from .tokenizer import Tokenizer
+    tok = Tokenizer.from_pretrained(args.model)
+    model = GPT2LMHeadModel.from_pretrained(args.model)
+    ids = tok.encode(args.prompt)
+    if not ids:
+        raise ValueError("the prompt has no tokens")
+    new: list[int] = []
+    shown = ""
+
+    def stream(step):  # decode everything so far and print what is new: multi-byte characters come whole
+        nonlocal shown
+        new.append(int(step[0]))
+        text = tok.decode(new)
+        if not text.endswith("\ufffd"):
+            sys.stdout.write(text[len(shown):])
+            sys.stdout.flush()
+            shown = text
+
+    sys.stdout.write(args.prompt)
+    model.generate([ids], max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
+                   top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
+                   streamer=stream)
+    sys.stdout.write(tok.decode(new)[len(shown):] + "\n")
+    return 0
+
+
+def _classify(args) -> int:
+    import json as _json
+    import numpy as np
+    from pathlib import Path
+    from .models import BertForSequenceClassification
+    from .tokenizer import Tokenizer
+    tok = Tokenizer.from_pretrained(args.model)
+    model = BertForSequenceClassification.from_pretrained(args.model)
+    cfg = _json.loads((Path(args.model) / "config.json").read_text())
+    labels = cfg.get("id2label") or {}
+    batch = tok(args.text, max_length=model.config.max_position_embeddings)
+    logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).logits.astype(np.float64)
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    for text, row in zip(args.text, p):
+        k = int(row.argmax())
+        print(f"{labels.get(str(k), f'LABEL_{k}')}\t{row[k]:.4f}\t{text}")
+    return 0
 
 
 if __name__ == "__main__":
