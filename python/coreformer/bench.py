@@ -29,6 +29,7 @@ class Case:
     work: float          # flops (unit GFLOP/s) or bytes moved (unit GB/s)
     unit: str
     impls: dict[str, Callable[[], object]] = field(default_factory=dict)
+    scale: float = 1e9   # rate = work / seconds / scale (1e9 for GFLOP/s and GB/s)
 
 
 def _try_torch():
@@ -258,7 +259,7 @@ def run(cases: list[Case], rounds: int, min_sample: float, progress=None) -> lis
             for name in order:
                 samples[name].append(_sample(case.impls[name], min_sample))
         med = {k: statistics.median(v) for k, v in samples.items()}
-        row = {"op": case.op, "shape": case.shape, "unit": case.unit, "work": case.work,
+        row = {"op": case.op, "shape": case.shape, "unit": case.unit, "work": case.work, "scale": case.scale,
                "seconds": med, "samples": samples}
         results.append(row)
         if progress:
@@ -298,7 +299,7 @@ def format_table(results: list[dict]) -> str:
     for r in results:
         ours = r["seconds"].get("coreformer")
         ref = ours if ours is not None else next(iter(r["seconds"].values()))
-        rate = r["work"] / ref / 1e9
+        rate = r["work"] / ref / r.get("scale", 1e9)
         row = [r["op"], r["shape"], f"{ours * 1e3:.3f}" if ours else "-", f"{rate:.1f} {r['unit']}"]
         for p in peers:
             t = r["seconds"].get(p)
@@ -320,6 +321,8 @@ def main(args) -> int:
         if torch is not None:
             torch.set_num_threads(args.threads)
     select = set(args.ops.split(",")) if args.ops else None
+    if getattr(args, "models", False):
+        return _main_models(args)
     cases = build_cases(args.quick, select)
     rounds = args.rounds or (3 if args.quick else 7)
     min_sample = 0.02 if args.quick else 0.1
@@ -339,5 +342,31 @@ def main(args) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"environment": env, "rounds": rounds, "results": results}, f, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _main_models(args) -> int:
+    from . import bench_models
+    env = environment()
+    for name in ("transformers", "onnxruntime", "ctranslate2"):
+        try:
+            env[name] = __import__(name).__version__
+        except ImportError:
+            env[name] = None
+    threads = args.threads or _core.get_num_threads()
+    print(f"coreformer {env['coreformer']['version']} isa={env['coreformer']['isa']} threads={threads} | "
+          + " | ".join(f"{k} {env.get(k) or 'not installed'}" for k in ("torch", "transformers", "onnxruntime",
+                                                                          "ctranslate2"))
+          + f" | {env['processor']}", flush=True)
+    print("medians over interleaved rounds; peer/ours > 1 means coreformer is faster (rate is coreformer's)",
+          flush=True)
+    results, notes = bench_models.main(args, threads)
+    print(format_table(results))
+    for n in notes:
+        print("note: " + n)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"environment": env, "results": results, "notes": notes}, f, indent=1)
         print(f"wrote {args.json}")
     return 0

@@ -19,6 +19,9 @@ def main(argv=None) -> int:
     b.add_argument("--ops", default=None,
                    help="comma-separated subset of: copy, linear, attention, mha, additive_attention, layer_norm, "
                         "softmax, gelu, relu, embedding")
+    b.add_argument("--models", action="store_true",
+                   help="model benchmarks instead: MiniLM encoding, GPT-2 small decode and prefill, against "
+                        "PyTorch/transformers, ONNX Runtime and CTranslate2 where installed")
     b.add_argument("-v", "--verbose", action="store_true", help="report each case as it finishes")
 
     sub.add_parser("info", help="version, SIMD path, threads, OpenMP and CUDA")
