@@ -192,6 +192,13 @@ def main(args, threads: int) -> tuple[list[dict], list[str]]:
     notes: list[str] = []
     rounds = args.rounds or (3 if args.quick else 5)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import warnings
+    warnings.filterwarnings("ignore")  # the peers' exporters and converters are chatty
+    transformers = _have("transformers")
+    if transformers is not None:
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
     with tempfile.TemporaryDirectory(prefix="coreformer-bench-") as tmp:
         tmp = Path(tmp)
         cases = []
