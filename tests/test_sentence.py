@@ -71,7 +71,7 @@ def test_minilm_tokenizer_ids_match(minilm_dir, reference):
 
 
 def test_tokenizer_from_vocab_txt_and_bpe_files(minilm_dir, tmp_path):
-    tokenizers = pytest.importorskip("tokenizers")
+    pytest.importorskip("tokenizers")
     ref = Tokenizer.from_pretrained(minilm_dir)
     wp = tmp_path / "wordpiece"
     wp.mkdir()
@@ -80,6 +80,9 @@ def test_tokenizer_from_vocab_txt_and_bpe_files(minilm_dir, tmp_path):
     tok = Tokenizer.from_pretrained(wp)
     for s in SENTENCES[:6]:
         assert tok.encode(s) == ref.encode(s)
+    (wp / "tokenizer_config.json").write_text("{broken")
+    with pytest.raises(ValueError, match="tokenizer_config.json is not valid JSON"):
+        Tokenizer.from_pretrained(wp)
     # byte-level BPE from vocab.json + merges.txt, against the same model through tokenizer.json
     from tokenizers.implementations import ByteLevelBPETokenizer
     bpe = ByteLevelBPETokenizer()

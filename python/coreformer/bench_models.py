@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _core
 from .bench import Case, run
 
 

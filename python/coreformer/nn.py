@@ -22,7 +22,7 @@ __all__ = [
     "Module", "ModuleList", "Linear", "LayerNorm", "Embedding", "SinusoidalPositionalEncoding",
     "LearnedPositionalEmbedding", "MultiHeadAttention", "AdditiveAttention", "FeedForward", "KVCache",
     "TransformerEncoderLayer", "TransformerDecoderLayer", "TransformerEncoder", "TransformerDecoder",
-    "manual_seed",
+    "manual_seed", "split_heads", "attend",
 ]
 
 _rng = np.random.default_rng()
@@ -335,11 +335,22 @@ class KVCache:
             self.k, self.v = self.k[:len(index)], self.v[:len(index)]
 
 
-def _heads(x, n, h, dh):
-    """(B, S, n*h*dh) -> n views (B, h, S, dh), no copy."""
+def split_heads(x, n, num_heads):
+    """A projection ``(B, S, n * num_heads * Dh)`` (n = 3 for packed Q/K/V) as n views
+    ``(B, num_heads, S, Dh)``: no copy, the attention kernel reads the strides."""
     b, s = x.shape[0], x.shape[1]
-    x = x.reshape(b, s, n, h, dh)
+    x = x.reshape(b, s, n, num_heads, -1)
     return [x[:, :, i].transpose(0, 2, 1, 3) for i in range(n)]
+
+
+def attend(q, k, v, mask=None, is_causal=False, scale=None):
+    """``scaled_dot_product_attention`` of head views ``(B, H, S, D)`` written straight into a
+    ``(B, S, H * Dv)`` array: the heads merge without a copy."""
+    b, h, s, dv = q.shape[0], q.shape[1], q.shape[2], v.shape[-1]
+    merged = np.empty((b, s, h, dv), np.float32)
+    ops.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale,
+                                     out=merged.transpose(0, 2, 1, 3))
+    return merged.reshape(b, s, h * dv)
 
 
 def _allowed(attn_mask, key_padding_mask, batch, sq, sk):
@@ -416,34 +427,32 @@ class MultiHeadAttention(Module):
                                            self.out_proj.weight, self.out_proj.bias, attn_mask=attn_mask,
                                            key_padding_mask=key_padding_mask, is_causal=is_causal)
             return out if residual is None else np.add(out, residual, out=out)
-        e, h, dh = self.embed_dim, self.num_heads, self.head_dim
+        e, h = self.embed_dim, self.num_heads
         w, b = self.in_proj_weight, self.in_proj_bias
         query = self._check(query, "query")
         bsz, sq = query.shape[0], query.shape[1]
+        def project(x, first, count):  # heads of rows [first, first + count) * E of the packed projection
+            rows = slice(first * e, (first + count) * e)
+            return split_heads(ops.linear(x, w[rows], None if b is None else b[rows]), count, h)
+
         if self_attn and not static:
-            qkv = ops.linear(query, w, b)
-            q, k, v = _heads(qkv, 3, h, dh)
+            q, k, v = project(query, 0, 3)
             cache.append(k, v)
         else:
-            q = _heads(ops.linear(query, w[:e], None if b is None else b[:e]), 1, h, dh)[0]
+            q = project(query, 0, 1)[0]
             if not static or cache.length == 0:
                 key = self._check(key, "key")
                 if value is key:
-                    k, v = _heads(ops.linear(key, w[e:], None if b is None else b[e:]), 2, h, dh)
+                    k, v = project(key, 1, 2)
                 else:
-                    k = _heads(ops.linear(key, w[e:2 * e], None if b is None else b[e:2 * e]), 1, h, dh)[0]
-                    v = _heads(ops.linear(self._check(value, "value"), w[2 * e:], None if b is None else b[2 * e:]),
-                               1, h, dh)[0]
+                    k, v = project(key, 1, 1)[0], project(self._check(value, "value"), 2, 1)[0]
                 if static:
                     cache.set(k, v)
                 else:
                     cache.append(k, v)
         sk = cache.length
         mask = _allowed(attn_mask, key_padding_mask, bsz, sq, sk)
-        merged = np.empty((bsz, sq, h, dh), np.float32)
-        ops.scaled_dot_product_attention(q, cache.keys(), cache.values(), attn_mask=mask, is_causal=is_causal,
-                                         out=merged.transpose(0, 2, 1, 3))
-        return self.out_proj(merged.reshape(bsz, sq, e), residual=residual)
+        return self.out_proj(attend(q, cache.keys(), cache.values(), mask, is_causal), residual=residual)
 
 
 class AdditiveAttention(Module):

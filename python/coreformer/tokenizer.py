@@ -1,10 +1,11 @@
 """``coreformer.Tokenizer``: Hugging Face ``tokenizers`` behind a small API that returns numpy arrays."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
+
+from ._files import read_json
 
 __all__ = ["Tokenizer"]
 
@@ -37,18 +38,8 @@ class Tokenizer:
         d = Path(model_dir)
         if not d.is_dir():
             raise FileNotFoundError(f"tokenizer folder not found: {d}")
-        cfg = {}
-        if (d / "tokenizer_config.json").is_file():
-            try:
-                cfg = json.loads((d / "tokenizer_config.json").read_text())
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                cfg = {}
-        special = {}
-        if (d / "special_tokens_map.json").is_file():
-            try:
-                special = json.loads((d / "special_tokens_map.json").read_text())
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                special = {}
+        cfg = read_json(d / "tokenizer_config.json", default={})
+        special = read_json(d / "special_tokens_map.json", default={})
 
         def token(name):
             t = cfg.get(name, special.get(name))

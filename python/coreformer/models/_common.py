@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from .. import safetensors as st
+from .._files import read_json
 
 
 class ModelOutput(dict):
@@ -31,10 +31,7 @@ def read_config(model_dir, expected_types: tuple[str, ...], what: str) -> dict:
     path = model_dir / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: a Hugging Face model folder needs config.json")
-    try:
-        cfg = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    cfg = read_json(path)
     mt = cfg.get("model_type")
     if mt not in expected_types:
         raise ValueError(f"{what} supports model_type {' or '.join(map(repr, expected_types))}; {path} has "
@@ -78,17 +75,6 @@ def check_names(got: dict, expected: set, ignorable=(), where: str = "checkpoint
         raise ValueError(f"{where}: " + "; ".join(problems))
 
 
-def check_shape(name: str, a: np.ndarray, shape: tuple) -> np.ndarray:
-    if tuple(a.shape) != tuple(shape):
-        raise ValueError(f"tensor {name} has shape {tuple(a.shape)}, the config implies {tuple(shape)}")
-    return a
-
-
-def f32(a) -> np.ndarray:
-    a = np.asarray(a)
-    return a if a.dtype == np.float32 and a.flags.c_contiguous else np.ascontiguousarray(a, dtype=np.float32)
-
-
 def as_ids(ids, name: str, ndim: int = 2) -> np.ndarray:
     a = np.asarray(ids)
     if a.ndim == ndim - 1:
@@ -109,7 +95,3 @@ def as_mask(mask, shape, name: str) -> np.ndarray | None:
     if m.shape != tuple(shape):
         raise ValueError(f"{name} must have the shape of input_ids {tuple(shape)}, got {m.shape}")
     return m != 0
-
-
-def model_folder(path) -> str:
-    return os.fspath(path)

@@ -104,19 +104,15 @@ class _Layer(nn.Module):
         self.intermediate = _Intermediate(c)
         self.output = _Dense(c.intermediate_size, c.hidden_size, c.layer_norm_eps)
 
-    def forward(self, x, padding, work=None):
-        """``work``: buffers reused from layer to layer (``x1``, ``x2`` of x's shape, ``h`` of the
-        FFN's, ``y`` of x's); the result lands in ``work["x2"]``'s memory when given."""
+    def forward(self, x, padding, work, out):
+        """``work``: buffers reused from layer to layer (``x1`` and ``y`` of x's shape, ``h`` of the
+        FFN's); the layer's output is written to ``out`` (not x's memory)."""
         sa, ao = self.attention.self, self.attention.output
         a = ops.multi_head_attention(x, x, x, self.num_heads, sa.in_proj_weight, sa.in_proj_bias,
                                      ao.dense.weight, ao.dense.bias, key_padding_mask=padding)
-        if work is None:
-            x = ao.LayerNorm(a, residual=x)
-            h = self.intermediate.dense(x)
-            return self.output.LayerNorm(self.output.dense(h), residual=x)
         x1 = ao.LayerNorm(a, residual=x, out=work["x1"])
         h = self.intermediate.dense(x1, out=work["h"])
-        return self.output.LayerNorm(self.output.dense(h, out=work["y"]), residual=x1, out=work["x2"])
+        return self.output.LayerNorm(self.output.dense(h, out=work["y"]), residual=x1, out=out)
 
 
 class _Encoder(nn.Module):
@@ -195,26 +191,14 @@ class BertModel(nn.Module):
             raise ValueError(f"token_type_ids must have the shape of input_ids {ids.shape}, got {tt.shape}")
         padding = None if mask is None or mask.all() else ~mask
         x = self.embeddings(ids, tt)
-        layers = list(self.encoder.layer)
-        if len(layers) < 2:
-            for layer in layers:
-                x = layer(x, padding)
-            return x
-        # activations live in a few buffers reused by every layer, not fresh arrays per op; the
-        # last layer writes a new array, which the caller keeps
-        c = self.config
-        work = {"x1": np.empty_like(x), "y": np.empty_like(x), "x2": np.empty_like(x),
-                "h": np.empty(x.shape[:-1] + (c.intermediate_size,), np.float32)}
-        spare = np.empty_like(x)
-        for i, layer in enumerate(layers):
-            if i == len(layers) - 1:
-                work["x2"] = np.empty_like(x)
-            x_out = layer(x, padding, work)
-            if i < len(layers) - 1:  # the input buffer becomes the next output buffer
-                x, spare = x_out, (x if i > 0 else spare)
-                work["x2"] = spare
-            else:
-                x = x_out
+        # activations live in a few buffers that every layer reuses; layer i writes to the ping-pong
+        # buffer its input is not in, and the last layer to a new array, which the caller keeps
+        work = {"x1": np.empty_like(x), "y": np.empty_like(x),
+                "h": np.empty(x.shape[:-1] + (self.config.intermediate_size,), np.float32)}
+        ping_pong = (np.empty_like(x), np.empty_like(x))
+        n = len(self.encoder.layer)
+        for i, layer in enumerate(self.encoder.layer):
+            x = layer(x, padding, work, out=ping_pong[i % 2] if i < n - 1 else np.empty_like(x))
         return x
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):

@@ -7,12 +7,12 @@ they are transposed once, at load. The LM head is tied to ``transformer.wte``.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from .. import nn, ops
+from .._files import read_json
 from ._common import ModelOutput, as_ids, as_mask, check_names, read_config, read_weights
 from .generation import NextToken, check_generation_args, eos_set, stream_end, stream_put
 
@@ -60,17 +60,11 @@ class _Attention(nn.Module):
         self.scale = scale / (index + 1) if c.scale_attn_by_inverse_layer_idx else scale
 
     def forward(self, h, x, keep, cache):
-        b, s, e = h.shape
-        qkv = self.c_attn(h)
-        x5 = qkv.reshape(b, s, 3, self.n_head, self.head_dim)
-        q, k, v = (x5[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+        q, k, v = nn.split_heads(self.c_attn(h), 3, self.n_head)
         if cache is not None:
             cache.append(k, v)
             k, v = cache.keys(), cache.values()
-        merged = np.empty((b, s, self.n_head, self.head_dim), np.float32)
-        ops.scaled_dot_product_attention(q, k, v, attn_mask=keep, is_causal=True, scale=self.scale,
-                                         out=merged.transpose(0, 2, 1, 3))
-        return self.c_proj(merged.reshape(b, s, e), residual=x)
+        return self.c_proj(nn.attend(q, k, v, keep, is_causal=True, scale=self.scale), residual=x)
 
 
 class _MLP(nn.Module):
@@ -145,12 +139,7 @@ class GPT2LMHeadModel(nn.Module):
         check_names(sd, set(model.state_dict()), ignorable, where=str(model_dir))
         own = model.state_dict()
         model.load_state_dict({k: v for k, v in sd.items() if k in own})
-        gen = Path(model_dir) / "generation_config.json"
-        if gen.is_file():
-            try:
-                model.generation_defaults.update(json.loads(gen.read_text()))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                pass
+        model.generation_defaults.update(read_json(Path(model_dir) / "generation_config.json", default={}))
         return model
 
     def new_cache(self, batch: int, capacity: int) -> GPT2Cache:

@@ -1,11 +1,11 @@
 """``SentenceEncoder``: sentence-transformers folders (a BERT, pooling, optional normalisation)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from .._files import read_json
 from .bert import BertModel
 
 __all__ = ["SentenceEncoder"]
@@ -13,13 +13,6 @@ __all__ = ["SentenceEncoder"]
 _MODES = ("pooling_mode_cls_token", "pooling_mode_max_tokens", "pooling_mode_mean_tokens",
           "pooling_mode_mean_sqrt_len_tokens")
 _UNSUPPORTED = ("pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken")
-
-
-def _json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
 
 
 class SentenceEncoder:
@@ -47,24 +40,20 @@ class SentenceEncoder:
         pooling = {"pooling_mode_mean_tokens": True}
         normalize = False
         tdir = d
-        st_cfg = {}
         if (d / "modules.json").is_file():
-            modules = _json(d / "modules.json")
+            modules = read_json(d / "modules.json")
             for m in modules:
                 kind = str(m.get("type", ""))
                 path = d / m.get("path", "")
                 if kind.endswith(".Transformer"):
                     tdir = path
                 elif kind.endswith(".Pooling"):
-                    if not (path / "config.json").is_file():
-                        raise FileNotFoundError(f"{path / 'config.json'} not found (the Pooling module's config)")
-                    pooling = _json(path / "config.json")
+                    pooling = read_json(path / "config.json")
                 elif kind.endswith(".Normalize"):
                     normalize = True
                 else:
                     raise ValueError(f"sentence-transformers module {kind!r} is not supported")
-        if (tdir / "sentence_bert_config.json").is_file():
-            st_cfg = _json(tdir / "sentence_bert_config.json")
+        st_cfg = read_json(tdir / "sentence_bert_config.json", default={})
         for k in _UNSUPPORTED:
             if pooling.get(k):
                 raise ValueError(f"pooling mode {k} is not supported")
