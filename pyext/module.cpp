@@ -34,6 +34,44 @@ cf::ops::Activation activation_arg(py::handle act) {
   return cf::ops::activation_from_name(name);
 }
 
+// A Linear weight argument: a PackedWeight (used as it is) or anything float_arg converts.
+struct WeightArg {
+  Arg arg;
+  const cf::ops::PackedWeight* packed = nullptr;
+  cf::ops::WeightRef ref() const { return packed ? cf::ops::WeightRef(*packed) : cf::ops::WeightRef(arg.view); }
+};
+
+WeightArg weight_arg(py::handle obj, const char* name) {
+  WeightArg w;
+  if (py::isinstance<cf::ops::PackedWeight>(obj)) w.packed = &obj.cast<const cf::ops::PackedWeight&>();
+  else w.arg = cf::pyext::float_arg(obj, name);
+  return w;
+}
+
+cf::DType pack_dtype(py::handle dtype) {
+  std::string name = py::str(dtype);
+  if (!py::isinstance<py::str>(dtype)) name = py::str(py::module_::import("numpy").attr("dtype")(dtype).attr("name"));
+  if (name == "float32") return cf::DType::f32;
+  if (name == "bfloat16") return cf::DType::bf16;
+  cf::raise<cf::ValueError>("dtype must be 'float32' or 'bfloat16', got '", name, "'");
+}
+
+cf::ops::PackedWeight pack_weight(py::handle weight, py::handle dtype, bool transposed) {
+  const cf::DType t = pack_dtype(dtype);
+  Arg wa = cf::pyext::float_arg(weight, "weight");
+  py::gil_scoped_release nogil;
+  return cf::ops::pack_weight(wa.view, t, transposed);
+}
+
+py::object unpack_weight(const cf::ops::PackedWeight& w) {
+  Arg oa = cf::pyext::output(py::none(), {w.rows, w.cols}, {});
+  {
+    py::gil_scoped_release nogil;
+    cf::ops::unpack_weight(w, oa.view);
+  }
+  return oa.array;
+}
+
 py::dict info() {
   py::dict d;
   d["version"] = COREFORMER_VERSION;
@@ -55,14 +93,15 @@ py::dict info() {
 
 py::object linear(py::handle x, py::handle weight, py::handle bias, py::handle activation, py::handle residual,
                   py::handle out) {
-  Arg xa = cf::pyext::float_arg(x, "x"), wa = cf::pyext::float_arg(weight, "weight"), ba, ra;
+  Arg xa = cf::pyext::float_arg(x, "x"), ba, ra;
+  WeightArg wa = weight_arg(weight, "weight");
   OptionalView b = cf::pyext::optional_float(bias, "bias", ba);
   OptionalView r = cf::pyext::optional_float(residual, "residual", ra);
   const auto act = activation_arg(activation);
-  Arg oa = cf::pyext::output(out, cf::ops::linear_shape(xa.view, wa.view, b, r), {&xa, &wa, &ba, &ra});
+  Arg oa = cf::pyext::output(out, cf::ops::linear_shape(xa.view, wa.ref(), b, r), {&xa, &wa.arg, &ba, &ra});
   {
     py::gil_scoped_release nogil;
-    cf::ops::linear(xa.view, wa.view, b, act, r, oa.view);
+    cf::ops::linear(xa.view, wa.ref(), b, act, r, oa.view);
   }
   return oa.array;
 }
@@ -93,19 +132,19 @@ py::object mha(py::handle query, py::handle key, py::handle value, int64_t num_h
   Arg qa = cf::pyext::float_arg(query, "query");
   Arg ka = key.is(query) ? qa : cf::pyext::float_arg(key, "key");
   Arg va = value.is(query) ? qa : value.is(key) ? ka : cf::pyext::float_arg(value, "value");
-  Arg iwa = cf::pyext::float_arg(in_weight, "in_weight"), owa = cf::pyext::float_arg(out_weight, "out_weight");
+  WeightArg iwa = weight_arg(in_weight, "in_weight"), owa = weight_arg(out_weight, "out_weight");
   Arg iba, oba, ma, kpa;
   OptionalView ib = cf::pyext::optional_float(in_bias, "in_bias", iba);
   OptionalView ob = cf::pyext::optional_float(out_bias, "out_bias", oba);
   OptionalView m = cf::pyext::optional_mask(attn_mask, "attn_mask", ma);
   OptionalView kpm = cf::pyext::optional_mask(key_padding_mask, "key_padding_mask", kpa);
-  const auto shape = cf::ops::multi_head_attention_shape(qa.view, ka.view, va.view, num_heads, iwa.view, ib, owa.view,
-                                                         ob, m, kpm);
+  const auto shape = cf::ops::multi_head_attention_shape(qa.view, ka.view, va.view, num_heads, iwa.ref(), ib,
+                                                         owa.ref(), ob, m, kpm);
   Arg oa = cf::pyext::output(py::none(), shape, {});
   {
     py::gil_scoped_release nogil;
-    cf::ops::multi_head_attention(qa.view, ka.view, va.view, num_heads, iwa.view, ib, owa.view, ob, m, kpm, is_causal,
-                                  oa.view);
+    cf::ops::multi_head_attention(qa.view, ka.view, va.view, num_heads, iwa.ref(), ib, owa.ref(), ob, m, kpm,
+                                  is_causal, oa.view);
   }
   return oa.array;
 }
@@ -225,6 +264,27 @@ PYBIND11_MODULE(_core, m) {
   m.def("_set_isa", [](const std::string& name) { cf::set_active_isa(cf::isa_from_name(name)); }, py::arg("name"));
 
   const auto none = py::none();
+  py::class_<cf::ops::PackedWeight>(m, "PackedWeight",
+                                    "A Linear weight (out, in) packed once for the GEMM (see coreformer.ops.pack_weight).")
+      .def_property_readonly("shape", [](const cf::ops::PackedWeight& w) { return py::make_tuple(w.rows, w.cols); })
+      .def_property_readonly("dtype", [](const cf::ops::PackedWeight& w) { return std::string(cf::dtype_name(w.dtype)); })
+      .def_property_readonly("nbytes", &cf::ops::PackedWeight::nbytes)
+      .def("unpack", &unpack_weight, "The weight as a new float32 (out, in) array (bfloat16 widened exactly).")
+      .def("__len__", [](const cf::ops::PackedWeight& w) { return w.rows; })
+      .def("__getitem__",
+           [](const cf::ops::PackedWeight& w, const py::slice& rows) {
+             py::ssize_t start, stop, step, len;
+             if (!rows.compute(static_cast<py::ssize_t>(w.rows), &start, &stop, &step, &len)) throw py::error_already_set();
+             CF_CHECK(step == 1, ValueError, "a PackedWeight is sliced by contiguous rows, got step ", step);
+             if (len <= 0) stop = start;
+             return cf::ops::slice_rows(w, start, stop);
+           },
+           "Rows start:stop (out features), sharing memory when the slice starts a panel.")
+      .def("__repr__", [](const cf::ops::PackedWeight& w) {
+        return "PackedWeight(shape=(" + std::to_string(w.rows) + ", " + std::to_string(w.cols) + "), dtype=" +
+               cf::dtype_name(w.dtype) + ")";
+      });
+  m.def("pack_weight", &pack_weight, py::arg("weight"), py::arg("dtype") = "float32", py::arg("transposed") = false);
   m.def("linear", &linear, py::arg("x"), py::arg("weight"), py::arg("bias") = none, py::arg("activation") = none,
         py::arg("residual") = none, py::arg("out") = none);
   m.def("scaled_dot_product_attention", &sdpa, py::arg("query"), py::arg("key"), py::arg("value"),

@@ -57,11 +57,14 @@ def test_encoder_matches_torch(rng, norm_first, activation):
 
 
 @pytest.mark.parametrize("norm_first", [False, True])
-def test_decoder_matches_torch_and_cache_matches_full(rng, norm_first):
+@pytest.mark.parametrize("packed", [False, True])
+def test_decoder_matches_torch_and_cache_matches_full(rng, norm_first, packed):
     d, h, ff, layers, s_src, s_tgt = 32, 4, 50, 2, 11, 9
     tl = torch.nn.TransformerDecoderLayer(d, h, ff, dropout=0.0, batch_first=True, norm_first=norm_first)
     td = randomise(torch.nn.TransformerDecoder(tl, layers, norm=torch.nn.LayerNorm(d)), seed=1)
     ours = nn.TransformerDecoder(layers, d, h, ff, norm_first=norm_first)
+    if packed:  # packed before loading: loading repacks
+        ours.pack_weights()
     ours.load_state_dict(td.state_dict())
     tgt, mem = randn(rng, 2, s_tgt, d), randn(rng, 2, s_src, d)
     mpad = np.zeros((2, s_src), bool)
@@ -80,10 +83,13 @@ def test_decoder_matches_torch_and_cache_matches_full(rng, norm_first):
     assert cache[0][0].length == s_tgt and cache[0][1].length == s_src
 
 
-def test_multi_head_attention_cache_with_padding(rng):
-    d, h = 24, 3
+@pytest.mark.parametrize("packed", [False, True])
+def test_multi_head_attention_cache_with_padding(rng, packed):
+    d, h = 24, 3  # K/V rows of the packed in_proj start at 24: not a panel boundary, so copied
     mha = nn.MultiHeadAttention(d, h)
     mha.load_state_dict(randomise(torch.nn.MultiheadAttention(d, h, batch_first=True)).state_dict())
+    if packed:
+        mha.pack_weights()
     x = randn(rng, 2, 6, d)
     pad = np.zeros((2, 6), bool)
     pad[0, :2] = True  # left padding
@@ -179,3 +185,41 @@ def test_safetensors_reads_what_the_reference_writes_and_rejects_corrupt_files(t
             st.load_file(p)
     with pytest.raises(FileNotFoundError):
         st.load_file(tmp_path / "absent.safetensors")
+
+
+def test_pack_weights_follows_the_weights(rng):
+    lin = nn.Linear(40, 33, activation="gelu")
+    x = randn(rng, 5, 40)
+    plain = lin(x)
+    assert lin.weights_dtype is None
+    assert lin.pack_weights() is lin and lin.weights_dtype == "float32"
+    assert_close(lin(x), plain, atol_scale=1e-6)
+    # assigning or loading a weight repacks it: the packed copy never goes stale
+    lin.weight = randn(rng, 33, 40)
+    assert_close(lin(x), ref.linear(x, lin.weight, lin.bias, "gelu"), atol_scale=1e-5)
+    w2 = randn(rng, 33, 40)
+    lin.load_state_dict({"weight": w2, "bias": lin.bias})
+    assert_close(lin(x), ref.linear(x, w2, lin.bias, "gelu"), atol_scale=1e-5)
+    # the state dict keeps the float32 arrays, also when packed in bfloat16
+    lin.pack_weights("bfloat16")
+    assert lin.weights_dtype == "bfloat16" and lin.state_dict()["weight"] is w2
+    w_bf16 = ops.pack_weight(w2, "bfloat16").unpack()
+    assert not np.array_equal(w_bf16, w2)
+    assert_close(lin(x), ref.linear(x, w_bf16, lin.bias, "gelu"), atol_scale=1e-5)
+    lin.unpack_weights()
+    assert lin.weights_dtype is None
+    assert_close(lin(x), ref.linear(x, w2, lin.bias, "gelu"), atol_scale=1e-5)
+    with pytest.raises(ValueError, match="dtype must be 'float32' or 'bfloat16', got 'int8'"):
+        lin.pack_weights("int8")
+
+
+def test_encoder_packed_bfloat16_is_close_and_float32_exactish(rng):
+    enc = nn.TransformerEncoder(2, 64, 4, 96, activation="gelu")
+    x = randn(rng, 2, 9, 64)
+    pad = np.zeros((2, 9), bool)
+    pad[1, 6:] = True
+    plain = enc(x, src_key_padding_mask=pad)
+    assert rel_err(enc.pack_weights("float32")(x, src_key_padding_mask=pad), plain) < 1e-5
+    err = rel_err(enc.pack_weights("bfloat16")(x, src_key_padding_mask=pad), plain)
+    assert 1e-5 < err < 2e-2  # bfloat16 weights: visibly different, still close
+    assert enc.weights_dtype == "bfloat16"

@@ -7,6 +7,7 @@
 // an A row with a W row, as many W rows at once as the registers allow, and W streams from memory
 // once (the GEMV path for decoding one token). Measurements behind these choices: bench/gemm_notes.md.
 #include <cstring>
+#include <type_traits>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -23,6 +24,10 @@ namespace {
 constexpr int64_t kKC = 256;
 constexpr int64_t kMC = kMR * (144 / kMR);
 constexpr int64_t kSmallM = 16;
+// Against pre-packed W, rows are read in place (panel_rows) while A stays in L2 (M*K floats up to
+// 384 KiB): at 768 -> 3072 that ran at 184-190 GFLOP/s for M = 16..128 against 117-180 for the
+// blocked driver, whose packing of A only pays once A spills from L2.
+constexpr int64_t kInPlaceAFloats = 96 * 1024;
 
 // Rows [m0, m0+MR) of C, columns [n0, n0+nr) (nr <= NB): dot products of A rows with W rows over K,
 // NB W rows streaming at once.
@@ -92,6 +97,81 @@ void gemm_small_m(const GemmArgs& g) {
   else gemm_small_m_nb<kVecRegs / 8>(g);
 }
 
+// Rows [m0, m0+R) of C, the columns of one packed W panel (n <= NR of them, from column n0), over
+// all of K: A rows are read in place, the panel streams once. For few rows against pre-packed
+// weights (decoding), where packing A would cost more than it saves. With few accumulators
+// (R*kNV < 8) U sets run on alternate k so the FMA latency stays hidden.
+template <int R, typename BT>
+inline void panel_rows(const GemmArgs& g, int64_t m0, const BT* b, int64_t n0, int n) {
+  constexpr int U = R * kNV >= 8 ? 1 : 8 / (R * kNV);
+  const int64_t K = g.K, lda = g.lda;
+  const float* a = g.a + m0 * lda;
+  Vec acc[U][R][kNV];
+  for (int u = 0; u < U; ++u)
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < kNV; ++j) acc[u][r][j] = Vec::zero();
+  int64_t k = 0;
+  for (; k + U <= K; k += U) {
+#pragma GCC unroll 8
+    for (int u = 0; u < U; ++u) {
+      Vec bv[kNV];
+      for (int j = 0; j < kNV; ++j) bv[j] = load_b(b + (k + u) * kNR + j * Vec::W);
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) {
+        Vec ar = Vec::set1(a[r * lda + k + u]);
+        for (int j = 0; j < kNV; ++j) acc[u][r][j] = fma(ar, bv[j], acc[u][r][j]);
+      }
+    }
+  }
+  for (; k < K; ++k) {
+    Vec bv[kNV];
+    for (int j = 0; j < kNV; ++j) bv[j] = load_b(b + k * kNR + j * Vec::W);
+    for (int r = 0; r < R; ++r) {
+      Vec ar = Vec::set1(a[r * lda + k]);
+      for (int j = 0; j < kNV; ++j) acc[0][r][j] = fma(ar, bv[j], acc[0][r][j]);
+    }
+  }
+  for (int u = 1; u < U; ++u)
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < kNV; ++j) acc[0][r][j] = acc[0][r][j] + acc[u][r][j];
+  for (int r = 0; r < R; ++r) {
+    float* c = g.c + (m0 + r) * g.ldc + n0;
+    for (int j = 0; j < kNV; ++j) {
+      const int cols = n - j * Vec::W;
+      if (cols >= Vec::W) acc[0][r][j].store(c + j * Vec::W);
+      else if (cols > 0) acc[0][r][j].store_partial(c + j * Vec::W, cols);
+    }
+    epilogue_row(c, n, g.bias ? g.bias + n0 : nullptr, g.residual ? g.residual + (m0 + r) * g.ldr + n0 : nullptr,
+                 g.act);
+  }
+}
+
+// panel_rows<r> for a run-time r in [1, R].
+template <int R, typename BT>
+inline void panel_rows_upto(int r, const GemmArgs& g, int64_t m0, const BT* b, int64_t n0, int n) {
+  if constexpr (R > 1) {
+    if (r < R) return panel_rows_upto<R - 1, BT>(r, g, m0, b, n0, n);
+  }
+  panel_rows<R, BT>(g, m0, b, n0, n);
+}
+
+// Few rows against pre-packed W: the threads split the panels (each W byte is read by one thread).
+template <typename BT>
+void gemm_prepacked_small_m(const GemmArgs& g) {
+  const BT* wp = static_cast<const BT*>(g.wp);
+  const int64_t np = ceil_div(g.N, kNR);
+  const int nt = threads_for(g.N * g.K * g.M, 1 << 16);
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t p = 0; p < np; ++p) {
+    const int n = static_cast<int>(imin(kNR, g.N - p * kNR));
+    for (int64_t m0 = 0; m0 < g.M; m0 += kMR)
+      panel_rows_upto<kMR, BT>(static_cast<int>(imin(kMR, g.M - m0)), g, m0, wp + p * g.K * kNR, p * kNR, n);
+  }
+}
+
+// The Goto/BLIS driver. W's panels are laid out as pre-packed weights are (panel p holds all of K:
+// block (k0, p) at p*K*NR + k0*NR), so one loop serves both: W is packed here unless g.wp has it.
+template <typename BT>
 void gemm_packed(const GemmArgs& g) {
   const int64_t M = g.M, N = g.N, K = g.K;
   const int64_t np = ceil_div(N, kNR);  // W panels
@@ -100,29 +180,41 @@ void gemm_packed(const GemmArgs& g) {
 
   // Tiles: each thread owns whole row blocks of C (its block of A is packed once per K block and
   // swept across all of N). The MR-row panels of A are dealt out evenly: row block b covers panels
-  // [b*P/T, (b+1)*P/T), T a multiple of the thread count, each block at most MC rows. When there
-  // are too few row blocks, N is cut into column chunks too.
+  // [b*P/T, (b+1)*P/T), each block at most MC rows, T a multiple of the thread count when there are
+  // at least as many blocks as threads. When there are too few row blocks, N is cut into column
+  // chunks too (A fits one block up to M = MC: the threads then split W's columns instead of each
+  // reading all of W for a share of few rows).
   const int64_t panels = ceil_div(M, kMR);
-  const int64_t mt = ceil_div(ceil_div(panels, kMC / kMR), nt) * nt;
+  int64_t mt = ceil_div(panels, kMC / kMR);
+  if (mt >= nt) mt = ceil_div(mt, nt) * nt;
   const int64_t col_chunks = mt >= 2 * nt ? 1 : ceil_div(2 * nt, mt);
   const int64_t nc_blk = ceil_div(ceil_div(N, col_chunks), kNR) * kNR;
   const int64_t ntiles = ceil_div(N, nc_blk);
 
   static thread_local ThreadCache cache;
-  float* const bp = cache.get(static_cast<size_t>(np * kNR * K));
+  const BT* bp;
+  if (g.wp) {
+    bp = static_cast<const BT*>(g.wp);
+  } else {
+    if constexpr (std::is_same_v<BT, float>) {
+      float* buf = cache.get(static_cast<size_t>(np * kNR * K));
+      // Panels are independent: the threads pack them in parallel, KC deep at a time.
+#pragma omp parallel for schedule(static) collapse(2) num_threads(nt)
+      for (int64_t p = 0; p < np; ++p)
+        for (int64_t kb = 0; kb < nkb; ++kb) {
+          const int64_t k0 = kb * kKC;
+          pack_b_transposed(g.w + p * kNR * g.ldw + k0, g.ldw, imin(kNR, N - p * kNR), imin(kKC, K - k0),
+                            buf + p * K * kNR + k0 * kNR);
+        }
+      bp = buf;
+    } else {
+      return;  // only float32 W is packed per call
+    }
+  }
   Buffer apack(static_cast<size_t>(nt) * kMC * kKC);
 
 #pragma omp parallel num_threads(nt)
   {
-    // Block (kb, panel p) of packed W starts at k0*np*NR + p*kc*NR.
-#pragma omp for schedule(static) collapse(2)
-    for (int64_t kb = 0; kb < nkb; ++kb)
-      for (int64_t p = 0; p < np; ++p) {
-        int64_t k0 = kb * kKC, kc = imin(kKC, K - k0);
-        pack_b_transposed(g.w + p * kNR * g.ldw + k0, g.ldw, imin(kNR, N - p * kNR), kc,
-                          bp + k0 * np * kNR + p * kc * kNR);
-      }
-
     int tid = 0;
 #ifdef _OPENMP
     tid = omp_get_thread_num();
@@ -139,12 +231,12 @@ void gemm_packed(const GemmArgs& g) {
         const bool last = kb + 1 == nkb;
         pack_a(g.a + i0 * g.lda + k0, g.lda, mc, kc, 1.0f, ap);
         for (int64_t jr = 0; jr < nc; jr += kNR) {
-          const float* b = bp + k0 * np * kNR + ((j0 + jr) / kNR) * kc * kNR;
+          const BT* b = bp + ((j0 + jr) / kNR) * K * kNR + k0 * kNR;
           const int n = static_cast<int>(imin(kNR, nc - jr));
           for (int64_t ir = 0; ir < mc; ir += kMR) {
             const int m = static_cast<int>(imin(kMR, mc - ir));
             float* c = g.c + (i0 + ir) * g.ldc + j0 + jr;
-            microkernel<0>(kc, ap + ir * kc, b, c, g.ldc, m, n, kb > 0);
+            microkernel<0, BT>(kc, ap + ir * kc, b, c, g.ldc, m, n, kb > 0);
             if (last) {
               for (int r = 0; r < m; ++r)
                 epilogue_row(c + r * g.ldc, n, g.bias ? g.bias + j0 + jr : nullptr,
@@ -160,6 +252,8 @@ void gemm_packed(const GemmArgs& g) {
 
 }  // namespace
 
+const int gemm_nr = kNR;
+
 void gemm(const GemmArgs& g) {
   if (g.M == 0 || g.N == 0) return;
   if (g.K == 0) {  // an empty sum: C = act(bias) + residual
@@ -169,8 +263,18 @@ void gemm(const GemmArgs& g) {
     }
     return;
   }
+  if (g.wp) {
+    if (g.M * g.K <= kInPlaceAFloats) {
+      if (g.wp_bf16) gemm_prepacked_small_m<uint16_t>(g);
+      else gemm_prepacked_small_m<float>(g);
+    } else {
+      if (g.wp_bf16) gemm_packed<uint16_t>(g);
+      else gemm_packed<float>(g);
+    }
+    return;
+  }
   if (g.M <= kSmallM) gemm_small_m(g);
-  else gemm_packed(g);
+  else gemm_packed<float>(g);
 }
 
 }  // namespace cf::cpu::CF_ISA_NS

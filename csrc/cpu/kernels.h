@@ -19,6 +19,11 @@ struct GemmArgs {
   const float* residual = nullptr;  // optional, added after the activation
   int64_t ldr = 0;
   Activation act = Activation::none;
+  // Optional: W packed once ahead of time (ops::PackedWeight, made for this ISA's kNR) instead of
+  // w/ldw. Panel p (columns [p*NR, p*NR+NR), zero past N) holds all of K: wp[p*K*NR + k*NR + j].
+  // wp points at the first panel of the columns in use.
+  const void* wp = nullptr;
+  bool wp_bf16 = false;  // bfloat16 elements (the top half of a float32), else float32
 };
 
 // A mask broadcast to (B, H, Sq, Sk) by its strides (0 on broadcast axes).
@@ -81,6 +86,7 @@ struct ActivationArgs {
 };
 
 struct Kernels {
+  int gemm_nr;  // the panel width GemmArgs::wp must be packed with
   void (*gemm)(const GemmArgs&);
   void (*attention)(const AttentionArgs&);
   void (*additive_attention)(const AdditiveArgs&);
@@ -91,6 +97,7 @@ struct Kernels {
 
 #define CF_DECLARE_KERNELS(ns)                                   \
   namespace ns {                                                 \
+  extern const int gemm_nr;                                      \
   void gemm(const GemmArgs&);                                    \
   void attention(const AttentionArgs&);                          \
   void additive_attention(const AdditiveArgs&);                  \

@@ -2,7 +2,7 @@
 //   C (m x n, m <= MR, n <= NR) (+)= A (m x kc) . B (kc x n)
 // A is an MR-row panel, either packed (a[k*MR + r]) or row-major with a compile-time leading
 // dimension LDA (a[r*LDA + k]; rows past m may hold anything, their results are dropped).
-// B is an NR-wide packed panel, b[k*NR + j], zero-padded past n.
+// B is an NR-wide packed panel, b[k*NR + j], zero-padded past n: float32, or bfloat16 (load_b).
 // MR x NV accumulators stay in registers: 24 zmm on AVX-512, 12 ymm on AVX2 -- enough independent
 // FMA chains to hide the FMA latency on both FMA pipes (see bench/gemm_notes.md).
 #pragma once
@@ -24,8 +24,12 @@ constexpr int kMR = 4, kNV = 2;
 #endif
 constexpr int kNR = kNV * Vec::W;
 
-template <int LDA>
-inline void microkernel(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int m, int n,
+// B panels hold float32, or bfloat16 widened on load (weights packed by ops::pack_weight).
+inline Vec load_b(const float* p) { return Vec::load(p); }
+inline Vec load_b(const uint16_t* p) { return Vec::load_bf16(p); }
+
+template <int LDA, typename BT = float>
+inline void microkernel(int64_t kc, const float* a, const BT* b, float* c, int64_t ldc, int m, int n,
                         bool accumulate) {
   Vec acc[kMR][kNV];
 #pragma GCC unroll 16
@@ -36,7 +40,7 @@ inline void microkernel(int64_t kc, const float* a, const float* b, float* c, in
   for (int64_t k = 0; k < kc; ++k) {
     Vec bv[kNV];
 #pragma GCC unroll 4
-    for (int j = 0; j < kNV; ++j) bv[j] = Vec::load(b + k * kNR + j * Vec::W);
+    for (int j = 0; j < kNV; ++j) bv[j] = load_b(b + k * kNR + j * Vec::W);
 #pragma GCC unroll 16
     for (int r = 0; r < kMR; ++r) {
       Vec ar = Vec::set1(LDA == 0 ? a[k * kMR + r] : a[r * LDA + k]);

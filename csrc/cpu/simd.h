@@ -22,6 +22,11 @@ struct Vec {
   static Vec set1(float x) { return _mm512_set1_ps(x); }
   static Vec load(const float* p) { return _mm512_loadu_ps(p); }
   static Vec load_partial(const float* p, int n) { return _mm512_maskz_loadu_ps(first(n), p); }
+  // W bfloat16 values widened exactly to float32 (a bfloat16 is the top half of a float32)
+  static Vec load_bf16(const uint16_t* p) {
+    __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+  }
   void store(float* p) const { _mm512_storeu_ps(p, v); }
   void store_partial(float* p, int n) const { _mm512_mask_storeu_ps(p, first(n), v); }
 };
@@ -70,6 +75,10 @@ struct Vec {
   static Vec set1(float x) { return _mm256_set1_ps(x); }
   static Vec load(const float* p) { return _mm256_loadu_ps(p); }
   static Vec load_partial(const float* p, int n) { return _mm256_maskload_ps(p, first(n)); }
+  static Vec load_bf16(const uint16_t* p) {
+    __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+  }
   void store(float* p) const { _mm256_storeu_ps(p, v); }
   void store_partial(float* p, int n) const { _mm256_maskstore_ps(p, first(n), v); }
 };
@@ -121,6 +130,14 @@ struct Vec {
   static Vec set1(float x) { Vec r; for (int i = 0; i < W; ++i) r.v[i] = x; return r; }
   static Vec load(const float* p) { Vec r; std::memcpy(r.v, p, sizeof r.v); return r; }
   static Vec load_partial(const float* p, int n) { Vec r = zero(); for (int i = 0; i < n; ++i) r.v[i] = p[i]; return r; }
+  static Vec load_bf16(const uint16_t* p) {
+    Vec r;
+    for (int i = 0; i < W; ++i) {
+      uint32_t u = static_cast<uint32_t>(p[i]) << 16;
+      std::memcpy(&r.v[i], &u, sizeof u);
+    }
+    return r;
+  }
   void store(float* p) const { std::memcpy(p, v, sizeof v); }
   void store_partial(float* p, int n) const { for (int i = 0; i < n; ++i) p[i] = v[i]; }
 };

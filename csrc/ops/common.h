@@ -55,6 +55,11 @@ inline void expect_vector(const OptionalView& t, int64_t n, const char* name, co
 // (9 MB of memset per multi_head_attention call at B=8, S=128, E=768).
 inline std::unique_ptr<float[]> scratch(int64_t n) { return std::unique_ptr<float[]>(new float[static_cast<size_t>(n)]); }
 
+// Points g.w (or g.wp) at rows [row0, row0 + g.N) of a Linear weight. A packed weight is used in
+// place when it was packed for the active ISA and row0 starts a panel; otherwise it is unpacked into
+// `tmp` (correct, only slower).
+void set_gemm_weight(cpu::GemmArgs& g, const WeightRef& w, int64_t row0, std::unique_ptr<float[]>& tmp);
+
 // Strides that broadcast a mask of up to 4 dimensions to (B, H, Sq, Sk), right-aligned as numpy does.
 cpu::MaskArgs broadcast_mask(const TensorView& mask, int64_t B, int64_t H, int64_t Sq, int64_t Sk, const char* name,
                              bool true_means_masked);

@@ -4,17 +4,19 @@
 
 namespace cf::ops {
 
-Shape linear_shape(const TensorView& x, const TensorView& weight, const OptionalView& bias,
+Shape linear_shape(const TensorView& x, const WeightRef& weight, const OptionalView& bias,
                    const OptionalView& residual) {
   expect_f32(x, "x");
-  expect_f32(weight, "weight");
+  if (weight.array) {
+    expect_f32(*weight.array, "weight");
+    expect_ndim(*weight.array, 2, "weight");
+  }
   CF_CHECK(x.ndim >= 1, ValueError, "linear: x must have at least 1 dimension, got a scalar");
-  expect_ndim(weight, 2, "weight");
-  CF_CHECK(x.size(-1) == weight.shape[1], ValueError, "linear: x has shape ", x.shape_str(), " and weight has shape ",
-           weight.shape_str(), "; x's last axis (", x.size(-1), ") must equal weight.shape[1] (", weight.shape[1], ")");
-  expect_vector(bias, weight.shape[0], "bias", "weight.shape[0]");
+  CF_CHECK(x.size(-1) == weight.cols(), ValueError, "linear: x has shape ", x.shape_str(), " and weight has shape ",
+           weight.shape_str(), "; x's last axis (", x.size(-1), ") must equal weight.shape[1] (", weight.cols(), ")");
+  expect_vector(bias, weight.rows(), "bias", "weight.shape[0]");
   Shape out = shape_of(x);
-  out.back() = weight.shape[0];
+  out.back() = weight.rows();
   if (residual) {
     expect_f32(*residual, "residual");
     CF_CHECK(shape_of(*residual) == out, ValueError, "linear: residual has shape ", residual->shape_str(),
@@ -23,16 +25,17 @@ Shape linear_shape(const TensorView& x, const TensorView& weight, const Optional
   return out;
 }
 
-void linear(const TensorView& x, const TensorView& weight, const OptionalView& bias, Activation act,
+void linear(const TensorView& x, const WeightRef& weight, const OptionalView& bias, Activation act,
             const OptionalView& residual, const TensorView& out) {
   expect_out(out, linear_shape(x, weight, bias, residual), "linear");
   cpu::GemmArgs g;
   g.K = x.size(-1);
   g.M = 1;
   for (int i = 0; i + 1 < x.ndim; ++i) g.M *= x.shape[i];
-  g.N = weight.shape[0];
+  g.N = weight.rows();
   g.a = x.ptr<float>(); g.lda = g.K;
-  g.w = weight.ptr<float>(); g.ldw = g.K;
+  std::unique_ptr<float[]> tmp;
+  set_gemm_weight(g, weight, 0, tmp);
   g.c = out.ptr<float>(); g.ldc = g.N;
   g.bias = bias ? bias->ptr<float>() : nullptr;
   g.residual = residual ? residual->ptr<float>() : nullptr;

@@ -21,12 +21,13 @@ bool same_array(const TensorView& a, const TensorView& b) {
 }
 
 // y (rows, n) = x (rows, kdim) @ w[w0 : w0+n, :]^T + b[w0 : w0+n]
-void project(const float* x, int64_t rows, int64_t kdim, const TensorView& w, const OptionalView& b, int64_t w0,
+void project(const float* x, int64_t rows, int64_t kdim, const WeightRef& w, const OptionalView& b, int64_t w0,
              int64_t n, float* y) {
   cpu::GemmArgs g;
   g.M = rows; g.N = n; g.K = kdim;
   g.a = x; g.lda = kdim;
-  g.w = w.ptr<float>() + w0 * kdim; g.ldw = kdim;
+  std::unique_ptr<float[]> tmp;
+  set_gemm_weight(g, w, w0, tmp);
   g.c = y; g.ldc = n;
   g.bias = b ? b->ptr<float>() + w0 : nullptr;
   kernels().gemm(g);
@@ -35,8 +36,8 @@ void project(const float* x, int64_t rows, int64_t kdim, const TensorView& w, co
 }  // namespace
 
 Shape multi_head_attention_shape(const TensorView& query, const TensorView& key, const TensorView& value,
-                                 int64_t num_heads, const TensorView& in_weight, const OptionalView& in_bias,
-                                 const TensorView& out_weight, const OptionalView& out_bias,
+                                 int64_t num_heads, const WeightRef& in_weight, const OptionalView& in_bias,
+                                 const WeightRef& out_weight, const OptionalView& out_bias,
                                  const OptionalView& attn_mask, const OptionalView& key_padding_mask) {
   expect_f32(query, "query");
   expect_f32(key, "key");
@@ -53,11 +54,12 @@ Shape multi_head_attention_shape(const TensorView& query, const TensorView& key,
            " like query, got shapes ", key.shape_str(), ", ", value.shape_str());
   CF_CHECK(value.shape[1] == Sk, ValueError, "key and value must have the same sequence length, got shapes ",
            key.shape_str(), ", ", value.shape_str());
-  expect_f32(in_weight, "in_weight");
-  expect_f32(out_weight, "out_weight");
-  CF_CHECK(in_weight.ndim == 2 && in_weight.shape[0] == 3 * E && in_weight.shape[1] == E, ValueError,
-           "in_weight must have shape (", 3 * E, ", ", E, "), got ", in_weight.shape_str());
-  CF_CHECK(out_weight.ndim == 2 && out_weight.shape[0] == E && out_weight.shape[1] == E, ValueError,
+  if (in_weight.array) expect_f32(*in_weight.array, "in_weight");
+  if (out_weight.array) expect_f32(*out_weight.array, "out_weight");
+  CF_CHECK((in_weight.packed || in_weight.array->ndim == 2) && in_weight.rows() == 3 * E && in_weight.cols() == E,
+           ValueError, "in_weight must have shape (", 3 * E, ", ", E, "), got ", in_weight.shape_str());
+  CF_CHECK((out_weight.packed || out_weight.array->ndim == 2) && out_weight.rows() == E && out_weight.cols() == E,
+           ValueError,
            "out_weight must have shape (", E, ", ", E, "), got ", out_weight.shape_str());
   expect_vector(in_bias, 3 * E, "in_bias", "3 * embed_dim");
   expect_vector(out_bias, E, "out_bias", "embed_dim");
@@ -78,8 +80,8 @@ Shape multi_head_attention_shape(const TensorView& query, const TensorView& key,
 }
 
 void multi_head_attention(const TensorView& query, const TensorView& key, const TensorView& value,
-                          int64_t num_heads, const TensorView& in_weight, const OptionalView& in_bias,
-                          const TensorView& out_weight, const OptionalView& out_bias, const OptionalView& attn_mask,
+                          int64_t num_heads, const WeightRef& in_weight, const OptionalView& in_bias,
+                          const WeightRef& out_weight, const OptionalView& out_bias, const OptionalView& attn_mask,
                           const OptionalView& key_padding_mask, bool is_causal, const TensorView& out) {
   expect_out(out, multi_head_attention_shape(query, key, value, num_heads, in_weight, in_bias, out_weight, out_bias,
                                              attn_mask, key_padding_mask),

@@ -4,6 +4,7 @@
 // Python binding) can allocate the output before calling the op.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -18,10 +19,43 @@ using cpu::Activation;
 
 Activation activation_from_name(const std::string& name);  // "none"|"relu"|"gelu"|"gelu_tanh"
 
+// A Linear weight (out, in) packed once, ahead of the calls that use it, into the GEMM's panel
+// layout (cpu::GemmArgs::wp) -- so no call repacks it -- in float32 or bfloat16 (half the bytes
+// to stream per token when decoding; products and sums stay float32). Immutable once made, so any
+// number of threads may use one at once. The layout belongs to the ISA it was packed for
+// (`nr`); if the active ISA changes, ops unpack it to a temporary and stay correct, only slower.
+struct PackedWeight {
+  int64_t rows = 0, cols = 0;  // (out, in)
+  int nr = 0;                  // panel width
+  DType dtype = DType::f32;    // f32 or bf16
+  std::shared_ptr<void> data;  // shared by row slices
+  int64_t panel0 = 0;          // this weight's first panel in data
+  int64_t nbytes() const;
+  const void* ptr() const;     // the first panel
+};
+// weight (out, in), or with `transposed` (in, out) -- GPT-2's Conv1D layout, packed without a
+// transposed copy. Any strides; dtype f32 or bf16 (bf16 rounds to nearest even).
+PackedWeight pack_weight(const TensorView& weight, DType dtype, bool transposed);
+// The weight back as float32 (rows, cols) (bf16 widened exactly).
+void unpack_weight(const PackedWeight& w, const TensorView& out);
+// Rows [start, stop): a view sharing the memory when start begins a panel, else a packed copy.
+PackedWeight slice_rows(const PackedWeight& w, int64_t start, int64_t stop);
+
+// A Linear weight as ops take it: a float32 C-contiguous (out, in) array or a PackedWeight.
+struct WeightRef {
+  const TensorView* array = nullptr;
+  const PackedWeight* packed = nullptr;
+  WeightRef(const TensorView& a) : array(&a) {}    // NOLINT: implicit on purpose
+  WeightRef(const PackedWeight& p) : packed(&p) {}  // NOLINT
+  int64_t rows() const;
+  int64_t cols() const;
+  std::string shape_str() const;
+};
+
 // y (..., out) = act(x (..., in) @ weight (out, in)^T + bias (out,)) + residual (..., out)
-Shape linear_shape(const TensorView& x, const TensorView& weight, const OptionalView& bias,
+Shape linear_shape(const TensorView& x, const WeightRef& weight, const OptionalView& bias,
                    const OptionalView& residual);
-void linear(const TensorView& x, const TensorView& weight, const OptionalView& bias, Activation act,
+void linear(const TensorView& x, const WeightRef& weight, const OptionalView& bias, Activation act,
             const OptionalView& residual, const TensorView& out);
 
 // q (B,H,Sq,D) or (H,Sq,D); k (..,Sk,D); v (..,Sk,Dv); attn_mask bool (True = attend) or float
@@ -36,12 +70,12 @@ void scaled_dot_product_attention(const TensorView& q, const TensorView& k, cons
 // attn_mask (Sq,Sk) or (B*num_heads,Sq,Sk), bool True = may NOT attend (torch's convention) or
 // float added; key_padding_mask (B,Sk), bool True = padding, or float added.
 Shape multi_head_attention_shape(const TensorView& query, const TensorView& key, const TensorView& value,
-                                 int64_t num_heads, const TensorView& in_weight, const OptionalView& in_bias,
-                                 const TensorView& out_weight, const OptionalView& out_bias,
+                                 int64_t num_heads, const WeightRef& in_weight, const OptionalView& in_bias,
+                                 const WeightRef& out_weight, const OptionalView& out_bias,
                                  const OptionalView& attn_mask, const OptionalView& key_padding_mask);
 void multi_head_attention(const TensorView& query, const TensorView& key, const TensorView& value,
-                          int64_t num_heads, const TensorView& in_weight, const OptionalView& in_bias,
-                          const TensorView& out_weight, const OptionalView& out_bias, const OptionalView& attn_mask,
+                          int64_t num_heads, const WeightRef& in_weight, const OptionalView& in_bias,
+                          const WeightRef& out_weight, const OptionalView& out_bias, const OptionalView& attn_mask,
                           const OptionalView& key_padding_mask, bool is_causal, const TensorView& out);
 
 // query (B,Sq,Dq), keys (B,Sk,Dk), values (B,Sk,Dv), w_query (A,Dq), w_key (A,Dk), v (A,),

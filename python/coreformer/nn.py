@@ -70,6 +70,8 @@ class Module:
         elif isinstance(value, np.ndarray) or (value is None and name in params):
             modules.pop(name, None)
             params[name] = value
+            if name in self.__dict__.get("_packed", ()):
+                self._pack(self._pack_dtype)  # a packed copy never goes stale
         else:
             object.__setattr__(self, name, value)
 
@@ -143,6 +145,57 @@ class Module:
     def _after_load(self):
         for m in self._modules.values():
             m._after_load()
+        if self.__dict__.get("_pack_dtype"):
+            self._pack(self._pack_dtype)
+
+    # Names of the (out, in) weights a layer multiplies by (see pack_weights).
+    _packable: tuple = ()
+
+    def pack_weights(self, dtype: str = "float32") -> "Module":
+        """Pack every layer's weight matrices once (``ops.pack_weight``) for the forward to use.
+
+        ``ops.linear`` on a plain array repacks the weight into the GEMM's layout on every call;
+        packed once, short inputs run up to ~2x faster (decoding, one sentence). ``"bfloat16"``
+        halves the bytes a forward streams (products and sums stay float32), for decoding, which is
+        bound by memory bandwidth. ``state_dict()`` keeps returning the float32 arrays; assigning
+        or loading a weight repacks it. An array modified *in place* needs ``pack_weights`` again.
+        """
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+        for m in self._modules.values():
+            m.pack_weights(dtype)
+        self._pack(dtype)
+        return self
+
+    def unpack_weights(self) -> "Module":
+        """Drop the packed copies: the forward goes back to the float32 arrays."""
+        for m in self._modules.values():
+            m.unpack_weights()
+        object.__setattr__(self, "_packed", {})
+        object.__setattr__(self, "_pack_dtype", None)
+        return self
+
+    @property
+    def weights_dtype(self) -> str | None:
+        """The dtype the weights are packed in (``None`` when not packed)."""
+        own = self.__dict__.get("_pack_dtype")
+        return own or next((m.weights_dtype for m in self._modules.values() if m.weights_dtype), None)
+
+    def _pack(self, dtype):
+        packed = {}
+        for name in self._packable:
+            w = getattr(self, name, None)
+            if w is not None:
+                packed[name] = ops.pack_weight(w, dtype)
+        object.__setattr__(self, "_packed", packed)
+        object.__setattr__(self, "_pack_dtype", dtype if packed else None)
+
+    def _weight(self, name: str):
+        """The weight the forward multiplies by: its packed copy when there is one."""
+        packed = self.__dict__.get("_packed")
+        if packed and name in packed:
+            return packed[name]
+        return getattr(self, name)
 
     def save(self, path) -> None:
         """Write the state dict to a safetensors file."""
@@ -202,8 +255,10 @@ class Linear(Module):
         self.weight = _uniform((self.out_features, self.in_features), bound)
         self.bias = _uniform((self.out_features,), bound) if bias else None
 
+    _packable = ("weight",)
+
     def forward(self, x, residual=None, out=None):
-        return ops.linear(x, self.weight, self.bias, self.activation, residual=residual, out=out)
+        return ops.linear(x, self._weight("weight"), self.bias, self.activation, residual=residual, out=out)
 
     def extra_repr(self):
         act = f", activation={self.activation!r}" if self.activation else ""
@@ -405,6 +460,8 @@ class MultiHeadAttention(Module):
         if bias:
             self.out_proj.bias = np.zeros(e, np.float32)
 
+    _packable = ("in_proj_weight",)
+
     def extra_repr(self):
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}"
 
@@ -423,12 +480,13 @@ class MultiHeadAttention(Module):
         key = query if key is None else key
         value = key if value is None else value
         if cache is None:
-            out = ops.multi_head_attention(query, key, value, self.num_heads, self.in_proj_weight, self.in_proj_bias,
-                                           self.out_proj.weight, self.out_proj.bias, attn_mask=attn_mask,
+            out = ops.multi_head_attention(query, key, value, self.num_heads, self._weight("in_proj_weight"),
+                                           self.in_proj_bias, self.out_proj._weight("weight"), self.out_proj.bias,
+                                           attn_mask=attn_mask,
                                            key_padding_mask=key_padding_mask, is_causal=is_causal)
             return out if residual is None else np.add(out, residual, out=out)
         e, h = self.embed_dim, self.num_heads
-        w, b = self.in_proj_weight, self.in_proj_bias
+        w, b = self._weight("in_proj_weight"), self.in_proj_bias  # a PackedWeight slices by rows too
         query = self._check(query, "query")
         bsz, sq = query.shape[0], query.shape[1]
         def project(x, first, count):  # heads of rows [first, first + count) * E of the packed projection

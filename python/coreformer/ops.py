@@ -14,6 +14,8 @@ import numpy as np
 from . import _core
 
 __all__ = [
+    "PackedWeight",
+    "pack_weight",
     "linear",
     "scaled_dot_product_attention",
     "multi_head_attention",
@@ -27,12 +29,29 @@ __all__ = [
 ]
 
 
+PackedWeight = _core.PackedWeight
+
+
+def pack_weight(weight, dtype="float32", *, transposed=False) -> PackedWeight:
+    """Pack a Linear weight ``(out, in)`` once for ``linear`` / ``multi_head_attention``.
+
+    ``linear`` with a plain array repacks the weight into the GEMM's panel layout on every call
+    (as BLAS does); a layer whose weight does not change packs it once here instead. ``dtype``
+    ``"bfloat16"`` stores half the bytes (rounded to nearest even; products and sums stay float32):
+    what bounds decoding one token at a time is streaming the weights from memory. With
+    ``transposed=True`` the array is ``(in, out)`` (GPT-2's Conv1D layout), packed without a
+    transposed copy. The result is immutable and may be shared by threads; ``.shape`` is
+    ``(out, in)``, ``.unpack()`` gives the float32 weight back (bfloat16 widened exactly).
+    """
+    return _core.pack_weight(weight, dtype, bool(transposed))
+
+
 def linear(x, weight, bias=None, activation=None, *, residual=None, out=None):
     """``activation(x @ weight.T + bias) + residual`` in one GEMM with a fused epilogue.
 
-    x ``(..., in)``, weight ``(out, in)`` (PyTorch's layout), bias ``(out,)``; activation is
-    ``None``, ``"relu"``, ``"gelu"`` (erf) or ``"gelu_tanh"``; residual ``(..., out)`` is added
-    after the activation. Returns ``(..., out)``.
+    x ``(..., in)``, weight ``(out, in)`` (PyTorch's layout) or a ``PackedWeight``, bias
+    ``(out,)``; activation is ``None``, ``"relu"``, ``"gelu"`` (erf) or ``"gelu_tanh"``;
+    residual ``(..., out)`` is added after the activation. Returns ``(..., out)``.
     """
     return _core.linear(x, weight, bias, activation, residual, out)
 
@@ -62,7 +81,8 @@ def multi_head_attention(query, key, value, num_heads, in_weight, in_bias, out_w
 
     query ``(B, Sq, E)``, key and value ``(B, Sk, E)`` (or unbatched ``(S, E)``); ``in_weight``
     ``(3E, E)`` and ``in_bias`` ``(3E,)`` are torch's packed ``in_proj_weight``/``in_proj_bias``,
-    ``out_weight`` ``(E, E)``/``out_bias`` ``(E,)`` its ``out_proj``. As in torch, a bool
+    ``out_weight`` ``(E, E)``/``out_bias`` ``(E,)`` its ``out_proj`` (either weight may be a
+    ``PackedWeight``). As in torch, a bool
     ``attn_mask`` (``(Sq, Sk)`` or ``(B*num_heads, Sq, Sk)``) is True where attending is NOT
     allowed, a float one is added; ``key_padding_mask`` ``(B, Sk)`` is True at padding.
     ``is_causal`` applies the causal mask (bottom-right aligned). Passing the same array as

@@ -63,7 +63,11 @@ class _SelfAttention(nn.Module):
         self.query = nn.Linear(c.hidden_size, c.hidden_size)
         self.key = nn.Linear(c.hidden_size, c.hidden_size)
         self.value = nn.Linear(c.hidden_size, c.hidden_size)
+        for m in (self.query, self.key, self.value):
+            object.__setattr__(m, "_packable", ())  # only the fused matrix is multiplied by
         self._after_load()
+
+    _packable = ("in_proj_weight",)
 
     def _after_load(self):
         # one (3H, H) matrix; the three weights become views of it so no second copy stays alive
@@ -74,6 +78,7 @@ class _SelfAttention(nn.Module):
             m._params["weight"], m._params["bias"] = w[i * h:(i + 1) * h], b[i * h:(i + 1) * h]
         object.__setattr__(self, "in_proj_weight", w)
         object.__setattr__(self, "in_proj_bias", b)
+        super()._after_load()  # repacks the fused matrix if the weights are packed
 
 
 class _Dense(nn.Module):  # HF's BertSelfOutput / BertOutput: dense + LayerNorm(x + residual)
@@ -108,8 +113,8 @@ class _Layer(nn.Module):
         """``work``: buffers reused from layer to layer (``x1`` and ``y`` of x's shape, ``h`` of the
         FFN's); the layer's output is written to ``out`` (not x's memory)."""
         sa, ao = self.attention.self, self.attention.output
-        a = ops.multi_head_attention(x, x, x, self.num_heads, sa.in_proj_weight, sa.in_proj_bias,
-                                     ao.dense.weight, ao.dense.bias, key_padding_mask=padding)
+        a = ops.multi_head_attention(x, x, x, self.num_heads, sa._weight("in_proj_weight"), sa.in_proj_bias,
+                                     ao.dense._weight("weight"), ao.dense.bias, key_padding_mask=padding)
         x1 = ao.LayerNorm(a, residual=x, out=work["x1"])
         h = self.intermediate.dense(x1, out=work["h"])
         return self.output.LayerNorm(self.output.dense(h, out=work["y"]), residual=x1, out=out)
@@ -153,12 +158,16 @@ class BertModel(nn.Module):
         self.pooler = _Pooler(c) if add_pooling_layer else None
 
     @classmethod
-    def from_pretrained(cls, model_dir, **kw):
+    def from_pretrained(cls, model_dir, dtype: str | None = "float32", **kw):
         """Load a Hugging Face BERT folder (``config.json`` + ``model.safetensors``; the weights are
-        mapped, not copied, except the packed QKV matrices)."""
+        mapped, not copied, except the fused QKV matrices). The weight matrices are then packed once
+        for the GEMM (``pack_weights(dtype)``): ``"float32"``, ``"bfloat16"``, or ``None`` to keep
+        plain arrays."""
         cfg = read_config(model_dir, ("bert",), cls.__name__)
         model = cls(BertConfig(**cfg), **kw)
         model._load_hf(read_weights(model_dir), where=str(model_dir))
+        if dtype is not None:
+            model.pack_weights(dtype)
         return model
 
     def _load_hf(self, weights: dict, where: str):
@@ -247,9 +256,16 @@ class BertForMaskedLM(BertModel):
         mapped.pop("cls.predictions.decoder.weight", None)  # tied to the word embeddings
         mapped.pop("cls.predictions.decoder.bias", None)    # the same tensor as cls.predictions.bias
 
+    _packable = ("decoder_weight",)
+
+    @property
+    def decoder_weight(self):
+        """The MLM decoder's weight: the word embeddings (tied)."""
+        return self.bert.embeddings.word_embeddings.weight
+
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
         x = self.bert.encode(input_ids, attention_mask, token_type_ids)
         t = self.cls.predictions.transform
         h = t.LayerNorm(t.dense(x))
-        logits = ops.linear(h, self.bert.embeddings.word_embeddings.weight, self.cls.predictions.bias)
+        logits = ops.linear(h, self._weight("decoder_weight"), self.cls.predictions.bias)
         return ModelOutput(last_hidden_state=x, logits=logits)

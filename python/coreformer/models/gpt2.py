@@ -116,21 +116,34 @@ class GPT2LMHeadModel(nn.Module):
         self.transformer = _Transformer(c)
         self.lm_head = None if c.tie_word_embeddings else nn.Linear(c.n_embd, c.vocab_size, bias=False)
 
+    _packable = ("tied_head_weight",)
+
+    @property
+    def tied_head_weight(self):
+        """The LM head's weight when it is tied to ``transformer.wte`` (else ``None``)."""
+        return self.transformer.wte.weight if self.lm_head is None else None
+
     @classmethod
-    def from_pretrained(cls, model_dir):
-        """Load a Hugging Face GPT-2 folder (``config.json`` + ``model.safetensors``; the Conv1D weights
-        are transposed once, everything else is mapped, not copied)."""
+    def from_pretrained(cls, model_dir, dtype: str | None = "float32"):
+        """Load a Hugging Face GPT-2 folder (``config.json`` + ``model.safetensors``).
+
+        The weight matrices are packed once for the GEMM (``pack_weights(dtype)``): ``"float32"``,
+        ``"bfloat16"`` (half the bytes per decoded token; products and sums stay float32), or
+        ``None`` for plain arrays. Packed, the Conv1D weights are packed straight from the mapped
+        file and the parameters stay transposed views of it (no second float32 copy); unpacked,
+        they are transposed once into new arrays. Everything else is mapped, not copied."""
         cfg = read_config(model_dir, ("gpt2",), cls.__name__)
         model = cls(GPT2Config(**cfg))
         weights = read_weights(model_dir)
-        sd = {}
+        sd, conv = {}, {}
         for k, v in weights.items():
             if not k.startswith(("transformer.", "lm_head.")):
                 k = "transformer." + k  # a GPT2Model checkpoint
             if k.endswith(_CONV1D):
                 if v.ndim != 2:
                     raise ValueError(f"tensor {k} must be 2-D, got shape {v.shape}")
-                v = np.ascontiguousarray(v.T, dtype=np.float32)
+                conv[k] = v
+                v = v.T if dtype is not None else np.ascontiguousarray(v.T, dtype=np.float32)
             sd[k] = v
         if model.lm_head is None:
             sd.pop("lm_head.weight", None)
@@ -138,7 +151,18 @@ class GPT2LMHeadModel(nn.Module):
                           for b in ("bias", "masked_bias"))
         check_names(sd, set(model.state_dict()), ignorable, where=str(model_dir))
         own = model.state_dict()
-        model.load_state_dict({k: v for k, v in sd.items() if k in own})
+        if dtype is None:
+            model.load_state_dict({k: v for k, v in sd.items() if k in own})
+        else:
+            # load_state_dict would make the transposed views contiguous: check them as it would,
+            # then pack from the (in, out) file layout and keep the views
+            model.load_state_dict({k: v for k, v in sd.items() if k in own and k not in conv}, strict=False)
+            for k, v in conv.items():
+                mod, leaf = model._owner(k)
+                if v.T.shape != mod._params[leaf].shape:
+                    raise ValueError(f"{k} has shape {tuple(v.T.shape)}, expected {tuple(mod._params[leaf].shape)}")
+                mod._params[leaf] = v.T
+            model.pack_weights(dtype)
         model.generation_defaults.update(read_json(Path(model_dir) / "generation_config.json", default={}))
         return model
 
@@ -170,7 +194,7 @@ class GPT2LMHeadModel(nn.Module):
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         h = t.ln_f(x)
-        w = t.wte.weight if self.lm_head is None else self.lm_head.weight
+        w = self._weight("tied_head_weight") if self.lm_head is None else self.lm_head._weight("weight")
         return ModelOutput(logits=ops.linear(h, w), cache=cache)
 
     def generate(self, input_ids, attention_mask=None, max_new_tokens: int = 20, do_sample: bool = False,

@@ -32,7 +32,9 @@ class SentenceEncoder:
         self.max_seq_length = int(max_seq_length)
 
     @classmethod
-    def from_pretrained(cls, model_dir) -> "SentenceEncoder":
+    def from_pretrained(cls, model_dir, dtype: str | None = "float32") -> "SentenceEncoder":
+        """Load a sentence-transformers folder; ``dtype`` is how the weight matrices are packed
+        (see ``BertModel.from_pretrained``)."""
         from ..tokenizer import Tokenizer
         d = Path(model_dir)
         if not d.is_dir():
@@ -59,7 +61,7 @@ class SentenceEncoder:
                 raise ValueError(f"pooling mode {k} is not supported")
         if not any(pooling.get(k) for k in _MODES):
             raise ValueError(f"the pooling config sets no pooling mode: {pooling}")
-        model = BertModel.from_pretrained(tdir, add_pooling_layer=False)
+        model = BertModel.from_pretrained(tdir, dtype=dtype, add_pooling_layer=False)
         tok = Tokenizer.from_pretrained(tdir)
         limit = model.config.max_position_embeddings
         max_len = min(int(st_cfg.get("max_seq_length") or tok.model_max_length or limit), limit)

@@ -68,8 +68,15 @@ class Transformer(nn.Module):
         tgt = as_ids(tgt_ids, "tgt_ids")
         h = self.decoder(self._embed(self.tgt_embed, tgt, offset), memory, tgt_key_padding_mask=tgt_padding_mask,
                          memory_key_padding_mask=memory_padding_mask, tgt_is_causal=True, cache=cache)
-        w = self.tgt_embed.weight if self.tie_embeddings else self.generator.weight
+        w = self._weight("tied_head_weight") if self.tie_embeddings else self.generator._weight("weight")
         return ops.linear(h, w, self.generator.bias)
+
+    _packable = ("tied_head_weight",)
+
+    @property
+    def tied_head_weight(self):
+        """The output projection's weight when it is tied to the target embeddings (else ``None``)."""
+        return self.tgt_embed.weight if self.tie_embeddings else None
 
     def forward(self, src_ids, tgt_ids, src_padding_mask=None, tgt_padding_mask=None):
         """Teacher-forced logits ``(B, T, V)``."""
