@@ -44,6 +44,23 @@ def test_linear(benchmark, rng, peer, m, k, n):
         benchmark(F.linear, tx, tw, tb)
 
 
+@pytest.mark.parametrize("peer", ["coreformer", "coreformer-bf16", "numpy", "torch"])
+@pytest.mark.parametrize("m,k,n", [(32, 768, 3072), (1, 768, 50257)])
+def test_linear_packed(benchmark, rng, peer, m, k, n):
+    """A layer's weight packed once (ops.pack_weight), float32 or bfloat16, against the peers' GEMM."""
+    skip_missing(peer)
+    benchmark.group = f"linear packed {m}x{k}->{n}"
+    x, w, b = randn(rng, m, k), randn(rng, n, k, scale=0.05), randn(rng, n)
+    if peer.startswith("coreformer"):
+        benchmark(ops.linear, x, ops.pack_weight(w, "bfloat16" if peer.endswith("bf16") else "float32"), b)
+    elif peer == "numpy":
+        wt = np.ascontiguousarray(w.T)
+        benchmark(lambda: x @ wt + b)
+    else:
+        tx, tw, tb = map(torch.from_numpy, (x, w, b))
+        benchmark(F.linear, tx, tw, tb)
+
+
 @pytest.mark.parametrize("peer", ["coreformer", "torch"])
 @pytest.mark.parametrize("b,h,s,d,causal", [(1, 12, 2048, 64, False), (1, 12, 2048, 64, True), (8, 12, 128, 64, False)])
 def test_sdpa(benchmark, rng, peer, b, h, s, d, causal):

@@ -81,6 +81,25 @@ def _linear_cases(rng, torch, F, quick):
             cases.append(Case("linear (gemv)", label, 4.0 * n * k, "GB/s", impls))
         else:
             cases.append(Case("linear", label, 2.0 * m * n * k, "GFLOP/s", impls))
+    # a layer's weight packed once (ops.pack_weight), as the models use it: few rows (one sentence,
+    # decoding) and the GEMV with bfloat16 weights (half the bytes streamed; rate = those bytes)
+    packed = [(32, 768, 3072, "gelu", "float32"), (1, 768, 50257, None, "float32"), (1, 768, 50257, None, "bfloat16")]
+    if quick:
+        packed = packed[:1] + packed[2:]
+    for m, k, n, act, dt in packed:
+        x, w, b = _rand(rng, m, k), _rand(rng, n, k, scale=0.05), _rand(rng, n)
+        pw, wt = ops.pack_weight(w, dt), np.ascontiguousarray(w.T)
+        impls = {"coreformer": (lambda x=x, pw=pw, b=b, act=act: ops.linear(x, pw, b, act)),
+                 "numpy": (lambda x=x, wt=wt: x @ wt)}
+        if torch is not None:
+            tx, tw, tb = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)
+            impls["torch"] = ((lambda tx=tx, tw=tw, tb=tb: F.gelu(F.linear(tx, tw, tb))) if act else
+                              (lambda tx=tx, tw=tw, tb=tb: F.linear(tx, tw, tb)))
+        label = f"{m}x{k}->{n}" + (f" +bias+{act}" if act else " +bias") + f", {dt} weights"
+        if m == 1:
+            cases.append(Case("linear packed (gemv)", label, (2.0 if dt == "bfloat16" else 4.0) * n * k, "GB/s", impls))
+        else:
+            cases.append(Case("linear packed", label, 2.0 * m * n * k, "GFLOP/s", impls))
     return cases
 
 
