@@ -53,7 +53,8 @@ cf::DType pack_dtype(py::handle dtype) {
   if (!py::isinstance<py::str>(dtype)) name = py::str(py::module_::import("numpy").attr("dtype")(dtype).attr("name"));
   if (name == "float32") return cf::DType::f32;
   if (name == "bfloat16") return cf::DType::bf16;
-  cf::raise<cf::ValueError>("dtype must be 'float32' or 'bfloat16', got '", name, "'");
+  if (name == "int8") return cf::DType::i8;
+  cf::raise<cf::ValueError>("dtype must be 'float32', 'bfloat16' or 'int8', got '", name, "'");
 }
 
 cf::ops::PackedWeight pack_weight(py::handle weight, py::handle dtype, bool transposed) {

@@ -209,8 +209,8 @@ def test_pack_weights_follows_the_weights(rng):
     lin.unpack_weights()
     assert lin.weights_dtype is None
     assert_close(lin(x), ref.linear(x, w2, lin.bias, "gelu"), atol_scale=1e-5)
-    with pytest.raises(ValueError, match="dtype must be 'float32' or 'bfloat16', got 'int8'"):
-        lin.pack_weights("int8")
+    with pytest.raises(ValueError, match="dtype must be 'float32', 'bfloat16' or 'int8', got 'float16'"):
+        lin.pack_weights("float16")
 
 
 def test_encoder_packed_bfloat16_is_close_and_float32_exactish(rng):
@@ -223,3 +223,6 @@ def test_encoder_packed_bfloat16_is_close_and_float32_exactish(rng):
     err = rel_err(enc.pack_weights("bfloat16")(x, src_key_padding_mask=pad), plain)
     assert 1e-5 < err < 2e-2  # bfloat16 weights: visibly different, still close
     assert enc.weights_dtype == "bfloat16"
+    err = rel_err(enc.pack_weights("int8")(x, src_key_padding_mask=pad), plain)
+    assert 1e-5 < err < 3e-2
+    assert enc.weights_dtype == "int8"

@@ -1,4 +1,4 @@
-"""ops.pack_weight: Linear weights packed once (float32 or bfloat16), used by linear and
+"""ops.pack_weight: Linear weights packed once (float32, bfloat16 or int8), used by linear and
 multi_head_attention on every path (rows read in place for small inputs, the blocked GEMM for
 large ones), against float64 references."""
 import threading
@@ -20,16 +20,29 @@ def bf16_round(w):
     return u.astype(np.uint32).view(np.float32)
 
 
+def int8_round(w):
+    """Symmetric per-row int8 (scale = max|row| / 127, round to nearest even), dequantized: the
+    reference for int8 packing, in float32 arithmetic as the packer does it."""
+    w = np.ascontiguousarray(w, np.float32)
+    amax = np.abs(w).max(axis=1, keepdims=True)
+    scale = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
+    q = np.clip(np.rint(w * (np.float32(1) / scale)), -127, 127)
+    return (q * scale).astype(np.float32)
+
+
+ROUND = {"float32": lambda w: w, "bfloat16": bf16_round, "int8": int8_round}
+
+
 # M crosses every path: 1-2 rows (GEMV), a ragged microkernel row group, the in-place-A path up
 # to its L2 bound, and the blocked driver past it (M * K > 96 Ki floats).
 @pytest.mark.parametrize("m", [1, 2, 7, 13, 63, 65, 1000])
 @pytest.mark.parametrize("k,n", [(1, 1), (7, 63), (65, 7), (63, 65), (300, 129), (257, 1000)])
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
 def test_packed_linear_shapes(isa, rng, m, k, n, dtype):
     x, w, b = randn(rng, m, k), randn(rng, n, k), randn(rng, n)
     pw = ops.pack_weight(w, dtype)
     assert pw.shape == (n, k) and pw.dtype == dtype
-    w_eff = w if dtype == "float32" else bf16_round(w)
+    w_eff = ROUND[dtype](w)
     assert_close(ops.linear(x, pw, b), ref.linear(x, w_eff, b), atol_scale=2e-6 * np.sqrt(k))
 
 
@@ -53,9 +66,36 @@ def test_packed_large_k(isa, rng):
 
 def test_unpack_round_trip(rng):
     w = randn(rng, 65, 33)
+    w[3] = 0.0  # an all-zero row: scale 1, not a division by zero
     assert np.array_equal(ops.pack_weight(w).unpack(), w)
     assert np.array_equal(ops.pack_weight(w, "bfloat16").unpack(), bf16_round(w))
-    assert ops.pack_weight(w, "bfloat16").nbytes * 2 == ops.pack_weight(w).nbytes
+    assert np.array_equal(ops.pack_weight(w, "int8").unpack(), int8_round(w))
+    f32 = ops.pack_weight(w).nbytes
+    assert ops.pack_weight(w, "bfloat16").nbytes * 2 == f32
+    assert ops.pack_weight(w, "int8").nbytes < f32 / 3  # a quarter, plus one scale per row
+
+
+def test_int8_rejects_non_finite_weights(rng):
+    w = randn(rng, 4, 8)
+    w[2, 5] = np.inf
+    with pytest.raises(ValueError, match="inf or NaN"):
+        ops.pack_weight(w, "int8")
+    ops.pack_weight(w, "bfloat16")  # bfloat16 holds inf
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
+def test_row_slices(rng, dtype):
+    w = randn(rng, 100, 40)
+    pw = ops.pack_weight(w, dtype)
+    full = pw.unpack()
+    x = randn(rng, 3, 40)
+    for a, b in [(0, 100), (0, 37), (16, 64), (32, 100), (5, 50), (64, 64)]:
+        part = pw[a:b]
+        assert part.shape == (b - a, 40) and len(part) == b - a
+        assert np.array_equal(part.unpack(), full[a:b])
+        assert_close(ops.linear(x, part), ref.linear(x, full[a:b]), atol_scale=1e-5)
+    with pytest.raises(ValueError, match="contiguous rows"):
+        pw[::2]
 
 
 def test_bf16_rounding_edges():
@@ -96,7 +136,7 @@ def test_packed_for_another_isa_still_correct(rng):
         _core._set_isa(before)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
 @pytest.mark.parametrize("s", [1, 7, 65])
 def test_multi_head_attention_packed(isa, rng, dtype, s):
     e, h = 64, 4
@@ -104,9 +144,7 @@ def test_multi_head_attention_packed(isa, rng, dtype, s):
     iw, ib, ow, ob = randn(rng, 3 * e, e, scale=0.1), randn(rng, 3 * e), randn(rng, e, e, scale=0.1), randn(rng, e)
     pad = np.zeros((2, s), bool)
     pad[1, s // 2 + 1:] = True
-    want = ops.multi_head_attention(
-        x, x, x, h, bf16_round(iw) if dtype == "bfloat16" else iw, ib,
-        bf16_round(ow) if dtype == "bfloat16" else ow, ob, key_padding_mask=pad)
+    want = ops.multi_head_attention(x, x, x, h, ROUND[dtype](iw), ib, ROUND[dtype](ow), ob, key_padding_mask=pad)
     got = ops.multi_head_attention(x, x, x, h, ops.pack_weight(iw, dtype), ib, ops.pack_weight(ow, dtype), ob,
                                    key_padding_mask=pad)
     assert_close(got, want, atol_scale=1e-5)
@@ -152,7 +190,7 @@ def test_packed_bad_input(rng):
         ops.linear(randn(rng, 2, 15), pw)
     with pytest.raises(ValueError, match="bias must have shape"):
         ops.linear(randn(rng, 2, 16), pw, randn(rng, 7))
-    with pytest.raises(ValueError, match="dtype must be 'float32' or 'bfloat16', got 'float16'"):
+    with pytest.raises(ValueError, match="dtype must be 'float32', 'bfloat16' or 'int8', got 'float16'"):
         ops.pack_weight(w, "float16")
     with pytest.raises(ValueError, match="weight must have 2 dimensions"):
         ops.pack_weight(randn(rng, 8))

@@ -11,7 +11,7 @@
 
 namespace cf {
 
-enum class DType : uint8_t { f32, f16, bf16, f64, i32, i64, u8, boolean };
+enum class DType : uint8_t { f32, f16, bf16, f64, i32, i64, u8, boolean, i8 };
 enum class DeviceType : uint8_t { cpu, cuda };
 
 struct Device {
@@ -30,6 +30,7 @@ inline const char* dtype_name(DType t) {
     case DType::i64: return "int64";
     case DType::u8: return "uint8";
     case DType::boolean: return "bool";
+    case DType::i8: return "int8";
   }
   return "?";
 }

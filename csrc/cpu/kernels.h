@@ -23,7 +23,10 @@ struct GemmArgs {
   // w/ldw. Panel p (columns [p*NR, p*NR+NR), zero past N) holds all of K: wp[p*K*NR + k*NR + j].
   // wp points at the first panel of the columns in use.
   const void* wp = nullptr;
-  bool wp_bf16 = false;  // bfloat16 elements (the top half of a float32), else float32
+  enum WType : int { f32 = 0, bf16 = 1, i8 = 2 } wp_type = f32;  // bf16: the top half of a float32
+  // int8 only: column j of the product is scaled by wp_scale[j] (per output row of W, symmetric),
+  // padded like the panels; points at the scale of the first column in use.
+  const float* wp_scale = nullptr;
 };
 
 // A mask broadcast to (B, H, Sq, Sk) by its strides (0 on broadcast axes).

@@ -2,11 +2,12 @@
 //   C (m x n, m <= MR, n <= NR) (+)= A (m x kc) . B (kc x n)
 // A is an MR-row panel, either packed (a[k*MR + r]) or row-major with a compile-time leading
 // dimension LDA (a[r*LDA + k]; rows past m may hold anything, their results are dropped).
-// B is an NR-wide packed panel, b[k*NR + j], zero-padded past n: float32, or bfloat16 (load_b).
+// B is an NR-wide packed panel, b[k*NR + j], zero-padded past n: float32, bfloat16 or int8 (load_b).
 // MR x NV accumulators stay in registers: 24 zmm on AVX-512, 12 ymm on AVX2 -- enough independent
 // FMA chains to hide the FMA latency on both FMA pipes (see bench/gemm_notes.md).
 #pragma once
 #include <cstdint>
+#include <type_traits>
 #if defined(__SSE2__)
 #include <xmmintrin.h>
 #endif
@@ -27,10 +28,13 @@ constexpr int kNR = kNV * Vec::W;
 // B panels hold float32, or bfloat16 widened on load (weights packed by ops::pack_weight).
 inline Vec load_b(const float* p) { return Vec::load(p); }
 inline Vec load_b(const uint16_t* p) { return Vec::load_bf16(p); }
+inline Vec load_b(const int8_t* p) { return Vec::load_i8(p); }
 
+// `scale` (int8 B only): column j of this product is multiplied by scale[j] (NR of them) before it is
+// stored or accumulated.
 template <int LDA, typename BT = float>
 inline void microkernel(int64_t kc, const float* a, const BT* b, float* c, int64_t ldc, int m, int n,
-                        bool accumulate) {
+                        bool accumulate, const float* scale = nullptr) {
   Vec acc[kMR][kNV];
 #pragma GCC unroll 16
   for (int r = 0; r < kMR; ++r)
@@ -47,6 +51,16 @@ inline void microkernel(int64_t kc, const float* a, const BT* b, float* c, int64
 #pragma GCC unroll 4
       for (int j = 0; j < kNV; ++j) acc[r][j] = fma(ar, bv[j], acc[r][j]);
     }
+  }
+
+  if constexpr (std::is_same_v<BT, int8_t>) {
+    Vec sv[kNV];
+#pragma GCC unroll 4
+    for (int j = 0; j < kNV; ++j) sv[j] = Vec::load(scale + j * Vec::W);
+#pragma GCC unroll 16
+    for (int r = 0; r < kMR; ++r)
+#pragma GCC unroll 4
+      for (int j = 0; j < kNV; ++j) acc[r][j] = acc[r][j] * sv[j];
   }
 
   if (m == kMR && n == kNR) {

@@ -27,6 +27,9 @@ struct Vec {
     __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
     return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
   }
+  static Vec load_i8(const int8_t* p) {  // W int8 values, exactly
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
   void store(float* p) const { _mm512_storeu_ps(p, v); }
   void store_partial(float* p, int n) const { _mm512_mask_storeu_ps(p, first(n), v); }
 };
@@ -78,6 +81,9 @@ struct Vec {
   static Vec load_bf16(const uint16_t* p) {
     __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+  }
+  static Vec load_i8(const int8_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
   }
   void store(float* p) const { _mm256_storeu_ps(p, v); }
   void store_partial(float* p, int n) const { _mm256_maskstore_ps(p, first(n), v); }
@@ -138,6 +144,7 @@ struct Vec {
     }
     return r;
   }
+  static Vec load_i8(const int8_t* p) { Vec r; for (int i = 0; i < W; ++i) r.v[i] = p[i]; return r; }
   void store(float* p) const { std::memcpy(p, v, sizeof v); }
   void store_partial(float* p, int n) const { for (int i = 0; i < n; ++i) p[i] = v[i]; }
 };

@@ -20,23 +20,27 @@ using cpu::Activation;
 Activation activation_from_name(const std::string& name);  // "none"|"relu"|"gelu"|"gelu_tanh"
 
 // A Linear weight (out, in) packed once, ahead of the calls that use it, into the GEMM's panel
-// layout (cpu::GemmArgs::wp) -- so no call repacks it -- in float32 or bfloat16 (half the bytes
-// to stream per token when decoding; products and sums stay float32). Immutable once made, so any
+// layout (cpu::GemmArgs::wp) -- so no call repacks it -- in float32, bfloat16 (half the bytes to
+// stream per token when decoding) or int8 (a quarter: symmetric, one float32 scale per output row,
+// max|row| / 127). Products and sums stay float32 whatever the storage. Immutable once made, so any
 // number of threads may use one at once. The layout belongs to the ISA it was packed for
 // (`nr`); if the active ISA changes, ops unpack it to a temporary and stay correct, only slower.
 struct PackedWeight {
   int64_t rows = 0, cols = 0;  // (out, in)
   int nr = 0;                  // panel width
-  DType dtype = DType::f32;    // f32 or bf16
+  DType dtype = DType::f32;    // f32, bf16 or i8
   std::shared_ptr<void> data;  // shared by row slices
   int64_t panel0 = 0;          // this weight's first panel in data
+  int64_t scale_offset = 0;    // int8: bytes from data to the per-row scales (float32, padded like the panels)
   int64_t nbytes() const;
   const void* ptr() const;     // the first panel
+  const float* scales() const; // int8: the first row's scale, else nullptr
 };
 // weight (out, in), or with `transposed` (in, out) -- GPT-2's Conv1D layout, packed without a
-// transposed copy. Any strides; dtype f32 or bf16 (bf16 rounds to nearest even).
+// transposed copy. Any strides; dtype f32, bf16 (rounds to nearest even) or i8 (rounds to nearest;
+// the weight must be finite).
 PackedWeight pack_weight(const TensorView& weight, DType dtype, bool transposed);
-// The weight back as float32 (rows, cols) (bf16 widened exactly).
+// The weight back as float32 (rows, cols): bf16 widened exactly, int8 times its row's scale.
 void unpack_weight(const PackedWeight& w, const TensorView& out);
 // Rows [start, stop): a view sharing the memory when start begins a panel, else a packed copy.
 PackedWeight slice_rows(const PackedWeight& w, int64_t start, int64_t stop);

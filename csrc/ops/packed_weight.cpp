@@ -1,7 +1,9 @@
 // Packing Linear weights once, into the panel layout the GEMM reads (cpu::GemmArgs::wp):
 // panel p holds columns [p*nr, p*nr + nr) of W^T over all of K, dst[p*K*nr + k*nr + j] = W[p*nr + j, k],
 // zero past the last row of W. One-off work (model load), so plain loops, threaded over panels.
+#include <cmath>
 #include <cstdlib>
+#include <type_traits>
 #include <cstring>
 #include <new>
 
@@ -26,14 +28,22 @@ inline float from_bf16(uint16_t h) {
   return x;
 }
 
+// Element k of row n, stored: inv_scale is 1/scale of the row for int8 (unused otherwise).
 template <typename T>
-inline T convert(float x) {
-  if constexpr (sizeof(T) == 2) return to_bf16(x);
-  else return x;
+inline T convert(float x, float inv_scale) {
+  if constexpr (std::is_same_v<T, uint16_t>) {
+    return to_bf16(x);
+  } else if constexpr (std::is_same_v<T, int8_t>) {
+    float q = std::nearbyint(x * inv_scale);
+    return static_cast<int8_t>(q > 127.0f ? 127.0f : q < -127.0f ? -127.0f : q);
+  } else {
+    return x;
+  }
 }
 
 template <typename T>
-void pack(const float* src, int64_t s_row, int64_t s_col, int64_t rows, int64_t cols, int nr, T* dst) {
+void pack(const float* src, int64_t s_row, int64_t s_col, int64_t rows, int64_t cols, int nr, T* dst,
+          float* scales) {
   // W[n, k] = src[n*s_row + k*s_col]
   const int64_t np = (rows + nr - 1) / nr;
 #pragma omp parallel for schedule(static)
@@ -43,8 +53,17 @@ void pack(const float* src, int64_t s_row, int64_t s_col, int64_t rows, int64_t 
       const int64_t n = p * nr + j;
       if (n < rows) {
         const float* s = src + n * s_row;
-        for (int64_t k = 0; k < cols; ++k) d[k * nr + j] = convert<T>(s[k * s_col]);
+        float inv = 1.0f;
+        if (scales) {  // int8: symmetric, the row's largest magnitude maps to 127
+          float amax = 0.0f;
+          for (int64_t k = 0; k < cols; ++k) amax = std::fmax(amax, std::fabs(s[k * s_col]));
+          const float scale = amax > 0.0f ? amax / 127.0f : 1.0f;
+          scales[n] = scale;
+          inv = 1.0f / scale;
+        }
+        for (int64_t k = 0; k < cols; ++k) d[k * nr + j] = convert<T>(s[k * s_col], inv);
       } else {
+        if (scales) scales[n] = 0.0f;
         for (int64_t k = 0; k < cols; ++k) d[k * nr + j] = T(0);
       }
     }
@@ -52,54 +71,82 @@ void pack(const float* src, int64_t s_row, int64_t s_col, int64_t rows, int64_t 
 }
 
 template <typename T>
-void unpack(const T* src, int64_t rows, int64_t cols, int nr, float* dst) {
+void unpack(const T* src, const float* scales, int64_t rows, int64_t cols, int nr, float* dst) {
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < rows; ++n) {
     const T* s = src + (n / nr) * cols * nr + n % nr;
     for (int64_t k = 0; k < cols; ++k) {
-      if constexpr (sizeof(T) == 2) dst[n * cols + k] = from_bf16(s[k * nr]);
+      if constexpr (std::is_same_v<T, uint16_t>) dst[n * cols + k] = from_bf16(s[k * nr]);
+      else if constexpr (std::is_same_v<T, int8_t>) dst[n * cols + k] = static_cast<float>(s[k * nr]) * scales[n];
       else dst[n * cols + k] = s[k * nr];
     }
   }
 }
 
-int64_t elem_size(DType t) { return t == DType::bf16 ? 2 : 4; }
+int64_t elem_size(DType t) { return t == DType::bf16 ? 2 : t == DType::i8 ? 1 : 4; }
+
+bool all_finite(const TensorView& w) {
+  const float* p = w.ptr<float>();
+  bool ok = true;
+  for (int64_t i = 0; i < w.shape[0] && ok; ++i)
+    for (int64_t k = 0; k < w.shape[1]; ++k)
+      if (!std::isfinite(p[i * w.strides[0] + k * w.strides[1]])) { ok = false; break; }
+  return ok;
+}
 
 }  // namespace
 
-int64_t PackedWeight::nbytes() const { return (rows + nr - 1) / nr * nr * cols * elem_size(dtype); }
+int64_t PackedWeight::nbytes() const {
+  const int64_t panels = (rows + nr - 1) / nr * nr;
+  return panels * cols * elem_size(dtype) + (dtype == DType::i8 ? panels * 4 : 0);
+}
 const void* PackedWeight::ptr() const {
   return static_cast<const char*>(data.get()) + panel0 * cols * nr * elem_size(dtype);
+}
+const float* PackedWeight::scales() const {
+  if (dtype != DType::i8) return nullptr;
+  return reinterpret_cast<const float*>(static_cast<const char*>(data.get()) + scale_offset) + panel0 * nr;
 }
 
 PackedWeight pack_weight(const TensorView& weight, DType dtype, bool transposed) {
   expect_cpu(weight, "weight");
   expect_dtype(weight, DType::f32, "weight");
   expect_ndim(weight, 2, "weight");
-  CF_CHECK(dtype == DType::f32 || dtype == DType::bf16, TypeError, "a weight packs to float32 or bfloat16, not ",
-           dtype_name(dtype));
+  CF_CHECK(dtype == DType::f32 || dtype == DType::bf16 || dtype == DType::i8, TypeError,
+           "a weight packs to float32, bfloat16 or int8, not ", dtype_name(dtype));
+  if (dtype == DType::i8)
+    CF_CHECK(all_finite(weight), ValueError, "weight has inf or NaN values: int8 packing needs a finite weight");
   for (int i = 0; i < 2; ++i) CF_CHECK(weight.strides[i] >= 0, ValueError, "weight must not have negative strides");
   PackedWeight p;
   p.rows = weight.shape[transposed ? 1 : 0];
   p.cols = weight.shape[transposed ? 0 : 1];
   p.nr = kernels().gemm_nr;
   p.dtype = dtype;
-  const size_t bytes = (static_cast<size_t>(p.nbytes()) + 63) / 64 * 64;
+  const int64_t padded_rows = (p.rows + p.nr - 1) / p.nr * p.nr;
+  const int64_t panel_bytes = padded_rows * p.cols * elem_size(dtype);
+  p.scale_offset = (panel_bytes + 63) / 64 * 64;
+  const size_t bytes = static_cast<size_t>(p.scale_offset + (dtype == DType::i8 ? padded_rows * 4 : 0) + 63) / 64 * 64;
   void* mem = std::aligned_alloc(64, bytes == 0 ? 64 : bytes);
   if (!mem) throw std::bad_alloc();
   p.data = std::shared_ptr<void>(mem, std::free);
   const int64_t s_row = weight.strides[transposed ? 1 : 0], s_col = weight.strides[transposed ? 0 : 1];
+  const float* src = weight.ptr<float>();
   if (dtype == DType::bf16)
-    pack(weight.ptr<float>(), s_row, s_col, p.rows, p.cols, p.nr, static_cast<uint16_t*>(mem));
+    pack(src, s_row, s_col, p.rows, p.cols, p.nr, static_cast<uint16_t*>(mem), nullptr);
+  else if (dtype == DType::i8)
+    pack(src, s_row, s_col, p.rows, p.cols, p.nr, static_cast<int8_t*>(mem),
+         reinterpret_cast<float*>(static_cast<char*>(mem) + p.scale_offset));
   else
-    pack(weight.ptr<float>(), s_row, s_col, p.rows, p.cols, p.nr, static_cast<float*>(mem));
+    pack(src, s_row, s_col, p.rows, p.cols, p.nr, static_cast<float*>(mem), nullptr);
   return p;
 }
 
 void unpack_weight(const PackedWeight& w, const TensorView& out) {
   expect_out(out, {w.rows, w.cols}, "unpack");
-  if (w.dtype == DType::bf16) unpack(static_cast<const uint16_t*>(w.ptr()), w.rows, w.cols, w.nr, out.ptr<float>());
-  else unpack(static_cast<const float*>(w.ptr()), w.rows, w.cols, w.nr, out.ptr<float>());
+  float* o = out.ptr<float>();
+  if (w.dtype == DType::bf16) unpack(static_cast<const uint16_t*>(w.ptr()), nullptr, w.rows, w.cols, w.nr, o);
+  else if (w.dtype == DType::i8) unpack(static_cast<const int8_t*>(w.ptr()), w.scales(), w.rows, w.cols, w.nr, o);
+  else unpack(static_cast<const float*>(w.ptr()), nullptr, w.rows, w.cols, w.nr, o);
 }
 
 PackedWeight slice_rows(const PackedWeight& w, int64_t start, int64_t stop) {
@@ -111,10 +158,29 @@ PackedWeight slice_rows(const PackedWeight& w, int64_t start, int64_t stop) {
     v.rows = stop - start;
     return v;
   }
-  auto full = scratch(w.rows * w.cols);
-  unpack_weight(w, TensorView(full.get(), DType::f32, {w.rows, w.cols}));
-  TensorView rows(full.get() + start * w.cols, DType::f32, {stop - start, w.cols});
-  return pack_weight(rows, w.dtype, false);  // bfloat16 values round-trip exactly
+  // A new weight in the source's layout: the stored elements (and int8 scales) are copied, not
+  // re-rounded.
+  PackedWeight v = w;
+  v.rows = stop - start;
+  v.panel0 = 0;
+  const int64_t es = elem_size(w.dtype), np = (v.rows + w.nr - 1) / w.nr, K = w.cols, nr = w.nr;
+  v.scale_offset = (np * nr * K * es + 63) / 64 * 64;
+  const size_t bytes = static_cast<size_t>(v.scale_offset + (w.dtype == DType::i8 ? np * nr * 4 : 0) + 63) / 64 * 64;
+  void* mem = std::aligned_alloc(64, bytes == 0 ? 64 : bytes);
+  if (!mem) throw std::bad_alloc();
+  std::memset(mem, 0, bytes);  // the last panel's columns past the rows are zero
+  v.data = std::shared_ptr<void>(mem, std::free);
+  const char* src = static_cast<const char*>(w.ptr());
+  char* dst = static_cast<char*>(mem);
+  for (int64_t r = 0; r < v.rows; ++r) {
+    const int64_t n = start + r;
+    const char* s = src + ((n / nr) * K * nr + n % nr) * es;
+    char* d = dst + ((r / nr) * K * nr + r % nr) * es;
+    for (int64_t k = 0; k < K; ++k) std::memcpy(d + k * nr * es, s + k * nr * es, es);
+  }
+  if (w.dtype == DType::i8)
+    std::memcpy(dst + v.scale_offset, w.scales() + start, static_cast<size_t>(v.rows) * 4);
+  return v;
 }
 
 int64_t WeightRef::rows() const { return packed ? packed->rows : array->shape[0]; }
@@ -137,7 +203,9 @@ void set_gemm_weight(cpu::GemmArgs& g, const WeightRef& w, int64_t row0, std::un
   if (p.nr == kernels().gemm_nr && row0 % p.nr == 0) {
     const int64_t offset = row0 / p.nr * K * p.nr * elem_size(p.dtype);
     g.wp = static_cast<const char*>(p.ptr()) + offset;
-    g.wp_bf16 = p.dtype == DType::bf16;
+    g.wp_type = p.dtype == DType::bf16 ? cpu::GemmArgs::bf16 : p.dtype == DType::i8 ? cpu::GemmArgs::i8
+                                                                                  : cpu::GemmArgs::f32;
+    if (p.dtype == DType::i8) g.wp_scale = p.scales() + row0;
     return;
   }
   tmp = scratch(p.rows * K);

@@ -6,8 +6,8 @@ Cases (the shapes of the models issue):
   shape): the encoder's forward on 32 sentences of ~100 tokens, padded to the longest, and on one
   sentence of 32 tokens. Tokenisation is outside the timing; each engine gets the same ids.
 - GPT-2 small shape (random weights): greedy decoding of 64 new tokens after a 32-token prompt,
-  batch 1 (float32 weights; then coreformer's bfloat16 weights against CTranslate2's float32 and
-  int8), and a 512-token prefill (the time to the first token's logits).
+  batch 1 (float32 weights; then coreformer's bfloat16 and int8 weights against CTranslate2's
+  float32 and int8), and a 512-token prefill (the time to the first token's logits).
 Each engine's output is checked against coreformer's before timing.
 """
 from __future__ import annotations
@@ -141,12 +141,14 @@ def _gpt2_cases(tmp: Path, threads: int, quick: bool, notes: list) -> list[Case]
     (d / "merges.txt").write_text("#version: 0.2\n")
     ours = GPT2LMHeadModel.from_pretrained(d)
     ours16 = GPT2LMHeadModel.from_pretrained(d, dtype="bfloat16")
+    ours8 = GPT2LMHeadModel.from_pretrained(d, dtype="int8")
     rng = np.random.default_rng(1)
     prompt = rng.integers(0, 50000, (1, 32))
     long = rng.integers(0, 50000, (1, 512))
     new = 64
     dec = {"coreformer": lambda: ours.generate(prompt, max_new_tokens=new, eos_token_id=[])}
     dec16 = {"coreformer": lambda: ours16.generate(prompt, max_new_tokens=new, eos_token_id=[])}
+    dec8 = {"coreformer": lambda: ours8.generate(prompt, max_new_tokens=new, eos_token_id=[])}
     pre = {"coreformer": lambda: ours(long, cache=ours.new_cache(1, 513), logits_to_keep=1).logits}
     tp, tl = torch.from_numpy(prompt), torch.from_numpy(long)
 
@@ -176,19 +178,20 @@ def _gpt2_cases(tmp: Path, threads: int, quick: bool, notes: list) -> list[Case]
             def c_pre():
                 return gen.generate_batch([ltoks], max_length=1, sampling_topk=1, include_prompt_in_result=False)
             dec["ctranslate2"], pre["ctranslate2"] = c_dec, c_pre
-            dec16["ctranslate2"] = c_dec
+            dec16["ctranslate2"] = dec8["ctranslate2"] = c_dec
             gen8 = ct2.Generator(str(out), device="cpu", compute_type="int8", intra_threads=threads)
 
             def c8_dec():
                 r = gen8.generate_batch([toks], max_length=new, min_length=new, sampling_topk=1,
                                         include_prompt_in_result=False, return_scores=False)
                 return np.array([r[0].sequences_ids[0]])
-            dec16["ctranslate2 int8"] = c8_dec
+            dec16["ctranslate2 int8"] = dec8["ctranslate2 int8"] = c8_dec
         except Exception as e:  # noqa: BLE001
             notes.append(f"ctranslate2 (GPT-2) skipped: {type(e).__name__}: {e}")
     want = dec["coreformer"]()[0, 32:]
     checks = dict(dec)
-    checks.update({"coreformer bf16": dec16["coreformer"], "ctranslate2 int8": dec16.get("ctranslate2 int8")})
+    checks.update({"coreformer bf16": dec16["coreformer"], "coreformer int8": dec8["coreformer"],
+                   "ctranslate2 int8": dec16.get("ctranslate2 int8")})
     for name, f in checks.items():
         if f is None or name == "coreformer":
             continue
@@ -199,8 +202,10 @@ def _gpt2_cases(tmp: Path, threads: int, quick: bool, notes: list) -> list[Case]
             notes.append(f"{name}'s greedy tokens agree with coreformer fp32's for the first {same} of {new}")
     return [Case("GPT-2 small decode", f"greedy, 32-token prompt + {new} new, batch 1", float(new), "tok/s",
                  dec, scale=1.0),
-            Case("GPT-2 small decode", f"bf16 weights (ours) vs fp32/int8 peers, same greedy run", float(new),
+            Case("GPT-2 small decode", "bf16 weights (ours) vs fp32/int8 peers, same greedy run", float(new),
                  "tok/s", dec16, scale=1.0),
+            Case("GPT-2 small decode", "int8 weights (ours) vs fp32/int8 peers, same greedy run", float(new),
+                 "tok/s", dec8, scale=1.0),
             Case("GPT-2 small prefill", "512 tokens -> first token", 1.0, "prefill/s", pre, scale=1.0)]
 
 

@@ -156,12 +156,12 @@ class Module:
 
         ``ops.linear`` on a plain array repacks the weight into the GEMM's layout on every call;
         packed once, short inputs run up to ~2x faster (decoding, one sentence). ``"bfloat16"``
-        halves the bytes a forward streams (products and sums stay float32), for decoding, which is
-        bound by memory bandwidth. ``state_dict()`` keeps returning the float32 arrays; assigning
+        halves the bytes a forward streams and ``"int8"`` (one scale per output row) quarters them,
+        for decoding, which is bound by memory bandwidth; products and sums stay float32. ``state_dict()`` keeps returning the float32 arrays; assigning
         or loading a weight repacks it. An array modified *in place* needs ``pack_weights`` again.
         """
-        if dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+        if dtype not in ("float32", "bfloat16", "int8"):
+            raise ValueError(f"dtype must be 'float32', 'bfloat16' or 'int8', got {dtype!r}")
         for m in self._modules.values():
             m.pack_weights(dtype)
         self._pack(dtype)

@@ -37,11 +37,14 @@ def pack_weight(weight, dtype="float32", *, transposed=False) -> PackedWeight:
 
     ``linear`` with a plain array repacks the weight into the GEMM's panel layout on every call
     (as BLAS does); a layer whose weight does not change packs it once here instead. ``dtype``
-    ``"bfloat16"`` stores half the bytes (rounded to nearest even; products and sums stay float32):
-    what bounds decoding one token at a time is streaming the weights from memory. With
+    ``"bfloat16"`` stores half the bytes (rounded to nearest even) and ``"int8"`` a quarter
+    (symmetric, one float32 scale per output row: ``max|row| / 127``; the weight must be finite);
+    products and sums stay float32. What bounds decoding one token at a time is streaming the
+    weights from memory. With
     ``transposed=True`` the array is ``(in, out)`` (GPT-2's Conv1D layout), packed without a
     transposed copy. The result is immutable and may be shared by threads; ``.shape`` is
-    ``(out, in)``, ``.unpack()`` gives the float32 weight back (bfloat16 widened exactly).
+    ``(out, in)``, ``.unpack()`` gives the float32 weight back (bfloat16 widened exactly, int8
+    times its row's scale); ``pw[a:b]`` takes rows (sharing memory when ``a`` starts a panel).
     """
     return _core.pack_weight(weight, dtype, bool(transposed))
 

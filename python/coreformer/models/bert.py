@@ -161,8 +161,8 @@ class BertModel(nn.Module):
     def from_pretrained(cls, model_dir, dtype: str | None = "float32", **kw):
         """Load a Hugging Face BERT folder (``config.json`` + ``model.safetensors``; the weights are
         mapped, not copied, except the fused QKV matrices). The weight matrices are then packed once
-        for the GEMM (``pack_weights(dtype)``): ``"float32"``, ``"bfloat16"``, or ``None`` to keep
-        plain arrays."""
+        for the GEMM (``pack_weights(dtype)``): ``"float32"``, ``"bfloat16"``, ``"int8"``, or ``None``
+        to keep plain arrays."""
         cfg = read_config(model_dir, ("bert",), cls.__name__)
         model = cls(BertConfig(**cfg), **kw)
         model._load_hf(read_weights(model_dir), where=str(model_dir))

@@ -128,8 +128,8 @@ class GPT2LMHeadModel(nn.Module):
         """Load a Hugging Face GPT-2 folder (``config.json`` + ``model.safetensors``).
 
         The weight matrices are packed once for the GEMM (``pack_weights(dtype)``): ``"float32"``,
-        ``"bfloat16"`` (half the bytes per decoded token; products and sums stay float32), or
-        ``None`` for plain arrays. Packed, the Conv1D weights are packed straight from the mapped
+        ``"bfloat16"`` (half the bytes per decoded token), ``"int8"`` (a quarter; one scale per
+        output row), or ``None`` for plain arrays; products and sums stay float32. Packed, the Conv1D weights are packed straight from the mapped
         file and the parameters stay transposed views of it (no second float32 copy); unpacked,
         they are transposed once into new arrays. Everything else is mapped, not copied."""
         cfg = read_config(model_dir, ("gpt2",), cls.__name__)
