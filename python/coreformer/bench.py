@@ -2,8 +2,9 @@
 
 Method: every implementation of a case runs once to warm up, then for each of ``rounds`` rounds
 each implementation is timed in turn (the order rotates each round, so drift of the machine
-hits all of them alike); a sample is the mean of enough calls to fill ``min_sample`` seconds.
-The table gives medians over rounds and each peer's time divided by ours (> 1: we are faster).
+hits all of them alike); a sample is the mean of enough calls to fill ``min_sample`` seconds,
+taken after a short idle pause (so the previous engine's spinning threads are off the cores) and
+an untimed warm-up of the same engine (so the cores are back to speed). The table gives medians over rounds and each peer's time divided by ours (> 1: we are faster).
 The machine's copy bandwidth is measured the same way, as the ceiling for memory-bound ops.
 """
 from __future__ import annotations
@@ -266,7 +267,17 @@ def _sample(fn, min_sample: float) -> float:
             return elapsed / reps
 
 
-def run(cases: list[Case], rounds: int, min_sample: float, progress=None) -> list[dict]:
+# Before each sample: an idle pause, then the engine runs untimed for a moment. Thread pools keep
+# spinning after a call (ONNX Runtime's by default, OpenMP's for a while), so the engine timed next
+# would share the cores with them; and after a pause the cores need tens of ms to get back to speed.
+# Measured on the one-sentence MiniLM case (ours alone 5.4-6.2 ms): 11.2-11.7 ms right after ONNX
+# Runtime's sample, ~11 ms after a bare 0.1-0.3 s pause, 5.8-6.1 ms after the pause and 50 ms of
+# untimed calls. Every engine gets the same treatment.
+SETTLE_SECONDS = 0.1
+WARM_SECONDS = 0.05
+
+
+def run(cases: list[Case], rounds: int, min_sample: float, progress=None, settle: float = SETTLE_SECONDS) -> list[dict]:
     results = []
     for case in cases:
         names = list(case.impls)
@@ -276,6 +287,9 @@ def run(cases: list[Case], rounds: int, min_sample: float, progress=None) -> lis
         for r in range(rounds):
             order = names[r % len(names):] + names[: r % len(names)]
             for name in order:
+                if settle and len(names) > 1:
+                    time.sleep(settle)
+                    _sample(case.impls[name], WARM_SECONDS)
                 samples[name].append(_sample(case.impls[name], min_sample))
         med = {k: statistics.median(v) for k, v in samples.items()}
         row = {"op": case.op, "shape": case.shape, "unit": case.unit, "work": case.work, "scale": case.scale,
