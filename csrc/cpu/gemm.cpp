@@ -1,11 +1,13 @@
 // GEMM for Linear layers: C (M,N) = act(A (M,K) . W (N,K)^T + bias) + residual.
 //
-// Goto/BLIS scheme. W is packed once per call into NR-wide panels, KC deep (shared by all
-// threads). Each thread owns whole row blocks of C: it packs its block of A once per K block and
-// runs the MR x NR microkernel across all of N; the epilogue runs on each micro-tile after its last
-// K block, while it is in L1. Few rows (M <= kSmallM) skip packing: each output is a dot product of
-// an A row with a W row, as many W rows at once as the registers allow, and W streams from memory
-// once (the GEMV path for decoding one token). Measurements behind these choices: bench/gemm_notes.md.
+// Goto/BLIS scheme. W is packed into NR-wide panels -- once per call (shared by all threads), or
+// once and for all by ops::pack_weight (float32, bfloat16 or int8 with per-row scales; GemmArgs::wp).
+// Each thread owns whole row blocks of C: it packs its block of A once per K block and runs the
+// MR x NR microkernel across all of N; the epilogue runs on each micro-tile after its last K block,
+// while it is in L1. Against pre-packed W, inputs whose A fits L2 read A in place (panel_rows), W
+// streaming once. Without pre-packing, few rows (M <= kSmallM) skip packing altogether: each output
+// is a dot product of an A row with a W row, as many W rows at once as the registers allow (the GEMV
+// path for decoding one token). Measurements behind these choices: bench/gemm_notes.md.
 #include <cstring>
 #include <type_traits>
 #ifdef _OPENMP
@@ -207,11 +209,9 @@ void gemm_packed(const GemmArgs& g) {
   const int64_t ntiles = ceil_div(N, nc_blk);
 
   static thread_local ThreadCache cache;
-  const BT* bp;
-  if (g.wp) {
-    bp = static_cast<const BT*>(g.wp);
-  } else {
-    if constexpr (std::is_same_v<BT, float>) {
+  const BT* bp = static_cast<const BT*>(g.wp);  // narrow (bf16, int8) W only ever comes pre-packed
+  if constexpr (std::is_same_v<BT, float>) {
+    if (!bp) {
       float* buf = cache.get(static_cast<size_t>(np * kNR * K));
       // Panels are independent: the threads pack them in parallel, KC deep at a time.
 #pragma omp parallel for schedule(static) collapse(2) num_threads(nt)
@@ -222,8 +222,6 @@ void gemm_packed(const GemmArgs& g) {
                             buf + p * K * kNR + k0 * kNR);
         }
       bp = buf;
-    } else {
-      return;  // only float32 W is packed per call
     }
   }
   Buffer apack(static_cast<size_t>(nt) * kMC * kKC);
