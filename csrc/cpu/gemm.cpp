@@ -31,8 +31,9 @@ constexpr int64_t kSmallM = 16;
 // blocked driver, whose packing of A only pays once A spills from L2.
 constexpr int64_t kInPlaceAFloats = 96 * 1024;
 // Narrow (bf16, int8) panels are prefetched 2 KiB ahead: decoding GPT-2 small's layers (M = 1, weights
-// from DRAM) went from 28 to 38 GB/s with int8 and from 30 to 36 GB/s with bf16; float32 panels
-// measured no better (32-35 GB/s either way), so they are left to the hardware prefetcher.
+// from DRAM) went from 28 to 38 GB/s with int8 and from 30 to 36 GB/s with bf16. Float32 panels are
+// prefetched only for 4+ rows at a time (MiniLM, one 32-token sentence: 5.54-5.69 -> 5.32-5.40 ms);
+// the float32 GEMV measured worse with it (0.96x -> 0.87x numpy), so it is left to the hardware.
 constexpr int kPrefetchBytes = 2048;
 
 // Rows [m0, m0+MR) of C, columns [n0, n0+nr) (nr <= NB): dot products of A rows with W rows over K,
@@ -118,7 +119,7 @@ inline void panel_rows(const GemmArgs& g, int64_t m0, const BT* b, int64_t n0, i
       for (int j = 0; j < kNV; ++j) acc[u][r][j] = Vec::zero();
   int64_t k = 0;
   for (; k + U <= K; k += U) {
-    if constexpr (sizeof(BT) < sizeof(float)) {
+    if constexpr (sizeof(BT) < sizeof(float) || R >= 4) {
       constexpr int step = static_cast<int>(U * kNR * sizeof(BT));  // bytes of the panel per iteration
       for (int off = 0; off < step; off += 64)
         __builtin_prefetch(reinterpret_cast<const char*>(b + k * kNR) + kPrefetchBytes + off);
