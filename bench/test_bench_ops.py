@@ -28,13 +28,9 @@ def skip_missing(peer):
         pytest.skip("torch not installed")
 
 
-@pytest.mark.parametrize("peer", PEERS)
-@pytest.mark.parametrize("m,k,n", [(1024, 768, 3072), (1024, 3072, 768), (1024, 768, 768), (1, 768, 50257)])
-def test_linear(benchmark, rng, peer, m, k, n):
-    skip_missing(peer)
-    benchmark.group = f"linear {m}x{k}->{n}"
-    x, w, b = randn(rng, m, k), randn(rng, n, k, scale=0.05), randn(rng, n)
-    if peer == "coreformer":
+def bench_linear(benchmark, peer, x, w, b):
+    """``w``: a float32 (out, in) array, or for coreformer also a PackedWeight."""
+    if peer.startswith("coreformer"):
         benchmark(ops.linear, x, w, b)
     elif peer == "numpy":
         wt = np.ascontiguousarray(w.T)
@@ -44,21 +40,24 @@ def test_linear(benchmark, rng, peer, m, k, n):
         benchmark(F.linear, tx, tw, tb)
 
 
+@pytest.mark.parametrize("peer", PEERS)
+@pytest.mark.parametrize("m,k,n", [(1024, 768, 3072), (1024, 3072, 768), (1024, 768, 768), (1, 768, 50257)])
+def test_linear(benchmark, rng, peer, m, k, n):
+    skip_missing(peer)
+    benchmark.group = f"linear {m}x{k}->{n}"
+    bench_linear(benchmark, peer, randn(rng, m, k), randn(rng, n, k, scale=0.05), randn(rng, n))
+
+
 @pytest.mark.parametrize("peer", ["coreformer", "coreformer-bf16", "numpy", "torch"])
 @pytest.mark.parametrize("m,k,n", [(32, 768, 3072), (1, 768, 50257)])
 def test_linear_packed(benchmark, rng, peer, m, k, n):
-    """A layer's weight packed once (ops.pack_weight), float32 or bfloat16, against the peers' GEMM."""
+    """A layer's weight packed once (ops.pack_weight), float32 or bfloat16, against the peers' GEMM on
+    the float32 weight."""
     skip_missing(peer)
     benchmark.group = f"linear packed {m}x{k}->{n}"
     x, w, b = randn(rng, m, k), randn(rng, n, k, scale=0.05), randn(rng, n)
-    if peer.startswith("coreformer"):
-        benchmark(ops.linear, x, ops.pack_weight(w, "bfloat16" if peer.endswith("bf16") else "float32"), b)
-    elif peer == "numpy":
-        wt = np.ascontiguousarray(w.T)
-        benchmark(lambda: x @ wt + b)
-    else:
-        tx, tw, tb = map(torch.from_numpy, (x, w, b))
-        benchmark(F.linear, tx, tw, tb)
+    weight = ops.pack_weight(w, "bfloat16") if peer == "coreformer-bf16" else ops.pack_weight(w) if peer == "coreformer" else w
+    bench_linear(benchmark, peer, x, weight, b)
 
 
 @pytest.mark.parametrize("peer", ["coreformer", "torch"])
