@@ -21,7 +21,7 @@ bool is_native_f32(const py::array& a) {
 
 // The view of a float32 array with its own strides, or false when they are not whole elements,
 // are negative, or the last axis is not contiguous.
-bool strided_view(const py::array& a, TensorView& v) {
+bool strided_view(const py::array& a, TensorView& v, bool contiguous_last = true) {
   if (!is_native_f32(a) || a.ndim() > kMaxDims) return false;
   if (reinterpret_cast<uintptr_t>(a.data()) % alignof(float)) return false;
   std::vector<int64_t> dims(a.shape(), a.shape() + a.ndim());
@@ -32,7 +32,7 @@ bool strided_view(const py::array& a, TensorView& v) {
     if (st < 0 || st % 4) return false;
     v.strides[i] = st / 4;
   }
-  return a.ndim() == 0 || a.shape(a.ndim() - 1) <= 1 || v.strides[a.ndim() - 1] == 1;
+  return !contiguous_last || a.ndim() == 0 || a.shape(a.ndim() - 1) <= 1 || v.strides[a.ndim() - 1] == 1;
 }
 
 // No two elements of the view share memory: sorted by stride, each axis steps past the whole
@@ -79,6 +79,13 @@ Arg strided_float_arg(py::handle obj, const char* name) {
   py::array a = as_array(obj, name);
   TensorView v;
   if (strided_view(a, v)) return {a, v};
+  return float_arg(a, name);
+}
+
+Arg any_strided_float_arg(py::handle obj, const char* name) {
+  py::array a = as_array(obj, name);
+  TensorView v;
+  if (strided_view(a, v, /*contiguous_last=*/false)) return {a, v};
   return float_arg(a, name);
 }
 

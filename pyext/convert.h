@@ -24,6 +24,9 @@ Arg float_arg(py::handle obj, const char* name);
 // are viewed in place, strides and all; anything else is converted as float_arg does. For the
 // kernels that take strided rows (attention).
 Arg strided_float_arg(py::handle obj, const char* name);
+// float32 arrays with any non-negative strides (a transposed view too) are viewed in place; anything
+// else is converted as float_arg does. For code that reads through strides (packing a weight).
+Arg any_strided_float_arg(py::handle obj, const char* name);
 OptionalView optional_float(py::handle obj, const char* name, Arg& holder);
 // bool or float32 (an attention mask)
 OptionalView optional_mask(py::handle obj, const char* name, Arg& holder);

@@ -59,7 +59,7 @@ cf::DType pack_dtype(py::handle dtype) {
 
 cf::ops::PackedWeight pack_weight(py::handle weight, py::handle dtype, bool transposed) {
   const cf::DType t = pack_dtype(dtype);
-  Arg wa = cf::pyext::float_arg(weight, "weight");
+  Arg wa = cf::pyext::any_strided_float_arg(weight, "weight");  // w.T of a mapped (in, out) file: no copy
   py::gil_scoped_release nogil;
   return cf::ops::pack_weight(wa.view, t, transposed);
 }

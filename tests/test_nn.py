@@ -208,6 +208,11 @@ def test_pack_weights_follows_the_weights(rng):
     assert_close(lin(x), ref.linear(x, w_bf16, lin.bias, "gelu"), atol_scale=1e-5)
     lin.unpack_weights()
     assert lin.weights_dtype is None
+    # contiguous=False keeps a float32 view as it is (what a model packs from without a copy)
+    w_t = np.ascontiguousarray(w2.T)
+    lin.load_state_dict({"weight": w_t.T, "bias": lin.bias}, contiguous=False)
+    assert lin.weight.base is w_t
+    assert_close(lin(x), ref.linear(x, w2, lin.bias, "gelu"), atol_scale=1e-5)
     assert_close(lin(x), ref.linear(x, w2, lin.bias, "gelu"), atol_scale=1e-5)
     with pytest.raises(ValueError, match="dtype must be 'float32', 'bfloat16' or 'int8', got 'float16'"):
         lin.pack_weights("float16")

@@ -94,6 +94,18 @@ bool all_finite(const TensorView& w) {
   return ok;
 }
 
+// Memory for p's panels (and int8 scales after them, 64-byte aligned); sets p.data, p.scale_offset.
+void* allocate(PackedWeight& p) {
+  const int64_t padded_rows = (p.rows + p.nr - 1) / p.nr * p.nr;
+  p.panel0 = 0;
+  p.scale_offset = (padded_rows * p.cols * elem_size(p.dtype) + 63) / 64 * 64;
+  const size_t bytes = static_cast<size_t>(p.scale_offset + (p.dtype == DType::i8 ? padded_rows * 4 : 0) + 63) / 64 * 64;
+  void* mem = std::aligned_alloc(64, bytes == 0 ? 64 : bytes);
+  if (!mem) throw std::bad_alloc();
+  p.data = std::shared_ptr<void>(mem, std::free);
+  return mem;
+}
+
 }  // namespace
 
 int64_t PackedWeight::nbytes() const {
@@ -122,13 +134,7 @@ PackedWeight pack_weight(const TensorView& weight, DType dtype, bool transposed)
   p.cols = weight.shape[transposed ? 0 : 1];
   p.nr = kernels().gemm_nr;
   p.dtype = dtype;
-  const int64_t padded_rows = (p.rows + p.nr - 1) / p.nr * p.nr;
-  const int64_t panel_bytes = padded_rows * p.cols * elem_size(dtype);
-  p.scale_offset = (panel_bytes + 63) / 64 * 64;
-  const size_t bytes = static_cast<size_t>(p.scale_offset + (dtype == DType::i8 ? padded_rows * 4 : 0) + 63) / 64 * 64;
-  void* mem = std::aligned_alloc(64, bytes == 0 ? 64 : bytes);
-  if (!mem) throw std::bad_alloc();
-  p.data = std::shared_ptr<void>(mem, std::free);
+  void* mem = allocate(p);
   const int64_t s_row = weight.strides[transposed ? 1 : 0], s_col = weight.strides[transposed ? 0 : 1];
   const float* src = weight.ptr<float>();
   if (dtype == DType::bf16)
@@ -162,16 +168,10 @@ PackedWeight slice_rows(const PackedWeight& w, int64_t start, int64_t stop) {
   // re-rounded.
   PackedWeight v = w;
   v.rows = stop - start;
-  v.panel0 = 0;
-  const int64_t es = elem_size(w.dtype), np = (v.rows + w.nr - 1) / w.nr, K = w.cols, nr = w.nr;
-  v.scale_offset = (np * nr * K * es + 63) / 64 * 64;
-  const size_t bytes = static_cast<size_t>(v.scale_offset + (w.dtype == DType::i8 ? np * nr * 4 : 0) + 63) / 64 * 64;
-  void* mem = std::aligned_alloc(64, bytes == 0 ? 64 : bytes);
-  if (!mem) throw std::bad_alloc();
-  std::memset(mem, 0, bytes);  // the last panel's columns past the rows are zero
-  v.data = std::shared_ptr<void>(mem, std::free);
+  char* dst = static_cast<char*>(allocate(v));
+  const int64_t es = elem_size(w.dtype), K = w.cols, nr = w.nr;
+  std::memset(dst, 0, static_cast<size_t>(v.scale_offset));  // the last panel's columns past the rows are zero
   const char* src = static_cast<const char*>(w.ptr());
-  char* dst = static_cast<char*>(mem);
   for (int64_t r = 0; r < v.rows; ++r) {
     const int64_t n = start + r;
     const char* s = src + ((n / nr) * K * nr + n % nr) * es;

@@ -38,13 +38,13 @@ def _uniform(shape, bound):
     return _rng.uniform(-bound, bound, size=shape).astype(np.float32)
 
 
-def _as_f32(name, value) -> np.ndarray:
+def _as_f32(name, value, contiguous: bool = True) -> np.ndarray:
     if hasattr(value, "detach"):  # a torch tensor
         value = value.detach().cpu().numpy()
     a = np.asarray(value)
     if a.dtype.kind not in "fiub":
         raise TypeError(f"{name} must be a real numeric array, got dtype {a.dtype}")
-    if a.dtype != np.float32 or not a.flags.c_contiguous:
+    if a.dtype != np.float32 or (contiguous and not a.flags.c_contiguous):
         a = np.ascontiguousarray(a, dtype=np.float32)
     return a
 
@@ -113,11 +113,12 @@ class Module:
             mod = mod._modules[p]
         return mod, leaf
 
-    def load_state_dict(self, state_dict, strict: bool = True) -> "Module":
+    def load_state_dict(self, state_dict, strict: bool = True, contiguous: bool = True) -> "Module":
         """Copy weights in by name. Values may be numpy arrays or torch tensors; they are converted to
         float32 C-contiguous (float32 C-contiguous arrays, mapped ones included, are kept without a
-        copy). Missing or unexpected names (with ``strict``) and wrong shapes raise ``ValueError``
-        listing them; nothing is changed then."""
+        copy; with ``contiguous=False`` float32 arrays of any strides are, e.g. transposed views of a
+        mapped file, for weights that will be packed before use). Missing or unexpected names (with
+        ``strict``) and wrong shapes raise ``ValueError`` listing them; nothing is changed then."""
         own = self.state_dict()
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
@@ -130,7 +131,7 @@ class Module:
         for k, v in state_dict.items():
             if k not in own:
                 continue
-            a = _as_f32(k, v)
+            a = _as_f32(k, v, contiguous)
             if a.shape != own[k].shape:
                 problems.append(f"{k} has shape {tuple(a.shape)}, expected {tuple(own[k].shape)}")
             converted[k] = a

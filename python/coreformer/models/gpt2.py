@@ -129,21 +129,21 @@ class GPT2LMHeadModel(nn.Module):
 
         The weight matrices are packed once for the GEMM (``pack_weights(dtype)``): ``"float32"``,
         ``"bfloat16"`` (half the bytes per decoded token), ``"int8"`` (a quarter; one scale per
-        output row), or ``None`` for plain arrays; products and sums stay float32. Packed, the Conv1D weights are packed straight from the mapped
-        file and the parameters stay transposed views of it (no second float32 copy); unpacked,
-        they are transposed once into new arrays. Everything else is mapped, not copied."""
+        output row), or ``None`` for plain arrays; products and sums stay float32. Packed, the
+        Conv1D weights are packed straight from the mapped file and the parameters stay transposed
+        views of it (no second float32 copy); unpacked, they are transposed once into new arrays.
+        Everything else is mapped, not copied."""
         cfg = read_config(model_dir, ("gpt2",), cls.__name__)
         model = cls(GPT2Config(**cfg))
         weights = read_weights(model_dir)
-        sd, conv = {}, {}
+        sd = {}
         for k, v in weights.items():
             if not k.startswith(("transformer.", "lm_head.")):
                 k = "transformer." + k  # a GPT2Model checkpoint
             if k.endswith(_CONV1D):
                 if v.ndim != 2:
                     raise ValueError(f"tensor {k} must be 2-D, got shape {v.shape}")
-                conv[k] = v
-                v = v.T if dtype is not None else np.ascontiguousarray(v.T, dtype=np.float32)
+                v = v.T  # torch's (out, in)
             sd[k] = v
         if model.lm_head is None:
             sd.pop("lm_head.weight", None)
@@ -151,17 +151,9 @@ class GPT2LMHeadModel(nn.Module):
                           for b in ("bias", "masked_bias"))
         check_names(sd, set(model.state_dict()), ignorable, where=str(model_dir))
         own = model.state_dict()
-        if dtype is None:
-            model.load_state_dict({k: v for k, v in sd.items() if k in own})
-        else:
-            # load_state_dict would make the transposed views contiguous: check them as it would,
-            # then pack from the (in, out) file layout and keep the views
-            model.load_state_dict({k: v for k, v in sd.items() if k in own and k not in conv}, strict=False)
-            for k, v in conv.items():
-                mod, leaf = model._owner(k)
-                if v.T.shape != mod._params[leaf].shape:
-                    raise ValueError(f"{k} has shape {tuple(v.T.shape)}, expected {tuple(mod._params[leaf].shape)}")
-                mod._params[leaf] = v.T
+        # packed, the forward never reads the parameters: the transposed views need no copy
+        model.load_state_dict({k: v for k, v in sd.items() if k in own}, contiguous=dtype is None)
+        if dtype is not None:
             model.pack_weights(dtype)
         model.generation_defaults.update(read_json(Path(model_dir) / "generation_config.json", default={}))
         return model
