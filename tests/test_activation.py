@@ -29,7 +29,7 @@ def test_gelu_accuracy_everywhere(isa):
     r = ref.gelu(x)
     # relative accuracy wherever the true value is a normal float32, both tails included
     normal = np.abs(r) > 1e-37
-    assert rel_err(ops.gelu(x)[normal], r[normal]).max() < 2e-6
+    assert rel_err(ops.gelu(x)[normal], r[normal]).max() < 1e-6
     rt = ref.gelu_tanh(x)
     normal = np.abs(rt) > 1e-37
     err_t = rel_err(ops.gelu(x, approximate="tanh")[normal], rt[normal])
@@ -38,6 +38,23 @@ def test_gelu_accuracy_everywhere(isa):
     assert err_t[x[normal] > -5].max() < 2e-6
     assert err_t.max() < 2e-5
     assert np.all(np.abs(ops.gelu(x)[~(np.abs(r) > 1e-37)]) < 1e-36)
+
+
+def test_gelu_both_paths(isa):
+    # A vector whose lanes all lie within |x| <= 13 takes the fast tail (erfcx polynomial); one lane
+    # beyond sends the whole vector down the exponent-polynomial path. Every value in [-13, 13] is
+    # checked both ways: alone, and with a 14 (or -14) in every group of 8 (every vector of any width).
+    x = np.linspace(-13, 13, 7 * 20001).astype(np.float32)
+    fast = ops.gelu(x)
+    mixed = np.empty(x.size // 7 * 8, np.float32).reshape(-1, 8)
+    mixed[:, :7] = x.reshape(-1, 7)
+    mixed[:, 7] = np.where(np.arange(mixed.shape[0]) % 2 == 0, 14.0, -14.0)
+    slow = ops.gelu(mixed)[:, :7].ravel()
+    r = ref.gelu(x)
+    normal = np.abs(r) > 1e-37
+    assert rel_err(fast[normal], r[normal]).max() < 1e-6
+    assert rel_err(slow[normal], r[normal]).max() < 1e-6
+    np.testing.assert_allclose(ops.gelu(mixed)[:, 7], ref.gelu(mixed[:, 7]), rtol=1e-6, atol=1e-37)  # -14: subnormal
 
 
 def test_relu(isa, rng):

@@ -39,6 +39,11 @@ inline Vec operator*(Vec a, Vec b) { return _mm512_mul_ps(a.v, b.v); }
 inline Vec operator/(Vec a, Vec b) { return _mm512_div_ps(a.v, b.v); }
 inline Vec fma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a.v, b.v, c.v); }
 inline Vec fms(Vec a, Vec b, Vec c) { return _mm512_fmsub_ps(a.v, b.v, c.v); }
+inline Vec fnma(Vec a, Vec b, Vec c) { return _mm512_fnmadd_ps(a.v, b.v, c.v); }  // c - a*b
+// a * 2^n, n in the low bits of b's bit pattern (see exp_split_normal), while the result stays normal
+inline Vec add_exponent_bits(Vec a, Vec b) {
+  return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(a.v), _mm512_slli_epi32(_mm512_castps_si512(b.v), 23)));
+}
 inline Vec max(Vec a, Vec b) { return _mm512_max_ps(a.v, b.v); }
 inline Vec min(Vec a, Vec b) { return _mm512_min_ps(a.v, b.v); }
 inline Vec abs(Vec a) { return _mm512_abs_ps(a.v); }
@@ -96,6 +101,10 @@ inline Vec operator*(Vec a, Vec b) { return _mm256_mul_ps(a.v, b.v); }
 inline Vec operator/(Vec a, Vec b) { return _mm256_div_ps(a.v, b.v); }
 inline Vec fma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a.v, b.v, c.v); }
 inline Vec fms(Vec a, Vec b, Vec c) { return _mm256_fmsub_ps(a.v, b.v, c.v); }
+inline Vec fnma(Vec a, Vec b, Vec c) { return _mm256_fnmadd_ps(a.v, b.v, c.v); }  // c - a*b
+inline Vec add_exponent_bits(Vec a, Vec b) {
+  return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(a.v), _mm256_slli_epi32(_mm256_castps_si256(b.v), 23)));
+}
 inline Vec max(Vec a, Vec b) { return _mm256_max_ps(a.v, b.v); }
 inline Vec min(Vec a, Vec b) { return _mm256_min_ps(a.v, b.v); }
 inline Vec abs(Vec a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a.v); }
@@ -162,6 +171,18 @@ CF_VEC_BINARY(min, x < y ? x : y)
 #undef CF_VEC_BINARY
 inline Vec fma(Vec a, Vec b, Vec c) { Vec r; for (int i = 0; i < Vec::W; ++i) r.v[i] = a.v[i] * b.v[i] + c.v[i]; return r; }
 inline Vec fms(Vec a, Vec b, Vec c) { Vec r; for (int i = 0; i < Vec::W; ++i) r.v[i] = a.v[i] * b.v[i] - c.v[i]; return r; }
+inline Vec fnma(Vec a, Vec b, Vec c) { Vec r; for (int i = 0; i < Vec::W; ++i) r.v[i] = c.v[i] - a.v[i] * b.v[i]; return r; }
+inline Vec add_exponent_bits(Vec a, Vec b) {
+  Vec r;
+  for (int i = 0; i < Vec::W; ++i) {
+    uint32_t x, y;
+    std::memcpy(&x, &a.v[i], 4);
+    std::memcpy(&y, &b.v[i], 4);
+    x += y << 23;
+    std::memcpy(&r.v[i], &x, 4);
+  }
+  return r;
+}
 inline Vec abs(Vec a) { Vec r; for (int i = 0; i < Vec::W; ++i) r.v[i] = a.v[i] < 0 ? -a.v[i] : a.v[i]; return r; }
 inline float reduce_add(Vec a) { float s = 0; for (int i = 0; i < Vec::W; ++i) s += a.v[i]; return s; }
 inline float reduce_max(Vec a) { float s = a.v[0]; for (int i = 1; i < Vec::W; ++i) s = a.v[i] > s ? a.v[i] : s; return s; }
@@ -206,13 +227,11 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // square_error) keeps its low bits. exp(-inf) = 0 (softmax needs it), exp(inf) = inf, NaN stays NaN.
 // kBounded: the caller guarantees a finite argument above -300, so where scalef does the scaling
 // no clamp is needed at all (2^-433 and below scale to 0 exactly).
-// kNormal: the caller guarantees -87 <= hi + lo <= 88, so the result is a normal float and one
-// exponent-field step scales it on every ISA (no clamp, no underflow select).
-template <bool kHasLo, bool kBounded = false, bool kNormal = false>
+template <bool kHasLo, bool kBounded = false>
 inline Vec exp_impl(Vec hi, Vec lo) {
   const Vec log2e = Vec::set1(1.44269504088896341f);
   const Vec arg = kHasLo ? hi + lo : hi;  // unclamped, for the underflow test below
-  if constexpr (kNormal || (kLdexpFullRange && kBounded)) {
+  if constexpr (kLdexpFullRange && kBounded) {
     // nothing to clamp
   } else if constexpr (kLdexpFullRange) {
     // scalef over/underflows correctly by itself (to inf, denormals, 0): only keep the argument
@@ -225,14 +244,14 @@ inline Vec exp_impl(Vec hi, Vec lo) {
   Vec r = fma(n, Vec::set1(-0.693359375f), hi);
   r = fma(n, Vec::set1(2.12194440e-4f), r);
   if constexpr (kHasLo) r = r + lo;
-  Vec p = Vec::set1(1.9875691500e-4f);
-  p = fma(p, r, Vec::set1(1.3981999507e-3f));
-  p = fma(p, r, Vec::set1(8.3334519073e-3f));
-  p = fma(p, r, Vec::set1(4.1665795894e-2f));
-  p = fma(p, r, Vec::set1(1.6666665459e-1f));
-  p = fma(p, r, Vec::set1(5.0000001201e-1f));
-  p = fma(p, r * r, r + Vec::set1(1.0f));
-  if constexpr (kLdexpFullRange || kNormal) {
+  // exp(r) = 1 + r + r^2 P(r), P of degree 5 by Estrin's scheme (a 3-FMA chain instead of Horner's 6)
+  const Vec r2 = r * r;
+  Vec p01 = fma(Vec::set1(1.6666665459e-1f), r, Vec::set1(5.0000001201e-1f));
+  Vec p23 = fma(Vec::set1(8.3334519073e-3f), r, Vec::set1(4.1665795894e-2f));
+  Vec p45 = fma(Vec::set1(1.9875691500e-4f), r, Vec::set1(1.3981999507e-3f));
+  Vec p = fma(fma(p45, r2, p23), r2, p01);
+  p = fma(p, r2, r + Vec::set1(1.0f));
+  if constexpr (kLdexpFullRange) {
     return ldexp(p, n);
   } else {
     // exponent-field arithmetic: 2^n in two halves so n = 128 does not overflow the field, and
@@ -245,7 +264,34 @@ inline Vec exp_impl(Vec hi, Vec lo) {
 
 inline Vec exp(Vec x) { return exp_impl<false>(x, Vec::zero()); }
 inline Vec exp_sum_bounded(Vec hi, Vec lo) { return exp_impl<true, true>(hi, lo); }
-inline Vec exp_sum_normal(Vec hi, Vec lo) { return exp_impl<true, true, true>(hi, lo); }
+// exp(hi + lo) where lo is only hi's rounding error and -87 <= hi <= 88 (a normal result). Fewer
+// multiply-pipe operations than exp_impl, for erf-GELU, whose throughput they bound: n comes from hi
+// alone (r grows by an ulp at most) by the round-to-nearest shifter 1.5 * 2^23, whose low bits are n
+// itself, so 2^n is those bits shifted into the exponent field (no round, no conversion).
+inline Vec exp_split_normal(Vec hi, Vec lo) {
+  const Vec shifter = Vec::set1(12582912.0f);
+  const Vec big = fma(hi, Vec::set1(1.44269504088896341f), shifter);
+  const Vec n = big - shifter;
+  Vec r = fma(n, Vec::set1(-0.693359375f), hi);
+  r = fma(n, Vec::set1(2.12194440e-4f), r) + lo;
+  const Vec r2 = r * r;
+  Vec p01 = fma(Vec::set1(1.6666665459e-1f), r, Vec::set1(5.0000001201e-1f));
+  Vec p23 = fma(Vec::set1(8.3334519073e-3f), r, Vec::set1(4.1665795894e-2f));
+  Vec p45 = fma(Vec::set1(1.9875691500e-4f), r, Vec::set1(1.3981999507e-3f));
+  Vec p = fma(fma(fma(p45, r2, p23), r2, p01), r2, r + Vec::set1(1.0f));
+  return add_exponent_bits(p, big);
+}
+
+// The rounding error of p = x * y: x*y - p exactly (an FMA; Dekker's splits without one).
+inline Vec product_error(Vec x, Vec y, Vec p) {
+#if defined(CF_ISA_AVX2) || defined(CF_ISA_AVX512)
+  return fms(x, y, p);
+#else
+  Vec cx = Vec::set1(4097.0f) * x, cy = Vec::set1(4097.0f) * y;
+  Vec xh = cx - (cx - x), xl = x - xh, yh = cy - (cy - y), yl = y - yh;
+  return ((xh * yh - p) + xh * yl + xl * yh) + xl * yl;
+#endif
+}
 
 // The rounding error of a = x * x: x*x - a exactly (an FMA, or Dekker's split without one).
 inline Vec square_error(Vec x, Vec a) {
@@ -276,10 +322,8 @@ inline Vec tanh(Vec x) {
 // Phi(-x) = erfc(x / sqrt 2) / 2 for 0 <= x <= 20, with fractional error < 1.2e-7 (Numerical Recipes'
 // Chebyshev fit, erfcc; the 1/2 is folded into the exponent as -ln 2). The exponent -x^2/2 is passed
 // to exp as an exact sum: rounding it would cost |x^2/2| * 6e-8 of relative error, 1e-5 in the tail.
-// The polynomial is evaluated by Estrin's scheme (t in (0, 1]): a 16-cycle dependency chain instead
-// of Horner's 40, which is what bounded erf-GELU's throughput. kNormal: the caller guarantees
-// x <= 13, so exp's argument (>= -86.6) gives a normal float and needs no range handling.
-template <bool kNormal = false>
+// The polynomial is evaluated by Estrin's scheme (t in (0, 1]). gelu uses it only where some lane
+// has |x| > 13 (or is NaN); normal_tail_fast below is the common path.
 inline Vec normal_tail(Vec x) {
   Vec z = x * Vec::set1(0.70710678118654752f);
   Vec x2 = x * x;
@@ -295,18 +339,40 @@ inline Vec normal_tail(Vec x) {
   p = fma(q4, t4 * t4, p);
   const Vec minus_half = Vec::set1(-0.5f);
   const Vec hi = x2 * minus_half, lo = fma(square_error(x, x2), minus_half, p);
-  if constexpr (kNormal) return t * exp_sum_normal(hi, lo);
-  else return t * exp_sum_bounded(hi, lo);
+  return t * exp_sum_bounded(hi, lo);
+}
+
+// Phi(-x) for 0 <= x <= 13 as erfcx(x / sqrt 2) / 2 * exp(-x^2 / 2), erfcx(z) = exp(z^2) erfc(z) the
+// scaled complementary error function: erfcx(z) / 2 = t Q(t), t = 1 / (1 + z / 2), Q a degree-9
+// polynomial fitted here for relative error 5.6e-8 over the range (float32 evaluation: 3.6e-7; the
+// fit: bench/fit_gelu_tail.py). Unlike normal_tail, exp's argument does not wait for the division
+// and the polynomial: the two halves run side by side and meet in one product, so the dependency
+// chain is ~45 cycles instead of ~100 and erf-GELU is bound by the multiply pipes' throughput (Zen 3:
+// ~25 cycles per 8 floats, was ~33).
+inline Vec normal_tail_fast(Vec x) {
+  const Vec t = reciprocal(fma(Vec::set1(0.35355339059327376f), x, Vec::set1(1.0f)));  // z/2 = x/(2 sqrt 2)
+  const Vec t2 = t * t, t4 = t2 * t2, t8 = t4 * t4;
+  const Vec q0 = fma(Vec::set1(1.413760930e-01f), t, Vec::set1(1.410343051e-01f));
+  const Vec q1 = fma(Vec::set1(1.095899716e-01f), t, Vec::set1(1.198748574e-01f));
+  const Vec q2 = fma(Vec::set1(1.863073707e-01f), t, Vec::set1(-3.807811812e-02f));
+  const Vec q3 = fma(Vec::set1(1.856069863e-01f), t, Vec::set1(-3.011808395e-01f));
+  const Vec q4 = fma(Vec::set1(3.335902700e-03f), t, Vec::set1(-4.786654934e-02f));
+  const Vec q = fma(q4, t8, fma(fma(q3, t2, q2), t4, fma(q1, t2, q0)));
+  const Vec y = x * Vec::set1(-0.5f);  // exact
+  const Vec hi = y * x;
+  return (t * q) * exp_split_normal(hi, product_error(y, x, hi));
 }
 
 // gelu(x) = x * Phi(x), Phi(x) = erfc(-x / sqrt 2) / 2, evaluated without cancellation on either side.
 // Below x = -20, Phi is 0 in float32; clamping x at -FLT_MAX for the product gives gelu(-inf) = 0
 // (not -inf * 0). NaN stays NaN (x86 max/min return the 2nd operand on NaN).
+// Activations almost always lie within |x| <= 13 (every lane of a vector), where gelu(x) =
+// relu(x) - |x| Phi(-|x|) on both sides (no select) with the fast tail; otherwise (NaN included) the
+// exponent-polynomial tail with exp's full range handling, clamped at |x| = 20 to keep inf out.
 inline Vec gelu(Vec x) {
   const Vec ax = abs(x);
-  // Phi(-|x|); |x| <= 20 keeps inf out. Activations almost always lie within 13, where exp's range
-  // handling can be skipped.
-  Vec tail = all_le(ax, Vec::set1(13.0f)) ? normal_tail<true>(ax) : normal_tail(min(Vec::set1(20.0f), ax));
+  if (all_le(ax, Vec::set1(13.0f))) return fnma(ax, normal_tail_fast(ax), max(x, Vec::zero()));
+  Vec tail = normal_tail(min(Vec::set1(20.0f), ax));
   Vec phi = select_lt(x, Vec::zero(), tail, Vec::set1(1.0f) - tail);
   return max(Vec::set1(-3.4028235e38f), x) * phi;
 }
