@@ -26,6 +26,25 @@ def test_softmax_masked_rows(isa, rng):
     assert_close(ops.softmax(x3, axis=1), ref.softmax(x3, 1), atol_scale=1e-6)
 
 
+def test_softmax_relative_accuracy_over_exp_range(isa):
+    # Every term relative to float64 down to exp(-86.4) (rows and strided axis), as long as the
+    # result is a normal float (atol covers the subnormal quotients); below exp(-86.5) ~ 2.7e-38 the
+    # kernel's exp flushes to 0. The maximum is 0 here, so x - max is exact in float32.
+    # 40 rows of 100 terms (short sums, so the sum's own rounding stays ~1e-7), all offsets covered
+    d = np.linspace(-86.4, 0, 4000).reshape(100, 40).T.copy()
+    d[:, -1] = 0
+    x = d.astype(np.float32)
+    for axis in (-1, 0):
+        xx = x if axis == -1 else np.ascontiguousarray(x.T)
+        want = ref.softmax(xx, axis)
+        got = ops.softmax(xx, axis=axis)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-37 / 8)
+    x = np.array([[0.0, -86.0, -87.0, -100.0, -np.inf, np.nan]], np.float32)
+    y = ops.softmax(x[:, :5])
+    assert y[0, 0] == 1.0 and 0 < y[0, 1] < 1e-37 and y[0, 2] < 3e-38 and y[0, 3] == 0 and y[0, 4] == 0
+    assert np.all(np.isnan(ops.softmax(x)))
+
+
 def test_softmax_large_values(rng):
     x = randn(rng, 3, 100, scale=1000)
     y = ops.softmax(x)

@@ -63,19 +63,19 @@ inline float row_sq_dev(const float* x, int64_t n, float c) {
   return reduce_add((a0 + a1) + (a2 + a3));
 }
 
-// y[j] = exp(x[j] - mx) (y may be x); returns the sum of the y[j].
+// y[j] = exp(x[j] - mx) (y may be x), mx >= every x[j]; returns the sum of the y[j].
 inline float exp_sub_sum(const float* x, float* y, int64_t n, float mx) {
   const Vec vm = Vec::set1(mx);
   Vec acc = Vec::zero();
   int64_t j = 0;
   for (; j + Vec::W <= n; j += Vec::W) {
-    Vec e = exp(Vec::load(x + j) - vm);
+    Vec e = exp_le0(Vec::load(x + j) - vm);
     e.store(y + j);
     acc = acc + e;
   }
   if (j < n) {
     const int t = static_cast<int>(n - j);
-    exp(Vec::load_partial(x + j, t) - vm).store_partial(y + j, t);
+    exp_le0(Vec::load_partial(x + j, t) - vm).store_partial(y + j, t);
     acc = acc + Vec::load_partial(y + j, t);  // reloaded: lanes past n are 0, not exp(-mx)
   }
   return reduce_add(acc);

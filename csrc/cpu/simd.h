@@ -282,6 +282,26 @@ inline Vec exp_split_normal(Vec hi, Vec lo) {
   return add_exponent_bits(p, big);
 }
 
+// exp(x) for x <= 0 (softmax's x - max), with fewer operations than exp: n by the shifter, 2^n by
+// one exponent-field add, valid while x >= -86.5 (n >= -125 keeps the result normal). Below that,
+// -inf included, the result is 0: values under 2.7e-38 are flushed, which no softmax can see next to
+// its largest term, exp(0) = 1. NaN stays NaN.
+inline Vec exp_le0(Vec x) {
+  const Vec lo = Vec::set1(-86.5f);
+  const Vec xc = max(lo, x);  // x86 max returns its 2nd operand when one is NaN: NaN is kept
+  const Vec shifter = Vec::set1(12582912.0f);
+  const Vec big = fma(xc, Vec::set1(1.44269504088896341f), shifter);
+  const Vec n = big - shifter;
+  Vec r = fma(n, Vec::set1(-0.693359375f), xc);
+  r = fma(n, Vec::set1(2.12194440e-4f), r);
+  const Vec r2 = r * r;
+  Vec p01 = fma(Vec::set1(1.6666665459e-1f), r, Vec::set1(5.0000001201e-1f));
+  Vec p23 = fma(Vec::set1(8.3334519073e-3f), r, Vec::set1(4.1665795894e-2f));
+  Vec p45 = fma(Vec::set1(1.9875691500e-4f), r, Vec::set1(1.3981999507e-3f));
+  Vec p = fma(fma(fma(p45, r2, p23), r2, p01), r2, r + Vec::set1(1.0f));
+  return select_lt(x, lo, Vec::zero(), add_exponent_bits(p, big));
+}
+
 // The rounding error of p = x * y: x*y - p exactly (an FMA; Dekker's splits without one).
 inline Vec product_error(Vec x, Vec y, Vec p) {
 #if defined(CF_ISA_AVX2) || defined(CF_ISA_AVX512)

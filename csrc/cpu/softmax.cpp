@@ -45,7 +45,7 @@ void softmax_strided(const SoftmaxArgs& a) {
     vmax = select_lt(vmax, Vec::set1(-std::numeric_limits<float>::max()), Vec::zero(), vmax);
     Vec sum = Vec::zero();
     for (int64_t j = 0; j < n; ++j) {
-      Vec e = exp(Vec::load_partial(x + j * inner, w) - vmax);
+      Vec e = exp_le0(Vec::load_partial(x + j * inner, w) - vmax);
       e.store_partial(y + j * inner, w);
       sum = sum + e;
     }
