@@ -119,6 +119,87 @@ void attention_few_queries(const AttentionArgs& a) {
   }
 }
 
+// Scratch of one thread for one query block.
+struct BlockScratch {
+  float* qp;  // (kBQ, D) packed, scaled queries
+  float* s;   // (kBQ, kBK) scores, then probabilities
+  float* o;   // (kBQ, Dv) running output
+  float* m;   // (kBQ,) running max
+  float* l;   // (kBQ,) running sum
+  static int64_t floats(int64_t D, int64_t Dv) { return kBQ * D + kBQ * kBK + kBQ * Dv + 2 * kBQ; }
+  BlockScratch(float* p, int64_t D, int64_t Dv)
+      : qp(p), s(p + kBQ * D), o(s + kBQ * kBK), m(o + kBQ * Dv), l(m + kBQ) {}
+};
+
+// Query rows [i0, i0 + mq) of head (b, h) against its packed K^T (kp) and V (vp): the online softmax
+// over key blocks of kBK, then out = O / l.
+void attend_block(const AttentionArgs& a, int64_t b, int64_t h, int64_t i0, int64_t mq, const float* kp,
+                  const float* vp, const BlockScratch& w) {
+  const int64_t Sk = a.Sk, D = a.D, Dv = a.Dv;
+  const int64_t dvp = ceil_div(Dv, kNR) * kNR;
+  const int64_t causal_off = Sk - a.Sq;  // query i sees keys j <= i + causal_off
+  float *const qp = w.qp, *const s = w.s, *const o = w.o, *const m = w.m, *const l = w.l;
+  pack_a(a.q + b * a.q_sb + h * a.q_sh + i0 * a.q_ss, a.q_ss, mq, D, a.scale, qp);
+  for (int64_t r = 0; r < mq; ++r) { m[r] = kNegInf; l[r] = 0.0f; }
+  std::memset(o, 0, sizeof(float) * kBQ * Dv);
+
+  // Keys past the last row's causal limit are never visible to this block.
+  const int64_t j_end = a.causal ? imin(Sk, imax(0, i0 + mq + causal_off)) : Sk;
+  for (int64_t j0 = 0; j0 < j_end; j0 += kBK) {
+    const int64_t nk = imin(kBK, j_end - j0);           // keys used (causal may cut the block)
+    const int64_t packed_rows = imin(kBK, Sk - j0);     // rows per V panel of this block
+    for (int64_t ir = 0; ir < mq; ir += kMR)
+      for (int64_t jr = 0; jr < nk; jr += kNR)
+        microkernel<0>(D, qp + ir * D, kp + (j0 + jr) * D, s + ir * kBK + jr, kBK,
+                       static_cast<int>(imin(kMR, mq - ir)), static_cast<int>(imin(kNR, nk - jr)), false);
+
+    const bool diagonal = a.causal && j0 + nk - 1 > i0 + causal_off;
+    for (int64_t r = 0; r < mq; ++r) {
+      float* srow = s + r * kBK;
+      const int64_t i = i0 + r;
+      apply_mask(a.mask, b, h, i, j0, nk, srow);
+      apply_mask(a.mask2, b, h, i, j0, nk, srow);
+      if (diagonal) {
+        for (int64_t j = imax(0, i + causal_off + 1 - j0); j < nk; ++j) srow[j] = kNegInf;
+      }
+      const float mx = row_max(srow, nk);
+      const float m_new = mx > m[r] ? mx : m[r];
+      if (m_new == kNegInf) {  // nothing visible yet: P = 0, state unchanged
+        std::memset(srow, 0, sizeof(float) * nk);
+        continue;
+      }
+      const float corr = m[r] == kNegInf ? 0.0f : std::exp(m[r] - m_new);
+      const float sum = exp_sub_sum(srow, srow, nk, m_new);
+      if (l[r] != 0.0f && corr != 1.0f) { scale_row(o + r * Dv, Dv, corr); }
+      l[r] = l[r] * corr + sum;
+      m[r] = m_new;
+    }
+    for (int64_t ir = 0; ir < mq; ir += kMR)
+      for (int64_t jv = 0; jv < Dv; jv += kNR)
+        microkernel<kBK>(nk, s + ir * kBK, vp + j0 * dvp + jv * packed_rows, o + ir * Dv + jv, Dv,
+                         static_cast<int>(imin(kMR, mq - ir)), static_cast<int>(imin(kNR, Dv - jv)), true);
+  }
+
+  for (int64_t r = 0; r < mq; ++r) {
+    float* dst = a.out + b * a.o_sb + h * a.o_sh + (i0 + r) * a.o_ss;
+    if (l[r] == 0.0f) {
+      std::memset(dst, 0, sizeof(float) * Dv);
+    } else {
+      const float inv = 1.0f / l[r];
+      const float* src = o + r * Dv;
+      for (int64_t d = 0; d < Dv; ++d) dst[d] = src[d] * inv;
+    }
+  }
+}
+
+// K^T and V of head (b, h) into microkernel panels: kp (ceil(Sk / kNR) * kNR * D), then vp (Sk * dvp).
+void pack_head(const AttentionArgs& a, int64_t b, int64_t h, float* kp, float* vp) {
+  const int64_t dvp = ceil_div(a.Dv, kNR) * kNR;
+  pack_b_transposed(a.k + b * a.k_sb + h * a.k_sh, a.k_ss, a.Sk, a.D, kp);
+  for (int64_t j0 = 0; j0 < a.Sk; j0 += kBK)
+    pack_b(a.v + b * a.v_sb + h * a.v_sh + j0 * a.v_ss, a.v_ss, imin(kBK, a.Sk - j0), a.Dv, vp + j0 * dvp);
+}
+
 }  // namespace
 
 void attention(const AttentionArgs& a) {
@@ -129,13 +210,39 @@ void attention(const AttentionArgs& a) {
   const int64_t kp_head = ceil_div(Sk, kNR) * kNR * D;   // packed K^T of one head
   const int64_t dvp = ceil_div(Dv, kNR) * kNR;
   const int64_t vp_head = Sk * dvp;                       // packed V of one head
+  const int64_t head_floats = kp_head + vp_head;
   const int64_t nqb = ceil_div(Sq, kBQ);
-  const int64_t causal_off = Sk - Sq;                     // query i sees keys j <= i + causal_off
   const int nt = threads_for(BH * Sq * Sk * (D + Dv), 1 << 18);
+  const int64_t per_thread = BlockScratch::floats(D, Dv);
+
+  // Many heads whose packed K and V fit in L2 (BERT-sized sequences): one task per head packs them
+  // into the thread's own scratch and runs all of the head's query blocks while they are hot. No
+  // shared K/V buffer, no barrier between packing and attending.
+  if (BH >= 4 * nt && head_floats <= (int64_t(1) << 16)) {
+    Buffer scratch(static_cast<size_t>(nt * (per_thread + head_floats)));
+    std::memset(scratch.get(), 0, sizeof(float) * nt * (per_thread + head_floats));
+#pragma omp parallel num_threads(nt)
+    {
+      int tid = 0;
+#ifdef _OPENMP
+      tid = omp_get_thread_num();
+#endif
+      float* mine = scratch.get() + tid * (per_thread + head_floats);
+      const BlockScratch w(mine, D, Dv);
+      float* kp = mine + per_thread;
+      float* vp = kp + kp_head;
+#pragma omp for schedule(dynamic)
+      for (int64_t bh = 0; bh < BH; ++bh) {
+        const int64_t b = bh / H, h = bh % H;
+        pack_head(a, b, h, kp, vp);
+        for (int64_t i0 = 0; i0 < Sq; i0 += kBQ) attend_block(a, b, h, i0, imin(kBQ, Sq - i0), kp, vp, w);
+      }
+    }
+    return;
+  }
 
   static thread_local ThreadCache kv_cache;  // packed K and V of every head
-  float* const kv = kv_cache.get(static_cast<size_t>(BH * (kp_head + vp_head)));
-  const int64_t per_thread = kBQ * D + kBQ * kBK + kBQ * Dv + 2 * kBQ;
+  float* const kv = kv_cache.get(static_cast<size_t>(BH * head_floats));
   Buffer scratch(static_cast<size_t>(nt * per_thread));
   std::memset(scratch.get(), 0, sizeof(float) * nt * per_thread);
 
@@ -143,81 +250,21 @@ void attention(const AttentionArgs& a) {
   {
 #pragma omp for schedule(static)
     for (int64_t bh = 0; bh < BH; ++bh) {
-      const int64_t b = bh / H, h = bh % H;
-      float* kp = kv + bh * (kp_head + vp_head);
-      float* vp = kp + kp_head;
-      pack_b_transposed(a.k + b * a.k_sb + h * a.k_sh, a.k_ss, Sk, D, kp);
-      for (int64_t j0 = 0; j0 < Sk; j0 += kBK)
-        pack_b(a.v + b * a.v_sb + h * a.v_sh + j0 * a.v_ss, a.v_ss, imin(kBK, Sk - j0), Dv, vp + j0 * dvp);
+      float* kp = kv + bh * head_floats;
+      pack_head(a, bh / H, bh % H, kp, kp + kp_head);
     }
 
     int tid = 0;
 #ifdef _OPENMP
     tid = omp_get_thread_num();
 #endif
-    float* qp = scratch.get() + tid * per_thread;
-    float* s = qp + kBQ * D;
-    float* o = s + kBQ * kBK;
-    float* m = o + kBQ * Dv;
-    float* l = m + kBQ;
+    const BlockScratch w(scratch.get() + tid * per_thread, D, Dv);
 
 #pragma omp for schedule(dynamic)
     for (int64_t task = 0; task < BH * nqb; ++task) {
-      const int64_t bh = task / nqb, b = bh / H, h = bh % H;
-      const int64_t i0 = (task % nqb) * kBQ, mq = imin(kBQ, Sq - i0);
-      const float* kp = kv + bh * (kp_head + vp_head);
-      const float* vp = kp + kp_head;
-      pack_a(a.q + b * a.q_sb + h * a.q_sh + i0 * a.q_ss, a.q_ss, mq, D, a.scale, qp);
-      for (int64_t r = 0; r < mq; ++r) { m[r] = kNegInf; l[r] = 0.0f; }
-      std::memset(o, 0, sizeof(float) * kBQ * Dv);
-
-      // Keys past the last row's causal limit are never visible to this block.
-      const int64_t j_end = a.causal ? imin(Sk, imax(0, i0 + mq + causal_off)) : Sk;
-      for (int64_t j0 = 0; j0 < j_end; j0 += kBK) {
-        const int64_t nk = imin(kBK, j_end - j0);           // keys used (causal may cut the block)
-        const int64_t packed_rows = imin(kBK, Sk - j0);     // rows per V panel of this block
-        for (int64_t ir = 0; ir < mq; ir += kMR)
-          for (int64_t jr = 0; jr < nk; jr += kNR)
-            microkernel<0>(D, qp + ir * D, kp + (j0 + jr) * D, s + ir * kBK + jr, kBK,
-                           static_cast<int>(imin(kMR, mq - ir)), static_cast<int>(imin(kNR, nk - jr)), false);
-
-        const bool diagonal = a.causal && j0 + nk - 1 > i0 + causal_off;
-        for (int64_t r = 0; r < mq; ++r) {
-          float* srow = s + r * kBK;
-          const int64_t i = i0 + r;
-          apply_mask(a.mask, b, h, i, j0, nk, srow);
-          apply_mask(a.mask2, b, h, i, j0, nk, srow);
-          if (diagonal) {
-            for (int64_t j = imax(0, i + causal_off + 1 - j0); j < nk; ++j) srow[j] = kNegInf;
-          }
-          const float mx = row_max(srow, nk);
-          const float m_new = mx > m[r] ? mx : m[r];
-          if (m_new == kNegInf) {  // nothing visible yet: P = 0, state unchanged
-            std::memset(srow, 0, sizeof(float) * nk);
-            continue;
-          }
-          const float corr = m[r] == kNegInf ? 0.0f : std::exp(m[r] - m_new);
-          const float sum = exp_sub_sum(srow, srow, nk, m_new);
-          if (l[r] != 0.0f && corr != 1.0f) { scale_row(o + r * Dv, Dv, corr); }
-          l[r] = l[r] * corr + sum;
-          m[r] = m_new;
-        }
-        for (int64_t ir = 0; ir < mq; ir += kMR)
-          for (int64_t jv = 0; jv < Dv; jv += kNR)
-            microkernel<kBK>(nk, s + ir * kBK, vp + j0 * dvp + jv * packed_rows, o + ir * Dv + jv, Dv,
-                             static_cast<int>(imin(kMR, mq - ir)), static_cast<int>(imin(kNR, Dv - jv)), true);
-      }
-
-      for (int64_t r = 0; r < mq; ++r) {
-        float* dst = a.out + b * a.o_sb + h * a.o_sh + (i0 + r) * a.o_ss;
-        if (l[r] == 0.0f) {
-          std::memset(dst, 0, sizeof(float) * Dv);
-        } else {
-          const float inv = 1.0f / l[r];
-          const float* src = o + r * Dv;
-          for (int64_t d = 0; d < Dv; ++d) dst[d] = src[d] * inv;
-        }
-      }
+      const int64_t bh = task / nqb, i0 = (task % nqb) * kBQ;
+      const float* kp = kv + bh * head_floats;
+      attend_block(a, bh / H, bh % H, i0, imin(kBQ, Sq - i0), kp, kp + kp_head, w);
     }
   }
   kv_cache.release();
