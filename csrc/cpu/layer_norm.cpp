@@ -36,8 +36,16 @@ void layer_norm(const LayerNormArgs& a) {
     const float rstd = 1.0f / std::sqrt(row_sq_dev(s, n, mean) / static_cast<float>(n) + a.eps);
     const Vec vr = Vec::set1(rstd);
     const Vec one = Vec::set1(1.0f);
+    // the row after next is fetched while this one is written: the first sweep of each row would
+    // otherwise wait on memory with nothing to overlap
+    const float* ahead = r + 2 < a.rows ? a.x + (r + 2) * n : nullptr;
+    const float* ahead_res = ahead && a.residual ? a.residual + (r + 2) * n : nullptr;
     int64_t j = 0;
     for (; j + Vec::W <= n; j += Vec::W) {
+      if (ahead && (j & 15) == 0) {
+        __builtin_prefetch(ahead + j);
+        if (ahead_res) __builtin_prefetch(ahead_res + j);
+      }
       const Vec w = a.weight ? Vec::load(a.weight + j) : one;
       const Vec b = a.bias ? Vec::load(a.bias + j) : Vec::zero();
       fma((Vec::load(s + j) - vm) * vr, w, b).store(y + j);

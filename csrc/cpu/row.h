@@ -63,12 +63,14 @@ inline float row_sq_dev(const float* x, int64_t n, float c) {
   return reduce_add((a0 + a1) + (a2 + a3));
 }
 
-// y[j] = exp(x[j] - mx) (y may be x), mx >= every x[j]; returns the sum of the y[j].
-inline float exp_sub_sum(const float* x, float* y, int64_t n, float mx) {
+// y[j] = exp(x[j] - mx) (y may be x), mx >= every x[j]; returns the sum of the y[j]. `ahead`, if
+// given, is the next row to be read from memory (n floats): it is prefetched along the way.
+inline float exp_sub_sum(const float* x, float* y, int64_t n, float mx, const float* ahead = nullptr) {
   const Vec vm = Vec::set1(mx);
   Vec acc = Vec::zero();
   int64_t j = 0;
   for (; j + Vec::W <= n; j += Vec::W) {
+    if (ahead && (j & 15) == 0) __builtin_prefetch(ahead + j);
     Vec e = exp_le0(Vec::load(x + j) - vm);
     e.store(y + j);
     acc = acc + e;

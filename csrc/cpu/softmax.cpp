@@ -25,7 +25,8 @@ void softmax_rows(const SoftmaxArgs& a) {
       for (int64_t j = 0; j < n; ++j) y[j] = 0.0f;
       continue;
     }
-    scale_row(y, n, 1.0f / exp_sub_sum(x, y, n, mx));
+    // the row after next is fetched meanwhile: row_max's sweep would otherwise wait on memory
+    scale_row(y, n, 1.0f / exp_sub_sum(x, y, n, mx, r + 2 < a.outer ? x + 2 * n : nullptr));
   }
 }
 
