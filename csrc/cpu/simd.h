@@ -222,7 +222,17 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // ---- Elementary functions (float32, a few ulp), written once over Vec ----
 
-// exp(hi + lo) for |lo| small: Cephes' polynomial on r = hi - n ln2 + lo, n = round((hi + lo) / ln2).
+// e^r for |r| <= ln2 / 2 (plus an ulp or two): 1 + r + r^2 P(r), P a degree-4 minimax fit for the
+// relative error of e^r, by Estrin's scheme (a 3-FMA chain). Fitted and checked in float32 like
+// Cephes' degree-5 polynomial it replaced (max. relative error 1.17e-7 for both), one FMA cheaper.
+inline Vec exp_poly(Vec r) {
+  const Vec r2 = r * r;
+  const Vec p = fma(fma(Vec::set1(1.3814608101e-3f), r2, fma(Vec::set1(8.3687100559e-3f), r, Vec::set1(4.1668388993e-2f))),
+                    r2, fma(Vec::set1(1.6666521132e-1f), r, Vec::set1(4.9999994040e-1f)));
+  return fma(p, r2, r + Vec::set1(1.0f));
+}
+
+// exp(hi + lo) for |lo| small: exp_poly on r = hi - n ln2 + lo, n = round((hi + lo) / ln2).
 // hi - n ln2 is exact (Cody-Waite split of ln2), so an argument given as an exact sum (see
 // square_error) keeps its low bits. exp(-inf) = 0 (softmax needs it), exp(inf) = inf, NaN stays NaN.
 // kBounded: the caller guarantees a finite argument above -300, so where scalef does the scaling
@@ -244,13 +254,7 @@ inline Vec exp_impl(Vec hi, Vec lo) {
   Vec r = fma(n, Vec::set1(-0.693359375f), hi);
   r = fma(n, Vec::set1(2.12194440e-4f), r);
   if constexpr (kHasLo) r = r + lo;
-  // exp(r) = 1 + r + r^2 P(r), P of degree 5 by Estrin's scheme (a 3-FMA chain instead of Horner's 6)
-  const Vec r2 = r * r;
-  Vec p01 = fma(Vec::set1(1.6666665459e-1f), r, Vec::set1(5.0000001201e-1f));
-  Vec p23 = fma(Vec::set1(8.3334519073e-3f), r, Vec::set1(4.1665795894e-2f));
-  Vec p45 = fma(Vec::set1(1.9875691500e-4f), r, Vec::set1(1.3981999507e-3f));
-  Vec p = fma(fma(p45, r2, p23), r2, p01);
-  p = fma(p, r2, r + Vec::set1(1.0f));
+  const Vec p = exp_poly(r);
   if constexpr (kLdexpFullRange) {
     return ldexp(p, n);
   } else {
@@ -274,11 +278,7 @@ inline Vec exp_split_normal(Vec hi, Vec lo) {
   const Vec n = big - shifter;
   Vec r = fma(n, Vec::set1(-0.693359375f), hi);
   r = fma(n, Vec::set1(2.12194440e-4f), r) + lo;
-  const Vec r2 = r * r;
-  Vec p01 = fma(Vec::set1(1.6666665459e-1f), r, Vec::set1(5.0000001201e-1f));
-  Vec p23 = fma(Vec::set1(8.3334519073e-3f), r, Vec::set1(4.1665795894e-2f));
-  Vec p45 = fma(Vec::set1(1.9875691500e-4f), r, Vec::set1(1.3981999507e-3f));
-  Vec p = fma(fma(fma(p45, r2, p23), r2, p01), r2, r + Vec::set1(1.0f));
+  const Vec p = exp_poly(r);
   return add_exponent_bits(p, big);
 }
 
@@ -294,11 +294,7 @@ inline Vec exp_le0(Vec x) {
   const Vec n = big - shifter;
   Vec r = fma(n, Vec::set1(-0.693359375f), xc);
   r = fma(n, Vec::set1(2.12194440e-4f), r);
-  const Vec r2 = r * r;
-  Vec p01 = fma(Vec::set1(1.6666665459e-1f), r, Vec::set1(5.0000001201e-1f));
-  Vec p23 = fma(Vec::set1(8.3334519073e-3f), r, Vec::set1(4.1665795894e-2f));
-  Vec p45 = fma(Vec::set1(1.9875691500e-4f), r, Vec::set1(1.3981999507e-3f));
-  Vec p = fma(fma(fma(p45, r2, p23), r2, p01), r2, r + Vec::set1(1.0f));
+  const Vec p = exp_poly(r);
   return select_lt(x, lo, Vec::zero(), add_exponent_bits(p, big));
 }
 
