@@ -109,7 +109,7 @@ void gemm_small_m(const GemmArgs& g) {
 // weights (decoding), where packing A would cost more than it saves. With few accumulators
 // (R*kNV < 8) U sets run on alternate k so the FMA latency stays hidden.
 template <int R, typename BT>
-inline void panel_rows(const GemmArgs& g, int64_t m0, const BT* b, int64_t n0, int n) {
+inline void panel_rows(const GemmArgs& g, EpilogueTile epi, int64_t m0, const BT* b, int64_t n0, int n) {
   constexpr int U = R * kNV >= 8 ? 1 : 8 / (R * kNV);
   const int64_t K = g.K, lda = g.lda;
   const float* a = g.a + m0 * lda;
@@ -159,18 +159,19 @@ inline void panel_rows(const GemmArgs& g, int64_t m0, const BT* b, int64_t n0, i
       if (cols >= Vec::W) acc[0][r][j].store(c + j * Vec::W);
       else if (cols > 0) acc[0][r][j].store_partial(c + j * Vec::W, cols);
     }
-    epilogue_row(c, n, g.bias ? g.bias + n0 : nullptr, g.residual ? g.residual + (m0 + r) * g.ldr + n0 : nullptr,
-                 g.act);
   }
+  if (epi)
+    epi(g.c + m0 * g.ldc + n0, g.ldc, R, n, g.bias ? g.bias + n0 : nullptr,
+        g.residual ? g.residual + m0 * g.ldr + n0 : nullptr, g.ldr);
 }
 
 // panel_rows<r> for a run-time r in [1, R].
 template <int R, typename BT>
-inline void panel_rows_upto(int r, const GemmArgs& g, int64_t m0, const BT* b, int64_t n0, int n) {
+inline void panel_rows_upto(int r, const GemmArgs& g, EpilogueTile epi, int64_t m0, const BT* b, int64_t n0, int n) {
   if constexpr (R > 1) {
-    if (r < R) return panel_rows_upto<R - 1, BT>(r, g, m0, b, n0, n);
+    if (r < R) return panel_rows_upto<R - 1, BT>(r, g, epi, m0, b, n0, n);
   }
-  panel_rows<R, BT>(g, m0, b, n0, n);
+  panel_rows<R, BT>(g, epi, m0, b, n0, n);
 }
 
 // Few rows against pre-packed W: the threads split the panels (each W byte is read by one thread).
@@ -179,11 +180,12 @@ void gemm_prepacked_small_m(const GemmArgs& g) {
   const BT* wp = static_cast<const BT*>(g.wp);
   const int64_t np = ceil_div(g.N, kNR);
   const int nt = threads_for(g.N * g.K * g.M, 1 << 16);
+  const EpilogueTile epi = epilogue_for(g.act, g.bias, g.residual);
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (int64_t p = 0; p < np; ++p) {
     const int n = static_cast<int>(imin(kNR, g.N - p * kNR));
     for (int64_t m0 = 0; m0 < g.M; m0 += kMR)
-      panel_rows_upto<kMR, BT>(static_cast<int>(imin(kMR, g.M - m0)), g, m0, wp + p * g.K * kNR, p * kNR, n);
+      panel_rows_upto<kMR, BT>(static_cast<int>(imin(kMR, g.M - m0)), g, epi, m0, wp + p * g.K * kNR, p * kNR, n);
   }
 }
 
@@ -226,6 +228,7 @@ void gemm_packed(const GemmArgs& g) {
     }
   }
   Buffer apack(static_cast<size_t>(nt) * kMC * kKC);
+  const EpilogueTile epi = epilogue_for(g.act, g.bias, g.residual);
 
 #pragma omp parallel num_threads(nt)
   {
@@ -252,11 +255,9 @@ void gemm_packed(const GemmArgs& g) {
             float* c = g.c + (i0 + ir) * g.ldc + j0 + jr;
             microkernel<0, BT>(kc, ap + ir * kc, b, c, g.ldc, m, n, kb > 0,
                                g.wp_scale ? g.wp_scale + j0 + jr : nullptr);
-            if (last) {
-              for (int r = 0; r < m; ++r)
-                epilogue_row(c + r * g.ldc, n, g.bias ? g.bias + j0 + jr : nullptr,
-                             g.residual ? g.residual + (i0 + ir + r) * g.ldr + j0 + jr : nullptr, g.act);
-            }
+            if (last && epi)
+              epi(c, g.ldc, m, n, g.bias ? g.bias + j0 + jr : nullptr,
+                  g.residual ? g.residual + (i0 + ir) * g.ldr + j0 + jr : nullptr, g.ldr);
           }
         }
       }
