@@ -129,6 +129,9 @@ struct BlockScratch {
   static int64_t floats(int64_t D, int64_t Dv) { return kBQ * D + kBQ * kBK + kBQ * Dv + 2 * kBQ; }
   BlockScratch(float* p, int64_t D, int64_t Dv)
       : qp(p), s(p + kBQ * D), o(s + kBQ * kBK), m(o + kBQ * Dv), l(m + kBQ) {}
+  // The P.V microkernel reads whole MR-row panels of s, past the block's last row too (those
+  // results are dropped): zeroed once per call, so they are never uninitialised memory.
+  void clear_scores() const { std::memset(s, 0, sizeof(float) * kBQ * kBK); }
 };
 
 // Query rows [i0, i0 + mq) of head (b, h) against its packed K^T (kp) and V (vp): the online softmax
@@ -220,7 +223,6 @@ void attention(const AttentionArgs& a) {
   // shared K/V buffer, no barrier between packing and attending.
   if (BH >= 4 * nt && head_floats <= (int64_t(1) << 16)) {
     Buffer scratch(static_cast<size_t>(nt * (per_thread + head_floats)));
-    std::memset(scratch.get(), 0, sizeof(float) * nt * (per_thread + head_floats));
 #pragma omp parallel num_threads(nt)
     {
       int tid = 0;
@@ -229,6 +231,7 @@ void attention(const AttentionArgs& a) {
 #endif
       float* mine = scratch.get() + tid * (per_thread + head_floats);
       const BlockScratch w(mine, D, Dv);
+      w.clear_scores();
       float* kp = mine + per_thread;
       float* vp = kp + kp_head;
 #pragma omp for schedule(dynamic)
@@ -244,7 +247,6 @@ void attention(const AttentionArgs& a) {
   static thread_local ThreadCache kv_cache;  // packed K and V of every head
   float* const kv = kv_cache.get(static_cast<size_t>(BH * head_floats));
   Buffer scratch(static_cast<size_t>(nt * per_thread));
-  std::memset(scratch.get(), 0, sizeof(float) * nt * per_thread);
 
 #pragma omp parallel num_threads(nt)
   {
@@ -259,6 +261,7 @@ void attention(const AttentionArgs& a) {
     tid = omp_get_thread_num();
 #endif
     const BlockScratch w(scratch.get() + tid * per_thread, D, Dv);
+    w.clear_scores();
 
 #pragma omp for schedule(dynamic)
     for (int64_t task = 0; task < BH * nqb; ++task) {

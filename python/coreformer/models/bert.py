@@ -119,6 +119,25 @@ class _Layer(nn.Module):
         h = self.intermediate.dense(x1, out=work["h"])
         return self.output.LayerNorm(self.output.dense(h, out=work["y"]), residual=x1, out=out)
 
+    def forward_packed(self, x, seqs, work, out):
+        """The same layer on the real tokens only: ``x (T, E)`` holds the batch's sequences one after
+        another (``seqs``: their ``(start, stop)`` rows), so the GEMMs, norms and GELUs skip the
+        padding, and attention runs per sequence on strided views of the fused QKV output, writing
+        the merged heads in place (``work``: ``qkv (T, 3E)``, ``ctx``, ``a``, ``x1``, ``y`` ``(T, E)``,
+        ``h (T, F)``)."""
+        sa, ao = self.attention.self, self.attention.output
+        t, e = x.shape
+        qkv = ops.linear(x, sa._weight("in_proj_weight"), sa.in_proj_bias, out=work["qkv"])
+        heads = qkv.reshape(t, 3, self.num_heads, e // self.num_heads)
+        ctx = work["ctx"].reshape(t, self.num_heads, e // self.num_heads)
+        for s0, s1 in seqs:
+            q, k, v = (heads[s0:s1, i].transpose(1, 0, 2) for i in range(3))
+            ops.scaled_dot_product_attention(q, k, v, out=ctx[s0:s1].transpose(1, 0, 2))
+        a = ao.dense(work["ctx"], out=work["a"])
+        x1 = ao.LayerNorm(a, residual=x, out=work["x1"])
+        h = self.intermediate.dense(x1, out=work["h"])
+        return self.output.LayerNorm(self.output.dense(h, out=work["y"]), residual=x1, out=out)
+
 
 class _Encoder(nn.Module):
     def __init__(self, c: BertConfig):
@@ -144,7 +163,9 @@ class BertModel(nn.Module):
 
     ``model(input_ids, attention_mask=None, token_type_ids=None)`` takes ``(B, S)`` integer arrays
     (``attention_mask`` 1 for tokens, 0 for padding, as in transformers) and returns
-    ``.last_hidden_state (B, S, H)`` and ``.pooler_output (B, H)``.
+    ``.last_hidden_state (B, S, H)`` and ``.pooler_output (B, H)``. With padding, the layers run on
+    the real tokens only (the padding costs no GEMM work) and padding positions of
+    ``last_hidden_state`` are zeros (transformers fills them with values nothing should read).
     """
 
     base_prefix = "bert."
@@ -200,6 +221,8 @@ class BertModel(nn.Module):
             raise ValueError(f"token_type_ids must have the shape of input_ids {ids.shape}, got {tt.shape}")
         padding = None if mask is None or mask.all() else ~mask
         x = self.embeddings(ids, tt)
+        if padding is not None:
+            return self._encode_packed(x, mask)
         # activations live in a few buffers that every layer reuses; layer i writes to the ping-pong
         # buffer its input is not in, and the last layer to a new array, which the caller keeps
         work = {"x1": np.empty_like(x), "y": np.empty_like(x),
@@ -209,6 +232,28 @@ class BertModel(nn.Module):
         for i, layer in enumerate(self.encoder.layer):
             x = layer(x, padding, work, out=ping_pong[i % 2] if i < n - 1 else np.empty_like(x))
         return x
+
+    def _encode_packed(self, x, mask):
+        """A padded batch: the real tokens of every sequence are gathered into one ``(T, E)`` matrix
+        (after the embeddings, so each keeps its position) and the layers run on those rows only --
+        exactly what attending over the non-padding keys computes, without the padding's share of the
+        GEMMs. Padding positions of the result are zeros."""
+        b, s, e = x.shape
+        keep = np.flatnonzero(mask.reshape(-1))
+        counts = mask.sum(axis=1)
+        stops = np.cumsum(counts)
+        seqs = [(int(a), int(z)) for a, z in zip(stops - counts, stops) if z > a]
+        t = keep.size
+        xt = x.reshape(b * s, e)[keep]
+        work = {"qkv": np.empty((t, 3 * e), np.float32), "ctx": np.empty((t, e), np.float32),
+                "a": np.empty((t, e), np.float32), "x1": np.empty((t, e), np.float32),
+                "y": np.empty((t, e), np.float32), "h": np.empty((t, self.config.intermediate_size), np.float32)}
+        ping_pong = (np.empty((t, e), np.float32), np.empty((t, e), np.float32))
+        for i, layer in enumerate(self.encoder.layer):
+            xt = layer.forward_packed(xt, seqs, work, out=ping_pong[i % 2])
+        out = np.zeros_like(x)
+        out.reshape(b * s, e)[keep] = xt
+        return out
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
         x = self.encode(input_ids, attention_mask, token_type_ids)
