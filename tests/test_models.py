@@ -57,6 +57,28 @@ def hf(model, ids, mask, types):
                      token_type_ids=torch.tensor(types))
 
 
+def test_bert_padding_anywhere(bert_dirs):
+    # The padded path gathers each row's real tokens (after the embeddings, so positions are kept):
+    # holes, left padding and a row of one token must all give transformers' values where the mask
+    # is 1, and zeros where it is 0; MLM logits too (the head runs on the zeros, as it would run on
+    # transformers' values there).
+    d, ref = bert_dirs["BertModel"]
+    model = BertModel.from_pretrained(d)
+    ids, _, types = bert_inputs(b=4, s=17)
+    mask = np.ones((4, 17), np.int64)
+    mask[0, [2, 5, 6]] = 0    # holes
+    mask[1, :6] = 0           # left padding
+    mask[2, 1:] = 0           # one token
+    want, got = hf(ref, ids, mask, types), model(ids, mask, types)
+    keep = mask.astype(bool)
+    assert rel_err(got.last_hidden_state[keep], want.last_hidden_state.numpy()[keep]) < 1e-5
+    assert np.all(got.last_hidden_state[~keep] == 0)
+    assert rel_err(got.last_hidden_state[3], want.last_hidden_state.numpy()[3]) < 1e-5  # a full row
+    # a row does not depend on the others: alone, it gives the same values
+    alone = model(ids[1:2], mask[1:2], types[1:2]).last_hidden_state
+    np.testing.assert_allclose(alone[0], got.last_hidden_state[1], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("name,ours", [("BertModel", BertModel),
                                        ("BertForSequenceClassification", BertForSequenceClassification),
                                        ("BertForMaskedLM", BertForMaskedLM)])
