@@ -467,3 +467,32 @@ def test_transformer_beam_search_eos_and_padding(small_translator):
         m.generate(src, 3, bos_token_id=6)
     with pytest.raises(ValueError, match="num_beams"):
         m.generate(src, 3, bos_token_id=1, num_beams=0)
+
+
+def test_tied_heads_follow_a_replaced_embedding(gpt2, bert_dirs):
+    # A tied head's packed copy is made from another module's parameter; assigning a new array to that
+    # parameter must reach the head (it once kept multiplying by the old packed copy).
+    rng = np.random.default_rng(9)
+    d, _, _ = gpt2
+    packed, plain = GPT2LMHeadModel.from_pretrained(d), GPT2LMHeadModel.from_pretrained(d, dtype=None)
+    ids = rng.integers(0, 211, (2, 7))
+    before = packed(ids).logits
+    new = (packed.transformer.wte.weight * -1.5).astype(np.float32)
+    packed.transformer.wte.weight = new
+    plain.transformer.wte.weight = new.copy()
+    after = packed(ids).logits
+    assert rel_err(after, plain(ids).logits) < 1e-5 and not np.allclose(after, before)
+    d, _ = bert_dirs["BertForMaskedLM"]
+    mlm = BertForMaskedLM.from_pretrained(d)
+    ids = rng.integers(0, 120, (2, 9))
+    before = mlm(ids).logits
+    emb = mlm.bert.embeddings.word_embeddings
+    emb.weight = np.ascontiguousarray(emb.weight[::-1])
+    assert rel_err(mlm(ids).logits, BertForMaskedLM.from_pretrained(d, dtype=None).load_state_dict(
+        mlm.state_dict())(ids).logits) < 1e-5
+    assert not np.allclose(mlm(ids).logits, before)
+    tr = Transformer(20, 12, d_model=16, nhead=2, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=24,
+                     tie_embeddings=True).pack_weights()
+    src, tgt = rng.integers(0, 20, (1, 5)), rng.integers(0, 12, (1, 4))
+    tr.tgt_embed.weight = (tr.tgt_embed.weight * 2).astype(np.float32)
+    assert rel_err(tr(src, tgt).logits, tr.unpack_weights()(src, tgt).logits) < 1e-5

@@ -173,6 +173,7 @@ class Module:
         for m in self._modules.values():
             m.unpack_weights()
         object.__setattr__(self, "_packed", {})
+        object.__setattr__(self, "_packed_from", {})
         object.__setattr__(self, "_pack_dtype", None)
         return self
 
@@ -183,18 +184,28 @@ class Module:
         return own or next((m.weights_dtype for m in self._modules.values() if m.weights_dtype), None)
 
     def _pack(self, dtype):
-        packed = {}
+        packed, sources = {}, {}
         for name in self._packable:
             w = getattr(self, name, None)
             if w is not None:
-                packed[name] = ops.pack_weight(w, dtype)
+                packed[name], sources[name] = ops.pack_weight(w, dtype), w
         object.__setattr__(self, "_packed", packed)
+        object.__setattr__(self, "_packed_from", sources)
         object.__setattr__(self, "_pack_dtype", dtype if packed else None)
 
     def _weight(self, name: str):
-        """The weight the forward multiplies by: its packed copy when there is one."""
+        """The weight the forward multiplies by: its packed copy when there is one. A weight that is
+        another module's parameter (a tied head reads the embedding's) can be replaced without this
+        module seeing the assignment: the packed copy remembers the array it was made from and is
+        remade when that is no longer the weight."""
         packed = self.__dict__.get("_packed")
         if packed and name in packed:
+            current = getattr(self, name)
+            if current is not self.__dict__["_packed_from"][name]:
+                self._pack(self._pack_dtype)
+                packed = self.__dict__["_packed"]
+                if name not in packed:  # the weight went away (None): use what there is
+                    return current
             return packed[name]
         return getattr(self, name)
 
