@@ -32,6 +32,17 @@ def test_linear_large_k_blocks(isa, rng):
     assert_close(ops.linear(x, w), ref.linear(x, w), atol_scale=2e-5)
 
 
+@pytest.mark.parametrize("k", [255, 256, 257, 384, 385, 513, 1001])
+def test_linear_k_block_edges(isa, rng, k):
+    # K up to 384 runs as one block, beyond as balanced blocks of at most 256: each edge, plain and
+    # against a packed weight, with a residual so the epilogue runs after the last block only.
+    # 400 rows: M*K is past the in-place limit (96 Ki floats), so the packed weight takes the blocked driver too
+    x, w, b, r = randn(rng, 400, k), randn(rng, 40, k, scale=0.05), randn(rng, 40), randn(rng, 400, 40)
+    want = ref.linear(x, w, b, "gelu", r)
+    assert_close(ops.linear(x, w, b, "gelu", residual=r), want, atol_scale=2e-5)
+    assert_close(ops.linear(x, ops.pack_weight(w), b, "gelu", residual=r), want, atol_scale=2e-5)
+
+
 def test_linear_batched_leading_axes(rng):
     x, w = randn(rng, 2, 3, 5, 16), randn(rng, 8, 16)
     y = ops.linear(x, w)

@@ -24,6 +24,7 @@ namespace cf::cpu::CF_ISA_NS {
 namespace {
 
 constexpr int64_t kKC = 256;
+constexpr int64_t kKCOne = 384;
 constexpr int64_t kMC = kMR * (144 / kMR);
 constexpr int64_t kSmallM = 16;
 // Against pre-packed W, rows are read in place (panel_rows) while A stays in L2 (M*K floats up to
@@ -195,7 +196,9 @@ template <typename BT>
 void gemm_packed(const GemmArgs& g) {
   const int64_t M = g.M, N = g.N, K = g.K;
   const int64_t np = ceil_div(N, kNR);  // W panels
-  const int64_t nkb = ceil_div(K, kKC);
+  // K blocks of at most kKC, except that K up to kKCOne runs as one block (no second pass over C)
+  const int64_t nkb = K <= kKCOne ? 1 : ceil_div(K, kKC);
+  const int64_t kcb = ceil_div(K, nkb);
   const int nt = threads_for(M * N * K, 1 << 18);
 
   // Tiles: each thread owns whole row blocks of C (its block of A is packed once per K block and
@@ -220,14 +223,14 @@ void gemm_packed(const GemmArgs& g) {
 #pragma omp parallel for schedule(static) collapse(2) num_threads(nt)
       for (int64_t p = 0; p < np; ++p)
         for (int64_t kb = 0; kb < nkb; ++kb) {
-          const int64_t k0 = kb * kKC;
-          pack_b_transposed(g.w + p * kNR * g.ldw + k0, g.ldw, imin(kNR, N - p * kNR), imin(kKC, K - k0),
+          const int64_t k0 = kb * kcb;
+          pack_b_transposed(g.w + p * kNR * g.ldw + k0, g.ldw, imin(kNR, N - p * kNR), imin(kcb, K - k0),
                             buf + p * K * kNR + k0 * kNR);
         }
       bp = buf;
     }
   }
-  Buffer apack(static_cast<size_t>(nt) * kMC * kKC);
+  Buffer apack(static_cast<size_t>(nt) * kMC * kcb);
   const EpilogueTile epi = epilogue_for(g.act, g.bias, g.residual);
 
 #pragma omp parallel num_threads(nt)
@@ -236,7 +239,7 @@ void gemm_packed(const GemmArgs& g) {
 #ifdef _OPENMP
     tid = omp_get_thread_num();
 #endif
-    float* ap = apack.get() + static_cast<int64_t>(tid) * kMC * kKC;
+    float* ap = apack.get() + static_cast<int64_t>(tid) * kMC * kcb;
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < mt * ntiles; ++t) {
       const int64_t rb = t / ntiles, j0 = (t % ntiles) * nc_blk;
@@ -244,7 +247,7 @@ void gemm_packed(const GemmArgs& g) {
       const int64_t mc = i1 - i0, nc = imin(nc_blk, N - j0);
       if (mc <= 0) continue;
       for (int64_t kb = 0; kb < nkb; ++kb) {
-        const int64_t k0 = kb * kKC, kc = imin(kKC, K - k0);
+        const int64_t k0 = kb * kcb, kc = imin(kcb, K - k0);
         const bool last = kb + 1 == nkb;
         pack_a(g.a + i0 * g.lda + k0, g.lda, mc, kc, 1.0f, ap);
         for (int64_t jr = 0; jr < nc; jr += kNR) {
