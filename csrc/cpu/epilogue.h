@@ -1,4 +1,4 @@
-// Bias, activation and residual applied to a row of C while it is still in L1.
+// Bias, activation and residual applied to a tile (or a row) of C while it is still in L1.
 #pragma once
 #include <cstdint>
 
@@ -21,11 +21,11 @@ inline Vec activate(Vec x, Activation act) {
 // micro-tile through a pointer chosen once per call (epilogue_for): a call per tile row, with the
 // activation switched per vector inside, had cost erf-GELU's epilogue ~1.8x its arithmetic.
 template <Activation A>
-void epilogue_tile(float* c, int64_t ldc, int m, int n, const float* bias, const float* res, int64_t ldr) {
+void epilogue_tile(float* c, int64_t ldc, int m, int64_t n, const float* bias, const float* res, int64_t ldr) {
   for (int r = 0; r < m; ++r) {
     float* cr = c + r * ldc;
     const float* rr = res ? res + r * ldr : nullptr;
-    int j = 0;
+    int64_t j = 0;
     for (; j + Vec::W <= n; j += Vec::W) {
       Vec x = Vec::load(cr + j);
       if (bias) x = x + Vec::load(bias + j);
@@ -34,7 +34,7 @@ void epilogue_tile(float* c, int64_t ldc, int m, int n, const float* bias, const
       x.store(cr + j);
     }
     if (j < n) {
-      const int t = n - j;
+      const int t = static_cast<int>(n - j);
       Vec x = Vec::load_partial(cr + j, t);
       if (bias) x = x + Vec::load_partial(bias + j, t);
       x = activate(x, A);
@@ -44,7 +44,7 @@ void epilogue_tile(float* c, int64_t ldc, int m, int n, const float* bias, const
   }
 }
 
-using EpilogueTile = void (*)(float*, int64_t, int, int, const float*, const float*, int64_t);
+using EpilogueTile = void (*)(float*, int64_t, int, int64_t, const float*, const float*, int64_t);
 
 // The tile epilogue for act, or null when there is nothing to do.
 inline EpilogueTile epilogue_for(Activation act, bool bias, bool res) {
@@ -56,25 +56,9 @@ inline EpilogueTile epilogue_for(Activation act, bool bias, bool res) {
   }
 }
 
-// c[j] = act(c[j] + bias[j]) + res[j] for j < n; bias and res may be null.
+// c[j] = act(c[j] + bias[j]) + res[j] for j < n (a one-row tile); bias and res may be null.
 inline void epilogue_row(float* c, int64_t n, const float* bias, const float* res, Activation act) {
-  if (!bias && !res && act == Activation::none) return;
-  int64_t j = 0;
-  for (; j + Vec::W <= n; j += Vec::W) {
-    Vec x = Vec::load(c + j);
-    if (bias) x = x + Vec::load(bias + j);
-    x = activate(x, act);
-    if (res) x = x + Vec::load(res + j);
-    x.store(c + j);
-  }
-  if (j < n) {
-    int t = static_cast<int>(n - j);
-    Vec x = Vec::load_partial(c + j, t);
-    if (bias) x = x + Vec::load_partial(bias + j, t);
-    x = activate(x, act);
-    if (res) x = x + Vec::load_partial(res + j, t);
-    x.store_partial(c + j, t);
-  }
+  if (const EpilogueTile f = epilogue_for(act, bias, res)) f(c, 0, 1, n, bias, res, 0);
 }
 
 }  // namespace cf::cpu::CF_ISA_NS

@@ -40,7 +40,7 @@ inline Vec operator/(Vec a, Vec b) { return _mm512_div_ps(a.v, b.v); }
 inline Vec fma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a.v, b.v, c.v); }
 inline Vec fms(Vec a, Vec b, Vec c) { return _mm512_fmsub_ps(a.v, b.v, c.v); }
 inline Vec fnma(Vec a, Vec b, Vec c) { return _mm512_fnmadd_ps(a.v, b.v, c.v); }  // c - a*b
-// a * 2^n, n in the low bits of b's bit pattern (see exp_split_normal), while the result stays normal
+// a * 2^n, n in the low bits of b's bit pattern (see exp_shifter), while the result stays normal
 inline Vec add_exponent_bits(Vec a, Vec b) {
   return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(a.v), _mm512_slli_epi32(_mm512_castps_si512(b.v), 23)));
 }
@@ -268,34 +268,28 @@ inline Vec exp_impl(Vec hi, Vec lo) {
 
 inline Vec exp(Vec x) { return exp_impl<false>(x, Vec::zero()); }
 inline Vec exp_sum_bounded(Vec hi, Vec lo) { return exp_impl<true, true>(hi, lo); }
-// exp(hi + lo) where lo is only hi's rounding error and -87 <= hi <= 88 (a normal result). Fewer
-// multiply-pipe operations than exp_impl, for erf-GELU, whose throughput they bound: n comes from hi
-// alone (r grows by an ulp at most) by the round-to-nearest shifter 1.5 * 2^23, whose low bits are n
-// itself, so 2^n is those bits shifted into the exponent field (no round, no conversion).
-inline Vec exp_split_normal(Vec hi, Vec lo) {
+// exp(hi + lo) where lo is only hi's rounding error (or 0) and -86.5 <= hi <= 88 (a normal result).
+// Fewer operations than exp_impl, for the two callers whose throughput they bound (erf-GELU, softmax):
+// n comes from hi alone (r grows by an ulp at most) by the round-to-nearest shifter 1.5 * 2^23, whose
+// low bits are n itself, so 2^n is those bits shifted into the exponent field (no round, no conversion).
+template <bool kHasLo>
+inline Vec exp_shifter(Vec hi, Vec lo) {
   const Vec shifter = Vec::set1(12582912.0f);
   const Vec big = fma(hi, Vec::set1(1.44269504088896341f), shifter);
   const Vec n = big - shifter;
   Vec r = fma(n, Vec::set1(-0.693359375f), hi);
-  r = fma(n, Vec::set1(2.12194440e-4f), r) + lo;
-  const Vec p = exp_poly(r);
-  return add_exponent_bits(p, big);
+  r = fma(n, Vec::set1(2.12194440e-4f), r);
+  if constexpr (kHasLo) r = r + lo;
+  return add_exponent_bits(exp_poly(r), big);
 }
 
-// exp(x) for x <= 0 (softmax's x - max), with fewer operations than exp: n by the shifter, 2^n by
-// one exponent-field add, valid while x >= -86.5 (n >= -125 keeps the result normal). Below that,
-// -inf included, the result is 0: values under 2.7e-38 are flushed, which no softmax can see next to
-// its largest term, exp(0) = 1. NaN stays NaN.
+// exp(x) for x <= 0 (softmax's x - max): exp_shifter, valid while x >= -86.5 (n >= -125 keeps the
+// result normal). Below that, -inf included, the result is 0: values under 2.7e-38 are flushed, which
+// no softmax can see next to its largest term, exp(0) = 1. NaN stays NaN.
 inline Vec exp_le0(Vec x) {
   const Vec lo = Vec::set1(-86.5f);
   const Vec xc = max(lo, x);  // x86 max returns its 2nd operand when one is NaN: NaN is kept
-  const Vec shifter = Vec::set1(12582912.0f);
-  const Vec big = fma(xc, Vec::set1(1.44269504088896341f), shifter);
-  const Vec n = big - shifter;
-  Vec r = fma(n, Vec::set1(-0.693359375f), xc);
-  r = fma(n, Vec::set1(2.12194440e-4f), r);
-  const Vec p = exp_poly(r);
-  return select_lt(x, lo, Vec::zero(), add_exponent_bits(p, big));
+  return select_lt(x, lo, Vec::zero(), exp_shifter<false>(xc, Vec::zero()));
 }
 
 // The rounding error of p = x * y: x*y - p exactly (an FMA; Dekker's splits without one).
@@ -376,7 +370,7 @@ inline Vec normal_tail_fast(Vec x) {
   const Vec q = fma(q4, t8, fma(fma(q3, t2, q2), t4, fma(q1, t2, q0)));
   const Vec y = x * Vec::set1(-0.5f);  // exact
   const Vec hi = y * x;
-  return (t * q) * exp_split_normal(hi, product_error(y, x, hi));
+  return (t * q) * exp_shifter<true>(hi, product_error(y, x, hi));
 }
 
 // gelu(x) = x * Phi(x), Phi(x) = erfc(-x / sqrt 2) / 2, evaluated without cancellation on either side.

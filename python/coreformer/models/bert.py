@@ -115,7 +115,11 @@ class _Layer(nn.Module):
         sa, ao = self.attention.self, self.attention.output
         a = ops.multi_head_attention(x, x, x, self.num_heads, sa._weight("in_proj_weight"), sa.in_proj_bias,
                                      ao.dense._weight("weight"), ao.dense.bias, key_padding_mask=padding)
-        x1 = ao.LayerNorm(a, residual=x, out=work["x1"])
+        return self._add_norm_ffn(a, x, work, out)
+
+    def _add_norm_ffn(self, a, x, work, out):
+        """The rest of the layer after attention: add & norm, FFN, add & norm."""
+        x1 = self.attention.output.LayerNorm(a, residual=x, out=work["x1"])
         h = self.intermediate.dense(x1, out=work["h"])
         return self.output.LayerNorm(self.output.dense(h, out=work["y"]), residual=x1, out=out)
 
@@ -133,10 +137,7 @@ class _Layer(nn.Module):
         for s0, s1 in seqs:
             q, k, v = (heads[s0:s1, i].transpose(1, 0, 2) for i in range(3))
             ops.scaled_dot_product_attention(q, k, v, out=ctx[s0:s1].transpose(1, 0, 2))
-        a = ao.dense(work["ctx"], out=work["a"])
-        x1 = ao.LayerNorm(a, residual=x, out=work["x1"])
-        h = self.intermediate.dense(x1, out=work["h"])
-        return self.output.LayerNorm(self.output.dense(h, out=work["y"]), residual=x1, out=out)
+        return self._add_norm_ffn(ao.dense(work["ctx"], out=work["a"]), x, work, out)
 
 
 class _Encoder(nn.Module):
