@@ -232,9 +232,15 @@ inline Vec exp_poly(Vec r) {
   return fma(p, r2, r + Vec::set1(1.0f));
 }
 
+// x - n ln2 for integral n (Cody-Waite: ln2 as a 9-bit high part, whose product with n is exact, plus
+// the rest), so x's low bits survive the reduction
+inline Vec sub_n_ln2(Vec x, Vec n) {
+  return fma(n, Vec::set1(2.12194440e-4f), fma(n, Vec::set1(-0.693359375f), x));
+}
+
 // exp(hi + lo) for |lo| small: exp_poly on r = hi - n ln2 + lo, n = round((hi + lo) / ln2).
 // hi - n ln2 is exact (Cody-Waite split of ln2), so an argument given as an exact sum (see
-// square_error) keeps its low bits. exp(-inf) = 0 (softmax needs it), exp(inf) = inf, NaN stays NaN.
+// product_error) keeps its low bits. exp(-inf) = 0 (softmax needs it), exp(inf) = inf, NaN stays NaN.
 // kBounded: the caller guarantees a finite argument above -300, so where scalef does the scaling
 // no clamp is needed at all (2^-433 and below scale to 0 exactly).
 template <bool kHasLo, bool kBounded = false>
@@ -251,8 +257,7 @@ inline Vec exp_impl(Vec hi, Vec lo) {
     hi = min(Vec::set1(88.3762626647949f), max(Vec::set1(-87.3365447505531f), hi));
   }
   Vec n = round_nearest((kHasLo ? hi + lo : hi) * log2e);
-  Vec r = fma(n, Vec::set1(-0.693359375f), hi);
-  r = fma(n, Vec::set1(2.12194440e-4f), r);
+  Vec r = sub_n_ln2(hi, n);
   if constexpr (kHasLo) r = r + lo;
   const Vec p = exp_poly(r);
   if constexpr (kLdexpFullRange) {
@@ -277,8 +282,7 @@ inline Vec exp_shifter(Vec hi, Vec lo) {
   const Vec shifter = Vec::set1(12582912.0f);
   const Vec big = fma(hi, Vec::set1(1.44269504088896341f), shifter);
   const Vec n = big - shifter;
-  Vec r = fma(n, Vec::set1(-0.693359375f), hi);
-  r = fma(n, Vec::set1(2.12194440e-4f), r);
+  Vec r = sub_n_ln2(hi, n);
   if constexpr (kHasLo) r = r + lo;
   return add_exponent_bits(exp_poly(r), big);
 }
@@ -300,17 +304,6 @@ inline Vec product_error(Vec x, Vec y, Vec p) {
   Vec cx = Vec::set1(4097.0f) * x, cy = Vec::set1(4097.0f) * y;
   Vec xh = cx - (cx - x), xl = x - xh, yh = cy - (cy - y), yl = y - yh;
   return ((xh * yh - p) + xh * yl + xl * yh) + xl * yl;
-#endif
-}
-
-// The rounding error of a = x * x: x*x - a exactly (an FMA, or Dekker's split without one).
-inline Vec square_error(Vec x, Vec a) {
-#if defined(CF_ISA_AVX2) || defined(CF_ISA_AVX512)
-  return fms(x, x, a);
-#else
-  Vec c = Vec::set1(4097.0f) * x;
-  Vec xh = c - (c - x), xl = x - xh;
-  return ((xh * xh - a) + Vec::set1(2.0f) * xh * xl) + xl * xl;
 #endif
 }
 
@@ -348,7 +341,7 @@ inline Vec normal_tail(Vec x) {
   Vec p = fma(fma(q3, t2, q2), t4, fma(q1, t2, q0));
   p = fma(q4, t4 * t4, p);
   const Vec minus_half = Vec::set1(-0.5f);
-  const Vec hi = x2 * minus_half, lo = fma(square_error(x, x2), minus_half, p);
+  const Vec hi = x2 * minus_half, lo = fma(product_error(x, x, x2), minus_half, p);
   return t * exp_sum_bounded(hi, lo);
 }
 

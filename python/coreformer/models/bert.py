@@ -109,12 +109,13 @@ class _Layer(nn.Module):
         self.intermediate = _Intermediate(c)
         self.output = _Dense(c.intermediate_size, c.hidden_size, c.layer_norm_eps)
 
-    def forward(self, x, padding, work, out):
-        """``work``: buffers reused from layer to layer (``x1`` and ``y`` of x's shape, ``h`` of the
-        FFN's); the layer's output is written to ``out`` (not x's memory)."""
+    def forward(self, x, work, out):
+        """A batch without padding (padded ones take ``forward_packed``). ``work``: buffers reused from
+        layer to layer (``x1`` and ``y`` of x's shape, ``h`` of the FFN's); the layer's output is
+        written to ``out`` (not x's memory). Attention is one core call: fused QKV, heads, out proj."""
         sa, ao = self.attention.self, self.attention.output
         a = ops.multi_head_attention(x, x, x, self.num_heads, sa._weight("in_proj_weight"), sa.in_proj_bias,
-                                     ao.dense._weight("weight"), ao.dense.bias, key_padding_mask=padding)
+                                     ao.dense._weight("weight"), ao.dense.bias)
         return self._add_norm_ffn(a, x, work, out)
 
     def _add_norm_ffn(self, a, x, work, out):
@@ -220,19 +221,29 @@ class BertModel(nn.Module):
         tt = None if token_type_ids is None else as_ids(token_type_ids, "token_type_ids")
         if tt is not None and tt.shape != ids.shape:
             raise ValueError(f"token_type_ids must have the shape of input_ids {ids.shape}, got {tt.shape}")
-        padding = None if mask is None or mask.all() else ~mask
         x = self.embeddings(ids, tt)
-        if padding is not None:
+        if mask is not None and not mask.all():
             return self._encode_packed(x, mask)
-        # activations live in a few buffers that every layer reuses; layer i writes to the ping-pong
-        # buffer its input is not in, and the last layer to a new array, which the caller keeps
-        work = {"x1": np.empty_like(x), "y": np.empty_like(x),
-                "h": np.empty(x.shape[:-1] + (self.config.intermediate_size,), np.float32)}
-        ping_pong = (np.empty_like(x), np.empty_like(x))
+        # layer i writes to the ping-pong buffer its input is not in, the last layer to a new array,
+        # which the caller keeps
+        work, ping_pong = self._buffers(x.shape[:-1])
         n = len(self.encoder.layer)
         for i, layer in enumerate(self.encoder.layer):
-            x = layer(x, padding, work, out=ping_pong[i % 2] if i < n - 1 else np.empty_like(x))
+            x = layer(x, work, out=ping_pong[i % 2] if i < n - 1 else np.empty_like(x))
         return x
+
+    def _buffers(self, lead, packed=False):
+        """The activation buffers every layer reuses, of leading shape ``lead``: ``x1``, ``y`` (and for
+        the packed path ``ctx``, ``a``, ``qkv``) of the hidden size or three times it, ``h`` of the
+        FFN's; and two ping-pong outputs."""
+        e, f = self.config.hidden_size, self.config.intermediate_size
+
+        def buf(n):
+            return np.empty(tuple(lead) + (n,), np.float32)
+        work = {"x1": buf(e), "y": buf(e), "h": buf(f)}
+        if packed:
+            work.update(qkv=buf(3 * e), ctx=buf(e), a=buf(e))
+        return work, (buf(e), buf(e))
 
     def _encode_packed(self, x, mask):
         """A padded batch: the real tokens of every sequence are gathered into one ``(T, E)`` matrix
@@ -244,12 +255,8 @@ class BertModel(nn.Module):
         counts = mask.sum(axis=1)
         stops = np.cumsum(counts)
         seqs = [(int(a), int(z)) for a, z in zip(stops - counts, stops) if z > a]
-        t = keep.size
         xt = x.reshape(b * s, e)[keep]
-        work = {"qkv": np.empty((t, 3 * e), np.float32), "ctx": np.empty((t, e), np.float32),
-                "a": np.empty((t, e), np.float32), "x1": np.empty((t, e), np.float32),
-                "y": np.empty((t, e), np.float32), "h": np.empty((t, self.config.intermediate_size), np.float32)}
-        ping_pong = (np.empty((t, e), np.float32), np.empty((t, e), np.float32))
+        work, ping_pong = self._buffers((keep.size,), packed=True)
         for i, layer in enumerate(self.encoder.layer):
             xt = layer.forward_packed(xt, seqs, work, out=ping_pong[i % 2])
         out = np.zeros_like(x)
