@@ -105,12 +105,34 @@ void gemm_small_m(const GemmArgs& g) {
   else gemm_small_m_nb<kVecRegs / 8>(g);
 }
 
+// The next W panel, fetched a cache line at a time while the current one is reused from L1 by the
+// later row blocks: a weight streamed from DRAM then arrives spread over all passes instead of in
+// one burst on the first (a panel of 384 x 16 floats carries one line per k; the first of 6 passes
+// would need ~34 GB/s per core).
+struct PanelPrefetch {
+  const char* next = nullptr;
+  const char* end = nullptr;
+  int every = 1;  // one line per `every` k iterations
+  int countdown = 1;
+  inline void step(int k_done) {
+    countdown -= k_done;
+    if (countdown <= 0) {
+      countdown += every;
+      if (next < end) {
+        __builtin_prefetch(next);
+        next += 64;
+      }
+    }
+  }
+};
+
 // Rows [m0, m0+R) of C, the columns of one packed W panel (n <= NR of them, from column n0), over
 // all of K: A rows are read in place, the panel streams once. For few rows against pre-packed
 // weights (decoding), where packing A would cost more than it saves. With few accumulators
 // (R*kNV < 8) U sets run on alternate k so the FMA latency stays hidden.
 template <int R, typename BT>
-inline void panel_rows(const GemmArgs& g, EpilogueTile epi, int64_t m0, const BT* b, int64_t n0, int n) {
+inline void panel_rows(const GemmArgs& g, EpilogueTile epi, int64_t m0, const BT* b, int64_t n0, int n,
+                       PanelPrefetch* pf = nullptr) {
   constexpr int U = R * kNV >= 8 ? 1 : 8 / (R * kNV);
   const int64_t K = g.K, lda = g.lda;
   const float* a = g.a + m0 * lda;
@@ -118,6 +140,7 @@ inline void panel_rows(const GemmArgs& g, EpilogueTile epi, int64_t m0, const BT
   for (int u = 0; u < U; ++u)
     for (int r = 0; r < R; ++r)
       for (int j = 0; j < kNV; ++j) acc[u][r][j] = Vec::zero();
+  PanelPrefetch q = pf ? *pf : PanelPrefetch{};  // in registers for the loop
   int64_t k = 0;
   for (; k + U <= K; k += U) {
     if constexpr (sizeof(BT) < sizeof(float) || R >= 4) {
@@ -125,6 +148,7 @@ inline void panel_rows(const GemmArgs& g, EpilogueTile epi, int64_t m0, const BT
       for (int off = 0; off < step; off += 64)
         __builtin_prefetch(reinterpret_cast<const char*>(b + k * kNR) + kPrefetchBytes + off);
     }
+    q.step(U);
 #pragma GCC unroll 8
     for (int u = 0; u < U; ++u) {
       Vec bv[kNV];
@@ -144,6 +168,7 @@ inline void panel_rows(const GemmArgs& g, EpilogueTile epi, int64_t m0, const BT
       for (int j = 0; j < kNV; ++j) acc[0][r][j] = fma(ar, bv[j], acc[0][r][j]);
     }
   }
+  if (pf) *pf = q;
   for (int u = 1; u < U; ++u)
     for (int r = 0; r < R; ++r)
       for (int j = 0; j < kNV; ++j) acc[0][r][j] = acc[0][r][j] + acc[u][r][j];
@@ -168,11 +193,12 @@ inline void panel_rows(const GemmArgs& g, EpilogueTile epi, int64_t m0, const BT
 
 // panel_rows<r> for a run-time r in [1, R].
 template <int R, typename BT>
-inline void panel_rows_upto(int r, const GemmArgs& g, EpilogueTile epi, int64_t m0, const BT* b, int64_t n0, int n) {
+inline void panel_rows_upto(int r, const GemmArgs& g, EpilogueTile epi, int64_t m0, const BT* b, int64_t n0, int n,
+                            PanelPrefetch* pf) {
   if constexpr (R > 1) {
-    if (r < R) return panel_rows_upto<R - 1, BT>(r, g, epi, m0, b, n0, n);
+    if (r < R) return panel_rows_upto<R - 1, BT>(r, g, epi, m0, b, n0, n, pf);
   }
-  panel_rows<R, BT>(g, epi, m0, b, n0, n);
+  panel_rows<R, BT>(g, epi, m0, b, n0, n, pf);
 }
 
 // Few rows against pre-packed W: the threads split the panels (each W byte is read by one thread).
@@ -185,8 +211,20 @@ void gemm_prepacked_small_m(const GemmArgs& g) {
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (int64_t p = 0; p < np; ++p) {
     const int n = static_cast<int>(imin(kNR, g.N - p * kNR));
+    const BT* b = wp + p * g.K * kNR;
+    // With one row block (decoding) the panel is read once: the hardware prefetcher does better
+    // alone there (bench/gemm_notes.md), so the next panel is fetched only across several passes.
+    PanelPrefetch pf;
+    const int64_t passes = ceil_div(g.M, kMR);
+    if (passes > 1 && p + 1 < np) {
+      const int64_t bytes = g.K * kNR * static_cast<int64_t>(sizeof(BT));
+      pf.next = reinterpret_cast<const char*>(b + g.K * kNR);
+      pf.end = pf.next + bytes;
+      pf.every = pf.countdown = static_cast<int>(imax(1, passes * g.K / ceil_div(bytes, 64)));
+    }
     for (int64_t m0 = 0; m0 < g.M; m0 += kMR)
-      panel_rows_upto<kMR, BT>(static_cast<int>(imin(kMR, g.M - m0)), g, epi, m0, wp + p * g.K * kNR, p * kNR, n);
+      panel_rows_upto<kMR, BT>(static_cast<int>(imin(kMR, g.M - m0)), g, epi, m0, b, p * kNR, n,
+                               passes > 1 ? &pf : nullptr);
   }
 }
 
