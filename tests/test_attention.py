@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+import coreformer
 from coreformer import ops
 
 import reference as ref
@@ -163,6 +164,25 @@ def test_sdpa_strided_views_read_and_written_in_place(isa, rng, sq, sk):
     want = ref.sdpa(q, k, v, attn_mask=mask, is_causal=True)
     assert_close(got, want)
     assert_close(buf.transpose(0, 2, 1, 3), want)
+
+
+# Many small heads (B*H >= 4 x threads, a head's packed K and V <= 256 KiB) take the per-head path:
+# each thread runs a contiguous range of heads and fetches the next head's rows meanwhile. 15 heads
+# split unevenly over 2 and 3 threads; Q comes from a (B, S, H, D) buffer, as the models hand it over.
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("sq,sk,causal", [(7, 7, False), (65, 63, True), (128, 300, False), (300, 128, True)])
+def test_sdpa_many_small_heads(isa, rng, threads, sq, sk, causal):
+    B, H = 3, 5
+    q = randn(rng, B, sq, H, 32).transpose(0, 2, 1, 3)
+    k, v = randn(rng, B, H, sk, 32), randn(rng, B, H, sk, 24)
+    mask = rng.random((B, 1, sq, sk)) > 0.2
+    before = coreformer.get_num_threads()
+    coreformer.set_num_threads(threads)
+    try:
+        got = ops.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+    finally:
+        coreformer.set_num_threads(before)
+    assert_close(got, ref.sdpa(q, k, v, attn_mask=mask, is_causal=causal), atol_scale=5e-6)
 
 
 def test_sdpa_strided_out_errors(rng):

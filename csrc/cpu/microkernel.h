@@ -32,15 +32,18 @@ inline Vec load_b(const int8_t* p) { return Vec::load_i8(p); }
 
 // `scale` (int8 B only): column j of this product is multiplied by scale[j] (NR of them) before it is
 // stored or accumulated.
-template <int LDA, typename BT = float>
+// kPrefetchC: the C tile is touched only after the k loop; fetch its lines first (for writing), so a
+// tile that is not in cache (a large GEMM's C, revisited once per K block) does not stall the stores.
+// Attention's tiles live in its L1-sized scratch and skip it.
+template <int LDA, typename BT = float, bool kPrefetchC = true>
 inline void microkernel(int64_t kc, const float* a, const BT* b, float* c, int64_t ldc, int m, int n,
                         bool accumulate, const float* scale = nullptr) {
-  // The C tile is touched only after the k loop: fetch its lines now (for writing), so a tile that
-  // is not in cache (a large GEMM's C, revisited once per K block) does not stall the stores.
+  if constexpr (kPrefetchC) {
 #pragma GCC unroll 16
-  for (int r = 0; r < kMR; ++r) {
-    __builtin_prefetch(c + r * ldc, 1);
-    __builtin_prefetch(c + r * ldc + kNR - 1, 1);
+    for (int r = 0; r < kMR; ++r) {
+      __builtin_prefetch(c + r * ldc, 1);
+      __builtin_prefetch(c + r * ldc + kNR - 1, 1);
+    }
   }
   Vec acc[kMR][kNV];
 #pragma GCC unroll 16
