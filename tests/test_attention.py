@@ -166,6 +166,25 @@ def test_sdpa_strided_views_read_and_written_in_place(isa, rng, sq, sk):
     assert_close(buf.transpose(0, 2, 1, 3), want)
 
 
+def test_sdpa_weights_over_the_whole_exponent_range(isa):
+    # Two keys scored x and 0 against values e0 and e1: the output row is the softmax weights themselves,
+    # (1 / (1 + e^-x), e^-x / (1 + e^-x)), so the small weight checks the kernel's exp across its range
+    # (scores are taken to log2 units inside). float32 rounding of x * scale alone costs ~|x| * 6e-8
+    # relative; weights below 2^-125 (x > 86.6) may flush to 0.
+    x = np.concatenate([np.linspace(0, 90, 2001), [1e-3, 0.5, 20.0, 86.0]]).astype(np.float32)
+    q = x.reshape(1, 1, -1, 1)
+    k = np.array([1.0, 0.0], np.float32).reshape(1, 1, 2, 1)
+    v = np.eye(2, dtype=np.float32).reshape(1, 1, 2, 2)
+    got = ops.scaled_dot_product_attention(q, k, v, scale=1.0)[0, 0]
+    xd = x.astype(np.float64)
+    small = np.exp(-xd) / (1 + np.exp(-xd))
+    assert_close(got[:, 0], 1 / (1 + np.exp(-xd)), atol_scale=1e-7)
+    normal = small > 2.0 ** -125
+    rel = np.abs(got[normal, 1] - small[normal]) / small[normal]
+    assert np.all(rel <= 3e-7 + 1.5e-7 * xd[normal]), (rel.max(), x[normal][rel.argmax()])
+    assert np.all(got[~normal, 1] <= 2.0 ** -125)
+
+
 # Many small heads (B*H >= 4 x threads, a head's packed K and V <= 256 KiB) take the per-head path:
 # each thread runs a contiguous range of heads and fetches the next head's rows meanwhile. 15 heads
 # split unevenly over 2 and 3 threads; Q comes from a (B, S, H, D) buffer, as the models hand it over.

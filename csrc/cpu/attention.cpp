@@ -28,10 +28,13 @@ namespace {
 constexpr int64_t kBQ = kMR * (48 / kMR);  // query rows per task
 constexpr int64_t kBK = 256;               // keys per block; the P tile's compile-time leading dimension
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+constexpr float kLog2e = 1.44269504088896341f;
 constexpr int64_t kFewQueries = 2;         // up to this many query rows, attend without packing K and V (measured: bench/gemm_notes.md)
 
 // s[0, n) gets the mask of row (b, h, i), keys [j0, j0 + n).
-inline void apply_mask(const MaskArgs& mk, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t n, float* s) {
+// `unit` converts the float mask to the scores' units (log2 e where scores are in log2 units).
+inline void apply_mask(const MaskArgs& mk, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t n, float* s,
+                       float unit = 1.0f) {
   if (mk.kind == MaskArgs::none) return;
   const int64_t base = b * mk.sb + h * mk.sh + i * mk.sq + j0 * mk.sk;
   const Vec ninf = Vec::set1(kNegInf);
@@ -53,10 +56,11 @@ inline void apply_mask(const MaskArgs& mk, int64_t b, int64_t h, int64_t i, int6
     const float* p = static_cast<const float*>(mk.data) + base;
     if (mk.sk == 1) {
       int64_t j = 0;
-      for (; j + Vec::W <= n; j += Vec::W) (Vec::load(s + j) + Vec::load(p + j)).store(s + j);
-      for (; j < n; ++j) s[j] += p[j];
+      const Vec u = Vec::set1(unit);
+      for (; j + Vec::W <= n; j += Vec::W) (Vec::load(s + j) + Vec::load(p + j) * u).store(s + j);
+      for (; j < n; ++j) s[j] += p[j] * unit;
     } else {
-      for (int64_t j = 0; j < n; ++j) s[j] += p[j * mk.sk];
+      for (int64_t j = 0; j < n; ++j) s[j] += p[j * mk.sk] * unit;
     }
   }
 }
@@ -188,7 +192,10 @@ void attend_block(const AttentionArgs& a, int64_t b, int64_t h, int64_t i0, int6
   const int64_t dvp = ceil_div(Dv, kNR) * kNR;
   const int64_t causal_off = Sk - a.Sq;  // query i sees keys j <= i + causal_off
   float *const qp = w.qp, *const s = w.s, *const o = w.o, *const m = w.m, *const l = w.l;
-  pack_a(a.q + b * a.q_sb + h * a.q_sh + i0 * a.q_ss, a.q_ss, mq, D, a.scale, qp);
+  // Scores in log2 units: q is scaled by scale * log2 e here, once per row, and the softmax takes 2^x
+  // (no Cody-Waite reduction per score); float masks are converted as they are added.
+  pack_a(a.q + b * a.q_sb + h * a.q_sh + i0 * a.q_ss, a.q_ss, mq, D,
+         static_cast<float>(a.scale * 1.4426950408889634), qp);  // one rounding
   for (int64_t r = 0; r < mq; ++r) { m[r] = kNegInf; l[r] = 0.0f; }
   std::memset(o, 0, sizeof(float) * kBQ * Dv);
 
@@ -207,8 +214,8 @@ void attend_block(const AttentionArgs& a, int64_t b, int64_t h, int64_t i0, int6
       float* srow = s + r * kBK;
       const int64_t i = i0 + r;
       if (next) next->take(lines_per_row);
-      apply_mask(a.mask, b, h, i, j0, nk, srow);
-      apply_mask(a.mask2, b, h, i, j0, nk, srow);
+      apply_mask(a.mask, b, h, i, j0, nk, srow, kLog2e);
+      apply_mask(a.mask2, b, h, i, j0, nk, srow, kLog2e);
       if (diagonal) {
         for (int64_t j = imax(0, i + causal_off + 1 - j0); j < nk; ++j) srow[j] = kNegInf;
       }
@@ -218,8 +225,8 @@ void attend_block(const AttentionArgs& a, int64_t b, int64_t h, int64_t i0, int6
         std::memset(srow, 0, sizeof(float) * nk);
         continue;
       }
-      const float corr = m[r] == kNegInf ? 0.0f : std::exp(m[r] - m_new);
-      const float sum = exp_sub_sum(srow, srow, nk, m_new);
+      const float corr = m[r] == kNegInf ? 0.0f : std::exp2(m[r] - m_new);
+      const float sum = exp_sub_sum<true>(srow, srow, nk, m_new);
       if (l[r] != 0.0f && corr != 1.0f) { scale_row(o + r * Dv, Dv, corr); }
       l[r] = l[r] * corr + sum;
       m[r] = m_new;

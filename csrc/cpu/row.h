@@ -65,19 +65,25 @@ inline float row_sq_dev(const float* x, int64_t n, float c) {
 
 // y[j] = exp(x[j] - mx) (y may be x), mx >= every x[j]; returns the sum of the y[j]. `ahead`, if
 // given, is the next row to be read from memory (n floats): it is prefetched along the way.
+// kLog2: x and mx in log2 units (y = 2^(x - mx)), as attention's scores are.
+template <bool kLog2 = false>
 inline float exp_sub_sum(const float* x, float* y, int64_t n, float mx, const float* ahead = nullptr) {
+  auto ex = [](Vec v) {
+    if constexpr (kLog2) return exp2_le0(v);
+    else return exp_le0(v);
+  };
   const Vec vm = Vec::set1(mx);
   Vec acc = Vec::zero();
   int64_t j = 0;
   for (; j + Vec::W <= n; j += Vec::W) {
     if (ahead && (j & 15) == 0) __builtin_prefetch(ahead + j);
-    Vec e = exp_le0(Vec::load(x + j) - vm);
+    Vec e = ex(Vec::load(x + j) - vm);
     e.store(y + j);
     acc = acc + e;
   }
   if (j < n) {
     const int t = static_cast<int>(n - j);
-    exp_le0(Vec::load_partial(x + j, t) - vm).store_partial(y + j, t);
+    ex(Vec::load_partial(x + j, t) - vm).store_partial(y + j, t);
     acc = acc + Vec::load_partial(y + j, t);  // reloaded: lanes past n are 0, not exp(-mx)
   }
   return reduce_add(acc);

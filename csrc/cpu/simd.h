@@ -296,6 +296,24 @@ inline Vec exp_le0(Vec x) {
   return select_lt(x, lo, Vec::zero(), exp_shifter<false>(xc, Vec::zero()));
 }
 
+// 2^x for x <= 0, x in log2 units (attention scales its queries by log2 e, so scores arrive that way):
+// n = round(x) by the shifter, f = x - n exact (|f| <= 1/2), 2^f = 1 + f ln2 + f^2 P(f) with exp_poly's
+// minimax coefficients carried over (r = f ln2: the same function on the same range, so the same
+// 1.2e-7), and no Cody-Waite reduction. Valid while x >= -125 (a normal result); below, -inf included,
+// 0. NaN stays NaN.
+inline Vec exp2_le0(Vec x) {
+  const Vec lo = Vec::set1(-125.0f);
+  const Vec xc = max(lo, x);  // NaN kept (x86 max returns its 2nd operand)
+  const Vec shifter = Vec::set1(12582912.0f);
+  const Vec big = xc + shifter;
+  const Vec f = xc - (big - shifter);
+  const Vec f2 = f * f;
+  const Vec p = fma(fma(Vec::set1(1.5321148974e-04f), f2, fma(Vec::set1(1.3390161857e-03f), f, Vec::set1(9.6185266810e-03f))),
+                    f2, fma(Vec::set1(5.5503623999e-02f), f, Vec::set1(2.4022647832e-01f)));
+  const Vec e = fma(p, f2, fma(f, Vec::set1(0.69314718055994531f), Vec::set1(1.0f)));
+  return select_lt(x, lo, Vec::zero(), add_exponent_bits(e, big));
+}
+
 // The rounding error of p = x * y: x*y - p exactly (an FMA; Dekker's splits without one).
 inline Vec product_error(Vec x, Vec y, Vec p) {
 #if defined(CF_ISA_AVX2) || defined(CF_ISA_AVX512)
