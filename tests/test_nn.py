@@ -231,3 +231,29 @@ def test_encoder_packed_bfloat16_is_close_and_float32_exactish(rng):
     err = rel_err(enc.pack_weights("int8")(x, src_key_padding_mask=pad), plain)
     assert 1e-5 < err < 3e-2
     assert enc.weights_dtype == "int8"
+
+
+def test_parameters_and_children_read_as_attributes_stay_current(rng):
+    # Module mirrors its parameters and children into the instance dict (plain attribute reads in the
+    # forward); every way a weight changes must show through the attribute and the state dict alike.
+    lin = nn.Linear(4, 3)
+    w1, w2, w3 = randn(rng, 3, 4), randn(rng, 3, 4), randn(rng, 3, 4)
+    lin.weight = w1
+    assert lin.weight is w1 and lin.state_dict()["weight"] is w1
+    lin.load_state_dict({"weight": w2, "bias": np.zeros(3, np.float32)})
+    assert lin.weight is lin.state_dict()["weight"] and np.array_equal(lin.weight, w2)
+    lin._params["weight"] = w3  # what a model's _after_load does to share a fused matrix
+    assert lin.weight is w3
+    x = randn(rng, 2, 4)
+    assert_close(lin(x), x @ w3.T)
+    lin.bias = None
+    assert lin.bias is None and "bias" not in lin.state_dict()
+    parent = nn.Module()
+    parent.child = lin
+    assert parent.child is lin and "child.weight" in parent.state_dict()
+    parent.child = randn(rng, 5)          # a child replaced by a parameter
+    assert isinstance(parent.child, np.ndarray) and "child" in parent.state_dict()
+    assert "child.weight" not in parent.state_dict()
+    del parent._params["child"]
+    with pytest.raises(AttributeError):
+        parent.child
