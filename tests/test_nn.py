@@ -256,4 +256,4 @@ def test_parameters_and_children_read_as_attributes_stay_current(rng):
     assert "child.weight" not in parent.state_dict()
     del parent._params["child"]
     with pytest.raises(AttributeError):
-        parent.child
+        _ = parent.child
