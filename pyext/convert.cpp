@@ -9,6 +9,16 @@
 namespace cf::pyext {
 namespace {
 
+PyObject* g_ndarray = nullptr;  // numpy.ndarray and numpy.asarray, kept for the life of the process
+PyObject* g_asarray = nullptr;
+
+// The dtype's byte order is the machine's ('=' native, '|' not applicable, or spelled out).
+bool native_order(const py::dtype& dt) {
+  const char bo = dt.byteorder();
+  constexpr char kMachine = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ ? '<' : '>';
+  return bo == '=' || bo == '|' || bo == kMachine;
+}
+
 TensorView view_of(const py::array& a, DType t) {
   std::vector<int64_t> dims(a.shape(), a.shape() + a.ndim());
   CF_CHECK(a.ndim() <= kMaxDims, ValueError, "at most ", kMaxDims, " dimensions are supported, got ", a.ndim());
@@ -16,7 +26,8 @@ TensorView view_of(const py::array& a, DType t) {
 }
 
 bool is_native_f32(const py::array& a) {
-  return a.dtype().kind() == 'f' && a.itemsize() == 4 && a.dtype().attr("isnative").cast<bool>();
+  const py::dtype dt = a.dtype();
+  return dt.kind() == 'f' && dt.itemsize() == 4 && native_order(dt);
 }
 
 // The view of a float32 array with its own strides, or false when they are not whole elements,
@@ -50,10 +61,12 @@ bool elements_distinct(const TensorView& v) {
   return true;
 }
 
+// An exact numpy.ndarray as it is; anything else (lists, scalars, subclasses, objects with
+// __array__) through numpy.asarray.
 py::array as_array(py::handle obj, const char* name) {
   if (obj.is_none()) raise<TypeError>(name, " must be an array, got None");
-  py::array a = py::reinterpret_steal<py::array>(py::module_::import("numpy").attr("asarray")(obj).release());
-  return a;
+  if (Py_TYPE(obj.ptr()) == reinterpret_cast<PyTypeObject*>(g_ndarray)) return py::reinterpret_borrow<py::array>(obj);
+  return py::reinterpret_steal<py::array>(py::handle(g_asarray)(obj).release());
 }
 
 char kind_of(const py::array& a) { return a.dtype().kind(); }
@@ -66,6 +79,12 @@ void expect_real(const py::array& a, const char* name) {
 }
 
 }  // namespace
+
+void init_numpy() {
+  py::module_ np = py::module_::import("numpy");
+  g_ndarray = py::object(np.attr("ndarray")).release().ptr();
+  g_asarray = py::object(np.attr("asarray")).release().ptr();
+}
 
 Arg float_arg(py::handle obj, const char* name) {
   py::array a = as_array(obj, name);
@@ -142,7 +161,7 @@ Arg output(py::handle out, const std::vector<int64_t>& shape, const std::vector<
   }
   if (!py::isinstance<py::array>(out)) raise<TypeError>("out must be a numpy array");
   py::array a = py::reinterpret_borrow<py::array>(out);
-  if (!(a.dtype().kind() == 'f' && a.itemsize() == 4 && a.dtype().attr("isnative").cast<bool>())) {
+  if (!is_native_f32(a)) {
     std::string dt = py::str(a.dtype());
     raise<TypeError>("out must be a float32 array, got dtype ", dt);
   }

@@ -13,6 +13,10 @@ namespace cf::pyext {
 
 namespace py = pybind11;
 
+// Looks numpy.ndarray and numpy.asarray up once, at module import (single-threaded, under the GIL),
+// so that a call converts its arguments without an import or an attribute lookup per array.
+void init_numpy();
+
 // An argument converted for the core: `array` keeps the memory alive while `view` is used.
 struct Arg {
   py::array array;

@@ -247,6 +247,7 @@ py::object sinusoidal(int64_t n, int64_t dim) {
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "coreformer's C++ core (see coreformer.ops for the documented API)";
+  cf::pyext::init_numpy();
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);

@@ -28,6 +28,21 @@ def test_ragged_list_is_value_error():
         ops.relu([[1.0, 2.0], [3.0]])
 
 
+def test_other_array_kinds_are_converted():
+    # Exact ndarrays are read as they are; lists, subclasses and byte-swapped float32 go through
+    # numpy's conversion first -- the same values either way.
+    x = randn(rng, 4, 8)
+    want = ops.linear(x, W, B)
+    np.testing.assert_array_equal(ops.linear(x.astype(">f4"), W.astype(">f4"), B.astype(">f4")), want)
+    np.testing.assert_array_equal(ops.linear(x.tolist(), W, B), want)
+    np.testing.assert_array_equal(ops.linear(np.asmatrix(x), W, B), want)
+    np.testing.assert_array_equal(ops.linear(np.ma.masked_array(x), W, B), want)
+    np.testing.assert_array_equal(ops.scaled_dot_product_attention(Q.astype(">f4"), Q, Q),
+                                  ops.scaled_dot_product_attention(Q, Q, Q))
+    with pytest.raises(TypeError, match="float32"):  # a byte-swapped out cannot be written in place
+        ops.relu(x, out=np.empty((4, 8), ">f4"))
+
+
 def test_linear_shapes():
     with pytest.raises(ValueError, match=r"\(4, 8\).*\(5, 7\)"):
         ops.linear(X, randn(rng, 5, 7))
