@@ -33,9 +33,10 @@ def int8_round(w):
 ROUND = {"float32": lambda w: w, "bfloat16": bf16_round, "int8": int8_round}
 
 
-# M crosses every path: 1-2 rows (GEMV), a ragged microkernel row group, the in-place-A path up
-# to its L2 bound, and the blocked driver past it (M * K > 96 Ki floats).
-@pytest.mark.parametrize("m", [1, 2, 7, 13, 63, 65, 1000])
+# M crosses every path: 1-2 rows (GEMV), a ragged microkernel row group (a short remainder is split
+# with the last full row group: 7, 8, 13, 32), the in-place-A path up to its L2 bound, and the
+# blocked driver past it (M * K > 96 Ki floats).
+@pytest.mark.parametrize("m", [1, 2, 7, 8, 13, 32, 63, 65, 1000])
 @pytest.mark.parametrize("k,n", [(1, 1), (7, 63), (65, 7), (63, 65), (300, 129), (257, 1000)])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
 def test_packed_linear_shapes(isa, rng, m, k, n, dtype):
