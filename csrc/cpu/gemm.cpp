@@ -222,18 +222,19 @@ void gemm_prepacked_small_m(const GemmArgs& g) {
       pf.end = pf.next + bytes;
       pf.every = pf.countdown = static_cast<int>(imax(1, passes * g.K / ceil_div(bytes, 64)));
     }
+    auto pass = [&](int64_t m0, int64_t rows) {
+      panel_rows_upto<kMR, BT>(static_cast<int>(rows), g, epi, m0, b, p * kNR, n, passes > 1 ? &pf : nullptr);
+    };
     // Passes of kMR rows; a remainder of fewer than kMR / 2 rows joins the last full pass and the two
     // are split evenly (32 rows: 6+6+6+6+4+4, not ...+6+2), since few-row passes run below the FMA rate.
     const int64_t rem = g.M % kMR;
     const int64_t even_from = g.M > kMR && rem > 0 && 2 * rem < kMR ? g.M - kMR - rem : g.M;
     int64_t m0 = 0;
-    for (; m0 < even_from; m0 += kMR)
-      panel_rows_upto<kMR, BT>(static_cast<int>(imin(kMR, g.M - m0)), g, epi, m0, b, p * kNR, n,
-                               passes > 1 ? &pf : nullptr);
+    for (; m0 < even_from; m0 += kMR) pass(m0, imin(kMR, g.M - m0));
     if (m0 < g.M) {
-      const int first = static_cast<int>((g.M - m0 + 1) / 2), second = static_cast<int>(g.M - m0 - first);
-      panel_rows_upto<kMR, BT>(first, g, epi, m0, b, p * kNR, n, passes > 1 ? &pf : nullptr);
-      panel_rows_upto<kMR, BT>(second, g, epi, m0 + first, b, p * kNR, n, passes > 1 ? &pf : nullptr);
+      const int64_t first = (g.M - m0 + 1) / 2;
+      pass(m0, first);
+      pass(m0 + first, g.M - m0 - first);
     }
   }
 }

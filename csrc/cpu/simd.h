@@ -225,11 +225,19 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // e^r for |r| <= ln2 / 2 (plus an ulp or two): 1 + r + r^2 P(r), P a degree-4 minimax fit for the
 // relative error of e^r, by Estrin's scheme (a 3-FMA chain). Fitted and checked in float32 like
 // Cephes' degree-5 polynomial it replaced (max. relative error 1.17e-7 for both), one FMA cheaper.
+// With a scale S, the same polynomial at r = S f, evaluated in f: the coefficients are scaled at
+// compile time (2^f = e^(f ln2) for f in [-1/2, 1/2] takes S = ln 2 at no extra cost).
+struct ScaleOne { static constexpr double value = 1.0; };
+struct ScaleLn2 { static constexpr double value = 0.69314718055994530942; };
+template <typename S = ScaleOne>
 inline Vec exp_poly(Vec r) {
+  constexpr double s = S::value, s2 = s * s;
+  auto c = [](double v) { return Vec::set1(static_cast<float>(v)); };
   const Vec r2 = r * r;
-  const Vec p = fma(fma(Vec::set1(1.3814608101e-3f), r2, fma(Vec::set1(8.3687100559e-3f), r, Vec::set1(4.1668388993e-2f))),
-                    r2, fma(Vec::set1(1.6666521132e-1f), r, Vec::set1(4.9999994040e-1f)));
-  return fma(p, r2, r + Vec::set1(1.0f));
+  const Vec p = fma(fma(c(1.3814608101e-3 * s2 * s2 * s2), r2, fma(c(8.3687100559e-3 * s2 * s2 * s), r, c(4.1668388993e-2 * s2 * s2))),
+                    r2, fma(c(1.6666521132e-1 * s2 * s), r, c(4.9999994040e-1 * s2)));
+  if constexpr (s == 1.0) return fma(p, r2, r + Vec::set1(1.0f));
+  else return fma(p, r2, fma(r, c(s), Vec::set1(1.0f)));
 }
 
 // x - n ln2 for integral n (Cody-Waite: ln2 as a 9-bit high part, whose product with n is exact, plus
@@ -297,21 +305,16 @@ inline Vec exp_le0(Vec x) {
 }
 
 // 2^x for x <= 0, x in log2 units (attention scales its queries by log2 e, so scores arrive that way):
-// n = round(x) by the shifter, f = x - n exact (|f| <= 1/2), 2^f = 1 + f ln2 + f^2 P(f) with exp_poly's
-// minimax coefficients carried over (r = f ln2: the same function on the same range, so the same
-// 1.2e-7), and no Cody-Waite reduction. Valid while x >= -125 (a normal result); below, -inf included,
-// 0. NaN stays NaN.
+// n = round(x) by the shifter, f = x - n exact (|f| <= 1/2), 2^f = exp_poly at ln2 f -- no Cody-Waite
+// reduction (1.15e-7 max relative error over [-125, 0]). Valid while x >= -125 (a normal result);
+// below, -inf included, 0. NaN stays NaN.
 inline Vec exp2_le0(Vec x) {
   const Vec lo = Vec::set1(-125.0f);
   const Vec xc = max(lo, x);  // NaN kept (x86 max returns its 2nd operand)
   const Vec shifter = Vec::set1(12582912.0f);
   const Vec big = xc + shifter;
   const Vec f = xc - (big - shifter);
-  const Vec f2 = f * f;
-  const Vec p = fma(fma(Vec::set1(1.5321148974e-04f), f2, fma(Vec::set1(1.3390161857e-03f), f, Vec::set1(9.6185266810e-03f))),
-                    f2, fma(Vec::set1(5.5503623999e-02f), f, Vec::set1(2.4022647832e-01f)));
-  const Vec e = fma(p, f2, fma(f, Vec::set1(0.69314718055994531f), Vec::set1(1.0f)));
-  return select_lt(x, lo, Vec::zero(), add_exponent_bits(e, big));
+  return select_lt(x, lo, Vec::zero(), add_exponent_bits(exp_poly<ScaleLn2>(f), big));
 }
 
 // The rounding error of p = x * y: x*y - p exactly (an FMA; Dekker's splits without one).
