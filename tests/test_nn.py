@@ -257,3 +257,14 @@ def test_parameters_and_children_read_as_attributes_stay_current(rng):
     del parent._params["child"]
     with pytest.raises(AttributeError):
         _ = parent.child
+
+
+def test_members_mirror_survives_bulk_edits(rng):
+    lin = nn.Linear(4, 3)
+    w = randn(rng, 3, 4)
+    lin._params |= {"weight": w}
+    assert lin.weight is w
+    name, _ = lin._params.popitem()
+    assert name not in lin.__dict__
+    lin._params.clear()
+    assert "weight" not in lin.__dict__ and lin.state_dict() == {}

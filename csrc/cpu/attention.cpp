@@ -28,7 +28,6 @@ namespace {
 constexpr int64_t kBQ = kMR * (48 / kMR);  // query rows per task
 constexpr int64_t kBK = 256;               // keys per block; the P tile's compile-time leading dimension
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-constexpr float kLog2e = 1.44269504088896341f;
 constexpr int64_t kFewQueries = 2;         // up to this many query rows, attend without packing K and V (measured: bench/gemm_notes.md)
 
 // s[0, n) gets the mask of row (b, h, i), keys [j0, j0 + n).
@@ -195,7 +194,7 @@ void attend_block(const AttentionArgs& a, int64_t b, int64_t h, int64_t i0, int6
   // Scores in log2 units: q is scaled by scale * log2 e here, once per row, and the softmax takes 2^x
   // (no Cody-Waite reduction per score); float masks are converted as they are added.
   pack_a(a.q + b * a.q_sb + h * a.q_sh + i0 * a.q_ss, a.q_ss, mq, D,
-         static_cast<float>(a.scale * 1.4426950408889634), qp);  // one rounding
+         static_cast<float>(a.scale * kLog2E), qp);  // one rounding
   for (int64_t r = 0; r < mq; ++r) { m[r] = kNegInf; l[r] = 0.0f; }
   std::memset(o, 0, sizeof(float) * kBQ * Dv);
 
@@ -214,8 +213,8 @@ void attend_block(const AttentionArgs& a, int64_t b, int64_t h, int64_t i0, int6
       float* srow = s + r * kBK;
       const int64_t i = i0 + r;
       if (next) next->take(lines_per_row);
-      apply_mask(a.mask, b, h, i, j0, nk, srow, kLog2e);
-      apply_mask(a.mask2, b, h, i, j0, nk, srow, kLog2e);
+      apply_mask(a.mask, b, h, i, j0, nk, srow, static_cast<float>(kLog2E));
+      apply_mask(a.mask2, b, h, i, j0, nk, srow, static_cast<float>(kLog2E));
       if (diagonal) {
         for (int64_t j = imax(0, i + causal_off + 1 - j0); j < nk; ++j) srow[j] = kNegInf;
       }

@@ -222,13 +222,18 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // ---- Elementary functions (float32, a few ulp), written once over Vec ----
 
+constexpr double kLog2E = 1.4426950408889634074;   // log2 e
+constexpr double kLn2 = 0.69314718055994530942;    // ln 2
+// x + 1.5 * 2^23 rounds x to an integer (|x| < 2^22) and holds it in the low mantissa bits
+constexpr float kRoundShifter = 12582912.0f;
+
 // e^r for |r| <= ln2 / 2 (plus an ulp or two): 1 + r + r^2 P(r), P a degree-4 minimax fit for the
 // relative error of e^r, by Estrin's scheme (a 3-FMA chain). Fitted and checked in float32 like
 // Cephes' degree-5 polynomial it replaced (max. relative error 1.17e-7 for both), one FMA cheaper.
 // With a scale S, the same polynomial at r = S f, evaluated in f: the coefficients are scaled at
 // compile time (2^f = e^(f ln2) for f in [-1/2, 1/2] takes S = ln 2 at no extra cost).
 struct ScaleOne { static constexpr double value = 1.0; };
-struct ScaleLn2 { static constexpr double value = 0.69314718055994530942; };
+struct ScaleLn2 { static constexpr double value = kLn2; };
 template <typename S = ScaleOne>
 inline Vec exp_poly(Vec r) {
   constexpr double s = S::value, s2 = s * s;
@@ -253,7 +258,7 @@ inline Vec sub_n_ln2(Vec x, Vec n) {
 // no clamp is needed at all (2^-433 and below scale to 0 exactly).
 template <bool kHasLo, bool kBounded = false>
 inline Vec exp_impl(Vec hi, Vec lo) {
-  const Vec log2e = Vec::set1(1.44269504088896341f);
+  const Vec log2e = Vec::set1(static_cast<float>(kLog2E));
   const Vec arg = kHasLo ? hi + lo : hi;  // unclamped, for the underflow test below
   if constexpr (kLdexpFullRange && kBounded) {
     // nothing to clamp
@@ -287,8 +292,8 @@ inline Vec exp_sum_bounded(Vec hi, Vec lo) { return exp_impl<true, true>(hi, lo)
 // low bits are n itself, so 2^n is those bits shifted into the exponent field (no round, no conversion).
 template <bool kHasLo>
 inline Vec exp_shifter(Vec hi, Vec lo) {
-  const Vec shifter = Vec::set1(12582912.0f);
-  const Vec big = fma(hi, Vec::set1(1.44269504088896341f), shifter);
+  const Vec shifter = Vec::set1(kRoundShifter);
+  const Vec big = fma(hi, Vec::set1(static_cast<float>(kLog2E)), shifter);
   const Vec n = big - shifter;
   Vec r = sub_n_ln2(hi, n);
   if constexpr (kHasLo) r = r + lo;
@@ -311,7 +316,7 @@ inline Vec exp_le0(Vec x) {
 inline Vec exp2_le0(Vec x) {
   const Vec lo = Vec::set1(-125.0f);
   const Vec xc = max(lo, x);  // NaN kept (x86 max returns its 2nd operand)
-  const Vec shifter = Vec::set1(12582912.0f);
+  const Vec shifter = Vec::set1(kRoundShifter);
   const Vec big = xc + shifter;
   const Vec f = xc - (big - shifter);
   return select_lt(x, lo, Vec::zero(), add_exponent_bits(exp_poly<ScaleLn2>(f), big));
@@ -354,7 +359,7 @@ inline Vec normal_tail(Vec x) {
   Vec t = reciprocal(fma(Vec::set1(0.5f), z, Vec::set1(1.0f)));
   Vec t2 = t * t;
   Vec t4 = t2 * t2;
-  Vec q0 = fma(Vec::set1(1.00002368f), t, Vec::set1(-1.26551223f - 0.69314718055994531f));
+  Vec q0 = fma(Vec::set1(1.00002368f), t, Vec::set1(static_cast<float>(-1.26551223 - kLn2)));
   Vec q1 = fma(Vec::set1(0.09678418f), t, Vec::set1(0.37409196f));
   Vec q2 = fma(Vec::set1(0.27886807f), t, Vec::set1(-0.18628806f));
   Vec q3 = fma(Vec::set1(1.48851587f), t, Vec::set1(-1.13520398f));

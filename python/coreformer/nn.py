@@ -51,9 +51,9 @@ def _as_f32(name, value, contiguous: bool = True) -> np.ndarray:
 
 class _Members(dict):
     """A module's parameters or children by name, each also mirrored into the module's instance
-    ``__dict__``, so that reading ``module.weight`` in a forward is a plain attribute lookup rather
-    than a call of ``Module.__getattr__`` (a few hundred per sentence or token: ~5% of a small
-    model's call). Every write goes through here, so the mirror cannot go stale."""
+    ``__dict__``, so that ``module.weight`` is a plain attribute (a forward reads a few hundred per
+    sentence or token; looking them up in these dicts through ``__getattr__`` cost ~5% of a small
+    model's call). Every way of writing goes through here, so the mirror cannot go stale."""
 
     __slots__ = ("owner",)
 
@@ -88,6 +88,20 @@ class _Members(dict):
             self[name] = value
         return self[name]
 
+    def popitem(self):
+        name, value = super().popitem()
+        self.owner.__dict__.pop(name, None)
+        return name, value
+
+    def clear(self):
+        for name in self:
+            self.owner.__dict__.pop(name, None)
+        super().clear()
+
+    def __ior__(self, other):
+        self.update(other)
+        return self
+
 
 class Module:
     """Base class: numpy arrays assigned as attributes are parameters, ``Module``s are children.
@@ -114,14 +128,6 @@ class Module:
                 self._pack(self._pack_dtype)  # a packed copy never goes stale
         else:
             object.__setattr__(self, name, value)
-
-    def __getattr__(self, name):
-        d = self.__dict__
-        if name in d.get("_params", ()):
-            return d["_params"][name]
-        if name in d.get("_modules", ()):
-            return d["_modules"][name]
-        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
