@@ -150,6 +150,51 @@ py::object mha(py::handle query, py::handle key, py::handle value, int64_t num_h
   return oa.array;
 }
 
+py::object encoder_layer(py::handle x, int64_t num_heads, py::handle in_weight, py::handle in_bias,
+                         py::handle out_weight, py::handle out_bias, py::handle linear1_weight, py::handle linear1_bias,
+                         py::handle linear2_weight, py::handle linear2_bias, py::handle norm1_weight,
+                         py::handle norm1_bias, py::handle norm2_weight, py::handle norm2_bias, py::handle activation,
+                         bool norm_first, float eps, py::handle attn_mask, py::handle key_padding_mask, bool is_causal,
+                         py::handle cu_seqlens, py::handle out) {
+  Arg xa = cf::pyext::float_arg(x, "x");
+  WeightArg iwa = weight_arg(in_weight, "in_weight"), owa = weight_arg(out_weight, "out_weight"),
+            l1a = weight_arg(linear1_weight, "linear1_weight"), l2a = weight_arg(linear2_weight, "linear2_weight");
+  cf::ops::EncoderLayerWeights w(iwa.ref(), owa.ref(), l1a.ref(), l2a.ref());
+  Arg held[8], ma, kpa, cua;
+  w.in_bias = cf::pyext::optional_float(in_bias, "in_bias", held[0]);
+  w.out_bias = cf::pyext::optional_float(out_bias, "out_bias", held[1]);
+  w.linear1_bias = cf::pyext::optional_float(linear1_bias, "linear1_bias", held[2]);
+  w.linear2_bias = cf::pyext::optional_float(linear2_bias, "linear2_bias", held[3]);
+  w.norm1_weight = cf::pyext::optional_float(norm1_weight, "norm1_weight", held[4]);
+  w.norm1_bias = cf::pyext::optional_float(norm1_bias, "norm1_bias", held[5]);
+  w.norm2_weight = cf::pyext::optional_float(norm2_weight, "norm2_weight", held[6]);
+  w.norm2_bias = cf::pyext::optional_float(norm2_bias, "norm2_bias", held[7]);
+  cf::ops::EncoderLayerOptions opt;
+  opt.num_heads = num_heads;
+  opt.act = activation_arg(activation);
+  opt.norm_first = norm_first;
+  opt.eps = eps;
+  opt.is_causal = is_causal;
+  OptionalView m = cf::pyext::optional_mask(attn_mask, "attn_mask", ma);
+  OptionalView kpm = cf::pyext::optional_mask(key_padding_mask, "key_padding_mask", kpa);
+  OptionalView cu;
+  if (!cu_seqlens.is_none()) {
+    cua = cf::pyext::ids_arg(cu_seqlens, "cu_seqlens");
+    cu = cua.view;
+  }
+  const auto shape = cf::ops::transformer_encoder_layer_shape(xa.view, w, num_heads, m, kpm, cu);
+  // out may be x itself (the layer reads x before it writes out), but no other input
+  std::vector<const Arg*> others{&iwa.arg, &owa.arg, &l1a.arg, &l2a.arg, &ma, &kpa, &cua};
+  for (const Arg& a : held) others.push_back(&a);
+  Arg oa = cf::pyext::output(out, shape, others);
+  if (!out.is_none()) cf::pyext::output(out, shape, {&xa}, /*allow_same=*/true);
+  {
+    py::gil_scoped_release nogil;
+    cf::ops::transformer_encoder_layer(xa.view, w, opt, m, kpm, cu, oa.view);
+  }
+  return oa.array;
+}
+
 py::object additive(py::handle query, py::handle keys, py::handle values, py::handle w_query, py::handle w_key,
                     py::handle v, py::handle mask, bool return_weights) {
   Arg qa = cf::pyext::float_arg(query, "query"), ka = cf::pyext::float_arg(keys, "keys"),
@@ -294,6 +339,13 @@ PYBIND11_MODULE(_core, m) {
   m.def("multi_head_attention", &mha, py::arg("query"), py::arg("key"), py::arg("value"), py::arg("num_heads"),
         py::arg("in_weight"), py::arg("in_bias"), py::arg("out_weight"), py::arg("out_bias"),
         py::arg("attn_mask") = none, py::arg("key_padding_mask") = none, py::arg("is_causal") = false);
+  m.def("transformer_encoder_layer", &encoder_layer, py::arg("x"), py::arg("num_heads"), py::arg("in_weight"),
+        py::arg("in_bias"), py::arg("out_weight"), py::arg("out_bias"), py::arg("linear1_weight"),
+        py::arg("linear1_bias"), py::arg("linear2_weight"), py::arg("linear2_bias"), py::arg("norm1_weight"),
+        py::arg("norm1_bias"), py::arg("norm2_weight"), py::arg("norm2_bias"), py::arg("activation") = "relu",
+        py::arg("norm_first") = false, py::arg("eps") = 1e-5f, py::arg("attn_mask") = none,
+        py::arg("key_padding_mask") = none, py::arg("is_causal") = false, py::arg("cu_seqlens") = none,
+        py::arg("out") = none);
   m.def("additive_attention", &additive, py::arg("query"), py::arg("keys"), py::arg("values"), py::arg("w_query"),
         py::arg("w_key"), py::arg("v"), py::arg("mask") = none, py::arg("return_weights") = false);
   m.def("layer_norm", &layer_norm, py::arg("x"), py::arg("weight") = none, py::arg("bias") = none,

@@ -126,3 +126,27 @@ def mha(query, key, value, num_heads, iw, ib, ow, ob, attn_mask=None, key_paddin
     ctx = sdpa(split(Q, Sq), split(K, Sk), split(V, Sk), attn_mask=add, is_causal=is_causal)
     ctx = ctx.transpose(0, 2, 1, 3).reshape(B, Sq, E)
     return ctx @ f64(ow).T + (f64(ob) if ob is not None else 0.0)
+
+
+def encoder_layer(x, num_heads, p, activation="relu", norm_first=False, eps=1e-5, **masks):
+    """torch.nn.TransformerEncoderLayer(batch_first=True) in float64; p holds the weights by the names
+    of ops.transformer_encoder_layer (in_weight, ..., norm2_bias)."""
+    def sa(h):
+        return mha(h, h, h, num_heads, p["in_weight"], p["in_bias"], p["out_weight"], p["out_bias"], **masks)
+
+    def ff(h):
+        return linear(linear(h, p["linear1_weight"], p["linear1_bias"], activation), p["linear2_weight"],
+                      p["linear2_bias"])
+
+    def n1(h):
+        return layer_norm(h, p["norm1_weight"], p["norm1_bias"], eps)[0]
+
+    def n2(h):
+        return layer_norm(h, p["norm2_weight"], p["norm2_bias"], eps)[0]
+
+    x = f64(x)
+    if norm_first:
+        x1 = x + sa(n1(x))
+        return x1 + ff(n2(x1))
+    x1 = n1(x + sa(x))
+    return n2(x1 + ff(x1))

@@ -57,6 +57,23 @@ def test_encoder_matches_torch(rng, norm_first, activation):
 
 
 @pytest.mark.parametrize("norm_first", [False, True])
+def test_encoder_layer_norms_with_different_eps(rng, norm_first):
+    # the fused op takes one eps: norms that differ run the layer op by op, still as torch does
+    d, h, ff = 32, 4, 40
+    tl = randomise(torch.nn.TransformerEncoderLayer(d, h, ff, dropout=0.0, batch_first=True, norm_first=norm_first))
+    tl.norm2.eps = 1e-2
+    ours = nn.TransformerEncoderLayer(d, h, ff, norm_first=norm_first)
+    ours.load_state_dict(tl.state_dict())
+    ours.norm2.eps = 1e-2
+    x = randn(rng, 2, 9, d)
+    with torch.no_grad():
+        want = tl(t(x)).numpy()
+    assert rel_err(ours(x), want) < 1e-5
+    ours.norm2.eps = ours.norm1.eps
+    assert rel_err(ours(x), want) > 1e-4  # the eps matters at this size: the test can tell them apart
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
 @pytest.mark.parametrize("packed", [False, True])
 def test_decoder_matches_torch_and_cache_matches_full(rng, norm_first, packed):
     d, h, ff, layers, s_src, s_tgt = 32, 4, 50, 2, 11, 9

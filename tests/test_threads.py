@@ -14,6 +14,12 @@ def test_eight_threads_same_results():
     q, k, v = randn(rng, 2, 4, 150, 32), randn(rng, 2, 4, 270, 32), randn(rng, 2, 4, 270, 32)
     mask = rng.random((2, 1, 150, 270)) > 0.3
     ln_x = randn(rng, 500, 300)
+    e, f = 64, 96  # one encoder layer: each calling thread has its own workspace
+    enc_x = randn(rng, 3, 40, e)
+    enc_w = [randn(rng, 3 * e, e, scale=0.1), randn(rng, 3 * e), randn(rng, e, e, scale=0.1), randn(rng, e),
+             randn(rng, f, e, scale=0.1), randn(rng, f), randn(rng, e, f, scale=0.1), randn(rng, e),
+             None, None, None, None]
+    cu = np.array([0, 7, 50, 120])
     calls = {
         "linear": lambda: ops.linear(x, w, b, "gelu"),
         "gemv": lambda: ops.linear(x[:3], w, b),
@@ -21,6 +27,9 @@ def test_eight_threads_same_results():
         "layer_norm": lambda: ops.layer_norm(ln_x, residual=ln_x),
         "softmax": lambda: ops.softmax(ln_x, axis=0),
         "gelu": lambda: ops.gelu(ln_x),
+        "encoder_layer": lambda: ops.transformer_encoder_layer(enc_x, 8, *enc_w, activation="gelu"),
+        "encoder_layer_packed": lambda: ops.transformer_encoder_layer(enc_x.reshape(120, e), 4, *enc_w,
+                                                                      cu_seqlens=cu),
     }
     expect = {name: f() for name, f in calls.items()}
     errors = []

@@ -60,6 +60,24 @@ inline std::unique_ptr<float[]> scratch(int64_t n) { return std::unique_ptr<floa
 // `tmp` (correct, only slower).
 void set_gemm_weight(cpu::GemmArgs& g, const WeightRef& w, int64_t row0, std::unique_ptr<float[]>& tmp);
 
+// y (rows, n) = act(x (rows, kdim) @ w[w0 : w0+n, :]^T + b[w0 : w0+n]) + residual (rows, n): one GEMM
+// over rows [w0, w0 + n) of a Linear weight (all of it: w0 = 0, n = w.rows()).
+void gemm_rows(const float* x, int64_t rows, int64_t kdim, const WeightRef& w, const OptionalView& b, int64_t w0,
+               int64_t n, float* y, Activation act = Activation::none, const float* residual = nullptr);
+
+// A contiguous array seen as (d0, d1, d2, d3) with the same element order.
+inline TensorView as_4d(const TensorView& t, int64_t d0, int64_t d1, int64_t d2, int64_t d3) {
+  return TensorView(t.data, t.dtype, {d0, d1, d2, d3}, t.device);
+}
+
+// torch.nn.MultiheadAttention's masks for B batches of num_heads heads, Sq queries, Sk keys:
+// attn_mask (Sq, Sk) or (B*num_heads, Sq, Sk), bool True = may NOT attend or float added;
+// key_padding_mask (B, Sk), bool True = padding or float added. check_mha_masks raises on a
+// shape or dtype that does not fit; set_mha_masks puts them on the attention's arguments.
+void check_mha_masks(const OptionalView& attn_mask, const OptionalView& key_padding_mask, int64_t B,
+                     int64_t num_heads, int64_t Sq, int64_t Sk);
+void set_mha_masks(cpu::AttentionArgs& a, const OptionalView& attn_mask, const OptionalView& key_padding_mask);
+
 // Strides that broadcast a mask of up to 4 dimensions to (B, H, Sq, Sk), right-aligned as numpy does.
 cpu::MaskArgs broadcast_mask(const TensorView& mask, int64_t B, int64_t H, int64_t Sq, int64_t Sk, const char* name,
                              bool true_means_masked);

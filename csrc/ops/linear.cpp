@@ -28,18 +28,22 @@ Shape linear_shape(const TensorView& x, const WeightRef& weight, const OptionalV
 void linear(const TensorView& x, const WeightRef& weight, const OptionalView& bias, Activation act,
             const OptionalView& residual, const TensorView& out) {
   expect_out(out, linear_shape(x, weight, bias, residual), "linear");
+  int64_t rows = 1;
+  for (int i = 0; i + 1 < x.ndim; ++i) rows *= x.shape[i];
+  gemm_rows(x.ptr<float>(), rows, x.size(-1), weight, bias, 0, weight.rows(), out.ptr<float>(), act,
+            residual ? residual->ptr<float>() : nullptr);
+}
+
+void gemm_rows(const float* x, int64_t rows, int64_t kdim, const WeightRef& w, const OptionalView& b, int64_t w0,
+               int64_t n, float* y, Activation act, const float* residual) {
   cpu::GemmArgs g;
-  g.K = x.size(-1);
-  g.M = 1;
-  for (int i = 0; i + 1 < x.ndim; ++i) g.M *= x.shape[i];
-  g.N = weight.rows();
-  g.a = x.ptr<float>(); g.lda = g.K;
+  g.M = rows; g.N = n; g.K = kdim;
+  g.a = x; g.lda = kdim;
   std::unique_ptr<float[]> tmp;
-  set_gemm_weight(g, weight, 0, tmp);
-  g.c = out.ptr<float>(); g.ldc = g.N;
-  g.bias = bias ? bias->ptr<float>() : nullptr;
-  g.residual = residual ? residual->ptr<float>() : nullptr;
-  g.ldr = g.N;
+  set_gemm_weight(g, w, w0, tmp);
+  g.c = y; g.ldc = n;
+  g.bias = b ? b->ptr<float>() + w0 : nullptr;
+  g.residual = residual; g.ldr = n;
   g.act = act;
   kernels().gemm(g);
 }

@@ -10,27 +10,8 @@
 namespace cf::ops {
 namespace {
 
-// A contiguous array seen as (d0, d1, d2, d3) with the same element order.
-TensorView as_4d(const TensorView& t, int64_t d0, int64_t d1, int64_t d2, int64_t d3) {
-  TensorView r(t.data, t.dtype, {d0, d1, d2, d3}, t.device);
-  return r;
-}
-
 bool same_array(const TensorView& a, const TensorView& b) {
   return a.data == b.data && shape_of(a) == shape_of(b) && a.dtype == b.dtype;
-}
-
-// y (rows, n) = x (rows, kdim) @ w[w0 : w0+n, :]^T + b[w0 : w0+n]
-void project(const float* x, int64_t rows, int64_t kdim, const WeightRef& w, const OptionalView& b, int64_t w0,
-             int64_t n, float* y) {
-  cpu::GemmArgs g;
-  g.M = rows; g.N = n; g.K = kdim;
-  g.a = x; g.lda = kdim;
-  std::unique_ptr<float[]> tmp;
-  set_gemm_weight(g, w, w0, tmp);
-  g.c = y; g.ldc = n;
-  g.bias = b ? b->ptr<float>() + w0 : nullptr;
-  kernels().gemm(g);
 }
 
 }  // namespace
@@ -63,19 +44,7 @@ Shape multi_head_attention_shape(const TensorView& query, const TensorView& key,
            "out_weight must have shape (", E, ", ", E, "), got ", out_weight.shape_str());
   expect_vector(in_bias, 3 * E, "in_bias", "3 * embed_dim");
   expect_vector(out_bias, E, "out_bias", "embed_dim");
-  if (attn_mask) {
-    const TensorView& m = *attn_mask;
-    CF_CHECK((m.ndim == 2 && m.shape[0] == Sq && m.shape[1] == Sk) ||
-                 (m.ndim == 3 && m.shape[0] == B * num_heads && m.shape[1] == Sq && m.shape[2] == Sk),
-             ValueError, "attn_mask must have shape (", Sq, ", ", Sk, ") or (", B * num_heads, ", ", Sq, ", ", Sk,
-             "), got ", m.shape_str());
-    broadcast_mask(m.ndim == 3 ? as_4d(m, B, num_heads, Sq, Sk) : m, B, num_heads, Sq, Sk, "attn_mask", true);
-  }
-  if (key_padding_mask) {
-    CF_CHECK(key_padding_mask->ndim == 2 && key_padding_mask->shape[0] == B && key_padding_mask->shape[1] == Sk,
-             ValueError, "key_padding_mask must have shape (", B, ", ", Sk, "), got ", key_padding_mask->shape_str());
-    broadcast_mask(as_4d(*key_padding_mask, B, 1, 1, Sk), B, num_heads, Sq, Sk, "key_padding_mask", true);
-  }
+  check_mha_masks(attn_mask, key_padding_mask, B, num_heads, Sq, Sk);
   return shape_of(query);
 }
 
@@ -96,24 +65,51 @@ void multi_head_attention(const TensorView& query, const TensorView& key, const 
   auto kvbuf = scratch(self_attention ? 0 : B * Sk * 2 * E);
   auto ctx = scratch(B * Sq * E);
   if (self_attention) {
-    project(query.ptr<float>(), B * Sq, E, in_weight, in_bias, 0, 3 * E, qbuf.get());
+    gemm_rows(query.ptr<float>(), B * Sq, E, in_weight, in_bias, 0, 3 * E, qbuf.get());
     a.q = qbuf.get(); a.k = a.q + E; a.v = a.q + 2 * E;
     a.q_ss = a.k_ss = a.v_ss = 3 * E;
   } else {
-    project(query.ptr<float>(), B * Sq, E, in_weight, in_bias, 0, E, qbuf.get());
+    gemm_rows(query.ptr<float>(), B * Sq, E, in_weight, in_bias, 0, E, qbuf.get());
     a.q = qbuf.get(); a.q_ss = E;
     if (same_array(key, value)) {
-      project(key.ptr<float>(), B * Sk, E, in_weight, in_bias, E, 2 * E, kvbuf.get());
+      gemm_rows(key.ptr<float>(), B * Sk, E, in_weight, in_bias, E, 2 * E, kvbuf.get());
       a.k = kvbuf.get(); a.v = a.k + E; a.k_ss = a.v_ss = 2 * E;
     } else {
-      project(key.ptr<float>(), B * Sk, E, in_weight, in_bias, E, E, kvbuf.get());
-      project(value.ptr<float>(), B * Sk, E, in_weight, in_bias, 2 * E, E, kvbuf.get() + B * Sk * E);
+      gemm_rows(key.ptr<float>(), B * Sk, E, in_weight, in_bias, E, E, kvbuf.get());
+      gemm_rows(value.ptr<float>(), B * Sk, E, in_weight, in_bias, 2 * E, E, kvbuf.get() + B * Sk * E);
       a.k = kvbuf.get(); a.v = a.k + B * Sk * E; a.k_ss = a.v_ss = E;
     }
   }
   a.q_sh = a.k_sh = a.v_sh = Dh;
   a.q_sb = Sq * a.q_ss; a.k_sb = Sk * a.k_ss; a.v_sb = Sk * a.v_ss;
   a.out = ctx.get(); a.o_ss = E; a.o_sh = Dh; a.o_sb = Sq * E;
+  set_mha_masks(a, attn_mask, key_padding_mask);
+  a.causal = is_causal;
+  a.scale = 1.0f / std::sqrt(static_cast<float>(Dh));
+  kernels().attention(a);
+
+  gemm_rows(ctx.get(), B * Sq, E, out_weight, out_bias, 0, E, out.ptr<float>());
+}
+
+void check_mha_masks(const OptionalView& attn_mask, const OptionalView& key_padding_mask, int64_t B,
+                     int64_t num_heads, int64_t Sq, int64_t Sk) {
+  if (attn_mask) {
+    const TensorView& m = *attn_mask;
+    CF_CHECK((m.ndim == 2 && m.shape[0] == Sq && m.shape[1] == Sk) ||
+                 (m.ndim == 3 && m.shape[0] == B * num_heads && m.shape[1] == Sq && m.shape[2] == Sk),
+             ValueError, "attn_mask must have shape (", Sq, ", ", Sk, ") or (", B * num_heads, ", ", Sq, ", ", Sk,
+             "), got ", m.shape_str());
+    broadcast_mask(m.ndim == 3 ? as_4d(m, B, num_heads, Sq, Sk) : m, B, num_heads, Sq, Sk, "attn_mask", true);
+  }
+  if (key_padding_mask) {
+    CF_CHECK(key_padding_mask->ndim == 2 && key_padding_mask->shape[0] == B && key_padding_mask->shape[1] == Sk,
+             ValueError, "key_padding_mask must have shape (", B, ", ", Sk, "), got ", key_padding_mask->shape_str());
+    broadcast_mask(as_4d(*key_padding_mask, B, 1, 1, Sk), B, num_heads, Sq, Sk, "key_padding_mask", true);
+  }
+}
+
+void set_mha_masks(cpu::AttentionArgs& a, const OptionalView& attn_mask, const OptionalView& key_padding_mask) {
+  const int64_t B = a.B, H = a.H, Sq = a.Sq, Sk = a.Sk;
   if (attn_mask) {
     // (B*H, Sq, Sk) is (B, H, Sq, Sk) in the same order; (Sq, Sk) broadcasts as it is.
     const TensorView m = attn_mask->ndim == 3 ? as_4d(*attn_mask, B, H, Sq, Sk) : *attn_mask;
@@ -121,11 +117,6 @@ void multi_head_attention(const TensorView& query, const TensorView& key, const 
   }
   if (key_padding_mask)
     a.mask2 = broadcast_mask(as_4d(*key_padding_mask, B, 1, 1, Sk), B, H, Sq, Sk, "key_padding_mask", true);
-  a.causal = is_causal;
-  a.scale = 1.0f / std::sqrt(static_cast<float>(Dh));
-  kernels().attention(a);
-
-  project(ctx.get(), B * Sq, E, out_weight, out_bias, 0, E, out.ptr<float>());
 }
 
 }  // namespace cf::ops

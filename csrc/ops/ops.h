@@ -82,6 +82,34 @@ void multi_head_attention(const TensorView& query, const TensorView& key, const 
                           const WeightRef& out_weight, const OptionalView& out_bias, const OptionalView& attn_mask,
                           const OptionalView& key_padding_mask, bool is_causal, const TensorView& out);
 
+// The weights of one torch.nn.TransformerEncoderLayer: self_attn's packed in_proj (3E, E) and
+// out_proj (E, E), linear1 (F, E), linear2 (E, F), norm1 and norm2 (E,); every bias and norm
+// parameter optional.
+struct EncoderLayerWeights {
+  WeightRef in_weight, out_weight, linear1_weight, linear2_weight;
+  OptionalView in_bias, out_bias, linear1_bias, linear2_bias, norm1_weight, norm1_bias, norm2_weight, norm2_bias;
+  EncoderLayerWeights(const WeightRef& in_w, const WeightRef& out_w, const WeightRef& l1_w, const WeightRef& l2_w)
+      : in_weight(in_w), out_weight(out_w), linear1_weight(l1_w), linear2_weight(l2_w) {}
+};
+struct EncoderLayerOptions {
+  int64_t num_heads = 1;
+  Activation act = Activation::relu;
+  bool norm_first = false;  // pre-LN (GPT-2 style) instead of post-LN (Vaswani, BERT)
+  float eps = 1e-5f;
+  bool is_causal = false;
+};
+// torch.nn.TransformerEncoderLayer(batch_first=True).forward (inference) in one op, as torch's own
+// fast path (_transformer_encoder_layer_fwd) runs it: x (B, S, E), or x (T, E) holding sequences
+// one after another with cu_seqlens (int32/int64 (n+1,): sequence i is rows [cu[i], cu[i+1]); each
+// attends within itself only -- a padded batch without its padding). attn_mask and key_padding_mask
+// follow multi_head_attention (not with cu_seqlens). out has x's shape and may be x itself.
+Shape transformer_encoder_layer_shape(const TensorView& x, const EncoderLayerWeights& w, int64_t num_heads,
+                                      const OptionalView& attn_mask, const OptionalView& key_padding_mask,
+                                      const OptionalView& cu_seqlens);
+void transformer_encoder_layer(const TensorView& x, const EncoderLayerWeights& w, const EncoderLayerOptions& opt,
+                               const OptionalView& attn_mask, const OptionalView& key_padding_mask,
+                               const OptionalView& cu_seqlens, const TensorView& out);
+
 // query (B,Sq,Dq), keys (B,Sk,Dk), values (B,Sk,Dv), w_query (A,Dq), w_key (A,Dk), v (A,),
 // mask bool (B,Sk) or (B,Sq,Sk), True = attend. out (B,Sq,Dv); weights (B,Sq,Sk) optional.
 Shape additive_attention_shape(const TensorView& query, const TensorView& keys, const TensorView& values,

@@ -19,6 +19,7 @@ __all__ = [
     "linear",
     "scaled_dot_product_attention",
     "multi_head_attention",
+    "transformer_encoder_layer",
     "additive_attention",
     "layer_norm",
     "softmax",
@@ -102,6 +103,39 @@ def multi_head_attention(query, key, value, num_heads, in_weight, in_bias, out_w
             key_padding_mask = np.asarray(key_padding_mask)[None]
     r = _core.multi_head_attention(query, key, value, int(num_heads), in_weight, in_bias, out_weight, out_bias,
                                    attn_mask, key_padding_mask, bool(is_causal))
+    return r[0] if unbatched else r
+
+
+def transformer_encoder_layer(x, num_heads, in_weight, in_bias, out_weight, out_bias, linear1_weight, linear1_bias,
+                              linear2_weight, linear2_bias, norm1_weight, norm1_bias, norm2_weight, norm2_bias, *,
+                              activation="relu", norm_first=False, eps=1e-5, attn_mask=None, key_padding_mask=None,
+                              is_causal=False, cu_seqlens=None, out=None):
+    """The forward of ``torch.nn.TransformerEncoderLayer(batch_first=True)`` (inference) in one call.
+
+    Post-LN (``norm_first=False``, Vaswani, BERT): ``x1 = norm1(x + self_attn(x))``,
+    ``out = norm2(x1 + linear2(act(linear1(x1))))``; pre-LN: ``x1 = x + self_attn(norm1(x))``,
+    ``out = x1 + linear2(act(linear1(norm2(x1))))``. The weights are torch's: ``in_weight (3E, E)``
+    and ``out_weight (E, E)`` of ``self_attn``, ``linear1_weight (F, E)``, ``linear2_weight (E, F)``
+    (each a float32 array or a ``PackedWeight``), their biases, and the norms' ``(E,)`` weights and
+    biases (any bias or norm parameter may be None). ``activation``: ``"relu"``, ``"gelu"`` or
+    ``"gelu_tanh"``. ``attn_mask``, ``key_padding_mask`` and ``is_causal`` as in
+    ``multi_head_attention``.
+
+    x is ``(B, S, E)`` or ``(S, E)``; or, with ``cu_seqlens`` (int ``(n + 1,)``: 0, the cumulative
+    lengths, T), ``(T, E)`` holding n sequences one after another, each attending within itself --
+    a padded batch run without its padding. Returns x's shape; ``out`` may be x itself (in place).
+    """
+    unbatched = cu_seqlens is None and np.ndim(x) == 2
+    if unbatched:
+        x = np.asarray(x)[None]
+        if key_padding_mask is not None:
+            key_padding_mask = np.asarray(key_padding_mask)[None]
+        if out is not None:
+            out = out[None] if isinstance(out, np.ndarray) else out
+    r = _core.transformer_encoder_layer(x, int(num_heads), in_weight, in_bias, out_weight, out_bias, linear1_weight,
+                                        linear1_bias, linear2_weight, linear2_bias, norm1_weight, norm1_bias,
+                                        norm2_weight, norm2_bias, activation, bool(norm_first), float(eps), attn_mask,
+                                        key_padding_mask, bool(is_causal), cu_seqlens, out)
     return r[0] if unbatched else r
 
 

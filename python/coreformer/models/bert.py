@@ -4,7 +4,7 @@
 Parameter names are Hugging Face's (``embeddings.word_embeddings.weight``,
 ``encoder.layer.0.attention.self.query.weight``, ...). At load the query, key and value weights of
 each layer are packed into one ``(3H, H)`` matrix (and the three modules' weights become views of
-it), so a layer runs one fused QKV GEMM: per layer the forward is five core calls.
+it), so a layer runs one fused QKV GEMM; each layer is one core call (``ops.transformer_encoder_layer``).
 """
 from __future__ import annotations
 
@@ -109,36 +109,17 @@ class _Layer(nn.Module):
         self.intermediate = _Intermediate(c)
         self.output = _Dense(c.intermediate_size, c.hidden_size, c.layer_norm_eps)
 
-    def forward(self, x, work, out):
-        """A batch without padding (padded ones take ``forward_packed``). ``work``: buffers reused from
-        layer to layer (``x1`` and ``y`` of x's shape, ``h`` of the FFN's); the layer's output is
-        written to ``out`` (not x's memory). Attention is one core call: fused QKV, heads, out proj."""
-        sa, ao = self.attention.self, self.attention.output
-        a = ops.multi_head_attention(x, x, x, self.num_heads, sa._weight("in_proj_weight"), sa.in_proj_bias,
-                                     ao.dense._weight("weight"), ao.dense.bias)
-        return self._add_norm_ffn(a, x, work, out)
-
-    def _add_norm_ffn(self, a, x, work, out):
-        """The rest of the layer after attention: add & norm, FFN, add & norm."""
-        x1 = self.attention.output.LayerNorm(a, residual=x, out=work["x1"])
-        h = self.intermediate.dense(x1, out=work["h"])
-        return self.output.LayerNorm(self.output.dense(h, out=work["y"]), residual=x1, out=out)
-
-    def forward_packed(self, x, seqs, work, out):
-        """The same layer on the real tokens only: ``x (T, E)`` holds the batch's sequences one after
-        another (``seqs``: their ``(start, stop)`` rows), so the GEMMs, norms and GELUs skip the
-        padding, and attention runs per sequence on strided views of the fused QKV output, writing
-        the merged heads in place (``work``: ``qkv (T, 3E)``, ``ctx``, ``a``, ``x1``, ``y`` ``(T, E)``,
-        ``h (T, F)``)."""
-        sa, ao = self.attention.self, self.attention.output
-        t, e = x.shape
-        qkv = ops.linear(x, sa._weight("in_proj_weight"), sa.in_proj_bias, out=work["qkv"])
-        heads = qkv.reshape(t, 3, self.num_heads, e // self.num_heads)
-        ctx = work["ctx"].reshape(t, self.num_heads, e // self.num_heads)
-        for s0, s1 in seqs:
-            q, k, v = (heads[s0:s1, i].transpose(1, 0, 2) for i in range(3))
-            ops.scaled_dot_product_attention(q, k, v, out=ctx[s0:s1].transpose(1, 0, 2))
-        return self._add_norm_ffn(ao.dense(work["ctx"], out=work["a"]), x, work, out)
+    def forward(self, x, out=None, cu_seqlens=None):
+        """The whole post-LN layer in one core call (``ops.transformer_encoder_layer``): fused QKV,
+        attention, output projection + residual, LayerNorm, FFN with its activation, + residual,
+        LayerNorm. ``x (B, S, E)`` without padding, or ``(T, E)`` with ``cu_seqlens``: the batch's
+        real tokens one sequence after another, each attending within itself. ``out`` may be x."""
+        sa, ao, it, o = self.attention.self, self.attention.output, self.intermediate.dense, self.output
+        return ops.transformer_encoder_layer(
+            x, self.num_heads, sa._weight("in_proj_weight"), sa.in_proj_bias, ao.dense._weight("weight"),
+            ao.dense.bias, it._weight("weight"), it.bias, o.dense._weight("weight"), o.dense.bias,
+            ao.LayerNorm.weight, ao.LayerNorm.bias, o.LayerNorm.weight, o.LayerNorm.bias, activation=it.activation,
+            eps=ao.LayerNorm.eps, cu_seqlens=cu_seqlens, out=out)
 
 
 class _Encoder(nn.Module):
@@ -221,44 +202,25 @@ class BertModel(nn.Module):
         tt = None if token_type_ids is None else as_ids(token_type_ids, "token_type_ids")
         if tt is not None and tt.shape != ids.shape:
             raise ValueError(f"token_type_ids must have the shape of input_ids {ids.shape}, got {tt.shape}")
-        x = self.embeddings(ids, tt)
+        x = self.embeddings(ids, tt)  # a new array: the layers run in place in it
         if mask is not None and not mask.all():
             return self._encode_packed(x, mask)
-        # layer i writes to the ping-pong buffer its input is not in, the last layer to a new array,
-        # which the caller keeps
-        work, ping_pong = self._buffers(x.shape[:-1])
-        n = len(self.encoder.layer)
-        for i, layer in enumerate(self.encoder.layer):
-            x = layer(x, work, out=ping_pong[i % 2] if i < n - 1 else np.empty_like(x))
+        for layer in self.encoder.layer:
+            layer(x, out=x)
         return x
-
-    def _buffers(self, lead, packed=False):
-        """The activation buffers every layer reuses, of leading shape ``lead``: ``x1``, ``y`` (and for
-        the packed path ``ctx``, ``a``, ``qkv``) of the hidden size or three times it, ``h`` of the
-        FFN's; and two ping-pong outputs."""
-        e, f = self.config.hidden_size, self.config.intermediate_size
-
-        def buf(n):
-            return np.empty(tuple(lead) + (n,), np.float32)
-        work = {"x1": buf(e), "y": buf(e), "h": buf(f)}
-        if packed:
-            work.update(qkv=buf(3 * e), ctx=buf(e), a=buf(e))
-        return work, (buf(e), buf(e))
 
     def _encode_packed(self, x, mask):
         """A padded batch: the real tokens of every sequence are gathered into one ``(T, E)`` matrix
-        (after the embeddings, so each keeps its position) and the layers run on those rows only --
-        exactly what attending over the non-padding keys computes, without the padding's share of the
-        GEMMs. Padding positions of the result are zeros."""
+        (after the embeddings, so each keeps its position) and the layers run on those rows only
+        (``cu_seqlens`` marks where each sequence starts) -- exactly what attending over the
+        non-padding keys computes, without the padding's share of the GEMMs. Padding positions of
+        the result are zeros."""
         b, s, e = x.shape
         keep = np.flatnonzero(mask.reshape(-1))
-        counts = mask.sum(axis=1)
-        stops = np.cumsum(counts)
-        seqs = [(int(a), int(z)) for a, z in zip(stops - counts, stops) if z > a]
+        cu_seqlens = np.concatenate([[0], np.cumsum(mask.sum(axis=1))])
         xt = x.reshape(b * s, e)[keep]
-        work, ping_pong = self._buffers((keep.size,), packed=True)
-        for i, layer in enumerate(self.encoder.layer):
-            xt = layer.forward_packed(xt, seqs, work, out=ping_pong[i % 2])
+        for layer in self.encoder.layer:
+            layer(xt, out=xt, cu_seqlens=cu_seqlens)
         out = np.zeros_like(x)
         out.reshape(b * s, e)[keep] = xt
         return out
