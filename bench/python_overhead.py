@@ -10,7 +10,8 @@ import numpy as np
 from coreformer import _core
 from coreformer.models import BertModel
 
-CALLS = ("linear", "multi_head_attention", "layer_norm", "embedding", "scaled_dot_product_attention")
+CALLS = ("linear", "multi_head_attention", "transformer_encoder_layer", "layer_norm", "embedding",
+         "scaled_dot_product_attention")
 
 
 def main(n=300):

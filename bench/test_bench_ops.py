@@ -118,3 +118,28 @@ def test_multi_head_attention(benchmark, rng, peer):
             with torch.inference_mode():
                 return m(tx, tx, tx, need_weights=False)
         benchmark(run)
+
+
+@pytest.mark.parametrize("peer", ["coreformer", "torch"])
+@pytest.mark.parametrize("b,s,e,h,f", [(8, 128, 768, 12, 3072), (1, 32, 384, 12, 1536)])
+def test_encoder_layer(benchmark, rng, peer, b, s, e, h, f):
+    """A post-LN GELU encoder layer: ours (weights packed once) against torch's fast path."""
+    skip_missing(peer)
+    benchmark.group = f"encoder_layer B={b} S={s} E={e} F={f}"
+    x = randn(rng, b, s, e)
+    shapes = [(3 * e, e), (3 * e,), (e, e), (e,), (f, e), (f,), (e, f), (e,)]
+    w = [randn(rng, *sh, scale=0.05) for sh in shapes] + [np.ones(e, np.float32), np.zeros(e, np.float32)] * 2
+    if peer == "coreformer":
+        args = [ops.pack_weight(a) if i in (0, 2, 4, 6) else a for i, a in enumerate(w)]
+        benchmark(ops.transformer_encoder_layer, x, h, *args, activation="gelu")
+        return
+    layer = torch.nn.TransformerEncoderLayer(e, h, f, dropout=0.0, activation="gelu", batch_first=True).eval()
+    with torch.no_grad():
+        for p, a in zip(layer.parameters(), w):  # the same order as the op's arguments
+            p.copy_(torch.from_numpy(a))
+    tx = torch.from_numpy(x)
+
+    def run():
+        with torch.inference_mode():
+            return layer(tx)
+    benchmark(run)

@@ -153,6 +153,45 @@ def _mha_cases(rng, torch, F, quick):
     return [Case("multi_head_attention", f"B={b} S={s} E={e} H={nh}", flops, "GFLOP/s", impls)]
 
 
+def _encoder_layer_cases(rng, torch, F, quick):
+    """One post-LN encoder layer (GELU), ours with its weights packed once as models run it, against
+    torch.nn.TransformerEncoderLayer in eval/inference mode (torch's fast path,
+    _transformer_encoder_layer_fwd): a BERT-base layer, and a MiniLM layer on one 32-token sentence."""
+    shapes = [(1, 32, 384, 12, 1536)] if quick else [(8, 128, 768, 12, 3072), (1, 32, 384, 12, 1536)]
+    cases = []
+    for b, s, e, nh, f in shapes:
+        x = _rand(rng, b, s, e)
+        w = {"in_weight": _rand(rng, 3 * e, e, scale=e ** -0.5), "in_bias": _rand(rng, 3 * e, scale=0.1),
+             "out_weight": _rand(rng, e, e, scale=e ** -0.5), "out_bias": _rand(rng, e, scale=0.1),
+             "linear1_weight": _rand(rng, f, e, scale=e ** -0.5), "linear1_bias": _rand(rng, f, scale=0.1),
+             "linear2_weight": _rand(rng, e, f, scale=f ** -0.5), "linear2_bias": _rand(rng, e, scale=0.1),
+             "norm1_weight": np.ones(e, np.float32), "norm1_bias": np.zeros(e, np.float32),
+             "norm2_weight": np.ones(e, np.float32), "norm2_bias": np.zeros(e, np.float32)}
+        args = [ops.pack_weight(v) if k.endswith("weight") and not k.startswith("norm") else v for k, v in w.items()]
+        t = b * s
+        flops = 2.0 * t * e * 4 * e + 4.0 * b * s * s * e + 4.0 * t * e * f
+        impls = {"coreformer": lambda x=x, args=args, nh=nh: ops.transformer_encoder_layer(x, nh, *args,
+                                                                                           activation="gelu",
+                                                                                           eps=1e-12)}
+        if torch is not None:
+            layer = torch.nn.TransformerEncoderLayer(e, nh, f, dropout=0.0, activation="gelu", batch_first=True,
+                                                     layer_norm_eps=1e-12).eval()
+            with torch.no_grad():
+                for name, key in (("self_attn.in_proj_weight", "in_weight"), ("self_attn.in_proj_bias", "in_bias"),
+                                  ("self_attn.out_proj.weight", "out_weight"), ("self_attn.out_proj.bias", "out_bias"),
+                                  ("linear1.weight", "linear1_weight"), ("linear1.bias", "linear1_bias"),
+                                  ("linear2.weight", "linear2_weight"), ("linear2.bias", "linear2_bias")):
+                    layer.get_parameter(name).copy_(torch.from_numpy(w[key]))
+            tx = torch.from_numpy(x)
+
+            def torch_layer(layer=layer, tx=tx):
+                with torch.inference_mode():
+                    return layer(tx)
+            impls["torch"] = torch_layer
+        cases.append(Case("encoder_layer", f"B={b} S={s} E={e} H={nh} F={f} gelu", flops, "GFLOP/s", impls))
+    return cases
+
+
 def _additive_cases(rng, torch, F, quick):
     b, sq, sk, dd, a = 8, 64, 128, 256, 128
     q, k, v = _rand(rng, b, sq, dd), _rand(rng, b, sk, dd), _rand(rng, b, sk, dd)
@@ -235,6 +274,7 @@ OPS = {
     "linear": _linear_cases,
     "attention": _attention_cases,
     "mha": _mha_cases,
+    "encoder_layer": _encoder_layer_cases,
     "additive_attention": _additive_cases,
     "layer_norm": _layer_norm_cases,
     "softmax": _softmax_cases,

@@ -17,8 +17,8 @@ def main(argv=None) -> int:
     b.add_argument("--threads", type=int, default=None, help="threads for coreformer and torch (default: all)")
     b.add_argument("--rounds", type=int, default=None, help="timing rounds per case (default 7; 3 with --quick)")
     b.add_argument("--ops", default=None,
-                   help="comma-separated subset of: copy, linear, attention, mha, additive_attention, layer_norm, "
-                        "softmax, gelu, relu, embedding")
+                   help="comma-separated subset of: copy, linear, attention, mha, encoder_layer, "
+                        "additive_attention, layer_norm, softmax, gelu, relu, embedding")
     b.add_argument("--models", action="store_true",
                    help="model benchmarks instead: MiniLM encoding, GPT-2 small decode and prefill, against "
                         "PyTorch/transformers, ONNX Runtime and CTranslate2 where installed")
