@@ -154,6 +154,25 @@ Arg ids_arg(py::handle obj, const char* name) {
   return {i, view_of(i, DType::i64)};
 }
 
+Arg inout_float_arg(py::handle obj, const char* name) {
+  if (!py::isinstance<py::array>(obj)) raise<TypeError>(name, " must be a float32 numpy array");
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  if (!is_native_f32(a)) {
+    std::string dt = py::str(a.dtype());
+    raise<TypeError>(name, " must be a float32 array, got dtype ", dt);
+  }
+  if (!(a.flags() & py::array::c_style)) raise<ValueError>(name, " must be C-contiguous");
+  if (!a.writeable()) raise<ValueError>(name, " is read-only");
+  return {a, view_of(a, DType::f32)};
+}
+
+bool overlap(const Arg& a, const Arg& b) {
+  if (!a.array || !b.array || a.array.nbytes() == 0 || b.array.nbytes() == 0) return false;
+  const char* a0 = static_cast<const char*>(a.array.data());
+  const char* b0 = static_cast<const char*>(b.array.data());
+  return a0 < b0 + b.array.nbytes() && b0 < a0 + a.array.nbytes();
+}
+
 Arg output(py::handle out, const std::vector<int64_t>& shape, const std::vector<const Arg*>& inputs, bool allow_same) {
   if (out.is_none()) {
     py::array_t<float> r(std::vector<py::ssize_t>(shape.begin(), shape.end()));

@@ -155,7 +155,8 @@ py::object encoder_layer(py::handle x, int64_t num_heads, py::handle in_weight, 
                          py::handle linear2_weight, py::handle linear2_bias, py::handle norm1_weight,
                          py::handle norm1_bias, py::handle norm2_weight, py::handle norm2_bias, py::handle activation,
                          bool norm_first, float eps, py::handle attn_mask, py::handle key_padding_mask, bool is_causal,
-                         py::handle cu_seqlens, py::handle out) {
+                         py::handle cu_seqlens, py::handle scale, py::handle k_cache, py::handle v_cache,
+                         int64_t cache_length, py::handle out) {
   Arg xa = cf::pyext::float_arg(x, "x");
   WeightArg iwa = weight_arg(in_weight, "in_weight"), owa = weight_arg(out_weight, "out_weight"),
             l1a = weight_arg(linear1_weight, "linear1_weight"), l2a = weight_arg(linear2_weight, "linear2_weight");
@@ -175,6 +176,21 @@ py::object encoder_layer(py::handle x, int64_t num_heads, py::handle in_weight, 
   opt.norm_first = norm_first;
   opt.eps = eps;
   opt.is_causal = is_causal;
+  if (!scale.is_none()) {
+    opt.scale = scale.cast<float>();
+    CF_CHECK(std::isfinite(*opt.scale), ValueError, "scale must be finite, got ", *opt.scale);
+  }
+  Arg kca, vca;
+  cf::ops::KVCacheRef cache;
+  CF_CHECK(k_cache.is_none() == v_cache.is_none(), ValueError, "k_cache and v_cache go together: pass both or neither");
+  if (!k_cache.is_none()) {
+    kca = cf::pyext::inout_float_arg(k_cache, "k_cache");
+    vca = cf::pyext::inout_float_arg(v_cache, "v_cache");
+    CF_CHECK(!cf::pyext::overlap(kca, vca), ValueError, "k_cache and v_cache must not share memory");
+    cache.k = kca.view;
+    cache.v = vca.view;
+    cache.length = cache_length;
+  }
   OptionalView m = cf::pyext::optional_mask(attn_mask, "attn_mask", ma);
   OptionalView kpm = cf::pyext::optional_mask(key_padding_mask, "key_padding_mask", kpa);
   OptionalView cu;
@@ -182,15 +198,24 @@ py::object encoder_layer(py::handle x, int64_t num_heads, py::handle in_weight, 
     cua = cf::pyext::ids_arg(cu_seqlens, "cu_seqlens");
     cu = cua.view;
   }
-  const auto shape = cf::ops::transformer_encoder_layer_shape(xa.view, w, num_heads, m, kpm, cu);
+  const cf::ops::KVCacheRef* cp = k_cache.is_none() ? nullptr : &cache;
+  const auto shape = cf::ops::transformer_encoder_layer_shape(xa.view, w, num_heads, m, kpm, cu, cp);
   // out may be x itself (the layer reads x before it writes out), but no other input
-  std::vector<const Arg*> others{&iwa.arg, &owa.arg, &l1a.arg, &l2a.arg, &ma, &kpa, &cua};
+  std::vector<const Arg*> others{&iwa.arg, &owa.arg, &l1a.arg, &l2a.arg, &ma, &kpa, &cua, &kca, &vca};
   for (const Arg& a : held) others.push_back(&a);
   Arg oa = cf::pyext::output(out, shape, others);
   if (!out.is_none()) cf::pyext::output(out, shape, {&xa}, /*allow_same=*/true);
+  if (cp) {  // the caches are written: they must not be anything the layer reads
+    for (const Arg* a : others)
+      CF_CHECK(a == &kca || a == &vca || (!cf::pyext::overlap(*a, kca) && !cf::pyext::overlap(*a, vca)), ValueError,
+               "k_cache and v_cache must not share memory with the layer's other arguments");
+    for (const Arg* a : {&xa, &oa})
+      CF_CHECK(!cf::pyext::overlap(*a, kca) && !cf::pyext::overlap(*a, vca), ValueError,
+               "k_cache and v_cache must not share memory with x or out");
+  }
   {
     py::gil_scoped_release nogil;
-    cf::ops::transformer_encoder_layer(xa.view, w, opt, m, kpm, cu, oa.view);
+    cf::ops::transformer_encoder_layer(xa.view, w, opt, m, kpm, cu, oa.view, cp);
   }
   return oa.array;
 }
@@ -345,6 +370,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("norm1_bias"), py::arg("norm2_weight"), py::arg("norm2_bias"), py::arg("activation") = "relu",
         py::arg("norm_first") = false, py::arg("eps") = 1e-5f, py::arg("attn_mask") = none,
         py::arg("key_padding_mask") = none, py::arg("is_causal") = false, py::arg("cu_seqlens") = none,
+        py::arg("scale") = none, py::arg("k_cache") = none, py::arg("v_cache") = none, py::arg("cache_length") = 0,
         py::arg("out") = none);
   m.def("additive_attention", &additive, py::arg("query"), py::arg("keys"), py::arg("values"), py::arg("w_query"),
         py::arg("w_key"), py::arg("v"), py::arg("mask") = none, py::arg("return_weights") = false);

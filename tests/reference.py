@@ -103,7 +103,8 @@ def sinusoidal(n, dim):
     return np.where(c % 2 == 0, np.sin(ang), np.cos(ang))
 
 
-def mha(query, key, value, num_heads, iw, ib, ow, ob, attn_mask=None, key_padding_mask=None, is_causal=False):
+def mha(query, key, value, num_heads, iw, ib, ow, ob, attn_mask=None, key_padding_mask=None, is_causal=False,
+        scale=None):
     """torch.nn.MultiheadAttention(batch_first=True) in float64: bool masks True = NOT allowed."""
     q, k, v = f64(query), f64(key), f64(value)
     B, Sq, E = q.shape
@@ -123,7 +124,7 @@ def mha(query, key, value, num_heads, iw, ib, ow, ob, attn_mask=None, key_paddin
     if key_padding_mask is not None:
         kp = np.asarray(key_padding_mask)
         add = add + (np.where(kp, -np.inf, 0.0) if kp.dtype == bool else f64(kp))[:, None, None, :]
-    ctx = sdpa(split(Q, Sq), split(K, Sk), split(V, Sk), attn_mask=add, is_causal=is_causal)
+    ctx = sdpa(split(Q, Sq), split(K, Sk), split(V, Sk), attn_mask=add, is_causal=is_causal, scale=scale)
     ctx = ctx.transpose(0, 2, 1, 3).reshape(B, Sq, E)
     return ctx @ f64(ow).T + (f64(ob) if ob is not None else 0.0)
 

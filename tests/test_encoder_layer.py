@@ -151,3 +151,66 @@ def test_bad_inputs(rng):
         call(big[:2], h, p, out=big[1:])
     with pytest.raises(ValueError, match="out has shape"):
         call(x, h, p, out=np.empty((2, 5, e + 1), np.float32))
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_kv_cache_decodes_what_the_full_causal_layer_computes(isa, rng, norm_first):
+    # a decoder-only (GPT) block: 5 positions, then one at a time, against the whole sequence at once
+    b, s, e, h, f = 2, 12, 32, 4, 40
+    x, p = randn(rng, b, s, e), params(rng, e, f)
+    pad = np.zeros((b, s), bool)
+    pad[1, :3] = True  # row 1 is left-padded
+    kw = dict(activation="gelu_tanh", norm_first=norm_first, is_causal=True, scale=0.3)
+    full = call(x, h, p, key_padding_mask=pad, **kw)
+    assert_close(full[~pad], ref.encoder_layer(x, h, p, "gelu_tanh", norm_first, key_padding_mask=pad,
+                                               is_causal=True, scale=0.3)[~pad], atol_scale=1e-5)
+    kc, vc = np.full((2, b, h, 16, e // h), np.nan, np.float32)  # capacity 16; unwritten slots stay NaN
+    steps, n = [], 0
+    for stop in [5] + list(range(6, s + 1)):
+        steps.append(call(x[:, n:stop], h, p, key_padding_mask=pad[:, :stop], k_cache=kc, v_cache=vc,
+                          cache_length=n, **kw))
+        n = stop
+    assert_close(np.concatenate(steps, axis=1)[~pad], full[~pad], atol_scale=1e-5)
+    # the cache holds the keys and values of every position, heads apart
+    src = ref.layer_norm(x, p["norm1_weight"], p["norm1_bias"])[0] if norm_first else x
+    keys = ref.linear(src, p["in_weight"][e:2 * e], p["in_bias"][e:2 * e])
+    vals = ref.linear(src, p["in_weight"][2 * e:], p["in_bias"][2 * e:])
+    assert_close(kc[:, :, :s], keys.reshape(b, s, h, e // h).transpose(0, 2, 1, 3), atol_scale=1e-5)
+    assert_close(vc[:, :, :s], vals.reshape(b, s, h, e // h).transpose(0, 2, 1, 3), atol_scale=1e-5)
+    assert np.isnan(kc[:, :, s:]).all() and np.isnan(vc[:, :, s:]).all()
+
+
+def test_kv_cache_bad_inputs(rng):
+    b, s, e, h, f = 2, 3, 16, 4, 24
+    x, p = randn(rng, b, s, e), params(rng, e, f)
+    kc, vc = np.zeros((2, b, h, 8, 4), np.float32)
+    with pytest.raises(ValueError, match=r"cache_length \(6\) \+ 3 new positions must fit the cache's capacity \(8\)"):
+        call(x, h, p, k_cache=kc, v_cache=vc, cache_length=6)
+    with pytest.raises(ValueError, match="must fit"):
+        call(x, h, p, k_cache=kc, v_cache=vc, cache_length=-1)
+    with pytest.raises(ValueError, match=r"v_cache must have shape \(2, 4, capacity, 4\) like k_cache, got \(2, 4, 9, 4\)"):
+        call(x, h, p, k_cache=kc, v_cache=np.zeros((b, h, 9, 4), np.float32))
+    with pytest.raises(ValueError, match=r"k_cache must have shape \(2, 4, capacity, 4\)"):
+        call(x, h, p, k_cache=np.zeros((b, 2, 8, 8), np.float32), v_cache=vc)
+    with pytest.raises(ValueError, match="pass both or neither"):
+        call(x, h, p, k_cache=kc)
+    with pytest.raises(TypeError, match="k_cache must be a float32 array, got dtype float64"):
+        call(x, h, p, k_cache=kc.astype(np.float64), v_cache=vc)
+    ro = vc.copy()
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="v_cache is read-only"):
+        call(x, h, p, k_cache=kc, v_cache=ro)
+    with pytest.raises(ValueError, match="v_cache must be C-contiguous"):
+        call(x, h, p, k_cache=kc, v_cache=np.zeros((b, h, 4, 8), np.float32).transpose(0, 1, 3, 2))
+    both = np.zeros((2 * b, h, 8, 4), np.float32)
+    with pytest.raises(ValueError, match="must not share memory"):
+        call(x, h, p, k_cache=both[:b], v_cache=both[b - 1:2 * b - 1])
+    with pytest.raises(ValueError, match="must not share memory with the layer's other arguments"):
+        call(x, h, dict(p, linear1_bias=kc.reshape(-1)[:f]), k_cache=kc, v_cache=vc)
+    with pytest.raises(ValueError, match=r"key_padding_mask must have shape \(2, 5\)"):
+        call(x, h, p, k_cache=kc, v_cache=vc, cache_length=2, key_padding_mask=np.zeros((b, 3), bool))
+    with pytest.raises(ValueError, match="cannot be combined with cu_seqlens"):
+        call(x.reshape(6, e), h, p, k_cache=kc, v_cache=vc, cu_seqlens=np.array([0, 6]))
+    with pytest.raises(ValueError, match="scale must be finite"):
+        call(x, h, p, scale=float("inf"))
+    np.testing.assert_array_equal(kc, 0)  # nothing was written by a call that failed

@@ -9,6 +9,8 @@
 //   post-LN: x1 = LN1(x + SA(x));        out = LN2(x1 + FFN(x1))
 //   pre-LN:  x1 = x + SA(LN1(x));        out = x1 + FFN(LN2(x1))
 #include <cmath>
+#include <cstring>
+#include <utility>
 
 #include "ops/common.h"
 
@@ -83,7 +85,7 @@ void norm(const float* x, int64_t rows, int64_t n, const OptionalView& weight, c
 
 Shape transformer_encoder_layer_shape(const TensorView& x, const EncoderLayerWeights& w, int64_t num_heads,
                                       const OptionalView& attn_mask, const OptionalView& key_padding_mask,
-                                      const OptionalView& cu_seqlens) {
+                                      const OptionalView& cu_seqlens, const KVCacheRef* cache) {
   expect_f32(x, "x");
   CF_CHECK(x.ndim == (cu_seqlens ? 2 : 3), ValueError, "x must be ",
            cu_seqlens ? "(T, E) with cu_seqlens" : "(B, S, E)", ", got shape ", x.shape_str());
@@ -102,6 +104,7 @@ Shape transformer_encoder_layer_shape(const TensorView& x, const EncoderLayerWei
   expect_vector(w.norm1_bias, E, "norm1_bias", "x's last axis");
   expect_vector(w.norm2_weight, E, "norm2_weight", "x's last axis");
   expect_vector(w.norm2_bias, E, "norm2_bias", "x's last axis");
+  CF_CHECK(!(cache && cu_seqlens), ValueError, "a KV cache cannot be combined with cu_seqlens");
   if (cu_seqlens) {
     const TensorView& cu = *cu_seqlens;
     CF_CHECK(!attn_mask && !key_padding_mask, ValueError,
@@ -118,15 +121,31 @@ Shape transformer_encoder_layer_shape(const TensorView& x, const EncoderLayerWei
       CF_CHECK(seq_at(cu, i) >= seq_at(cu, i - 1), ValueError, "cu_seqlens must be non-decreasing, got ",
                seq_at(cu, i - 1), " then ", seq_at(cu, i), " at index ", i);
   } else {
-    check_mha_masks(attn_mask, key_padding_mask, x.shape[0], num_heads, x.shape[1], x.shape[1]);
+    const int64_t B = x.shape[0], S = x.shape[1];
+    int64_t past = 0;
+    if (cache) {
+      const int64_t cap = cache->k.ndim == 4 ? cache->k.shape[2] : 0;
+      for (const auto& [t, name] : {std::pair{&cache->k, "k_cache"}, std::pair{&cache->v, "v_cache"}}) {
+        expect_f32(*t, name);
+        CF_CHECK(t->ndim == 4 && t->shape[0] == B && t->shape[1] == num_heads && t->shape[2] == cap &&
+                     t->shape[3] == E / num_heads,
+                 ValueError, name, " must have shape (", B, ", ", num_heads, ", capacity, ", E / num_heads,
+                 ") like k_cache, got ", t->shape_str());
+      }
+      past = cache->length;
+      CF_CHECK(past >= 0 && past + S <= cap, ValueError, "cache_length (", past, ") + ", S,
+               " new positions must fit the cache's capacity (", cap, ")");
+    }
+    check_mha_masks(attn_mask, key_padding_mask, B, num_heads, S, past + S);
   }
   return shape_of(x);
 }
 
 void transformer_encoder_layer(const TensorView& x, const EncoderLayerWeights& w, const EncoderLayerOptions& opt,
                                const OptionalView& attn_mask, const OptionalView& key_padding_mask,
-                               const OptionalView& cu_seqlens, const TensorView& out) {
-  expect_out(out, transformer_encoder_layer_shape(x, w, opt.num_heads, attn_mask, key_padding_mask, cu_seqlens),
+                               const OptionalView& cu_seqlens, const TensorView& out, const KVCacheRef* cache) {
+  expect_out(out,
+             transformer_encoder_layer_shape(x, w, opt.num_heads, attn_mask, key_padding_mask, cu_seqlens, cache),
              "transformer_encoder_layer");
   CF_CHECK(opt.eps >= 0.0f, ValueError, "eps must be >= 0, got ", opt.eps);
   const int64_t E = x.size(-1), F = w.linear1_weight.rows(), T = x.numel() / (E ? E : 1);
@@ -154,7 +173,7 @@ void transformer_encoder_layer(const TensorView& x, const EncoderLayerWeights& w
   at.q_sh = at.k_sh = at.v_sh = at.o_sh = Dh;
   at.o_ss = E;
   at.causal = opt.is_causal;
-  at.scale = 1.0f / std::sqrt(static_cast<float>(Dh));
+  at.scale = opt.scale ? *opt.scale : 1.0f / std::sqrt(static_cast<float>(Dh));
   if (cu_seqlens) {  // one attention per sequence, on its rows
     for (int64_t i = 0; i + 1 < cu_seqlens->shape[0]; ++i) {
       const int64_t r0 = seq_at(*cu_seqlens, i), len = seq_at(*cu_seqlens, i + 1) - r0;
@@ -166,11 +185,29 @@ void transformer_encoder_layer(const TensorView& x, const EncoderLayerWeights& w
       kernels().attention(at);
     }
   } else {
-    const int64_t S = x.shape[1];
-    at.B = x.shape[0]; at.Sq = at.Sk = S;
+    const int64_t B = x.shape[0], S = x.shape[1];
+    at.B = B; at.Sq = at.Sk = S;
     at.q = qkv; at.k = qkv + E; at.v = qkv + 2 * E;
     at.q_sb = at.k_sb = at.v_sb = S * 3 * E;
     at.out = ctx; at.o_sb = S * E;
+    if (cache) {  // the new keys and values join the cache; attention reads them all from there
+      const int64_t cap = cache->k.shape[2], past = cache->length;
+      float* const kc = cache->k.ptr<float>();
+      float* const vc = cache->v.ptr<float>();
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t hh = 0; hh < H; ++hh)
+          for (int64_t s = 0; s < S; ++s) {
+            const float* src = qkv + (b * S + s) * 3 * E + hh * Dh;
+            const int64_t dst = ((b * H + hh) * cap + past + s) * Dh;
+            std::memcpy(kc + dst, src + E, sizeof(float) * Dh);
+            std::memcpy(vc + dst, src + 2 * E, sizeof(float) * Dh);
+          }
+      at.Sk = past + S;
+      at.k = kc; at.v = vc;
+      at.k_sb = at.v_sb = H * cap * Dh;
+      at.k_sh = at.v_sh = cap * Dh;
+      at.k_ss = at.v_ss = Dh;
+    }
     set_mha_masks(at, attn_mask, key_padding_mask);
     kernels().attention(at);
   }

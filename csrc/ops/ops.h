@@ -97,18 +97,29 @@ struct EncoderLayerOptions {
   bool norm_first = false;  // pre-LN (GPT-2 style) instead of post-LN (Vaswani, BERT)
   float eps = 1e-5f;
   bool is_causal = false;
+  std::optional<float> scale;  // of the attention scores; default 1/sqrt(E / num_heads)
+};
+// A self-attention layer's KV cache: keys and values (B, H, capacity, Dh), float32 C-contiguous,
+// positions [0, length) filled. The layer writes its S new keys and values at [length, length + S)
+// and attends to all length + S (the caller then counts them in).
+struct KVCacheRef {
+  TensorView k, v;
+  int64_t length = 0;
 };
 // torch.nn.TransformerEncoderLayer(batch_first=True).forward (inference) in one op, as torch's own
 // fast path (_transformer_encoder_layer_fwd) runs it: x (B, S, E), or x (T, E) holding sequences
 // one after another with cu_seqlens (int32/int64 (n+1,): sequence i is rows [cu[i], cu[i+1]); each
 // attends within itself only -- a padded batch without its padding). attn_mask and key_padding_mask
-// follow multi_head_attention (not with cu_seqlens). out has x's shape and may be x itself.
+// follow multi_head_attention, over the cache's positions too (not with cu_seqlens). With a
+// cache (and is_causal) it is a decoder-only (GPT) block decoding S new positions. out has x's
+// shape and may be x itself.
 Shape transformer_encoder_layer_shape(const TensorView& x, const EncoderLayerWeights& w, int64_t num_heads,
                                       const OptionalView& attn_mask, const OptionalView& key_padding_mask,
-                                      const OptionalView& cu_seqlens);
+                                      const OptionalView& cu_seqlens, const KVCacheRef* cache = nullptr);
 void transformer_encoder_layer(const TensorView& x, const EncoderLayerWeights& w, const EncoderLayerOptions& opt,
                                const OptionalView& attn_mask, const OptionalView& key_padding_mask,
-                               const OptionalView& cu_seqlens, const TensorView& out);
+                               const OptionalView& cu_seqlens, const TensorView& out,
+                               const KVCacheRef* cache = nullptr);
 
 // query (B,Sq,Dq), keys (B,Sk,Dk), values (B,Sk,Dv), w_query (A,Dq), w_key (A,Dk), v (A,),
 // mask bool (B,Sk) or (B,Sq,Sk), True = attend. out (B,Sq,Dv); weights (B,Sq,Sk) optional.

@@ -414,16 +414,20 @@ class KVCache:
     def capacity(self) -> int:
         return self.k.shape[2]
 
-    def append(self, k, v) -> None:
-        """k, v ``(B, H, S, Dh)`` (any strides)."""
-        s = k.shape[2]
-        if self.length + s > self.capacity:
-            cap = max(self.length + s, 2 * self.capacity)
+    def reserve(self, n: int) -> None:
+        """Make room for n more positions (doubling the capacity, one copy, when they do not fit)."""
+        if self.length + n > self.capacity:
+            cap = max(self.length + n, 2 * self.capacity)
             for name in ("k", "v"):
                 old = getattr(self, name)
                 new = np.empty(old.shape[:2] + (cap,) + old.shape[3:], np.float32)
                 new[:, :, :self.length] = old[:, :, :self.length]
                 setattr(self, name, new)
+
+    def append(self, k, v) -> None:
+        """k, v ``(B, H, S, Dh)`` (any strides)."""
+        s = k.shape[2]
+        self.reserve(s)
         self.k[:, :, self.length:self.length + s] = k
         self.v[:, :, self.length:self.length + s] = v
         self.length += s

@@ -109,7 +109,8 @@ def multi_head_attention(query, key, value, num_heads, in_weight, in_bias, out_w
 def transformer_encoder_layer(x, num_heads, in_weight, in_bias, out_weight, out_bias, linear1_weight, linear1_bias,
                               linear2_weight, linear2_bias, norm1_weight, norm1_bias, norm2_weight, norm2_bias, *,
                               activation="relu", norm_first=False, eps=1e-5, attn_mask=None, key_padding_mask=None,
-                              is_causal=False, cu_seqlens=None, out=None):
+                              is_causal=False, scale=None, cu_seqlens=None, k_cache=None, v_cache=None,
+                              cache_length=0, out=None):
     """The forward of ``torch.nn.TransformerEncoderLayer(batch_first=True)`` (inference) in one call.
 
     Post-LN (``norm_first=False``, Vaswani, BERT): ``x1 = norm1(x + self_attn(x))``,
@@ -119,14 +120,22 @@ def transformer_encoder_layer(x, num_heads, in_weight, in_bias, out_weight, out_
     (each a float32 array or a ``PackedWeight``), their biases, and the norms' ``(E,)`` weights and
     biases (any bias or norm parameter may be None). ``activation``: ``"relu"``, ``"gelu"`` or
     ``"gelu_tanh"``. ``attn_mask``, ``key_padding_mask`` and ``is_causal`` as in
-    ``multi_head_attention``.
+    ``multi_head_attention``; ``scale`` of the scores defaults to ``1/sqrt(E / num_heads)``.
 
     x is ``(B, S, E)`` or ``(S, E)``; or, with ``cu_seqlens`` (int ``(n + 1,)``: 0, the cumulative
     lengths, T), ``(T, E)`` holding n sequences one after another, each attending within itself --
     a padded batch run without its padding. Returns x's shape; ``out`` may be x itself (in place).
+
+    With a KV cache -- ``k_cache`` and ``v_cache`` float32 ``(B, H, capacity, E / H)``, their first
+    ``cache_length`` positions filled -- the layer is a decoder-only (GPT) block: the S new keys
+    and values are written at ``[cache_length, cache_length + S)`` and the queries attend to all
+    ``cache_length + S`` positions (``is_causal`` aligns bottom-right; masks cover them all). The
+    caller counts the S new positions in.
     """
     unbatched = cu_seqlens is None and np.ndim(x) == 2
     if unbatched:
+        if k_cache is not None:
+            raise ValueError(f"x must be (B, S, E) with a KV cache, got shape {np.shape(x)}")
         x = np.asarray(x)[None]
         if key_padding_mask is not None:
             key_padding_mask = np.asarray(key_padding_mask)[None]
@@ -135,7 +144,8 @@ def transformer_encoder_layer(x, num_heads, in_weight, in_bias, out_weight, out_
     r = _core.transformer_encoder_layer(x, int(num_heads), in_weight, in_bias, out_weight, out_bias, linear1_weight,
                                         linear1_bias, linear2_weight, linear2_bias, norm1_weight, norm1_bias,
                                         norm2_weight, norm2_bias, activation, bool(norm_first), float(eps), attn_mask,
-                                        key_padding_mask, bool(is_causal), cu_seqlens, out)
+                                        key_padding_mask, bool(is_causal), cu_seqlens, scale, k_cache, v_cache,
+                                        int(cache_length), out)
     return r[0] if unbatched else r
 
 

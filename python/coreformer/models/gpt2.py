@@ -59,13 +59,6 @@ class _Attention(nn.Module):
         scale = 1.0 / np.sqrt(self.head_dim) if c.scale_attn_weights else 1.0
         self.scale = scale / (index + 1) if c.scale_attn_by_inverse_layer_idx else scale
 
-    def forward(self, h, x, keep, cache):
-        q, k, v = nn.split_heads(self.c_attn(h), 3, self.n_head)
-        if cache is not None:
-            cache.append(k, v)
-            k, v = cache.keys(), cache.values()
-        return self.c_proj(nn.attend(q, k, v, keep, is_causal=True, scale=self.scale), residual=x)
-
 
 class _MLP(nn.Module):
     def __init__(self, c: GPT2Config):
@@ -82,9 +75,25 @@ class _Block(nn.Module):
         self.ln_2 = nn.LayerNorm(c.n_embd, c.layer_norm_epsilon)
         self.mlp = _MLP(c)
 
-    def forward(self, x, keep, cache):
-        x = self.attn(self.ln_1(x), x, keep, cache)
-        return self.mlp.c_proj(self.mlp.c_fc(self.ln_2(x)), residual=x)
+    def forward(self, x, key_padding_mask, cache):
+        """The pre-LN block, x + attn(ln_1(x)) then + mlp(ln_2(x)), as one core call
+        (``ops.transformer_encoder_layer`` with ``norm_first`` and causal attention), in place in x.
+        With ``cache`` (an ``nn.KVCache``) the new keys and values join it and the queries attend to
+        every cached position; ``key_padding_mask`` (True = padding) covers them all."""
+        a, m = self.attn, self.mlp
+        s = x.shape[1]
+        kv = {}
+        if cache is not None:
+            cache.reserve(s)
+            kv = dict(k_cache=cache.k, v_cache=cache.v, cache_length=cache.length)
+        ops.transformer_encoder_layer(
+            x, a.n_head, a.c_attn._weight("weight"), a.c_attn.bias, a.c_proj._weight("weight"), a.c_proj.bias,
+            m.c_fc._weight("weight"), m.c_fc.bias, m.c_proj._weight("weight"), m.c_proj.bias, self.ln_1.weight,
+            self.ln_1.bias, self.ln_2.weight, self.ln_2.bias, activation=m.c_fc.activation, norm_first=True,
+            eps=self.ln_1.eps, key_padding_mask=key_padding_mask, is_causal=True, scale=a.scale, out=x, **kv)
+        if cache is not None:
+            cache.length += s
+        return x
 
 
 class _Transformer(nn.Module):
@@ -180,9 +189,9 @@ class GPT2LMHeadModel(nn.Module):
         t = self.transformer
         x = ops.embedding(ids, t.wte.weight)
         x += ops.embedding(position_ids, t.wpe.weight)
-        keep = None if mask is None or mask.all() else mask[:, None, None, :]
-        for i, block in enumerate(t.h):
-            x = block(x, keep, None if cache is None else cache.layers[i])
+        padding = None if mask is None or mask.all() else ~mask
+        for i, block in enumerate(t.h):  # in place in x, a new array
+            block(x, padding, None if cache is None else cache.layers[i])
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         h = t.ln_f(x)
