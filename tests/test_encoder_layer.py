@@ -214,3 +214,17 @@ def test_kv_cache_bad_inputs(rng):
     with pytest.raises(ValueError, match="scale must be finite"):
         call(x, h, p, scale=float("inf"))
     np.testing.assert_array_equal(kc, 0)  # nothing was written by a call that failed
+
+
+@pytest.mark.parametrize("dtype,tol", [("bfloat16", 2e-2), ("int8", 5e-2)])
+def test_narrow_packed_weights(rng, dtype, tol):
+    # bfloat16 / int8 weights run the same layer on the weights they round to
+    e, h, f = 64, 4, 96
+    x, p = randn(rng, 2, 9, e), params(rng, e, f)
+    mats = [n for n in NAMES if n.endswith("weight") and not n.startswith("norm")]
+    packed = dict(p, **{n: ops.pack_weight(p[n], dtype) for n in mats})
+    rounded = dict(p, **{n: packed[n].unpack() for n in mats})
+    for norm_first in (False, True):
+        got = call(x, h, packed, activation="gelu", norm_first=norm_first)
+        assert_close(got, ref.encoder_layer(x, h, rounded, "gelu", norm_first), atol_scale=1e-5)
+        assert np.abs(got - call(x, h, p, activation="gelu", norm_first=norm_first)).max() < tol * np.abs(got).max()
