@@ -12,6 +12,7 @@
 #include <cstring>
 #include <utility>
 
+#include "core/thread_cache.h"
 #include "ops/common.h"
 
 namespace cf::ops {
@@ -22,41 +23,6 @@ int64_t seq_at(const TensorView& cu, int64_t i) {
   const int64_t at = i * cu.strides[0];
   return cu.dtype == DType::i32 ? cu.ptr<const int32_t>()[at] : cu.ptr<const int64_t>()[at];
 }
-
-// Activations kept per calling thread between calls (layer after layer reuses them: a padded batch of
-// 32 x 100 tokens needs ~50 MB, whose page faults would cost ~5% of a layer each time). A one-off
-// call above kKeepFloats frees its buffer when it returns.
-class Workspace {
- public:
-  static constexpr int64_t kKeepFloats = int64_t(16) << 20;
-  explicit Workspace(int64_t floats) {
-    if (floats > cap()) {
-      buf().reset();
-      cap() = 0;
-      buf() = scratch(floats);
-      cap() = floats;
-    }
-  }
-  ~Workspace() {
-    if (cap() > kKeepFloats) {
-      buf().reset();
-      cap() = 0;
-    }
-  }
-  Workspace(const Workspace&) = delete;
-  Workspace& operator=(const Workspace&) = delete;
-  float* get() const { return buf().get(); }
-
- private:
-  static std::unique_ptr<float[]>& buf() {
-    static thread_local std::unique_ptr<float[]> b;
-    return b;
-  }
-  static int64_t& cap() {
-    static thread_local int64_t n = 0;
-    return n;
-  }
-};
 
 void expect_matrix(const WeightRef& w, int64_t rows, int64_t cols, const char* name) {
   if (w.array) {
@@ -151,8 +117,10 @@ void transformer_encoder_layer(const TensorView& x, const EncoderLayerWeights& w
   const int64_t E = x.size(-1), F = w.linear1_weight.rows(), T = x.numel() / (E ? E : 1);
   const int64_t H = opt.num_heads, Dh = E / H;
   if (T == 0 || E == 0) return;
-  Workspace ws(T * (6 * E + F));
-  float* const qkv = ws.get();    // (T, 3E)
+  // the activations, kept per calling thread from call to call (layer after layer: a padded batch of
+  // 32 x 100 tokens needs ~50 MB, whose page faults would cost ~5% of a layer each time)
+  static thread_local ThreadCache workspace;
+  float* const qkv = workspace.get(static_cast<size_t>(T * (6 * E + F)));  // (T, 3E)
   float* const ctx = qkv + T * 3 * E;  // (T, E) attention's merged heads
   float* const a = ctx + T * E;        // (T, E)
   float* const x1 = a + T * E;         // (T, E) the residual stream after attention
@@ -224,6 +192,7 @@ void transformer_encoder_layer(const TensorView& x, const EncoderLayerWeights& w
     gemm_rows(h, T, F, w.linear2_weight, w.linear2_bias, 0, E, a);
     norm(a, T, E, w.norm2_weight, w.norm2_bias, opt.eps, y, x1);
   }
+  workspace.release();
 }
 
 }  // namespace cf::ops
