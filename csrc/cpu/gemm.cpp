@@ -178,6 +178,15 @@ inline void panel_rows(const GemmArgs& g, EpilogueTile epi, int64_t m0, const BT
       for (int r = 0; r < R; ++r) acc[0][r][j] = acc[0][r][j] * sv;
     }
   }
+  if (g.bias) {  // in registers: the epilogue (if any) then has no bias to add
+    for (int j = 0; j < kNV; ++j) {
+      const int cols = n - j * Vec::W;
+      if (cols <= 0) break;
+      const float* bj = g.bias + n0 + j * Vec::W;
+      const Vec bv = cols >= Vec::W ? Vec::load(bj) : Vec::load_partial(bj, cols);
+      for (int r = 0; r < R; ++r) acc[0][r][j] = acc[0][r][j] + bv;
+    }
+  }
   for (int r = 0; r < R; ++r) {
     float* c = g.c + (m0 + r) * g.ldc + n0;
     for (int j = 0; j < kNV; ++j) {
@@ -186,9 +195,7 @@ inline void panel_rows(const GemmArgs& g, EpilogueTile epi, int64_t m0, const BT
       else if (cols > 0) acc[0][r][j].store_partial(c + j * Vec::W, cols);
     }
   }
-  if (epi)
-    epi(g.c + m0 * g.ldc + n0, g.ldc, R, n, g.bias ? g.bias + n0 : nullptr,
-        g.residual ? g.residual + m0 * g.ldr + n0 : nullptr, g.ldr);
+  if (epi) epi(g.c + m0 * g.ldc + n0, g.ldc, R, n, nullptr, g.residual ? g.residual + m0 * g.ldr + n0 : nullptr, g.ldr);
 }
 
 // panel_rows<r> for a run-time r in [1, R].
@@ -207,7 +214,7 @@ void gemm_prepacked_small_m(const GemmArgs& g) {
   const BT* wp = static_cast<const BT*>(g.wp);
   const int64_t np = ceil_div(g.N, kNR);
   const int nt = threads_for(g.N * g.K * g.M, 1 << 16);
-  const EpilogueTile epi = epilogue_for(g.act, g.bias, g.residual);
+  const EpilogueTile epi = epilogue_for(g.act, false, g.residual);  // panel_rows adds the bias itself
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (int64_t p = 0; p < np; ++p) {
     const int n = static_cast<int>(imin(kNR, g.N - p * kNR));
