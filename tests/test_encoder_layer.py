@@ -186,8 +186,9 @@ def test_kv_cache_bad_inputs(rng):
     kc, vc = np.zeros((2, b, h, 8, 4), np.float32)
     with pytest.raises(ValueError, match=r"cache_length \(6\) \+ 3 new positions must fit the cache's capacity \(8\)"):
         call(x, h, p, k_cache=kc, v_cache=vc, cache_length=6)
-    with pytest.raises(ValueError, match="must fit"):
-        call(x, h, p, k_cache=kc, v_cache=vc, cache_length=-1)
+    for bad in (-1, 2 ** 63 - 2):  # the second would overflow cache_length + S
+        with pytest.raises(ValueError, match="must fit"):
+            call(x, h, p, k_cache=kc, v_cache=vc, cache_length=bad)
     with pytest.raises(ValueError, match=r"v_cache must have shape \(2, 4, capacity, 4\) like k_cache, got \(2, 4, 9, 4\)"):
         call(x, h, p, k_cache=kc, v_cache=np.zeros((b, h, 9, 4), np.float32))
     with pytest.raises(ValueError, match=r"k_cache must have shape \(2, 4, capacity, 4\)"):

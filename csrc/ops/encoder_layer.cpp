@@ -99,7 +99,7 @@ Shape transformer_encoder_layer_shape(const TensorView& x, const EncoderLayerWei
                  ") like k_cache, got ", t->shape_str());
       }
       past = cache->length;
-      CF_CHECK(past >= 0 && past + S <= cap, ValueError, "cache_length (", past, ") + ", S,
+      CF_CHECK(past >= 0 && past <= cap && S <= cap - past, ValueError, "cache_length (", past, ") + ", S,
                " new positions must fit the cache's capacity (", cap, ")");
     }
     check_mha_masks(attn_mask, key_padding_mask, B, num_heads, S, past + S);
