@@ -155,7 +155,7 @@ Arg ids_arg(py::handle obj, const char* name) {
 }
 
 Arg inout_float_arg(py::handle obj, const char* name) {
-  if (!py::isinstance<py::array>(obj)) raise<TypeError>(name, " must be a float32 numpy array");
+  if (!py::isinstance<py::array>(obj)) raise<TypeError>(name, " must be a numpy array");
   py::array a = py::reinterpret_borrow<py::array>(obj);
   if (!is_native_f32(a)) {
     std::string dt = py::str(a.dtype());
@@ -178,28 +178,17 @@ Arg output(py::handle out, const std::vector<int64_t>& shape, const std::vector<
     py::array_t<float> r(std::vector<py::ssize_t>(shape.begin(), shape.end()));
     return {r, view_of(r, DType::f32)};
   }
-  if (!py::isinstance<py::array>(out)) raise<TypeError>("out must be a numpy array");
-  py::array a = py::reinterpret_borrow<py::array>(out);
-  if (!is_native_f32(a)) {
-    std::string dt = py::str(a.dtype());
-    raise<TypeError>("out must be a float32 array, got dtype ", dt);
-  }
-  if (!(a.flags() & py::array::c_style)) raise<ValueError>("out must be C-contiguous");
-  if (!a.writeable()) raise<ValueError>("out is read-only");
-  Arg r{a, view_of(a, DType::f32)};
+  Arg r = inout_float_arg(out, "out");
+  const py::array& a = r.array;
   std::vector<int64_t> got(a.shape(), a.shape() + a.ndim());
   if (got != shape) {
     raise<ValueError>("out has shape ", r.view.shape_str(), " but the result has shape ",
                       TensorView(nullptr, DType::f32, static_cast<int>(shape.size()), shape.data()).shape_str());
   }
-  const char* o0 = static_cast<const char*>(a.data());
-  const char* o1 = o0 + a.nbytes();
   for (const Arg* in : inputs) {
-    if (!in || !in->array) continue;
-    const char* i0 = static_cast<const char*>(in->array.data());
-    const char* i1 = i0 + in->array.nbytes();
-    const bool overlap = o0 < i1 && i0 < o1 && a.nbytes() > 0 && in->array.nbytes() > 0;
-    if (overlap && !(allow_same && o0 == i0 && o1 == i1))
+    if (!in || !overlap(r, *in)) continue;
+    const bool same = in->array.data() == a.data() && in->array.nbytes() == a.nbytes();
+    if (!(allow_same && same))
       raise<ValueError>("out overlaps an input array; pass a separate array", allow_same ? " (or exactly the input)" : "");
   }
   return r;

@@ -37,8 +37,8 @@ OptionalView optional_mask(py::handle obj, const char* name, Arg& holder);
 // bool only; other real dtypes are converted with != 0
 OptionalView optional_bool(py::handle obj, const char* name, Arg& holder);
 Arg ids_arg(py::handle obj, const char* name);  // int32 or int64
-// A float32, C-contiguous, writeable numpy array the op updates in place (a KV cache); anything else
-// is a TypeError or ValueError naming the argument.
+// A float32, C-contiguous, writeable numpy array the op writes (a KV cache, `out`); anything else is
+// a TypeError or ValueError naming the argument.
 Arg inout_float_arg(py::handle obj, const char* name);
 // Whether two converted arguments share any byte of memory.
 bool overlap(const Arg& a, const Arg& b);

@@ -154,7 +154,7 @@ py::object encoder_layer(py::handle x, int64_t num_heads, py::handle in_weight, 
                          py::handle out_weight, py::handle out_bias, py::handle linear1_weight, py::handle linear1_bias,
                          py::handle linear2_weight, py::handle linear2_bias, py::handle norm1_weight,
                          py::handle norm1_bias, py::handle norm2_weight, py::handle norm2_bias, py::handle activation,
-                         bool norm_first, float eps, py::handle attn_mask, py::handle key_padding_mask, bool is_causal,
+                         bool norm_first, float norm1_eps, float norm2_eps, py::handle attn_mask, py::handle key_padding_mask, bool is_causal,
                          py::handle cu_seqlens, py::handle scale, py::handle k_cache, py::handle v_cache,
                          int64_t cache_length, py::handle out) {
   Arg xa = cf::pyext::float_arg(x, "x");
@@ -174,7 +174,8 @@ py::object encoder_layer(py::handle x, int64_t num_heads, py::handle in_weight, 
   opt.num_heads = num_heads;
   opt.act = activation_arg(activation);
   opt.norm_first = norm_first;
-  opt.eps = eps;
+  opt.eps1 = norm1_eps;
+  opt.eps2 = norm2_eps;
   opt.is_causal = is_causal;
   if (!scale.is_none()) {
     opt.scale = scale.cast<float>();
@@ -200,19 +201,17 @@ py::object encoder_layer(py::handle x, int64_t num_heads, py::handle in_weight, 
   }
   const cf::ops::KVCacheRef* cp = k_cache.is_none() ? nullptr : &cache;
   const auto shape = cf::ops::transformer_encoder_layer_shape(xa.view, w, num_heads, m, kpm, cu, cp);
-  // out may be x itself (the layer reads x before it writes out), but no other input
-  std::vector<const Arg*> others{&iwa.arg, &owa.arg, &l1a.arg, &l2a.arg, &ma, &kpa, &cua, &kca, &vca};
-  for (const Arg& a : held) others.push_back(&a);
-  Arg oa = cf::pyext::output(out, shape, others);
+  // The caches are written: they must not share memory with anything the layer reads.
+  std::vector<const Arg*> reads{&xa, &iwa.arg, &owa.arg, &l1a.arg, &l2a.arg, &ma, &kpa, &cua};
+  for (const Arg& a : held) reads.push_back(&a);
+  for (const Arg* a : reads)
+    CF_CHECK(!cf::pyext::overlap(*a, kca) && !cf::pyext::overlap(*a, vca), ValueError,
+             "k_cache and v_cache must not share memory with the layer's other arguments (x included)");
+  // out may be x itself (the layer reads x before it writes out), but nothing else it reads or writes
+  reads.front() = &kca;
+  reads.push_back(&vca);
+  Arg oa = cf::pyext::output(out, shape, reads);
   if (!out.is_none()) cf::pyext::output(out, shape, {&xa}, /*allow_same=*/true);
-  if (cp) {  // the caches are written: they must not be anything the layer reads
-    for (const Arg* a : others)
-      CF_CHECK(a == &kca || a == &vca || (!cf::pyext::overlap(*a, kca) && !cf::pyext::overlap(*a, vca)), ValueError,
-               "k_cache and v_cache must not share memory with the layer's other arguments");
-    for (const Arg* a : {&xa, &oa})
-      CF_CHECK(!cf::pyext::overlap(*a, kca) && !cf::pyext::overlap(*a, vca), ValueError,
-               "k_cache and v_cache must not share memory with x or out");
-  }
   {
     py::gil_scoped_release nogil;
     cf::ops::transformer_encoder_layer(xa.view, w, opt, m, kpm, cu, oa.view, cp);
@@ -368,7 +367,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("in_bias"), py::arg("out_weight"), py::arg("out_bias"), py::arg("linear1_weight"),
         py::arg("linear1_bias"), py::arg("linear2_weight"), py::arg("linear2_bias"), py::arg("norm1_weight"),
         py::arg("norm1_bias"), py::arg("norm2_weight"), py::arg("norm2_bias"), py::arg("activation") = "relu",
-        py::arg("norm_first") = false, py::arg("eps") = 1e-5f, py::arg("attn_mask") = none,
+        py::arg("norm_first") = false, py::arg("norm1_eps") = 1e-5f, py::arg("norm2_eps") = 1e-5f,
+        py::arg("attn_mask") = none,
         py::arg("key_padding_mask") = none, py::arg("is_causal") = false, py::arg("cu_seqlens") = none,
         py::arg("scale") = none, py::arg("k_cache") = none, py::arg("v_cache") = none, py::arg("cache_length") = 0,
         py::arg("out") = none);

@@ -131,7 +131,8 @@ def mha(query, key, value, num_heads, iw, ib, ow, ob, attn_mask=None, key_paddin
 
 def encoder_layer(x, num_heads, p, activation="relu", norm_first=False, eps=1e-5, **masks):
     """torch.nn.TransformerEncoderLayer(batch_first=True) in float64; p holds the weights by the names
-    of ops.transformer_encoder_layer (in_weight, ..., norm2_bias)."""
+    of ops.transformer_encoder_layer (in_weight, ..., norm2_bias); eps: both norms' or a pair."""
+    eps1, eps2 = (eps, eps) if np.ndim(eps) == 0 else eps
     def sa(h):
         return mha(h, h, h, num_heads, p["in_weight"], p["in_bias"], p["out_weight"], p["out_bias"], **masks)
 
@@ -140,10 +141,10 @@ def encoder_layer(x, num_heads, p, activation="relu", norm_first=False, eps=1e-5
                       p["linear2_bias"])
 
     def n1(h):
-        return layer_norm(h, p["norm1_weight"], p["norm1_bias"], eps)[0]
+        return layer_norm(h, p["norm1_weight"], p["norm1_bias"], eps1)[0]
 
     def n2(h):
-        return layer_norm(h, p["norm2_weight"], p["norm2_bias"], eps)[0]
+        return layer_norm(h, p["norm2_weight"], p["norm2_bias"], eps2)[0]
 
     x = f64(x)
     if norm_first:

@@ -133,6 +133,10 @@ def test_bad_inputs(rng):
         call(x, h, p, activation=3)
     with pytest.raises(ValueError, match="eps must be >= 0"):
         call(x, h, p, eps=-1.0)
+    with pytest.raises(ValueError, match="eps must be >= 0"):
+        call(x, h, p, eps=(1e-5, -1.0))
+    with pytest.raises(ValueError, match=r"eps must be a float or a pair \(norm1's, norm2's\)"):
+        call(x, h, p, eps=(1e-5, 1e-5, 1e-5))
     flat = x.reshape(10, e)
     with pytest.raises(ValueError, match="cu_seqlens must start at 0 and end at 10"):
         call(flat, h, p, cu_seqlens=np.array([0, 4, 9]))
@@ -229,3 +233,13 @@ def test_narrow_packed_weights(rng, dtype, tol):
         got = call(x, h, packed, activation="gelu", norm_first=norm_first)
         assert_close(got, ref.encoder_layer(x, h, rounded, "gelu", norm_first), atol_scale=1e-5)
         assert np.abs(got - call(x, h, p, activation="gelu", norm_first=norm_first)).max() < tol * np.abs(got).max()
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_each_norm_its_own_eps(rng, norm_first):
+    e, h, f = 16, 2, 24
+    x, p = randn(rng, 2, 5, e, scale=0.05), params(rng, e, f)  # small activations: eps matters
+    for eps in [(1e-1, 1e-5), (1e-5, 1e-1)]:
+        got = call(x, h, p, norm_first=norm_first, eps=eps)
+        assert_close(got, ref.encoder_layer(x, h, p, norm_first=norm_first, eps=eps), atol_scale=1e-5)
+        assert np.abs(got - call(x, h, p, norm_first=norm_first, eps=eps[0])).max() > 1e-3  # the pair is used

@@ -58,7 +58,7 @@ def test_encoder_matches_torch(rng, norm_first, activation):
 
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_encoder_layer_norms_with_different_eps(rng, norm_first):
-    # the fused op takes one eps: norms that differ run the layer op by op, still as torch does
+    # each norm keeps its own eps in the fused op, as in torch
     d, h, ff = 32, 4, 40
     tl = randomise(torch.nn.TransformerEncoderLayer(d, h, ff, dropout=0.0, batch_first=True, norm_first=norm_first))
     tl.norm2.eps = 1e-2

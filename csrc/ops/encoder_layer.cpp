@@ -113,7 +113,7 @@ void transformer_encoder_layer(const TensorView& x, const EncoderLayerWeights& w
   expect_out(out,
              transformer_encoder_layer_shape(x, w, opt.num_heads, attn_mask, key_padding_mask, cu_seqlens, cache),
              "transformer_encoder_layer");
-  CF_CHECK(opt.eps >= 0.0f, ValueError, "eps must be >= 0, got ", opt.eps);
+  CF_CHECK(opt.eps1 >= 0.0f && opt.eps2 >= 0.0f, ValueError, "eps must be >= 0, got ", opt.eps1, " and ", opt.eps2);
   const int64_t E = x.size(-1), F = w.linear1_weight.rows(), T = x.numel() / (E ? E : 1);
   const int64_t H = opt.num_heads, Dh = E / H;
   if (T == 0 || E == 0) return;
@@ -129,7 +129,7 @@ void transformer_encoder_layer(const TensorView& x, const EncoderLayerWeights& w
   float* const y = out.ptr<float>();   // may be x: x is last read by the out projection
 
   if (opt.norm_first) {
-    norm(xin, T, E, w.norm1_weight, w.norm1_bias, opt.eps, a);
+    norm(xin, T, E, w.norm1_weight, w.norm1_bias, opt.eps1, a);
     gemm_rows(a, T, E, w.in_weight, w.in_bias, 0, 3 * E, qkv);
   } else {
     gemm_rows(xin, T, E, w.in_weight, w.in_bias, 0, 3 * E, qkv);
@@ -182,15 +182,15 @@ void transformer_encoder_layer(const TensorView& x, const EncoderLayerWeights& w
 
   if (opt.norm_first) {
     gemm_rows(ctx, T, E, w.out_weight, w.out_bias, 0, E, a);
-    norm(a, T, E, w.norm2_weight, w.norm2_bias, opt.eps, a, xin, x1);  // x1 = a + x; a = LN2(x1)
+    norm(a, T, E, w.norm2_weight, w.norm2_bias, opt.eps2, a, xin, x1);  // x1 = a + x; a = LN2(x1)
     gemm_rows(a, T, E, w.linear1_weight, w.linear1_bias, 0, F, h, opt.act);
     gemm_rows(h, T, F, w.linear2_weight, w.linear2_bias, 0, E, y, Activation::none, x1);
   } else {
     gemm_rows(ctx, T, E, w.out_weight, w.out_bias, 0, E, a);
-    norm(a, T, E, w.norm1_weight, w.norm1_bias, opt.eps, x1, xin);
+    norm(a, T, E, w.norm1_weight, w.norm1_bias, opt.eps1, x1, xin);
     gemm_rows(x1, T, E, w.linear1_weight, w.linear1_bias, 0, F, h, opt.act);
     gemm_rows(h, T, F, w.linear2_weight, w.linear2_bias, 0, E, a);
-    norm(a, T, E, w.norm2_weight, w.norm2_bias, opt.eps, y, x1);
+    norm(a, T, E, w.norm2_weight, w.norm2_bias, opt.eps2, y, x1);
   }
   workspace.release();
 }

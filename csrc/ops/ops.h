@@ -95,7 +95,7 @@ struct EncoderLayerOptions {
   int64_t num_heads = 1;
   Activation act = Activation::relu;
   bool norm_first = false;  // pre-LN (GPT-2 style) instead of post-LN (Vaswani, BERT)
-  float eps = 1e-5f;
+  float eps1 = 1e-5f, eps2 = 1e-5f;  // norm1's and norm2's
   bool is_causal = false;
   std::optional<float> scale;  // of the attention scores; default 1/sqrt(E / num_heads)
 };

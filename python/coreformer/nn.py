@@ -624,27 +624,12 @@ class TransformerEncoderLayer(Module):
     def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False, out=None):
         """The whole layer is one core call (``ops.transformer_encoder_layer``); ``out`` may be src."""
         sa, n1, n2 = self.self_attn, self.norm1, self.norm2
-        if n1.eps != n2.eps:
-            return self._forward_ops(src, src_mask, src_key_padding_mask, is_causal)
         return ops.transformer_encoder_layer(
             src, sa.num_heads, sa._weight("in_proj_weight"), sa.in_proj_bias, sa.out_proj._weight("weight"),
             sa.out_proj.bias, self.linear1._weight("weight"), self.linear1.bias, self.linear2._weight("weight"),
             self.linear2.bias, n1.weight, n1.bias, n2.weight, n2.bias, activation=self.linear1.activation,
-            norm_first=self.norm_first, eps=n1.eps, attn_mask=src_mask, key_padding_mask=src_key_padding_mask,
-            is_causal=is_causal, out=out)
-
-    def _forward_ops(self, src, src_mask, src_key_padding_mask, is_causal):
-        """The same layer op by op (norms with different eps)."""
-        x = src
-        if self.norm_first:
-            h = self.norm1(x)
-            a = self.self_attn(h, h, h, attn_mask=src_mask, key_padding_mask=src_key_padding_mask,
-                               is_causal=is_causal)
-            h, x = self.norm2(a, residual=x, return_sum=True)
-            return self.linear2(self.linear1(h), residual=x)
-        a = self.self_attn(x, x, x, attn_mask=src_mask, key_padding_mask=src_key_padding_mask, is_causal=is_causal)
-        x = self.norm1(a, residual=x)
-        return self.norm2(self.linear2(self.linear1(x)), residual=x)
+            norm_first=self.norm_first, eps=(n1.eps, n2.eps), attn_mask=src_mask,
+            key_padding_mask=src_key_padding_mask, is_causal=is_causal, out=out)
 
 
 class TransformerDecoderLayer(Module):

@@ -119,8 +119,9 @@ def transformer_encoder_layer(x, num_heads, in_weight, in_bias, out_weight, out_
     and ``out_weight (E, E)`` of ``self_attn``, ``linear1_weight (F, E)``, ``linear2_weight (E, F)``
     (each a float32 array or a ``PackedWeight``), their biases, and the norms' ``(E,)`` weights and
     biases (any bias or norm parameter may be None). ``activation``: ``"relu"``, ``"gelu"`` or
-    ``"gelu_tanh"``. ``attn_mask``, ``key_padding_mask`` and ``is_causal`` as in
-    ``multi_head_attention``; ``scale`` of the scores defaults to ``1/sqrt(E / num_heads)``.
+    ``"gelu_tanh"``. ``eps``: both norms', or a pair (norm1's, norm2's). ``attn_mask``,
+    ``key_padding_mask`` and ``is_causal`` as in ``multi_head_attention``; ``scale`` of the scores
+    defaults to ``1/sqrt(E / num_heads)``.
 
     x is ``(B, S, E)`` or ``(S, E)``; or, with ``cu_seqlens`` (int ``(n + 1,)``: 0, the cumulative
     lengths, T), ``(T, E)`` holding n sequences one after another, each attending within itself --
@@ -132,6 +133,12 @@ def transformer_encoder_layer(x, num_heads, in_weight, in_bias, out_weight, out_
     ``cache_length + S`` positions (``is_causal`` aligns bottom-right; masks cover them all). The
     caller counts the S new positions in.
     """
+    if np.ndim(eps) == 0:
+        eps1 = eps2 = float(eps)
+    elif np.shape(eps) == (2,):
+        eps1, eps2 = (float(e) for e in eps)
+    else:
+        raise ValueError(f"eps must be a float or a pair (norm1's, norm2's), got {eps!r}")
     unbatched = cu_seqlens is None and np.ndim(x) == 2
     if unbatched:
         if k_cache is not None:
@@ -143,7 +150,7 @@ def transformer_encoder_layer(x, num_heads, in_weight, in_bias, out_weight, out_
             out = out[None] if isinstance(out, np.ndarray) else out
     r = _core.transformer_encoder_layer(x, int(num_heads), in_weight, in_bias, out_weight, out_bias, linear1_weight,
                                         linear1_bias, linear2_weight, linear2_bias, norm1_weight, norm1_bias,
-                                        norm2_weight, norm2_bias, activation, bool(norm_first), float(eps), attn_mask,
+                                        norm2_weight, norm2_bias, activation, bool(norm_first), eps1, eps2, attn_mask,
                                         key_padding_mask, bool(is_causal), cu_seqlens, scale, k_cache, v_cache,
                                         int(cache_length), out)
     return r[0] if unbatched else r

@@ -119,7 +119,7 @@ class _Layer(nn.Module):
             x, self.num_heads, sa._weight("in_proj_weight"), sa.in_proj_bias, ao.dense._weight("weight"),
             ao.dense.bias, it._weight("weight"), it.bias, o.dense._weight("weight"), o.dense.bias,
             ao.LayerNorm.weight, ao.LayerNorm.bias, o.LayerNorm.weight, o.LayerNorm.bias, activation=it.activation,
-            eps=ao.LayerNorm.eps, cu_seqlens=cu_seqlens, out=out)
+            eps=(ao.LayerNorm.eps, o.LayerNorm.eps), cu_seqlens=cu_seqlens, out=out)
 
 
 class _Encoder(nn.Module):

@@ -90,7 +90,7 @@ class _Block(nn.Module):
             x, a.n_head, a.c_attn._weight("weight"), a.c_attn.bias, a.c_proj._weight("weight"), a.c_proj.bias,
             m.c_fc._weight("weight"), m.c_fc.bias, m.c_proj._weight("weight"), m.c_proj.bias, self.ln_1.weight,
             self.ln_1.bias, self.ln_2.weight, self.ln_2.bias, activation=m.c_fc.activation, norm_first=True,
-            eps=self.ln_1.eps, key_padding_mask=key_padding_mask, is_causal=True, scale=a.scale, out=x, **kv)
+            eps=(self.ln_1.eps, self.ln_2.eps), key_padding_mask=key_padding_mask, is_causal=True, scale=a.scale, out=x, **kv)
         if cache is not None:
             cache.length += s
         return x
