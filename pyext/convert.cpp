@@ -5,6 +5,8 @@
 #include <string>
 
 #include "core/error.h"
+#include "core/storage.h"
+#include "tensor.h"
 
 namespace cf::pyext {
 namespace {
@@ -86,7 +88,11 @@ void init_numpy() {
   g_asarray = py::object(np.attr("asarray")).release().ptr();
 }
 
+// A coreformer.Tensor argument as it is: the op checks its device and dtype.
+Arg tensor_arg(py::handle obj) { return {py::reinterpret_steal<py::array>(py::handle()), tensor_of(obj).view, py::reinterpret_borrow<py::object>(obj)}; }
+
 Arg float_arg(py::handle obj, const char* name) {
+  if (is_tensor(obj)) return tensor_arg(obj);
   py::array a = as_array(obj, name);
   expect_real(a, name);
   auto f = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(a);
@@ -95,6 +101,7 @@ Arg float_arg(py::handle obj, const char* name) {
 }
 
 Arg strided_float_arg(py::handle obj, const char* name) {
+  if (is_tensor(obj)) return tensor_arg(obj);
   py::array a = as_array(obj, name);
   TensorView v;
   if (strided_view(a, v)) return {a, v};
@@ -102,6 +109,7 @@ Arg strided_float_arg(py::handle obj, const char* name) {
 }
 
 Arg any_strided_float_arg(py::handle obj, const char* name) {
+  if (is_tensor(obj)) return tensor_arg(obj);
   py::array a = as_array(obj, name);
   TensorView v;
   if (strided_view(a, v, /*contiguous_last=*/false)) return {a, v};
@@ -116,6 +124,10 @@ OptionalView optional_float(py::handle obj, const char* name, Arg& holder) {
 
 OptionalView optional_mask(py::handle obj, const char* name, Arg& holder) {
   if (obj.is_none()) return {};
+  if (is_tensor(obj)) {
+    holder = tensor_arg(obj);
+    return holder.view;
+  }
   py::array a = as_array(obj, name);
   const char k = kind_of(a);
   if (k == 'b') {
@@ -131,6 +143,10 @@ OptionalView optional_mask(py::handle obj, const char* name, Arg& holder) {
 
 OptionalView optional_bool(py::handle obj, const char* name, Arg& holder) {
   if (obj.is_none()) return {};
+  if (is_tensor(obj)) {
+    holder = tensor_arg(obj);
+    return holder.view;
+  }
   py::array a = as_array(obj, name);
   expect_real(a, name);
   if (kind_of(a) != 'b') a = py::reinterpret_steal<py::array>(a.attr("__ne__")(0).release());
@@ -140,6 +156,7 @@ OptionalView optional_bool(py::handle obj, const char* name, Arg& holder) {
 }
 
 Arg ids_arg(py::handle obj, const char* name) {
+  if (is_tensor(obj)) return tensor_arg(obj);
   py::array a = as_array(obj, name);
   const char k = kind_of(a);
   if (k != 'i' && k != 'u') {
@@ -166,28 +183,58 @@ Arg inout_float_arg(py::handle obj, const char* name) {
   return {a, view_of(a, DType::f32)};
 }
 
+namespace {
+// The bytes an argument's view spans: [lo, hi) from its first to one past its last element.
+bool span(const Arg& a, const char*& lo, const char*& hi) {
+  if (!a.view.data || a.view.numel() == 0) return false;  // an absent optional argument has no data
+  int64_t last = 0;
+  for (int i = 0; i < a.view.ndim; ++i) last += (a.view.shape[i] - 1) * a.view.strides[i];
+  lo = static_cast<const char*>(a.view.data);
+  hi = lo + (last + 1) * static_cast<int64_t>(dtype_size(a.view.dtype));
+  return true;
+}
+}  // namespace
+
 bool overlap(const Arg& a, const Arg& b) {
-  if (!a.array || !b.array || a.array.nbytes() == 0 || b.array.nbytes() == 0) return false;
-  const char* a0 = static_cast<const char*>(a.array.data());
-  const char* b0 = static_cast<const char*>(b.array.data());
-  return a0 < b0 + b.array.nbytes() && b0 < a0 + a.array.nbytes();
+  const char *a0, *a1, *b0, *b1;
+  if (!span(a, a0, a1) || !span(b, b0, b1) || !(a.view.device == b.view.device)) return false;
+  return a0 < b1 && b0 < a1;
 }
 
-Arg output(py::handle out, const std::vector<int64_t>& shape, const std::vector<const Arg*>& inputs, bool allow_same) {
+Arg output(py::handle out, const std::vector<int64_t>& shape, const std::vector<const Arg*>& inputs, bool allow_same,
+           const Arg* like) {
+  if (!like)
+    for (const Arg* in : inputs)
+      if (in && in->tensor) { like = in; break; }
+  if (like && !like->tensor) like = nullptr;
+  const DType dtype = like ? like->view.dtype : DType::f32;
   if (out.is_none()) {
+    if (like) {
+      py::object t = new_tensor(shape, dtype, like->view.device);
+      return tensor_arg(t);
+    }
     py::array_t<float> r(std::vector<py::ssize_t>(shape.begin(), shape.end()));
     return {r, view_of(r, DType::f32)};
   }
-  Arg r = inout_float_arg(out, "out");
-  const py::array& a = r.array;
-  std::vector<int64_t> got(a.shape(), a.shape() + a.ndim());
+  Arg r;
+  if (is_tensor(out)) {
+    r = tensor_arg(out);
+    CF_CHECK(r.view.dtype == dtype, TypeError, "out must be ", dtype_name(dtype), ", got ", dtype_name(r.view.dtype));
+    CF_CHECK(!like || r.view.device == like->view.device, ValueError, "out is on ", device_str(r.view.device),
+             " but the inputs are on ", device_str(like->view.device));
+  } else {
+    CF_CHECK(!like, TypeError, "out must be a coreformer.Tensor when the inputs are tensors");
+    r = inout_float_arg(out, "out");
+  }
+  std::vector<int64_t> got(r.view.shape, r.view.shape + r.view.ndim);
   if (got != shape) {
     raise<ValueError>("out has shape ", r.view.shape_str(), " but the result has shape ",
                       TensorView(nullptr, DType::f32, static_cast<int>(shape.size()), shape.data()).shape_str());
   }
   for (const Arg* in : inputs) {
     if (!in || !overlap(r, *in)) continue;
-    const bool same = in->array.data() == a.data() && in->array.nbytes() == a.nbytes();
+    const bool same = in->view.data == r.view.data && in->view.numel() == r.view.numel() &&
+                      in->view.dtype == r.view.dtype && in->view.is_contiguous();
     if (!(allow_same && same))
       raise<ValueError>("out overlaps an input array; pass a separate array", allow_same ? " (or exactly the input)" : "");
   }
@@ -195,7 +242,9 @@ Arg output(py::handle out, const std::vector<int64_t>& shape, const std::vector<
 }
 
 Arg strided_output(py::handle out, const std::vector<int64_t>& shape, const std::vector<const Arg*>& inputs) {
-  if (out.is_none() || !py::isinstance<py::array>(out)) return output(out, shape, inputs);
+  bool tensors = is_tensor(out);
+  for (const Arg* in : inputs) tensors = tensors || (in && in->tensor);
+  if (tensors || out.is_none() || !py::isinstance<py::array>(out)) return output(out, shape, inputs);
   py::array a = py::reinterpret_borrow<py::array>(out);
   if (!is_native_f32(a)) return output(out, shape, inputs);  // its dtype error
   TensorView v;

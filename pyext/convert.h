@@ -17,10 +17,13 @@ namespace py = pybind11;
 // so that a call converts its arguments without an import or an attribute lookup per array.
 void init_numpy();
 
-// An argument converted for the core: `array` keeps the memory alive while `view` is used.
+// An argument converted for the core: `array` (a numpy array) or `tensor` (a coreformer.Tensor,
+// on any device, passed as it is) keeps the memory alive while `view` is used.
 struct Arg {
   py::array array;
   TensorView view;
+  py::object tensor;
+  py::object result() const { return tensor ? tensor : py::object(array); }  // an op's return value
 };
 
 Arg float_arg(py::handle obj, const char* name);
@@ -45,8 +48,10 @@ bool overlap(const Arg& a, const Arg& b);
 
 // A new float32 array of the given shape, or the caller's `out` checked to be writeable float32
 // C-contiguous and not overlapping `inputs` (except, where allowed, being exactly the same memory).
+// When an input is a coreformer.Tensor (the first such one, or `like` when given), the result is a
+// new Tensor on its device with its dtype, and `out` must be such a Tensor.
 Arg output(py::handle out, const std::vector<int64_t>& shape, const std::vector<const Arg*>& inputs,
-           bool allow_same = false);
+           bool allow_same = false, const Arg* like = nullptr);
 
 // As output, but a caller's `out` only needs a contiguous last axis and non-overlapping elements
 // (a (B, S, H, Dh) buffer transposed to (B, H, S, Dh), so heads merge without a copy).

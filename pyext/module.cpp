@@ -8,13 +8,12 @@
 #include <string>
 
 #include "convert.h"
+#include "tensor.h"
 #include "core/dispatch.h"
 #include "core/error.h"
 #include "core/threading.h"
 #include "ops/ops.h"
-#ifdef CF_HAVE_CUDA
 #include "cuda/runtime.h"
-#endif
 
 #ifndef COREFORMER_VERSION
 #define COREFORMER_VERSION "0.0.0"
@@ -70,7 +69,7 @@ py::object unpack_weight(const cf::ops::PackedWeight& w) {
     py::gil_scoped_release nogil;
     cf::ops::unpack_weight(w, oa.view);
   }
-  return oa.array;
+  return oa.result();
 }
 
 py::dict info() {
@@ -82,13 +81,8 @@ py::dict info() {
   d["isa_supported"] = supported;
   d["num_threads"] = cf::get_num_threads();
   d["openmp"] = cf::openmp_enabled();
-#ifdef CF_HAVE_CUDA
-  d["cuda_built"] = true;
+  d["cuda_built"] = cf::cuda::built();
   d["cuda_devices"] = cf::cuda::device_count();
-#else
-  d["cuda_built"] = false;
-  d["cuda_devices"] = 0;
-#endif
   return d;
 }
 
@@ -104,7 +98,7 @@ py::object linear(py::handle x, py::handle weight, py::handle bias, py::handle a
     py::gil_scoped_release nogil;
     cf::ops::linear(xa.view, wa.ref(), b, act, r, oa.view);
   }
-  return oa.array;
+  return oa.result();
 }
 
 py::object sdpa(py::handle q, py::handle k, py::handle v, py::handle attn_mask, bool is_causal, py::handle scale,
@@ -122,7 +116,7 @@ py::object sdpa(py::handle q, py::handle k, py::handle v, py::handle attn_mask, 
     py::gil_scoped_release nogil;
     cf::ops::scaled_dot_product_attention(qa.view, ka.view, va.view, m, is_causal, s, oa.view);
   }
-  return oa.array;
+  return oa.result();
 }
 
 py::object mha(py::handle query, py::handle key, py::handle value, int64_t num_heads, py::handle in_weight,
@@ -141,13 +135,13 @@ py::object mha(py::handle query, py::handle key, py::handle value, int64_t num_h
   OptionalView kpm = cf::pyext::optional_mask(key_padding_mask, "key_padding_mask", kpa);
   const auto shape = cf::ops::multi_head_attention_shape(qa.view, ka.view, va.view, num_heads, iwa.ref(), ib,
                                                          owa.ref(), ob, m, kpm);
-  Arg oa = cf::pyext::output(py::none(), shape, {});
+  Arg oa = cf::pyext::output(py::none(), shape, {}, false, &qa);
   {
     py::gil_scoped_release nogil;
     cf::ops::multi_head_attention(qa.view, ka.view, va.view, num_heads, iwa.ref(), ib, owa.ref(), ob, m, kpm,
                                   is_causal, oa.view);
   }
-  return oa.array;
+  return oa.result();
 }
 
 py::object encoder_layer(py::handle x, int64_t num_heads, py::handle in_weight, py::handle in_bias,
@@ -216,7 +210,7 @@ py::object encoder_layer(py::handle x, int64_t num_heads, py::handle in_weight, 
     py::gil_scoped_release nogil;
     cf::ops::transformer_encoder_layer(xa.view, w, opt, m, kpm, cu, oa.view, cp);
   }
-  return oa.array;
+  return oa.result();
 }
 
 py::object additive(py::handle query, py::handle keys, py::handle values, py::handle w_query, py::handle w_key,
@@ -226,19 +220,19 @@ py::object additive(py::handle query, py::handle keys, py::handle values, py::ha
       wka = cf::pyext::float_arg(w_key, "w_key"), vva = cf::pyext::float_arg(v, "v"), ma;
   OptionalView m = cf::pyext::optional_bool(mask, "mask", ma);
   const auto shape = cf::ops::additive_attention_shape(qa.view, ka.view, va.view, wqa.view, wka.view, vva.view, m);
-  Arg oa = cf::pyext::output(py::none(), shape, {});
+  Arg oa = cf::pyext::output(py::none(), shape, {}, false, &qa);
   Arg wa;
   OptionalView w;
   if (return_weights) {
-    wa = cf::pyext::output(py::none(), {shape[0], shape[1], ka.view.shape[1]}, {});
+    wa = cf::pyext::output(py::none(), {shape[0], shape[1], ka.view.shape[1]}, {}, false, &qa);
     w = wa.view;
   }
   {
     py::gil_scoped_release nogil;
     cf::ops::additive_attention(qa.view, ka.view, va.view, wqa.view, wka.view, vva.view, m, oa.view, w);
   }
-  if (return_weights) return py::make_tuple(oa.array, wa.array);
-  return oa.array;
+  if (return_weights) return py::make_tuple(oa.result(), wa.result());
+  return oa.result();
 }
 
 py::object layer_norm(py::handle x, py::handle weight, py::handle bias, float eps, py::handle residual,
@@ -253,15 +247,15 @@ py::object layer_norm(py::handle x, py::handle weight, py::handle bias, float ep
   Arg sa;
   OptionalView s;
   if (return_sum) {
-    sa = cf::pyext::output(py::none(), shape, {});
+    sa = cf::pyext::output(py::none(), shape, {}, false, &xa);
     s = sa.view;
   }
   {
     py::gil_scoped_release nogil;
     cf::ops::layer_norm(xa.view, w, b, r, eps, oa.view, s);
   }
-  if (return_sum) return py::make_tuple(oa.array, sa.array);
-  return oa.array;
+  if (return_sum) return py::make_tuple(oa.result(), sa.result());
+  return oa.result();
 }
 
 py::object softmax(py::handle x, int64_t axis, py::handle out) {
@@ -272,7 +266,7 @@ py::object softmax(py::handle x, int64_t axis, py::handle out) {
     py::gil_scoped_release nogil;
     cf::ops::softmax(xa.view, axis, oa.view);
   }
-  return oa.array;
+  return oa.result();
 }
 
 py::object activation(py::handle x, cf::ops::Activation act, py::handle out) {
@@ -282,7 +276,7 @@ py::object activation(py::handle x, cf::ops::Activation act, py::handle out) {
     py::gil_scoped_release nogil;
     cf::ops::activation(xa.view, act, oa.view);
   }
-  return oa.array;
+  return oa.result();
 }
 
 py::object gelu(py::handle x, const std::string& approximate, py::handle out) {
@@ -293,12 +287,12 @@ py::object gelu(py::handle x, const std::string& approximate, py::handle out) {
 
 py::object embedding(py::handle ids, py::handle table) {
   Arg ia = cf::pyext::ids_arg(ids, "ids"), ta = cf::pyext::float_arg(table, "table");
-  Arg oa = cf::pyext::output(py::none(), cf::ops::embedding_shape(ia.view, ta.view), {});
+  Arg oa = cf::pyext::output(py::none(), cf::ops::embedding_shape(ia.view, ta.view), {}, false, &ta);
   {
     py::gil_scoped_release nogil;
     cf::ops::embedding(ia.view, ta.view, oa.view);
   }
-  return oa.array;
+  return oa.result();
 }
 
 py::object sinusoidal(int64_t n, int64_t dim) {
@@ -309,7 +303,7 @@ py::object sinusoidal(int64_t n, int64_t dim) {
     py::gil_scoped_release nogil;
     cf::ops::sinusoidal_positions(n, dim, oa.view);
   }
-  return oa.array;
+  return oa.result();
 }
 
 }  // namespace
@@ -326,9 +320,12 @@ PYBIND11_MODULE(_core, m) {
       PyErr_SetString(PyExc_ValueError, e.what());
     } catch (const cf::IndexError& e) {
       PyErr_SetString(PyExc_IndexError, e.what());
+    } catch (const cf::RuntimeError& e) {
+      PyErr_SetString(PyExc_RuntimeError, e.what());
     }
   });
 
+  cf::pyext::register_tensor(m);
   m.def("info", &info);
   m.def("get_num_threads", &cf::get_num_threads);
   m.def("set_num_threads", &cf::set_num_threads, py::arg("n"));

@@ -1,4 +1,5 @@
-// Typed errors raised by the core. The binding maps them to Python's ValueError, TypeError, IndexError.
+// Typed errors raised by the core. The binding maps them to Python's ValueError, TypeError, IndexError,
+// RuntimeError.
 #pragma once
 #include <sstream>
 #include <stdexcept>
@@ -9,6 +10,8 @@ namespace cf {
 struct ValueError : std::invalid_argument { using std::invalid_argument::invalid_argument; };
 struct TypeError : std::invalid_argument { using std::invalid_argument::invalid_argument; };
 struct IndexError : std::out_of_range { using std::out_of_range::out_of_range; };
+// An environment failure rather than a bad argument: no CUDA device, a CUDA error, out of memory.
+struct RuntimeError : std::runtime_error { using std::runtime_error::runtime_error; };
 
 namespace detail {
 inline void cat(std::ostringstream&) {}

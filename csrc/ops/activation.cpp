@@ -11,8 +11,14 @@ Activation activation_from_name(const std::string& name) {
 }
 
 void activation(const TensorView& x, Activation act, const TensorView& out) {
-  expect_f32(x, "x");
+  expect_float(x, "x");
   expect_out(out, shape_of(x), "activation");
+  const Device dev = common_device({{"x", &x}, {"out", &out}});
+  if (on_gpu(dev)) {
+    expect_same_dtype({{"out", &out}}, x.dtype);
+    cuda::activation(x.data, out.data, x.numel(), act, x.dtype, dev.index);
+    return;
+  }
   cpu::ActivationArgs a;
   a.n = x.numel();
   a.x = x.ptr<float>();

@@ -5,12 +5,12 @@ namespace cf::ops {
 Shape additive_attention_shape(const TensorView& query, const TensorView& keys, const TensorView& values,
                                const TensorView& w_query, const TensorView& w_key, const TensorView& v,
                                const OptionalView& mask) {
-  expect_f32(query, "query");
-  expect_f32(keys, "keys");
-  expect_f32(values, "values");
-  expect_f32(w_query, "w_query");
-  expect_f32(w_key, "w_key");
-  expect_f32(v, "v");
+  expect_float(query, "query");
+  expect_float(keys, "keys");
+  expect_float(values, "values");
+  expect_float(w_query, "w_query");
+  expect_float(w_key, "w_key");
+  expect_float(v, "v");
   expect_ndim(query, 3, "query");
   expect_ndim(keys, 3, "keys");
   expect_ndim(values, 3, "values");
@@ -30,7 +30,6 @@ Shape additive_attention_shape(const TensorView& query, const TensorView& keys, 
            w_query.shape_str(), ", got ", v.shape_str());
   if (mask) {
     const TensorView& m = *mask;
-    expect_cpu(m, "mask");
     CF_CHECK(m.dtype == DType::boolean, TypeError, "mask must be a bool array, got ", dtype_name(m.dtype));
     expect_contiguous(m, "mask");
     CF_CHECK((m.ndim == 2 && m.shape[0] == B && m.shape[1] == Sk) ||
@@ -48,9 +47,35 @@ void additive_attention(const TensorView& query, const TensorView& keys, const T
   expect_out(out, shape, "additive_attention");
   const int64_t B = query.shape[0], Sq = query.shape[1], Sk = keys.shape[1], A = w_query.shape[0];
   if (weights) {
-    expect_f32(*weights, "weights");
+    expect_float(*weights, "weights");
     CF_CHECK(shape_of(*weights) == (Shape{B, Sq, Sk}), ValueError, "weights must have shape ",
              shape_str({B, Sq, Sk}), ", got ", weights->shape_str());
+  }
+  const Device dev = common_device({{"query", &query}, {"keys", &keys}, {"values", &values}, {"w_query", &w_query},
+                                    {"w_key", &w_key}, {"v", &v}, {"mask", opt(mask)}, {"out", &out},
+                                    {"weights", opt(weights)}});
+  if (on_gpu(dev)) {
+    const DType dt = query.dtype;
+    expect_same_dtype({{"keys", &keys}, {"values", &values}, {"w_query", &w_query}, {"w_key", &w_key}, {"v", &v},
+                       {"out", &out}, {"weights", opt(weights)}}, dt);
+    const size_t es = dtype_size(dt);
+    cuda::Buffer qp(es * static_cast<size_t>(B * Sq * A), dev.index), kp(es * static_cast<size_t>(B * Sk * A), dev.index);
+    gpu_gemm_rows(query.data, B * Sq, query.shape[2], w_query, {}, 0, A, qp.get<void>());
+    gpu_gemm_rows(keys.data, B * Sk, keys.shape[2], w_key, {}, 0, A, kp.get<void>());
+    cuda::AdditiveArgs a;
+    a.B = B; a.Sq = Sq; a.Sk = Sk; a.A = A; a.Dv = values.shape[2];
+    a.qp = qp.get<void>(); a.kp = kp.get<void>(); a.v_vec = v.data; a.values = values.data;
+    if (mask) {
+      a.mask = mask->ptr<uint8_t>();
+      a.m_sb = mask->ndim == 2 ? Sk : Sq * Sk;
+      a.m_sq = mask->ndim == 2 ? 0 : Sk;
+    }
+    a.out = out.data;
+    a.weights = weights ? weights->data : nullptr;
+    a.dtype = dt;
+    a.device = dev.index;
+    cuda::additive_attention(a);
+    return;
   }
   // The projections are ordinary GEMMs; the O(B Sq Sk A) tanh part is the kernel.
   auto qp = scratch(B * Sq * A), kp = scratch(B * Sk * A);

@@ -6,7 +6,10 @@
 #include <string>
 
 #include "core/dispatch.h"
+#include "core/storage.h"
 #include "core/tensor.h"
+#include "cuda/kernels.h"
+#include "cuda/runtime.h"
 #include "ops/ops.h"
 
 namespace cf::ops {
@@ -22,23 +25,47 @@ inline std::string shape_str(const Shape& s) {
 
 inline Shape shape_of(const TensorView& t) { return Shape(t.shape, t.shape + t.ndim); }
 
-// A float32, C-contiguous array in CPU memory: what every CPU kernel reads.
-inline void expect_f32(const TensorView& t, const char* name) {
-  expect_cpu(t, name);
-  expect_dtype(t, DType::f32, name);
+// The dtype of a float argument: float32 on the CPU; float32, float16 or bfloat16 on a GPU (one
+// dtype for all the float arguments of a call there: expect_same_dtype).
+inline void expect_float_dtype(const TensorView& t, const char* name) {
+  if (t.device.type == DeviceType::cpu) {
+    expect_dtype(t, DType::f32, name);
+    return;
+  }
+  CF_CHECK(t.dtype == DType::f32 || t.dtype == DType::f16 || t.dtype == DType::bf16, TypeError, name,
+           " must be float32, float16 or bfloat16, got ", dtype_name(t.dtype));
+}
+
+// A float, C-contiguous tensor: what every kernel reads.
+inline void expect_float(const TensorView& t, const char* name) {
+  expect_float_dtype(t, name);
   expect_contiguous(t, name);
 }
 
-// A float32 CPU array whose last axis is contiguous and whose other strides are non-negative: what
-// the attention kernel reads (a head split out of a packed QKV projection, or a prefix of a
+// A float tensor whose last axis is contiguous and whose other strides are non-negative: what
+// the attention kernels read (a head split out of a packed QKV projection, or a prefix of a
 // preallocated KV cache, without a copy).
-inline void expect_f32_rows(const TensorView& t, const char* name) {
-  expect_cpu(t, name);
-  expect_dtype(t, DType::f32, name);
+inline void expect_float_rows(const TensorView& t, const char* name) {
+  expect_float_dtype(t, name);
   CF_CHECK(t.ndim == 0 || t.size(-1) <= 1 || t.stride(-1) == 1, ValueError, name,
            " must have a contiguous last axis");
   for (int i = 0; i < t.ndim; ++i) CF_CHECK(t.strides[i] >= 0, ValueError, name, " must not have negative strides");
 }
+
+// An argument by name, for the checks over all of a call's arguments (nullptr: an absent optional).
+struct Named {
+  const char* name;
+  const TensorView* view;
+};
+inline const TensorView* opt(const OptionalView& o) { return o ? &o.view : nullptr; }
+// The device every present argument is on; ValueError naming two arguments on different devices
+// (a numpy array is in CPU memory, a coreformer.Tensor wherever it was put).
+Device common_device(std::initializer_list<Named> args);
+// On a GPU the float arguments of one call share a dtype: TypeError naming the first that differs.
+void expect_same_dtype(std::initializer_list<Named> args, DType dtype);
+inline bool on_gpu(Device d) { return d.type == DeviceType::cuda; }
+// An op with no GPU kernel yet: ValueError when its arguments are on a GPU.
+void expect_cpu_op(Device d, const char* op);
 
 inline void expect_ndim(const TensorView& t, int ndim, const char* name) {
   CF_CHECK(t.ndim == ndim, ValueError, name, " must have ", ndim, " dimensions, got shape ", t.shape_str());
@@ -46,7 +73,7 @@ inline void expect_ndim(const TensorView& t, int ndim, const char* name) {
 
 inline void expect_vector(const OptionalView& t, int64_t n, const char* name, const char* what) {
   if (!t) return;
-  expect_f32(*t, name);
+  expect_float(*t, name);
   CF_CHECK(t->ndim == 1 && t->shape[0] == n, ValueError, name, " must have shape (", n, ",) to match ", what,
            ", got ", t->shape_str());
 }
@@ -64,6 +91,13 @@ void set_gemm_weight(cpu::GemmArgs& g, const WeightRef& w, int64_t row0, std::un
 // over rows [w0, w0 + n) of a Linear weight (all of it: w0 = 0, n = w.rows()).
 void gemm_rows(const float* x, int64_t rows, int64_t kdim, const WeightRef& w, const OptionalView& b, int64_t w0,
                int64_t n, float* y, Activation act = Activation::none, const float* residual = nullptr);
+
+// The GPU's gemm_rows: y (rows, n) = act(x (rows, kdim) @ w[w0 : w0+n, :]^T + b[w0 : w0+n]) + residual,
+// every pointer in device memory of dtype `dt`; w a Tensor (a PackedWeight is CPU memory).
+void gpu_gemm_rows(const void* x, int64_t rows, int64_t kdim, const TensorView& w, const OptionalView& b, int64_t w0,
+                   int64_t n, void* y, Activation act = Activation::none, const void* residual = nullptr);
+// A PackedWeight on a GPU call: ValueError (it lives in CPU memory).
+const TensorView& gpu_weight(const WeightRef& w, const char* name);
 
 // A contiguous array seen as (d0, d1, d2, d3) with the same element order.
 inline TensorView as_4d(const TensorView& t, int64_t d0, int64_t d1, int64_t d2, int64_t d3) {

@@ -25,11 +25,10 @@ void lookup(const I* ids, int64_t n, const TensorView& table, float* out) {
 }  // namespace
 
 Shape embedding_shape(const TensorView& ids, const TensorView& table) {
-  expect_cpu(ids, "ids");
   CF_CHECK(ids.dtype == DType::i32 || ids.dtype == DType::i64, TypeError, "ids must be an int32 or int64 array, got ",
            dtype_name(ids.dtype));
   expect_contiguous(ids, "ids");
-  expect_f32(table, "table");
+  expect_float(table, "table");
   expect_ndim(table, 2, "table");
   Shape out = shape_of(ids);
   out.push_back(table.shape[1]);
@@ -38,6 +37,13 @@ Shape embedding_shape(const TensorView& ids, const TensorView& table) {
 
 void embedding(const TensorView& ids, const TensorView& table, const TensorView& out) {
   expect_out(out, embedding_shape(ids, table), "embedding");
+  const Device dev = common_device({{"ids", &ids}, {"table", &table}, {"out", &out}});
+  if (on_gpu(dev)) {
+    expect_same_dtype({{"out", &out}}, table.dtype);
+    cuda::embedding(ids.data, ids.dtype == DType::i64, ids.numel(), table.data, table.shape[0], table.shape[1],
+                    out.data, table.dtype, dev.index);
+    return;
+  }
   if (ids.dtype == DType::i32) lookup(ids.ptr<int32_t>(), ids.numel(), table, out.ptr<float>());
   else lookup(ids.ptr<int64_t>(), ids.numel(), table, out.ptr<float>());
 }

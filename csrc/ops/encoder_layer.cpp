@@ -26,7 +26,7 @@ int64_t seq_at(const TensorView& cu, int64_t i) {
 
 void expect_matrix(const WeightRef& w, int64_t rows, int64_t cols, const char* name) {
   if (w.array) {
-    expect_f32(*w.array, name);
+    expect_float(*w.array, name);
     expect_ndim(*w.array, 2, name);
   }
   CF_CHECK(w.rows() == rows && w.cols() == cols, ValueError, name, " must have shape (", rows, ", ", cols, "), got ",
@@ -52,7 +52,17 @@ void norm(const float* x, int64_t rows, int64_t n, const OptionalView& weight, c
 Shape transformer_encoder_layer_shape(const TensorView& x, const EncoderLayerWeights& w, int64_t num_heads,
                                       const OptionalView& attn_mask, const OptionalView& key_padding_mask,
                                       const OptionalView& cu_seqlens, const KVCacheRef* cache) {
-  expect_f32(x, "x");
+  expect_cpu_op(common_device({{"x", &x}, {"in_weight", w.in_weight.array}, {"out_weight", w.out_weight.array},
+                               {"linear1_weight", w.linear1_weight.array}, {"linear2_weight", w.linear2_weight.array},
+                               {"in_bias", opt(w.in_bias)}, {"out_bias", opt(w.out_bias)},
+                               {"linear1_bias", opt(w.linear1_bias)}, {"linear2_bias", opt(w.linear2_bias)},
+                               {"norm1_weight", opt(w.norm1_weight)}, {"norm1_bias", opt(w.norm1_bias)},
+                               {"norm2_weight", opt(w.norm2_weight)}, {"norm2_bias", opt(w.norm2_bias)},
+                               {"attn_mask", opt(attn_mask)}, {"key_padding_mask", opt(key_padding_mask)},
+                               {"cu_seqlens", opt(cu_seqlens)}, {"k_cache", cache ? &cache->k : nullptr},
+                               {"v_cache", cache ? &cache->v : nullptr}}),
+                "transformer_encoder_layer");
+  expect_float(x, "x");
   CF_CHECK(x.ndim == (cu_seqlens ? 2 : 3), ValueError, "x must be ",
            cu_seqlens ? "(T, E) with cu_seqlens" : "(B, S, E)", ", got shape ", x.shape_str());
   const int64_t E = x.size(-1), F = w.linear1_weight.rows();
@@ -92,7 +102,7 @@ Shape transformer_encoder_layer_shape(const TensorView& x, const EncoderLayerWei
     if (cache) {
       const int64_t cap = cache->k.ndim == 4 ? cache->k.shape[2] : 0;
       for (const auto& [t, name] : {std::pair{&cache->k, "k_cache"}, std::pair{&cache->v, "v_cache"}}) {
-        expect_f32(*t, name);
+        expect_float(*t, name);
         CF_CHECK(t->ndim == 4 && t->shape[0] == B && t->shape[1] == num_heads && t->shape[2] == cap &&
                      t->shape[3] == E / num_heads,
                  ValueError, name, " must have shape (", B, ", ", num_heads, ", capacity, ", E / num_heads,

@@ -4,7 +4,7 @@ namespace cf::ops {
 
 void layer_norm_check(const TensorView& x, const OptionalView& weight, const OptionalView& bias,
                       const OptionalView& residual, float eps, bool with_sum) {
-  expect_f32(x, "x");
+  expect_float(x, "x");
   CF_CHECK(x.ndim >= 1, ValueError, "layer_norm: x must have at least 1 dimension, got a scalar");
   CF_CHECK(eps >= 0.0f, ValueError, "eps must be >= 0, got ", eps);
   expect_vector(weight, x.size(-1), "weight", "x's last axis");
@@ -12,7 +12,7 @@ void layer_norm_check(const TensorView& x, const OptionalView& weight, const Opt
   CF_CHECK(!with_sum || residual, ValueError,
            "layer_norm: the sum x + residual (return_sum=True) needs a residual to add");
   if (residual) {
-    expect_f32(*residual, "residual");
+    expect_float(*residual, "residual");
     CF_CHECK(shape_of(*residual) == shape_of(x), ValueError, "residual has shape ", residual->shape_str(),
              " but x has shape ", x.shape_str());
   }
@@ -23,6 +23,26 @@ void layer_norm(const TensorView& x, const OptionalView& weight, const OptionalV
   layer_norm_check(x, weight, bias, residual, eps, static_cast<bool>(sum_out));
   expect_out(out, shape_of(x), "layer_norm");
   if (sum_out) expect_out(*sum_out, shape_of(x), "layer_norm (sum)");
+  const Device dev = common_device({{"x", &x}, {"weight", opt(weight)}, {"bias", opt(bias)},
+                                    {"residual", opt(residual)}, {"out", &out}, {"sum", opt(sum_out)}});
+  if (on_gpu(dev)) {
+    expect_same_dtype({{"weight", opt(weight)}, {"bias", opt(bias)}, {"residual", opt(residual)}, {"out", &out},
+                       {"sum", opt(sum_out)}}, x.dtype);
+    cuda::LayerNormArgs a;
+    a.n = x.size(-1);
+    a.rows = a.n == 0 ? 0 : x.numel() / a.n;
+    a.x = x.data;
+    a.residual = residual ? residual->data : nullptr;
+    a.weight = weight ? weight->data : nullptr;
+    a.bias = bias ? bias->data : nullptr;
+    a.y = out.data;
+    a.sum_out = sum_out ? sum_out->data : nullptr;
+    a.eps = eps;
+    a.dtype = x.dtype;
+    a.device = dev.index;
+    cuda::layer_norm(a);
+    return;
+  }
   cpu::LayerNormArgs a;
   a.n = x.size(-1);
   a.rows = a.n == 0 ? 0 : x.numel() / a.n;

@@ -6,9 +6,9 @@ namespace cf::ops {
 
 Shape linear_shape(const TensorView& x, const WeightRef& weight, const OptionalView& bias,
                    const OptionalView& residual) {
-  expect_f32(x, "x");
+  expect_float(x, "x");
   if (weight.array) {
-    expect_f32(*weight.array, "weight");
+    expect_float(*weight.array, "weight");
     expect_ndim(*weight.array, 2, "weight");
   }
   CF_CHECK(x.ndim >= 1, ValueError, "linear: x must have at least 1 dimension, got a scalar");
@@ -18,7 +18,7 @@ Shape linear_shape(const TensorView& x, const WeightRef& weight, const OptionalV
   Shape out = shape_of(x);
   out.back() = weight.rows();
   if (residual) {
-    expect_f32(*residual, "residual");
+    expect_float(*residual, "residual");
     CF_CHECK(shape_of(*residual) == out, ValueError, "linear: residual has shape ", residual->shape_str(),
              " but the output has shape ", shape_str(out));
   }
@@ -30,8 +30,39 @@ void linear(const TensorView& x, const WeightRef& weight, const OptionalView& bi
   expect_out(out, linear_shape(x, weight, bias, residual), "linear");
   int64_t rows = 1;
   for (int i = 0; i + 1 < x.ndim; ++i) rows *= x.shape[i];
+  const Device dev = common_device({{"x", &x}, {"weight", weight.array}, {"bias", opt(bias)},
+                                    {"residual", opt(residual)}, {"out", &out}});
+  if (on_gpu(dev)) {
+    const TensorView& w = gpu_weight(weight, "weight");
+    expect_same_dtype({{"weight", &w}, {"bias", opt(bias)}, {"residual", opt(residual)}, {"out", &out}}, x.dtype);
+    gpu_gemm_rows(x.data, rows, x.size(-1), w, bias, 0, w.shape[0], out.data, act,
+                  residual ? residual->data : nullptr);
+    return;
+  }
   gemm_rows(x.ptr<float>(), rows, x.size(-1), weight, bias, 0, weight.rows(), out.ptr<float>(), act,
             residual ? residual->ptr<float>() : nullptr);
+}
+
+const TensorView& gpu_weight(const WeightRef& w, const char* name) {
+  CF_CHECK(w.array, ValueError, name, " is a PackedWeight, which lives in CPU memory; on the GPU pass the weight as a "
+           "coreformer.Tensor");
+  return *w.array;
+}
+
+void gpu_gemm_rows(const void* x, int64_t rows, int64_t kdim, const TensorView& w, const OptionalView& b, int64_t w0,
+                   int64_t n, void* y, Activation act, const void* residual) {
+  const size_t es = dtype_size(w.dtype);
+  cuda::GemmArgs g;
+  g.M = rows; g.N = n; g.K = kdim;
+  g.a = x; g.lda = kdim;
+  g.w = static_cast<const char*>(w.data) + static_cast<size_t>(w0 * kdim) * es; g.ldw = kdim;
+  g.c = y; g.ldc = n;
+  g.bias = b ? static_cast<const char*>(b->data) + static_cast<size_t>(w0) * es : nullptr;
+  g.residual = residual; g.ldr = n;
+  g.act = act;
+  g.dtype = w.dtype;
+  g.device = w.device.index;
+  cuda::gemm(g);
 }
 
 void gemm_rows(const float* x, int64_t rows, int64_t kdim, const WeightRef& w, const OptionalView& b, int64_t w0,

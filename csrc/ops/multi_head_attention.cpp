@@ -14,15 +14,66 @@ bool same_array(const TensorView& a, const TensorView& b) {
   return a.data == b.data && shape_of(a) == shape_of(b) && a.dtype == b.dtype;
 }
 
+// The GPU's multi-head attention: the same plan as the CPU's (projections into (B, S, E) buffers,
+// heads read and merged through strides), with device scratch.
+void gpu_multi_head_attention(const TensorView& query, const TensorView& key, const TensorView& value, int64_t H,
+                              const TensorView& in_weight, const OptionalView& in_bias, const TensorView& out_weight,
+                              const OptionalView& out_bias, const OptionalView& attn_mask,
+                              const OptionalView& key_padding_mask, bool is_causal, const TensorView& out) {
+  const DType dt = query.dtype;
+  expect_same_dtype({{"key", &key}, {"value", &value}, {"in_weight", &in_weight}, {"in_bias", opt(in_bias)},
+                     {"out_weight", &out_weight}, {"out_bias", opt(out_bias)}, {"out", &out}}, dt);
+  const int64_t B = query.shape[0], Sq = query.shape[1], E = query.shape[2], Sk = key.shape[1], Dh = E / H;
+  const int dev = query.device.index;
+  const size_t es = dtype_size(dt);
+  const bool self_attention = same_array(query, key) && same_array(key, value);
+  cuda::Buffer qbuf(es * static_cast<size_t>(B * Sq * (self_attention ? 3 * E : E)), dev);
+  cuda::Buffer kvbuf(es * static_cast<size_t>(self_attention ? 0 : B * Sk * 2 * E), dev);
+  cuda::Buffer ctx(es * static_cast<size_t>(B * Sq * E), dev);
+  auto at = [es](void* p, int64_t elements) { return static_cast<void*>(static_cast<char*>(p) + elements * es); };
+  cuda::AttentionArgs a;
+  a.B = B; a.H = H; a.Sq = Sq; a.Sk = Sk; a.D = Dh; a.Dv = Dh;
+  if (self_attention) {
+    gpu_gemm_rows(query.data, B * Sq, E, in_weight, in_bias, 0, 3 * E, qbuf.get<void>());
+    a.q = qbuf.get<void>(); a.k = at(qbuf.get<void>(), E); a.v = at(qbuf.get<void>(), 2 * E);
+    a.q_ss = a.k_ss = a.v_ss = 3 * E;
+  } else {
+    gpu_gemm_rows(query.data, B * Sq, E, in_weight, in_bias, 0, E, qbuf.get<void>());
+    a.q = qbuf.get<void>(); a.q_ss = E;
+    if (same_array(key, value)) {
+      gpu_gemm_rows(key.data, B * Sk, E, in_weight, in_bias, E, 2 * E, kvbuf.get<void>());
+      a.k = kvbuf.get<void>(); a.v = at(kvbuf.get<void>(), E); a.k_ss = a.v_ss = 2 * E;
+    } else {
+      gpu_gemm_rows(key.data, B * Sk, E, in_weight, in_bias, E, E, kvbuf.get<void>());
+      gpu_gemm_rows(value.data, B * Sk, E, in_weight, in_bias, 2 * E, E, at(kvbuf.get<void>(), B * Sk * E));
+      a.k = kvbuf.get<void>(); a.v = at(kvbuf.get<void>(), B * Sk * E); a.k_ss = a.v_ss = E;
+    }
+  }
+  a.q_sh = a.k_sh = a.v_sh = Dh;
+  a.q_sb = Sq * a.q_ss; a.k_sb = Sk * a.k_ss; a.v_sb = Sk * a.v_ss;
+  a.out = ctx.get<void>(); a.o_ss = E; a.o_sh = Dh; a.o_sb = Sq * E;
+  cpu::AttentionArgs masks;
+  masks.B = B; masks.H = H; masks.Sq = Sq; masks.Sk = Sk;
+  set_mha_masks(masks, attn_mask, key_padding_mask);
+  a.mask = masks.mask;
+  a.mask2 = masks.mask2;
+  a.causal = is_causal;
+  a.scale = 1.0f / std::sqrt(static_cast<float>(Dh));
+  a.dtype = dt;
+  a.device = dev;
+  cuda::attention(a);
+  gpu_gemm_rows(ctx.get<void>(), B * Sq, E, out_weight, out_bias, 0, E, out.data);
+}
+
 }  // namespace
 
 Shape multi_head_attention_shape(const TensorView& query, const TensorView& key, const TensorView& value,
                                  int64_t num_heads, const WeightRef& in_weight, const OptionalView& in_bias,
                                  const WeightRef& out_weight, const OptionalView& out_bias,
                                  const OptionalView& attn_mask, const OptionalView& key_padding_mask) {
-  expect_f32(query, "query");
-  expect_f32(key, "key");
-  expect_f32(value, "value");
+  expect_float(query, "query");
+  expect_float(key, "key");
+  expect_float(value, "value");
   expect_ndim(query, 3, "query");
   expect_ndim(key, 3, "key");
   expect_ndim(value, 3, "value");
@@ -35,8 +86,8 @@ Shape multi_head_attention_shape(const TensorView& query, const TensorView& key,
            " like query, got shapes ", key.shape_str(), ", ", value.shape_str());
   CF_CHECK(value.shape[1] == Sk, ValueError, "key and value must have the same sequence length, got shapes ",
            key.shape_str(), ", ", value.shape_str());
-  if (in_weight.array) expect_f32(*in_weight.array, "in_weight");
-  if (out_weight.array) expect_f32(*out_weight.array, "out_weight");
+  if (in_weight.array) expect_float(*in_weight.array, "in_weight");
+  if (out_weight.array) expect_float(*out_weight.array, "out_weight");
   CF_CHECK((in_weight.packed || in_weight.array->ndim == 2) && in_weight.rows() == 3 * E && in_weight.cols() == E,
            ValueError, "in_weight must have shape (", 3 * E, ", ", E, "), got ", in_weight.shape_str());
   CF_CHECK((out_weight.packed || out_weight.array->ndim == 2) && out_weight.rows() == E && out_weight.cols() == E,
@@ -57,6 +108,17 @@ void multi_head_attention(const TensorView& query, const TensorView& key, const 
              "multi_head_attention");
   const int64_t B = query.shape[0], Sq = query.shape[1], E = query.shape[2], Sk = key.shape[1];
   const int64_t H = num_heads, Dh = E / H;
+  const Device dev = common_device({{"query", &query}, {"key", &key}, {"value", &value},
+                                    {"in_weight", in_weight.array}, {"in_bias", opt(in_bias)},
+                                    {"out_weight", out_weight.array}, {"out_bias", opt(out_bias)},
+                                    {"attn_mask", opt(attn_mask)}, {"key_padding_mask", opt(key_padding_mask)},
+                                    {"out", &out}});
+  if (on_gpu(dev)) {
+    gpu_multi_head_attention(query, key, value, H, gpu_weight(in_weight, "in_weight"), in_bias,
+                             gpu_weight(out_weight, "out_weight"), out_bias, attn_mask, key_padding_mask, is_causal,
+                             out);
+    return;
+  }
 
   cpu::AttentionArgs a;
   a.B = B; a.H = H; a.Sq = Sq; a.Sk = Sk; a.D = Dh; a.Dv = Dh;

@@ -1,0 +1,147 @@
+// C = act(A @ W^T + bias) + residual on the GPU, both operands row-major with K contiguous (the
+// Linear layout). float16/bfloat16: tensor cores through WMMA (16x16x16 fragments, float32
+// accumulators), 64x64 tiles per block of 4 warps, K in steps of 32 through shared memory.
+// float32: a 64x64 SIMT tile, 4x4 outputs per thread. The epilogue (bias, activation, residual,
+// bounds) runs once per output element. A first, portable version: no cp.async pipelining, no
+// swizzled layouts, no split-K -- correctness first, to be tuned on a GPU against cuBLAS.
+#include <mma.h>
+
+#include "cuda/kernels.h"
+#include "cuda/runtime.h"
+#include "cuda/util.cuh"
+
+namespace cf::cuda {
+namespace {
+
+constexpr int kBM = 64, kBN = 64;
+
+template <class T, int kAct>
+__device__ __forceinline__ void store_output(const GemmArgs& g, int64_t m, int64_t n, float v) {
+  if (g.bias) v += to_float(static_cast<const T*>(g.bias)[n]);
+  v = activate<kAct>(v);
+  if (g.residual) v += to_float(static_cast<const T*>(g.residual)[m * g.ldr + n]);
+  static_cast<T*>(g.c)[m * g.ldc + n] = from_float<T>(v);
+}
+
+template <int kAct>
+__global__ void __launch_bounds__(256) gemm_f32(GemmArgs g) {
+  constexpr int BK = 16;
+  __shared__ float As[BK][kBM + 4];
+  __shared__ float Ws[BK][kBN + 4];
+  const float* A = static_cast<const float*>(g.a);
+  const float* W = static_cast<const float*>(g.w);
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kBM, n0 = static_cast<int64_t>(blockIdx.y) * kBN;
+  float acc[4][4] = {};
+  for (int64_t k0 = 0; k0 < g.K; k0 += BK) {
+    for (int e = threadIdx.x; e < kBM * BK; e += 256) {
+      const int r = e / BK, kk = e % BK;
+      const int64_t m = m0 + r, n = n0 + r, k = k0 + kk;
+      As[kk][r] = (m < g.M && k < g.K) ? A[m * g.lda + k] : 0.0f;
+      Ws[kk][r] = (n < g.N && k < g.K) ? W[n * g.ldw + k] : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < BK; ++kk) {
+      float a[4], w[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) a[i] = As[kk][ty + 16 * i];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) w[j] = Ws[kk][tx + 16 * j];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], w[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t m = m0 + ty + 16 * i, n = n0 + tx + 16 * j;
+      if (m < g.M && n < g.N) store_output<float, kAct>(g, m, n, acc[i][j]);
+    }
+}
+
+template <class T, int kAct>
+__global__ void __launch_bounds__(128) gemm_wmma(GemmArgs g) {
+  using namespace nvcuda;
+  constexpr int BK = 32, LDS = BK + 8, LDC = kBN + 4;
+  __shared__ __align__(32) T As[kBM][LDS];
+  __shared__ __align__(32) T Ws[kBN][LDS];
+  __shared__ __align__(32) float Cs[kBM][LDC];
+  const T* A = static_cast<const T*>(g.a);
+  const T* W = static_cast<const T*>(g.w);
+  const int warp = threadIdx.x / 32, wm = warp / 2, wn = warp % 2;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kBM, n0 = static_cast<int64_t>(blockIdx.y) * kBN;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+  const T zero = from_float<T>(0.0f);
+  for (int64_t k0 = 0; k0 < g.K; k0 += BK) {
+    for (int e = threadIdx.x; e < kBM * BK; e += 128) {
+      const int r = e / BK, kk = e % BK;
+      const int64_t m = m0 + r, n = n0 + r, k = k0 + kk;
+      As[r][kk] = (m < g.M && k < g.K) ? A[m * g.lda + k] : zero;
+      Ws[r][kk] = (n < g.N && k < g.K) ? W[n * g.ldw + k] : zero;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < BK; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> af[2];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> bf[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(af[i], &As[wm * 32 + i * 16][kk], LDS);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(bf[j], &Ws[wn * 32 + j * 16][kk], LDS);
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], af[i], bf[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+      wmma::store_matrix_sync(&Cs[wm * 32 + i * 16][wn * 32 + j * 16], acc[i][j], LDC, wmma::mem_row_major);
+  __syncthreads();
+  for (int e = threadIdx.x; e < kBM * kBN; e += 128) {
+    const int r = e / kBN, c = e % kBN;
+    const int64_t m = m0 + r, n = n0 + c;
+    if (m < g.M && n < g.N) store_output<T, kAct>(g, m, n, Cs[r][c]);
+  }
+}
+
+template <int kAct>
+void launch(const GemmArgs& g, dim3 grid) {
+  switch (g.dtype) {
+    case DType::f32: gemm_f32<kAct><<<grid, 256>>>(g); break;
+    case DType::f16: gemm_wmma<__half, kAct><<<grid, 128>>>(g); break;
+    case DType::bf16: gemm_wmma<__nv_bfloat16, kAct><<<grid, 128>>>(g); break;
+    default: raise<TypeError>("CUDA GEMM takes float32, float16 or bfloat16, got ", dtype_name(g.dtype));
+  }
+}
+
+}  // namespace
+
+void gemm(const GemmArgs& g) {
+  if (g.M == 0 || g.N == 0) return;
+  CF_CHECK((g.N + kBN - 1) / kBN <= 65535, ValueError, "linear on the GPU: at most ", 65535LL * kBN,
+           " output features, got ", g.N);
+  DeviceGuard guard(g.device);
+  const dim3 grid(static_cast<unsigned>((g.M + kBM - 1) / kBM), static_cast<unsigned>((g.N + kBN - 1) / kBN));
+  switch (g.act) {
+    case Activation::none: launch<0>(g, grid); break;
+    case Activation::relu: launch<1>(g, grid); break;
+    case Activation::gelu: launch<2>(g, grid); break;
+    case Activation::gelu_tanh: launch<3>(g, grid); break;
+  }
+  check_launch("gemm");
+}
+
+}  // namespace cf::cuda
