@@ -14,7 +14,10 @@ from .tokenizer import Tokenizer
 
 __version__ = _core.info()["version"]
 
-__all__ = ["info", "get_num_threads", "set_num_threads", "ops", "nn", "models", "Tokenizer", "__version__"]
+Tensor = _core.Tensor
+
+__all__ = ["info", "get_num_threads", "set_num_threads", "Tensor", "tensor", "from_dlpack", "ops", "nn", "models",
+           "Tokenizer", "__version__"]
 
 
 def __getattr__(name):
@@ -44,3 +47,22 @@ def set_num_threads(n: int) -> None:
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"n must be an int, got {type(n).__name__}")
     _core.set_num_threads(n)
+
+
+def tensor(data, device="cpu", dtype=None) -> Tensor:
+    """A new ``Tensor`` on ``device`` (``"cpu"``, ``"cuda"`` or ``"cuda:N"``) holding a copy of ``data``.
+
+    ``data`` is anything numpy converts (or a Tensor). ``dtype`` (``"float32"``, ``"float16"``,
+    ``"bfloat16"``, ``"int32"``, ``"int64"``, ``"int8"``, ``"uint8"``, ``"bool"`` or a numpy dtype)
+    defaults to the data's own, except that float64 becomes float32 (what every op computes in).
+    ``device="cuda"`` without a usable GPU raises ``RuntimeError``.
+    """
+    return _core.tensor(data, device, dtype)
+
+
+def from_dlpack(x) -> Tensor:
+    """A ``Tensor`` sharing the memory of any DLPack producer (a PyTorch, CuPy or JAX tensor, a numpy
+    array), CPU or CUDA: zero-copy when it is C-contiguous, one contiguous copy otherwise. The
+    other way, ``torch.from_dlpack(t)`` / ``np.from_dlpack(t)`` take a Tensor without a copy.
+    """
+    return _core.from_dlpack(x)

@@ -2,7 +2,12 @@
 
 Inputs: float32 C-contiguous arrays are read without a copy; other real dtypes (float64, ints,
 bool) and strided arrays are converted to float32 C-contiguous first; complex, string and object
-arrays raise ``TypeError``. Results are new float32 arrays, or are written into ``out=`` where an
+arrays raise ``TypeError``.
+
+Every op except ``transformer_encoder_layer`` also takes ``coreformer.Tensor`` arguments and then
+returns Tensors on the same device: on a GPU (``device="cuda"``) in float32, float16 or bfloat16
+(one dtype for all the float arguments of a call; masks bool or float32; ids int32/int64).
+Arguments on different devices raise ``ValueError``. Results are new float32 arrays, or are written into ``out=`` where an
 op takes one (``out`` must be float32, C-contiguous and must not overlap the inputs; the
 elementwise ops accept ``out=x`` for in-place). Mismatched shapes raise ``ValueError`` naming the
 argument and the shapes; out-of-range ids raise ``IndexError``.
@@ -15,6 +20,7 @@ from . import _core
 
 __all__ = [
     "PackedWeight",
+    "Tensor",
     "pack_weight",
     "linear",
     "scaled_dot_product_attention",
@@ -31,6 +37,20 @@ __all__ = [
 
 
 PackedWeight = _core.PackedWeight
+Tensor = _core.Tensor
+
+
+def _ndim(x):
+    return x.ndim if isinstance(x, Tensor) else np.ndim(x)
+
+
+def _batched(x):
+    """x with a leading batch axis of 1 (a view: no copy, on whatever device x is)."""
+    return x.reshape(1, *x.shape) if isinstance(x, Tensor) else np.asarray(x)[None]
+
+
+def _unbatched(r):
+    return r.reshape(*r.shape[1:]) if isinstance(r, Tensor) else r[0]
 
 
 def pack_weight(weight, dtype="float32", *, transposed=False) -> PackedWeight:
@@ -93,17 +113,17 @@ def multi_head_attention(query, key, value, num_heads, in_weight, in_bias, out_w
     query, key and value runs one fused QKV projection. Returns the attention output only
     (torch's ``need_weights=False``); a fully masked query row gives ``out_bias``, not NaN.
     """
-    unbatched = np.ndim(query) == 2
+    unbatched = _ndim(query) == 2
     if unbatched:
         # add the batch axis once per distinct object, so query is key (is value) stays true and the
         # core still runs the fused projection
         batched = {}
-        query, key, value = (batched.setdefault(id(t), np.asarray(t)[None]) for t in (query, key, value))
+        query, key, value = (batched.setdefault(id(t), _batched(t)) for t in (query, key, value))
         if key_padding_mask is not None:
-            key_padding_mask = np.asarray(key_padding_mask)[None]
+            key_padding_mask = _batched(key_padding_mask)
     r = _core.multi_head_attention(query, key, value, int(num_heads), in_weight, in_bias, out_weight, out_bias,
                                    attn_mask, key_padding_mask, bool(is_causal))
-    return r[0] if unbatched else r
+    return _unbatched(r) if unbatched else r
 
 
 def transformer_encoder_layer(x, num_heads, in_weight, in_bias, out_weight, out_bias, linear1_weight, linear1_bias,
@@ -139,21 +159,21 @@ def transformer_encoder_layer(x, num_heads, in_weight, in_bias, out_weight, out_
         eps1, eps2 = (float(e) for e in eps)
     else:
         raise ValueError(f"eps must be a float or a pair (norm1's, norm2's), got {eps!r}")
-    unbatched = cu_seqlens is None and np.ndim(x) == 2
+    unbatched = cu_seqlens is None and _ndim(x) == 2
     if unbatched:
         if k_cache is not None:
-            raise ValueError(f"x must be (B, S, E) with a KV cache, got shape {np.shape(x)}")
-        x = np.asarray(x)[None]
+            raise ValueError(f"x must be (B, S, E) with a KV cache, got shape {tuple(x.shape)}")
+        x = _batched(x)
         if key_padding_mask is not None:
-            key_padding_mask = np.asarray(key_padding_mask)[None]
+            key_padding_mask = _batched(key_padding_mask)
         if out is not None:
-            out = out[None] if isinstance(out, np.ndarray) else out
+            out = _batched(out) if isinstance(out, (np.ndarray, Tensor)) else out
     r = _core.transformer_encoder_layer(x, int(num_heads), in_weight, in_bias, out_weight, out_bias, linear1_weight,
                                         linear1_bias, linear2_weight, linear2_bias, norm1_weight, norm1_bias,
                                         norm2_weight, norm2_bias, activation, bool(norm_first), eps1, eps2, attn_mask,
                                         key_padding_mask, bool(is_causal), cu_seqlens, scale, k_cache, v_cache,
                                         int(cache_length), out)
-    return r[0] if unbatched else r
+    return _unbatched(r) if unbatched else r
 
 
 def additive_attention(query, keys, values, w_query, w_key, v, mask=None, return_weights=False):
