@@ -327,6 +327,11 @@ PYBIND11_MODULE(_core, m) {
 
   cf::pyext::register_tensor(m);
   m.def("info", &info);
+  m.def("synchronize", [](int device) {
+          cf::cuda::require_device(device);
+          py::gil_scoped_release nogil;
+          cf::cuda::synchronize(device);
+        }, py::arg("device") = 0, "Waits for the GPU work coreformer queued on cuda:device.");
   m.def("get_num_threads", &cf::get_num_threads);
   m.def("set_num_threads", &cf::set_num_threads, py::arg("n"));
   m.def("_set_isa", [](const std::string& name) { cf::set_active_isa(cf::isa_from_name(name)); }, py::arg("name"));

@@ -251,3 +251,14 @@ def test_threads_share_the_gpu(rng):
     assert not errors
     for r in results:
         np.testing.assert_array_equal(r, want)
+
+
+def test_gpu_bench_runs(capsys):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch without CUDA")
+    from coreformer import cli
+    assert cli.main(["bench", "--device", "cuda", "--quick", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "attention" in out and "TFLOP/s" in out and "of the copy rate" in out
+    cf.synchronize()

@@ -226,3 +226,12 @@ def test_info_reports_cuda():
     assert info["cuda_devices"] >= 0
     if not info["cuda_built"]:
         assert info["cuda_devices"] == 0
+
+
+@pytest.mark.skipif(not NO_GPU, reason="a GPU is present")
+def test_gpu_bench_and_synchronize_without_a_device(capsys):
+    from coreformer import cli
+    assert cli.main(["bench", "--device", "cuda"]) == 2
+    assert "no CUDA device" in capsys.readouterr().out or not cf.info()["cuda_built"]
+    with pytest.raises(RuntimeError):
+        cf.synchronize()

@@ -16,8 +16,8 @@ __version__ = _core.info()["version"]
 
 Tensor = _core.Tensor
 
-__all__ = ["info", "get_num_threads", "set_num_threads", "Tensor", "tensor", "from_dlpack", "ops", "nn", "models",
-           "Tokenizer", "__version__"]
+__all__ = ["info", "get_num_threads", "set_num_threads", "Tensor", "tensor", "from_dlpack", "synchronize", "ops",
+           "nn", "models", "Tokenizer", "__version__"]
 
 
 def __getattr__(name):
@@ -58,6 +58,16 @@ def tensor(data, device="cpu", dtype=None) -> Tensor:
     ``device="cuda"`` without a usable GPU raises ``RuntimeError``.
     """
     return _core.tensor(data, device, dtype)
+
+
+def synchronize(device="cuda") -> None:
+    """Wait until the GPU work queued by coreformer on ``device`` (``"cuda"`` or ``"cuda:N"``) is done.
+
+    Ops return as soon as their kernels are queued; ``Tensor.numpy()`` / ``.to("cpu")`` wait by
+    themselves, so this is for timing (and for handing memory to a library on another stream).
+    """
+    index = 0 if device == "cuda" else int(str(device).removeprefix("cuda:"))
+    _core.synchronize(index)
 
 
 def from_dlpack(x) -> Tensor:

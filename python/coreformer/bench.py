@@ -394,6 +394,9 @@ def main(args) -> int:
         if torch is not None:
             torch.set_num_threads(args.threads)
     select = set(args.ops.split(",")) if args.ops else None
+    if getattr(args, "device", "cpu") == "cuda":
+        from . import bench_cuda
+        return bench_cuda.main(args)
     if getattr(args, "models", False):
         return _main_models(args)
     cases = build_cases(args.quick, select)

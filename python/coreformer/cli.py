@@ -22,6 +22,9 @@ def main(argv=None) -> int:
     b.add_argument("--models", action="store_true",
                    help="model benchmarks instead: MiniLM encoding, GPT-2 small decode and prefill, against "
                         "PyTorch/transformers, ONNX Runtime and CTranslate2 where installed")
+    b.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cuda: the GPU kernels against PyTorch on the same GPU (attention TFLOP/s, linear, "
+                        "memory-bound ops against the copy rate)")
     b.add_argument("-v", "--verbose", action="store_true", help="report each case as it finishes")
 
     sub.add_parser("info", help="version, SIMD path, threads, OpenMP and CUDA")
