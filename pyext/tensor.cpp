@@ -3,7 +3,6 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
-#include <cstring>
 #include <string>
 
 #include "core/error.h"
@@ -64,28 +63,34 @@ size_t nbytes(const TensorView& v) { return static_cast<size_t>(v.numel()) * dty
 
 py::object make(Tensor t) { return py::cast(std::move(t)); }
 
-// dst (new, contiguous, on `device`, dtype `dtype`) from any view on any device.
-py::object converted(const TensorView& src, DType dtype, Device device) {
-  py::object r = new_tensor(shape_vec(src), dtype, device);
-  const TensorView& dst = tensor_of(r).view;
-  py::gil_scoped_release nogil;
-  if (src.device == device) {
+// dst (contiguous, any device and dtype) = src (any strides, device and dtype), converted. Call
+// without the GIL.
+void convert_into(const TensorView& src, const TensorView& dst) {
+  if (src.device == dst.device) {
     copy_convert(src, dst);
-  } else if (src.dtype == dtype && src.is_contiguous()) {
-    copy_bytes(dst.data, device, src.data, src.device, nbytes(src));
-  } else if (device.type == DeviceType::cpu) {  // GPU -> CPU: convert on the GPU, then copy
+  } else if (src.dtype == dst.dtype && src.is_contiguous()) {
+    copy_bytes(dst.data, dst.device, src.data, src.device, nbytes(src));
+  } else if (dst.device.type == DeviceType::cpu) {  // GPU -> CPU: convert on the GPU, then copy
     std::shared_ptr<void> tmp = allocate(nbytes(dst), src.device);
-    TensorView mid(tmp.get(), dtype, src.ndim, src.shape, src.device);
+    TensorView mid(tmp.get(), dst.dtype, src.ndim, src.shape, src.device);
     copy_convert(src, mid);
-    copy_bytes(dst.data, device, mid.data, mid.device, nbytes(dst));
+    copy_bytes(dst.data, dst.device, mid.data, mid.device, nbytes(dst));
   } else {  // CPU or another GPU -> this GPU: contiguous in the source's dtype, copy, convert here
     std::shared_ptr<void> tmp = allocate(nbytes(src), src.device);
     TensorView mid(tmp.get(), src.dtype, src.ndim, src.shape, src.device);
     copy_convert(src, mid);
-    std::shared_ptr<void> tmp2 = allocate(nbytes(src), device);
-    copy_bytes(tmp2.get(), device, mid.data, mid.device, nbytes(src));
-    copy_convert(TensorView(tmp2.get(), src.dtype, src.ndim, src.shape, device), dst);
+    std::shared_ptr<void> tmp2 = allocate(nbytes(src), dst.device);
+    copy_bytes(tmp2.get(), dst.device, mid.data, mid.device, nbytes(src));
+    copy_convert(TensorView(tmp2.get(), src.dtype, src.ndim, src.shape, dst.device), dst);
   }
+}
+
+// A new contiguous tensor on `device` as `dtype` holding src's values.
+py::object converted(const TensorView& src, DType dtype, Device device) {
+  py::object r = new_tensor(shape_vec(src), dtype, device);
+  const TensorView dst = tensor_of(r).view;
+  py::gil_scoped_release nogil;
+  convert_into(src, dst);
   return r;
 }
 
@@ -299,10 +304,12 @@ py::object reshape(const Tensor& t, py::args args) {
 
 py::object to_numpy(const Tensor& t) {
   const DType host = t.view.dtype == DType::bf16 ? DType::f32 : t.view.dtype;
-  py::object c = converted(t.view, host, Device{});
-  const Tensor& h = tensor_of(c);
-  py::array a(py::dtype(numpy_name(host)), shape_vec(h.view));
-  std::memcpy(a.mutable_data(), h.view.data, nbytes(h.view));
+  py::array a(py::dtype(numpy_name(host)), shape_vec(t.view));
+  const TensorView dst(a.mutable_data(), host, t.view.ndim, t.view.shape);
+  {
+    py::gil_scoped_release nogil;
+    convert_into(t.view, dst);  // straight into the array: one copy
+  }
   return std::move(a);
 }
 
