@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import nn, ops
+from .. import _core, nn, ops
 from ._common import ModelOutput, as_ids, as_mask, check_names, read_config, read_weights
 
 __all__ = ["BertConfig", "BertModel", "BertForSequenceClassification", "BertForMaskedLM"]
@@ -196,12 +196,89 @@ class BertModel(nn.Module):
     def _tie(self, mapped):
         pass
 
-    def encode(self, input_ids, attention_mask=None, token_type_ids=None):
+    # ---- on a device: the weights as coreformer.Tensors, the layers op by op ----
+
+    def to(self, device: str = "cpu", dtype: str | None = None):
+        """Run the encoder on ``device`` (``"cuda"``, ``"cuda:N"``) with its weights there in ``dtype``
+        (``"float32"`` by default, ``"float16"``, ``"bfloat16"``; arithmetic is float32 inside every
+        kernel). ``"cpu"`` goes back to the CPU's numpy path. The outputs stay numpy arrays (float32):
+        ids go to the device, hidden states come back. Returns the model."""
+        if str(device) == "cpu":
+            if dtype not in (None, "float32"):
+                raise ValueError(f"on the CPU the models compute in float32, got dtype {dtype!r} (for smaller "
+                                 "weights there: pack_weights('bfloat16') or 'int8')")
+            object.__setattr__(self, "_device", None)
+            return self
+        return self._use_tensors(str(device), dtype or "float32")
+
+    def _use_tensors(self, device: str, dtype: str):
+        """The device path's weights: each parameter once as a Tensor on ``device`` (also usable with
+        ``device="cpu"``, where the same op-by-op path runs on the CPU kernels -- how the tests check it
+        without a GPU). The word and position + token-type embeddings become two tables, so the three
+        embeddings are two lookups and one add & norm."""
+        t = lambda a: _core.tensor(a, device, dtype)  # noqa: E731
+        e = self.embeddings
+        pos, typ = e.position_embeddings.weight, e.token_type_embeddings.weight
+        dev = {"device": device, "dtype": dtype, "positions": pos.shape[0],
+               "word": t(e.word_embeddings.weight),
+               "pos_type": t((typ[:, None, :] + pos[None]).reshape(-1, pos.shape[1])),
+               "ln": (t(e.LayerNorm.weight), t(e.LayerNorm.bias), e.LayerNorm.eps), "layers": []}
+        for layer in self.encoder.layer:
+            sa, ao, it, o = layer.attention.self, layer.attention.output, layer.intermediate.dense, layer.output
+            dev["layers"].append(dict(
+                heads=layer.num_heads, in_w=t(sa.in_proj_weight), in_b=t(sa.in_proj_bias), out_w=t(ao.dense.weight),
+                out_b=t(ao.dense.bias), n1=(t(ao.LayerNorm.weight), t(ao.LayerNorm.bias), ao.LayerNorm.eps),
+                l1_w=t(it.weight), l1_b=t(it.bias), act=it.activation, l2_w=t(o.dense.weight), l2_b=t(o.dense.bias),
+                n2=(t(o.LayerNorm.weight), t(o.LayerNorm.bias), o.LayerNorm.eps)))
+        object.__setattr__(self, "_device", dev)
+        return self
+
+    def _encode_tensor(self, ids, mask, tt):
+        """The encoder on the device: a Tensor ``(B, S, H)`` (padding positions not zeroed)."""
+        d = self.__dict__["_device"]
+        b, s = ids.shape
+        if s > d["positions"]:
+            raise ValueError(f"input_ids has {s} positions but the model has {d['positions']} "
+                             "(max_position_embeddings)")
+        dev = d["device"]
+        types = np.zeros_like(ids) if tt is None else tt
+        n_types = d["pos_type"].shape[0] // d["positions"]
+        if types.size and (types.min() < 0 or types.max() >= n_types):
+            raise IndexError(f"token_type_ids must lie in [0, {n_types}), got values in "
+                             f"[{types.min()}, {types.max()}]")
+        word = ops.embedding(_core.tensor(ids, dev), d["word"])
+        pt = ops.embedding(_core.tensor(types * d["positions"] + np.arange(s), dev), d["pos_type"])
+        w, bias, eps = d["ln"]
+        x = ops.layer_norm(word, w, bias, eps, residual=pt)
+        kpm = None if mask is None or mask.all() else _core.tensor(~mask.astype(bool), dev)
+        for L in d["layers"]:
+            a = ops.multi_head_attention(x, x, x, L["heads"], L["in_w"], L["in_b"], L["out_w"], L["out_b"],
+                                         key_padding_mask=kpm)
+            x = ops.layer_norm(a, *L["n1"], residual=x)
+            h = ops.linear(x, L["l1_w"], L["l1_b"], L["act"])
+            x = ops.layer_norm(ops.linear(h, L["l2_w"], L["l2_b"]), *L["n2"], residual=x)
+        return x
+
+    @staticmethod
+    def _host(x, mask):
+        """A device result back as a float32 array, padding positions zeroed (as the CPU path gives)."""
+        out = x.numpy().astype(np.float32, copy=False)
+        if mask is not None and not mask.all():
+            out[~mask.astype(bool)] = 0.0
+        return out
+
+    def _checked_inputs(self, input_ids, attention_mask, token_type_ids):
         ids = as_ids(input_ids, "input_ids")
         mask = as_mask(attention_mask, ids.shape, "attention_mask")
         tt = None if token_type_ids is None else as_ids(token_type_ids, "token_type_ids")
         if tt is not None and tt.shape != ids.shape:
             raise ValueError(f"token_type_ids must have the shape of input_ids {ids.shape}, got {tt.shape}")
+        return ids, mask, tt
+
+    def encode(self, input_ids, attention_mask=None, token_type_ids=None):
+        ids, mask, tt = self._checked_inputs(input_ids, attention_mask, token_type_ids)
+        if self.__dict__.get("_device"):
+            return self._host(self._encode_tensor(ids, mask, tt), mask)
         x = self.embeddings(ids, tt)  # a new array: the layers run in place in it
         if mask is not None and not mask.all():
             return self._encode_packed(x, mask)
@@ -241,6 +318,15 @@ class BertForSequenceClassification(BertModel):
         self.bert = BertModel(c)
         self.classifier = nn.Linear(c.hidden_size, c.num_labels)
 
+    def to(self, device: str = "cpu", dtype: str | None = None):
+        """The encoder on ``device`` (see ``BertModel.to``); the small head stays on the CPU."""
+        self.bert.to(device, dtype)
+        return self
+
+    def _use_tensors(self, device, dtype):
+        self.bert._use_tensors(device, dtype)
+        return self
+
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
         out = self.bert(input_ids, attention_mask, token_type_ids)
         out.logits = self.classifier(out.pooler_output)
@@ -278,7 +364,34 @@ class BertForMaskedLM(BertModel):
         """The MLM decoder's weight: the word embeddings (tied)."""
         return self.bert.embeddings.word_embeddings.weight
 
+    def to(self, device: str = "cpu", dtype: str | None = None):
+        """The encoder and the MLM head (its vocabulary-sized product included) on ``device`` (see
+        ``BertModel.to``)."""
+        self.bert.to(device, dtype)
+        return self._mlm_tensors() if self.bert.__dict__.get("_device") else self
+
+    def _use_tensors(self, device, dtype):
+        self.bert._use_tensors(device, dtype)
+        return self._mlm_tensors()
+
+    def _mlm_tensors(self):
+        d = self.bert.__dict__["_device"]
+        t = lambda a: _core.tensor(a, d["device"], d["dtype"])  # noqa: E731
+        tr = self.cls.predictions.transform
+        d["mlm"] = dict(dense_w=t(tr.dense.weight), dense_b=t(tr.dense.bias), act=tr.dense.activation,
+                        ln=(t(tr.LayerNorm.weight), t(tr.LayerNorm.bias), tr.LayerNorm.eps),
+                        bias=t(self.cls.predictions.bias))
+        return self
+
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        d = self.bert.__dict__.get("_device")
+        if d:
+            ids, mask, tt = self.bert._checked_inputs(input_ids, attention_mask, token_type_ids)
+            x = self.bert._encode_tensor(ids, mask, tt)
+            m = d["mlm"]
+            h = ops.layer_norm(ops.linear(x, m["dense_w"], m["dense_b"], m["act"]), *m["ln"])
+            logits = ops.linear(h, d["word"], m["bias"])
+            return ModelOutput(last_hidden_state=self.bert._host(x, mask), logits=logits.numpy())
         x = self.bert.encode(input_ids, attention_mask, token_type_ids)
         t = self.cls.predictions.transform
         h = t.LayerNorm(t.dense(x))

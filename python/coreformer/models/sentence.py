@@ -67,6 +67,12 @@ class SentenceEncoder:
         max_len = min(int(st_cfg.get("max_seq_length") or tok.model_max_length or limit), limit)
         return cls(model, tok, pooling, normalize, max_len)
 
+    def to(self, device: str = "cpu", dtype: str | None = None) -> "SentenceEncoder":
+        """Run the encoder on ``device`` (``"cuda"``) in ``dtype`` (see ``BertModel.to``); tokenizing and
+        pooling stay on the CPU. Returns self."""
+        self.model.to(device, dtype)
+        return self
+
     @property
     def dim(self) -> int:
         return self.model.config.hidden_size * sum(bool(self.pooling.get(k)) for k in _MODES)
