@@ -1,7 +1,6 @@
+import coreformer
 import numpy as np
 import pytest
-
-import coreformer
 from coreformer import _core
 
 ISAS = coreformer.info()["isa_supported"]
@@ -37,3 +36,24 @@ def assert_close(got, ref, rtol=2e-6, atol_scale=2e-6):
     bound = rtol * np.abs(ref[fin]) + atol_scale * max(scale, 1e-30)
     worst = np.argmax(err - bound) if err.size else 0
     assert np.all(err <= bound), f"max error {err.max():.3g} over bound at flat index {worst} (scale {scale:.3g})"
+
+
+@pytest.fixture(scope="module")
+def bert_dirs(tmp_path_factory):
+    """Small random BERT checkpoints (base, classification, MLM) saved by transformers, with the models."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(vocab_size=120, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=70, max_position_embeddings=40, num_labels=3)
+    torch.manual_seed(0)
+    dirs = {}
+    for cls in (transformers.BertModel, transformers.BertForSequenceClassification, transformers.BertForMaskedLM):
+        m = cls(cfg).eval()
+        with torch.no_grad():  # random biases and norms, so a swapped or dropped one shows
+            for name, p in m.named_parameters():
+                if p.ndim == 1:
+                    p.copy_(torch.randn_like(p) * 0.3 + (1.0 if "LayerNorm.weight" in name else 0.0))
+        d = tmp_path_factory.mktemp(cls.__name__)
+        m.save_pretrained(d)
+        dirs[cls.__name__] = (d, m)
+    return dirs

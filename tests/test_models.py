@@ -7,10 +7,15 @@ import threading
 
 import numpy as np
 import pytest
-
 from coreformer import nn
-from coreformer.models import (BertForMaskedLM, BertForSequenceClassification, BertModel, GPT2LMHeadModel,
-                               TokenStreamer, Transformer)
+from coreformer.models import (
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    BertModel,
+    GPT2LMHeadModel,
+    TokenStreamer,
+    Transformer,
+)
 from coreformer.models.generation import NextToken
 
 torch = pytest.importorskip("torch")
@@ -20,24 +25,6 @@ transformers = pytest.importorskip("transformers")
 def rel_err(got, want):
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     return np.abs(got - want).max() / max(np.abs(want).max(), 1e-30)
-
-
-@pytest.fixture(scope="module")
-def bert_dirs(tmp_path_factory):
-    cfg = transformers.BertConfig(vocab_size=120, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
-                                  intermediate_size=70, max_position_embeddings=40, num_labels=3)
-    torch.manual_seed(0)
-    dirs = {}
-    for cls in (transformers.BertModel, transformers.BertForSequenceClassification, transformers.BertForMaskedLM):
-        m = cls(cfg).eval()
-        with torch.no_grad():  # random biases and norms, so a swapped or dropped one shows
-            for name, p in m.named_parameters():
-                if p.ndim == 1:
-                    p.copy_(torch.randn_like(p) * 0.3 + (1.0 if "LayerNorm.weight" in name else 0.0))
-        d = tmp_path_factory.mktemp(cls.__name__)
-        m.save_pretrained(d)
-        dirs[cls.__name__] = (d, m)
-    return dirs
 
 
 def bert_inputs(b=3, s=17, vocab=120):
@@ -287,8 +274,12 @@ def test_gpt2_repetition_penalty_greedy_matches_transformers(gpt2):
 
 
 def test_sampling_filters_match_transformers_processors():
-    from transformers.generation.logits_process import (RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
-                                                        TopKLogitsWarper, TopPLogitsWarper)
+    from transformers.generation.logits_process import (
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
     rng = np.random.default_rng(3)
     logits = (rng.standard_normal((4, 97)) * 3).astype(np.float32)
     ids = rng.integers(0, 97, (4, 9))

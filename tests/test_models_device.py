@@ -2,16 +2,20 @@
 by op. The same path runs on CPU tensors (``_use_tensors("cpu", "float32")``), so its composition is
 checked against transformers here; on a GPU (skipped without one) it is checked in float32, float16 and
 bfloat16."""
+import coreformer as cf
 import numpy as np
 import pytest
-
-import coreformer as cf
-from coreformer.models import BertForMaskedLM, BertForSequenceClassification, BertModel, SentenceEncoder
+from coreformer.models import (
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    BertModel,
+    SentenceEncoder,
+)
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from test_models import bert_dirs, bert_inputs, hf, rel_err  # noqa: E402,F401  (the fixture too)
+from test_models import bert_inputs, hf, rel_err
 
 GPU = cf.info()["cuda_devices"] > 0
 CLASSES = [("BertModel", BertModel), ("BertForSequenceClassification", BertForSequenceClassification),

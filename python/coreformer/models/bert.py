@@ -11,7 +11,14 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core, nn, ops
-from ._common import ModelOutput, as_ids, as_mask, check_names, read_config, read_weights
+from ._common import (
+    ModelOutput,
+    as_ids,
+    as_mask,
+    check_names,
+    read_config,
+    read_weights,
+)
 
 __all__ = ["BertConfig", "BertModel", "BertForSequenceClassification", "BertForMaskedLM"]
 
@@ -216,7 +223,7 @@ class BertModel(nn.Module):
         ``device="cpu"``, where the same op-by-op path runs on the CPU kernels -- how the tests check it
         without a GPU). The word and position + token-type embeddings become two tables, so the three
         embeddings are two lookups and one add & norm."""
-        t = lambda a: _core.tensor(a, device, dtype)  # noqa: E731
+        t = lambda a: _core.tensor(a, device, dtype)
         e = self.embeddings
         pos, typ = e.position_embeddings.weight, e.token_type_embeddings.weight
         dev = {"device": device, "dtype": dtype, "positions": pos.shape[0],
@@ -225,18 +232,20 @@ class BertModel(nn.Module):
                "ln": (t(e.LayerNorm.weight), t(e.LayerNorm.bias), e.LayerNorm.eps), "layers": []}
         for layer in self.encoder.layer:
             sa, ao, it, o = layer.attention.self, layer.attention.output, layer.intermediate.dense, layer.output
-            dev["layers"].append(dict(
-                heads=layer.num_heads, in_w=t(sa.in_proj_weight), in_b=t(sa.in_proj_bias), out_w=t(ao.dense.weight),
-                out_b=t(ao.dense.bias), n1=(t(ao.LayerNorm.weight), t(ao.LayerNorm.bias), ao.LayerNorm.eps),
-                l1_w=t(it.weight), l1_b=t(it.bias), act=it.activation, l2_w=t(o.dense.weight), l2_b=t(o.dense.bias),
-                n2=(t(o.LayerNorm.weight), t(o.LayerNorm.bias), o.LayerNorm.eps)))
+            dev["layers"].append({
+                "heads": layer.num_heads, "in_w": t(sa.in_proj_weight), "in_b": t(sa.in_proj_bias),
+                "out_w": t(ao.dense.weight), "out_b": t(ao.dense.bias),
+                "n1": (t(ao.LayerNorm.weight), t(ao.LayerNorm.bias), ao.LayerNorm.eps),
+                "l1_w": t(it.weight), "l1_b": t(it.bias), "act": it.activation,
+                "l2_w": t(o.dense.weight), "l2_b": t(o.dense.bias),
+                "n2": (t(o.LayerNorm.weight), t(o.LayerNorm.bias), o.LayerNorm.eps)})
         object.__setattr__(self, "_device", dev)
         return self
 
     def _encode_tensor(self, ids, mask, tt):
         """The encoder on the device: a Tensor ``(B, S, H)`` (padding positions not zeroed)."""
         d = self.__dict__["_device"]
-        b, s = ids.shape
+        s = ids.shape[1]
         if s > d["positions"]:
             raise ValueError(f"input_ids has {s} positions but the model has {d['positions']} "
                              "(max_position_embeddings)")
@@ -376,11 +385,11 @@ class BertForMaskedLM(BertModel):
 
     def _mlm_tensors(self):
         d = self.bert.__dict__["_device"]
-        t = lambda a: _core.tensor(a, d["device"], d["dtype"])  # noqa: E731
+        t = lambda a: _core.tensor(a, d["device"], d["dtype"])
         tr = self.cls.predictions.transform
-        d["mlm"] = dict(dense_w=t(tr.dense.weight), dense_b=t(tr.dense.bias), act=tr.dense.activation,
-                        ln=(t(tr.LayerNorm.weight), t(tr.LayerNorm.bias), tr.LayerNorm.eps),
-                        bias=t(self.cls.predictions.bias))
+        d["mlm"] = {"dense_w": t(tr.dense.weight), "dense_b": t(tr.dense.bias), "act": tr.dense.activation,
+                    "ln": (t(tr.LayerNorm.weight), t(tr.LayerNorm.bias), tr.LayerNorm.eps),
+                    "bias": t(self.cls.predictions.bias)}
         return self
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
