@@ -172,6 +172,7 @@ Arg ids_arg(py::handle obj, const char* name) {
 }
 
 Arg inout_float_arg(py::handle obj, const char* name) {
+  if (is_tensor(obj)) return tensor_arg(obj);  // written in place on its device; the op checks its dtype
   if (!py::isinstance<py::array>(obj)) raise<TypeError>(name, " must be a numpy array");
   py::array a = py::reinterpret_borrow<py::array>(obj);
   if (!is_native_f32(a)) {

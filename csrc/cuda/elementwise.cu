@@ -67,6 +67,21 @@ __global__ void gather_rows(const I* __restrict__ ids, int64_t n, const T* __res
   }
 }
 
+template <class T>
+__global__ void kv_append_kernel(const T* __restrict__ qkv, T* __restrict__ kc, T* __restrict__ vc, int64_t B,
+                                 int64_t S, int64_t H, int64_t Dh, int64_t cap, int64_t past) {
+  const int64_t E = H * Dh, total = B * S * E;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t col = i % E, row = i / E;  // row = b * S + s, col = h * Dh + d
+    const int64_t s = row % S, b = row / S, h = col / Dh, d = col - h * Dh;
+    const T* src = qkv + row * 3 * E + col;
+    const int64_t dst = ((b * H + h) * cap + past + s) * Dh + d;
+    kc[dst] = src[E];
+    vc[dst] = src[2 * E];
+  }
+}
+
 bool is_float(DType t) { return t == DType::f32 || t == DType::f16 || t == DType::bf16; }
 
 size_t itemsize(DType t) {
@@ -129,6 +144,18 @@ void copy(const TensorView& src, const TensorView& dst) {
     }
   }
   check_launch("copy");
+}
+
+void kv_append(const void* qkv, void* k_cache, void* v_cache, int64_t B, int64_t S, int64_t H, int64_t Dh,
+               int64_t capacity, int64_t past, DType dtype, int device) {
+  const int64_t n = B * S * H * Dh;
+  if (n == 0) return;
+  DeviceGuard g(device);
+  CF_CUDA_FLOAT_TYPES(dtype, T, {
+    kv_append_kernel<T><<<blocks_for(n, 256), 256>>>(static_cast<const T*>(qkv), static_cast<T*>(k_cache),
+                                                     static_cast<T*>(v_cache), B, S, H, Dh, capacity, past);
+  });
+  check_launch("kv_append");
 }
 
 void embedding(const void* ids, bool ids64, int64_t n, const void* table, int64_t V, int64_t D, void* out,

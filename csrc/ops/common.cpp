@@ -21,11 +21,6 @@ void expect_same_dtype(std::initializer_list<Named> args, DType dtype) {
              " but the op computes in ", dtype_name(dtype), " (the float arguments of a GPU op share one dtype)");
 }
 
-void expect_cpu_op(Device d, const char* op) {
-  CF_CHECK(!on_gpu(d), ValueError, op, " has no GPU kernel yet: its arguments are on ", device_str(d),
-           "; pass numpy arrays (or CPU tensors)");
-}
-
 void expect_out(const TensorView& out, const Shape& shape, const char* op) {
   expect_float(out, "out");
   CF_CHECK(shape_of(out) == shape, ValueError, op, ": out has shape ", out.shape_str(), " but the result has shape ",

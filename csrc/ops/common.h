@@ -64,8 +64,6 @@ Device common_device(std::initializer_list<Named> args);
 // On a GPU the float arguments of one call share a dtype: TypeError naming the first that differs.
 void expect_same_dtype(std::initializer_list<Named> args, DType dtype);
 inline bool on_gpu(Device d) { return d.type == DeviceType::cuda; }
-// An op with no GPU kernel yet: ValueError when its arguments are on a GPU.
-void expect_cpu_op(Device d, const char* op);
 
 inline void expect_ndim(const TensorView& t, int ndim, const char* name) {
   CF_CHECK(t.ndim == ndim, ValueError, name, " must have ", ndim, " dimensions, got shape ", t.shape_str());
