@@ -57,3 +57,19 @@ def bert_dirs(tmp_path_factory):
         m.save_pretrained(d)
         dirs[cls.__name__] = (d, m)
     return dirs
+
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory):
+    """A small random GPT-2 saved by transformers: (folder, transformers' model, ours)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from coreformer.models import GPT2LMHeadModel
+    # initializer_range 0.3: random weights whose greedy continuations vary (at 0.02 they repeat one token)
+    cfg = transformers.GPT2Config(vocab_size=211, n_embd=64, n_layer=3, n_head=4, n_positions=160,
+                                  initializer_range=0.3, bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(1)
+    m = transformers.GPT2LMHeadModel(cfg).eval()
+    d = tmp_path_factory.mktemp("gpt2")
+    m.save_pretrained(d)
+    return d, m, GPT2LMHeadModel.from_pretrained(d)

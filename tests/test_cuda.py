@@ -3,12 +3,14 @@ bfloat16, over odd shapes and every mask kind; outputs poisoned with NaN to catc
 Skips without a GPU (tests/test_tensor.py covers the device handle's CPU side and the no-GPU errors)."""
 import threading
 
-import coreformer as cf
 import numpy as np
 import pytest
+
+import coreformer as cf
+from coreformer import ops
+
 import reference as ref
 from conftest import assert_close, randn
-from coreformer import ops
 
 pytestmark = pytest.mark.skipif(cf.info()["cuda_devices"] == 0, reason="no CUDA device")
 

@@ -2,20 +2,17 @@
 by op. The same path runs on CPU tensors (``_use_tensors("cpu", "float32")``), so its composition is
 checked against transformers here; on a GPU (skipped without one) it is checked in float32, float16 and
 bfloat16."""
-import coreformer as cf
 import numpy as np
 import pytest
-from coreformer.models import (
-    BertForMaskedLM,
-    BertForSequenceClassification,
-    BertModel,
-    SentenceEncoder,
-)
+
+import coreformer as cf
+from coreformer.models import (BertForMaskedLM, BertForSequenceClassification, BertModel, GPT2LMHeadModel,
+                               SentenceEncoder)
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from test_models import bert_inputs, hf, rel_err
+from test_models import bert_inputs, hf, left_pad, prompts, rel_err  # noqa: E402
 
 GPU = cf.info()["cuda_devices"] > 0
 CLASSES = [("BertModel", BertModel), ("BertForSequenceClassification", BertForSequenceClassification),
@@ -104,3 +101,46 @@ def test_bert_on_gpu_matches_transformers(bert_dirs, name, ours, dtype, tol):
     model = ours.from_pretrained(d).to("cuda", dtype)
     ids, mask, types = padded_inputs()
     check(model(ids, mask, types), hf(ref, ids, mask, types), mask, name, tol)
+
+
+def gpt2_checks(gpt2, model, tol, exact_tokens):
+    _, ref, _ = gpt2
+    ids, mask = left_pad(prompts())
+    with torch.no_grad():
+        want = ref(input_ids=torch.tensor(ids[:1])).logits.numpy()
+        pos = torch.tensor(np.where(mask, mask.cumsum(1) - 1, 0))
+        want_b = ref(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), position_ids=pos).logits.numpy()
+    assert rel_err(model(ids[:1]).logits, want) < tol
+    keep = mask.astype(bool)
+    assert rel_err(model(ids, mask).logits[keep], want_b[keep]) < tol
+    cache = model.new_cache(1, 4)  # too small: it must grow (through the host)
+    parts = [model(ids[:1, :6], cache=cache).logits] + [model(ids[:1, i:i + 1], cache=cache).logits
+                                                        for i in range(6, ids.shape[1])]
+    assert rel_err(np.concatenate(parts, axis=1), want) < tol
+    last = model(ids, mask, logits_to_keep=2).logits
+    assert last.shape == (3, 2, 211) and rel_err(last, want_b[:, -2:]) < tol
+    with torch.no_grad():
+        want_ids = ref.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), max_new_tokens=50,
+                                do_sample=False, eos_token_id=None, pad_token_id=0).numpy()
+    got = model.generate(ids, mask, max_new_tokens=50, eos_token_id=[])
+    if exact_tokens:
+        np.testing.assert_array_equal(got, want_ids)
+    else:  # 16-bit weights: the first tokens agree (later ones may take another near-tie)
+        np.testing.assert_array_equal(got[:, :ids.shape[1] + 3], want_ids[:, :ids.shape[1] + 3])
+
+
+def test_gpt2_tensor_path_on_cpu_matches_transformers(gpt2):
+    model = GPT2LMHeadModel.from_pretrained(gpt2[0])._use_tensors("cpu", "float32")
+    gpt2_checks(gpt2, model, 1e-5, exact_tokens=True)
+    assert isinstance(model.new_cache(1, 3).layers[0].k, cf.Tensor)
+    model.to("cpu")
+    assert isinstance(model.new_cache(1, 3).layers[0].k, np.ndarray)
+    with pytest.raises(ValueError, match="float32"):
+        model.to("cpu", "bfloat16")
+
+
+@pytest.mark.skipif(not GPU, reason="no CUDA device")
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-5), ("float16", 2e-2), ("bfloat16", 2e-2)])
+def test_gpt2_on_gpu_matches_transformers(gpt2, dtype, tol):
+    model = GPT2LMHeadModel.from_pretrained(gpt2[0]).to("cuda", dtype)
+    gpt2_checks(gpt2, model, tol, exact_tokens=dtype == "float32")

@@ -3,12 +3,14 @@ tensors, and the errors -- everything of the device handle that runs without a G
 tests/test_cuda.py)."""
 import gc
 
-import coreformer as cf
 import numpy as np
 import pytest
+
+import coreformer as cf
+from coreformer import ops
+
 import reference as ref
 from conftest import assert_close, randn
-from coreformer import ops
 
 NO_GPU = cf.info()["cuda_devices"] == 0
 

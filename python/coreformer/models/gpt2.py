@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import nn, ops
+from .. import _core, nn, ops
 from .._files import read_json
 from ._common import ModelOutput, as_ids, as_mask, check_names, read_config, read_weights
 from .generation import NextToken, check_generation_args, eos_set, stream_end, stream_put
@@ -37,13 +37,44 @@ class GPT2Config(dict):
     __getattr__ = dict.__getitem__
 
 
+class _DeviceKV:
+    """One layer's keys and values as Tensors ``(B, H, capacity, Dh)`` on a device: the layer writes
+    them in place (``transformer_encoder_layer``'s ``k_cache``/``v_cache``). Past the capacity it
+    doubles through the host (one round trip; generate sizes it for the whole run)."""
+
+    def __init__(self, batch, heads, head_dim, capacity, device, dtype):
+        shape = (int(batch), int(heads), max(int(capacity), 1), int(head_dim))
+        self.device, self.dtype = device, dtype
+        self.k = _core.tensor(np.zeros(shape, np.float32), device, dtype)
+        self.v = _core.tensor(np.zeros(shape, np.float32), device, dtype)
+        self.length = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[2]
+
+    def reserve(self, n: int) -> None:
+        if self.length + n <= self.capacity:
+            return
+        cap = max(self.length + n, 2 * self.capacity)
+        for name in ("k", "v"):
+            old = getattr(self, name).numpy()
+            new = np.zeros(old.shape[:2] + (cap,) + old.shape[3:], np.float32)
+            new[:, :, :self.length] = old[:, :, :self.length]
+            setattr(self, name, _core.tensor(new, self.device, self.dtype))
+
+
 class GPT2Cache:
     """Per-layer keys and values ``(B, H, capacity, Dh)``, preallocated for the prompt and every new
-    token, appended in place."""
+    token, appended in place (on the model's device when it runs on one)."""
 
-    def __init__(self, config: GPT2Config, batch: int, capacity: int):
+    def __init__(self, config: GPT2Config, batch: int, capacity: int, device: str | None = None,
+                 dtype: str = "float32"):
         dh = config.n_embd // config.n_head
-        self.layers = [nn.KVCache(batch, config.n_head, dh, capacity) for _ in range(config.n_layer)]
+        if device is None:
+            self.layers = [nn.KVCache(batch, config.n_head, dh, capacity) for _ in range(config.n_layer)]
+        else:
+            self.layers = [_DeviceKV(batch, config.n_head, dh, capacity, device, dtype) for _ in range(config.n_layer)]
 
     @property
     def length(self) -> int:
@@ -168,7 +199,74 @@ class GPT2LMHeadModel(nn.Module):
         return model
 
     def new_cache(self, batch: int, capacity: int) -> GPT2Cache:
+        d = self.__dict__.get("_device")
+        if d:
+            return GPT2Cache(self.config, batch, capacity, d["device"], d["dtype"])
         return GPT2Cache(self.config, batch, capacity)
+
+    # ---- on a device: the weights and the KV cache as coreformer.Tensors ----
+
+    def to(self, device: str = "cpu", dtype: str | None = None):
+        """Run on ``device`` (``"cuda"``, ``"cuda:N"``) with the weights there in ``dtype`` (``"float32"``
+        by default, ``"float16"``, ``"bfloat16"``; float32 arithmetic in every kernel). The KV cache is
+        made on the device and grows in place there; each step sends the new ids up and brings the last
+        position's logits back (where the sampler runs). ``"cpu"`` goes back to the CPU path. Returns
+        the model."""
+        if str(device) == "cpu":
+            if dtype not in (None, "float32"):
+                raise ValueError(f"on the CPU the models compute in float32, got dtype {dtype!r} (for smaller "
+                                 "weights there: pack_weights('bfloat16') or 'int8')")
+            object.__setattr__(self, "_device", None)
+            return self
+        return self._use_tensors(str(device), dtype or "float32")
+
+    def _use_tensors(self, device: str, dtype: str):
+        """The device path's weights (also usable with ``device="cpu"``: the same path on the CPU
+        kernels, how the tests check it without a GPU)."""
+        t = lambda a: _core.tensor(a, device, dtype)  # noqa: E731
+        tr = self.transformer
+        head = tr.wte.weight if self.lm_head is None else self.lm_head.weight
+        d = {"device": device, "dtype": dtype, "wte": t(tr.wte.weight), "wpe": t(tr.wpe.weight),
+             "ln_f": (t(tr.ln_f.weight), t(tr.ln_f.bias), tr.ln_f.eps), "blocks": []}
+        d["head"] = d["wte"] if self.lm_head is None else t(head)
+        for blk in tr.h:
+            a, m = blk.attn, blk.mlp
+            d["blocks"].append({
+                "heads": a.n_head, "scale": a.scale, "act": m.c_fc.activation,
+                "eps": (blk.ln_1.eps, blk.ln_2.eps),
+                "weights": (t(a.c_attn.weight), t(a.c_attn.bias), t(a.c_proj.weight), t(a.c_proj.bias),
+                            t(m.c_fc.weight), t(m.c_fc.bias), t(m.c_proj.weight), t(m.c_proj.bias),
+                            t(blk.ln_1.weight), t(blk.ln_1.bias), t(blk.ln_2.weight), t(blk.ln_2.bias))})
+        object.__setattr__(self, "_device", d)
+        return self
+
+    def _forward_device(self, ids, mask, position_ids, cache, logits_to_keep):
+        d = self.__dict__["_device"]
+        dev = d["device"]
+        b, s = ids.shape
+        tok = ops.embedding(_core.tensor(ids, dev), d["wte"])
+        pos = ops.embedding(_core.tensor(np.ascontiguousarray(position_ids), dev), d["wpe"])
+        _, x = ops.layer_norm(tok, residual=pos, return_sum=True)  # x = tok + pos (the norm is not used)
+        padding = None if mask is None or mask.all() else _core.tensor(~mask, dev)
+        for i, blk in enumerate(d["blocks"]):
+            kv = {}
+            layer_cache = None if cache is None else cache.layers[i]
+            if layer_cache is not None:
+                layer_cache.reserve(s)
+                kv = {"k_cache": layer_cache.k, "v_cache": layer_cache.v, "cache_length": layer_cache.length}
+            ops.transformer_encoder_layer(x, blk["heads"], *blk["weights"], activation=blk["act"], norm_first=True,
+                                          eps=blk["eps"], key_padding_mask=padding, is_causal=True,
+                                          scale=blk["scale"], out=x, **kv)
+            if layer_cache is not None:
+                layer_cache.length += s
+        if logits_to_keep and logits_to_keep < s:
+            # the last rows of each sequence, gathered on the device (an embedding lookup is a row gather)
+            k = logits_to_keep
+            rows = (np.arange(b)[:, None] * s + np.arange(s - k, s)[None]).reshape(-1)
+            x = ops.embedding(_core.tensor(rows, dev), x.reshape(b * s, -1)).reshape(b, k, -1)
+        h = ops.layer_norm(x, *d["ln_f"])
+        logits = ops.linear(h, d["head"]).numpy().astype(np.float32, copy=False)
+        return ModelOutput(logits=logits, cache=cache)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, cache: GPT2Cache | None = None,
                 logits_to_keep: int = 0):
@@ -186,6 +284,8 @@ class GPT2LMHeadModel(nn.Module):
         if s and position_ids.max(initial=0) >= c.n_positions:
             raise ValueError(f"a sequence of {position_ids.max() + 1} positions is longer than the model's "
                              f"{c.n_positions} (n_positions)")
+        if self.__dict__.get("_device"):
+            return self._forward_device(ids, mask, position_ids, cache, logits_to_keep)
         t = self.transformer
         x = ops.embedding(ids, t.wte.weight)
         x += ops.embedding(position_ids, t.wpe.weight)
