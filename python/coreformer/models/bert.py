@@ -220,7 +220,7 @@ class BertModel(nn.Module):
 
     def _use_tensors(self, device: str, dtype: str):
         """The device path's weights: each parameter once as a Tensor on ``device`` (also usable with
-        ``device="cpu"``, where the same op-by-op path runs on the CPU kernels -- how the tests check it
+        ``device="cpu"``, where the same path runs on the CPU kernels -- how the tests check it
         without a GPU). The word and position + token-type embeddings become two tables, so the three
         embeddings are two lookups and one add & norm."""
         t = lambda a: _core.tensor(a, device, dtype)
@@ -260,12 +260,11 @@ class BertModel(nn.Module):
         w, bias, eps = d["ln"]
         x = ops.layer_norm(word, w, bias, eps, residual=pt)
         kpm = None if mask is None or mask.all() else _core.tensor(~mask.astype(bool), dev)
-        for L in d["layers"]:
-            a = ops.multi_head_attention(x, x, x, L["heads"], L["in_w"], L["in_b"], L["out_w"], L["out_b"],
-                                         key_padding_mask=kpm)
-            x = ops.layer_norm(a, *L["n1"], residual=x)
-            h = ops.linear(x, L["l1_w"], L["l1_b"], L["act"])
-            x = ops.layer_norm(ops.linear(h, L["l2_w"], L["l2_b"]), *L["n2"], residual=x)
+        for L in d["layers"]:  # one fused call per layer, in place (the GPU's transformer_encoder_layer)
+            (n1w, n1b, eps1), (n2w, n2b, eps2) = L["n1"], L["n2"]
+            ops.transformer_encoder_layer(x, L["heads"], L["in_w"], L["in_b"], L["out_w"], L["out_b"], L["l1_w"],
+                                          L["l1_b"], L["l2_w"], L["l2_b"], n1w, n1b, n2w, n2b, activation=L["act"],
+                                          eps=(eps1, eps2), key_padding_mask=kpm, out=x)
         return x
 
     @staticmethod
