@@ -4,10 +4,10 @@ Inputs: float32 C-contiguous arrays are read without a copy; other real dtypes (
 bool) and strided arrays are converted to float32 C-contiguous first; complex, string and object
 arrays raise ``TypeError``.
 
-Every op except ``transformer_encoder_layer`` also takes ``coreformer.Tensor`` arguments and then
-returns Tensors on the same device: on a GPU (``device="cuda"``) in float32, float16 or bfloat16
-(one dtype for all the float arguments of a call; masks bool or float32; ids int32/int64).
-Arguments on different devices raise ``ValueError``. Results are new float32 arrays, or are written into ``out=`` where an
+Every op also takes ``coreformer.Tensor`` arguments and then returns Tensors on the same device: on a
+GPU (``device="cuda"``) in float32, float16 or bfloat16 (one dtype for all the float arguments of a
+call; masks bool or float32; ids int32/int64; weights Tensors, not ``PackedWeight``, which is CPU
+memory). Arguments on different devices raise ``ValueError``. Results are new float32 arrays, or are written into ``out=`` where an
 op takes one (``out`` must be float32, C-contiguous and must not overlap the inputs; the
 elementwise ops accept ``out=x`` for in-place). Mismatched shapes raise ``ValueError`` naming the
 argument and the shapes; out-of-range ids raise ``IndexError``.
