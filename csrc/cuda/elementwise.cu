@@ -68,17 +68,17 @@ __global__ void gather_rows(const I* __restrict__ ids, int64_t n, const T* __res
 }
 
 template <class T>
-__global__ void kv_append_kernel(const T* __restrict__ qkv, T* __restrict__ kc, T* __restrict__ vc, int64_t B,
-                                 int64_t S, int64_t H, int64_t Dh, int64_t cap, int64_t past) {
+__global__ void kv_append_kernel(const T* __restrict__ k, const T* __restrict__ v, int64_t ld, T* __restrict__ kc,
+                                 T* __restrict__ vc, int64_t B, int64_t S, int64_t H, int64_t Dh, int64_t cap,
+                                 int64_t past) {
   const int64_t E = H * Dh, total = B * S * E;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t col = i % E, row = i / E;  // row = b * S + s, col = h * Dh + d
     const int64_t s = row % S, b = row / S, h = col / Dh, d = col - h * Dh;
-    const T* src = qkv + row * 3 * E + col;
     const int64_t dst = ((b * H + h) * cap + past + s) * Dh + d;
-    kc[dst] = src[E];
-    vc[dst] = src[2 * E];
+    kc[dst] = k[row * ld + col];
+    vc[dst] = v[row * ld + col];
   }
 }
 
@@ -146,14 +146,15 @@ void copy(const TensorView& src, const TensorView& dst) {
   check_launch("copy");
 }
 
-void kv_append(const void* qkv, void* k_cache, void* v_cache, int64_t B, int64_t S, int64_t H, int64_t Dh,
-               int64_t capacity, int64_t past, DType dtype, int device) {
+void kv_append(const void* k, const void* v, int64_t ld, void* k_cache, void* v_cache, int64_t B, int64_t S,
+               int64_t H, int64_t Dh, int64_t capacity, int64_t past, DType dtype, int device) {
   const int64_t n = B * S * H * Dh;
   if (n == 0) return;
   DeviceGuard g(device);
   CF_CUDA_FLOAT_TYPES(dtype, T, {
-    kv_append_kernel<T><<<blocks_for(n, 256), 256>>>(static_cast<const T*>(qkv), static_cast<T*>(k_cache),
-                                                     static_cast<T*>(v_cache), B, S, H, Dh, capacity, past);
+    kv_append_kernel<T><<<blocks_for(n, 256), 256>>>(static_cast<const T*>(k), static_cast<const T*>(v), ld,
+                                                     static_cast<T*>(k_cache), static_cast<T*>(v_cache), B, S, H, Dh,
+                                                     capacity, past);
   });
   check_launch("kv_append");
 }

@@ -84,11 +84,10 @@ struct AdditiveArgs {
 };
 void additive_attention(const AdditiveArgs& a);
 
-// A self-attention layer's new keys and values into its cache: from the packed projection qkv
-// (B*S, 3E) -- K at columns [E, 2E), V at [2E, 3E), head h at h*Dh -- to k_cache/v_cache
-// (B, H, capacity, Dh) at positions [past, past + S).
-void kv_append(const void* qkv, void* k_cache, void* v_cache, int64_t B, int64_t S, int64_t H, int64_t Dh,
-               int64_t capacity, int64_t past, DType dtype, int device);
+// A layer's new keys and values into its cache: rows b*S + s of k and v (ld elements apart; head h
+// at columns [h*Dh, (h+1)*Dh)) to k_cache/v_cache (B, H, capacity, Dh) at positions [past, past + S).
+void kv_append(const void* k, const void* v, int64_t ld, void* k_cache, void* v_cache, int64_t B, int64_t S,
+               int64_t H, int64_t Dh, int64_t capacity, int64_t past, DType dtype, int device);
 
 // dst (C-contiguous) = src (any non-negative strides), both on the device; float dtypes convert
 // among themselves, other dtypes copy as they are (same dtype).

@@ -4,7 +4,8 @@
 // argument conversion and one GIL release instead of five. A residual add rides in the LayerNorm
 // that follows it (its first sweep), not in the GEMM before: MiniLM measured 1.5-2% faster so, one
 // sentence and a padded batch alike, than with the add in the GEMM's epilogue (bench/RESULTS.md).
-// The activations live in a workspace kept per calling thread, reused from layer to layer.
+// The activations live in a workspace kept per calling thread, reused from layer to layer. The layer is
+// written once for both devices over ops/layer_backend.h.
 //
 //   post-LN: x1 = LN1(x + SA(x));        out = LN2(x1 + FFN(x1))
 //   pre-LN:  x1 = x + SA(LN1(x));        out = x1 + FFN(LN2(x1))
@@ -12,8 +13,8 @@
 #include <cstring>
 #include <utility>
 
-#include "core/thread_cache.h"
 #include "ops/common.h"
+#include "ops/layer_backend.h"
 
 namespace cf::ops {
 namespace {
@@ -33,19 +34,6 @@ void expect_matrix(const WeightRef& w, int64_t rows, int64_t cols, const char* n
            w.shape_str());
 }
 
-void norm(const float* x, int64_t rows, int64_t n, const OptionalView& weight, const OptionalView& bias, float eps,
-          float* y, const float* residual = nullptr, float* sum_out = nullptr) {
-  cpu::LayerNormArgs a;
-  a.rows = rows; a.n = n;
-  a.x = x;
-  a.residual = residual;
-  a.sum_out = sum_out;
-  a.weight = weight ? weight->ptr<float>() : nullptr;
-  a.bias = bias ? bias->ptr<float>() : nullptr;
-  a.y = y;
-  a.eps = eps;
-  kernels().layer_norm(a);
-}
 
 // Every argument's device but cu_seqlens' (host metadata, read by the host on either device).
 Device layer_device(const TensorView& x, const EncoderLayerWeights& w, const OptionalView& attn_mask,
@@ -60,110 +48,19 @@ Device layer_device(const TensorView& x, const EncoderLayerWeights& w, const Opt
                         {"k_cache", cache ? &cache->k : nullptr}, {"v_cache", cache ? &cache->v : nullptr}});
 }
 
-void gpu_norm(const void* x, int64_t rows, int64_t n, const OptionalView& weight, const OptionalView& bias, float eps,
-              void* y, DType dt, int device, const void* residual = nullptr, void* sum_out = nullptr) {
-  cuda::LayerNormArgs a;
-  a.rows = rows; a.n = n;
-  a.x = x; a.residual = residual; a.sum_out = sum_out;
-  a.weight = weight ? weight->data : nullptr;
-  a.bias = bias ? bias->data : nullptr;
-  a.y = y;
-  a.eps = eps;
-  a.dtype = dt;
-  a.device = device;
-  cuda::layer_norm(a);
-}
-
-// The GPU's layer: the CPU's plan step for step (below), with device scratch and the GPU kernels.
-void gpu_transformer_encoder_layer(const TensorView& x, const EncoderLayerWeights& w, const EncoderLayerOptions& opt,
-                                   const OptionalView& attn_mask, const OptionalView& key_padding_mask,
-                                   const OptionalView& cu_seqlens, const TensorView& out, const KVCacheRef* cache) {
-  const DType dt = x.dtype;
-  const int dev = x.device.index;
-  const TensorView& in_w = gpu_weight(w.in_weight, "in_weight");
-  const TensorView& out_w = gpu_weight(w.out_weight, "out_weight");
-  const TensorView& l1_w = gpu_weight(w.linear1_weight, "linear1_weight");
-  const TensorView& l2_w = gpu_weight(w.linear2_weight, "linear2_weight");
-  expect_same_dtype({{"in_weight", &in_w}, {"out_weight", &out_w}, {"linear1_weight", &l1_w},
-                     {"linear2_weight", &l2_w}, {"in_bias", ops::opt(w.in_bias)}, {"out_bias", ops::opt(w.out_bias)},
+// On a GPU the float arguments share the layer's dtype; a PackedWeight is CPU memory.
+void expect_layer_dtypes(const TensorView& x, const EncoderLayerWeights& w, const TensorView& out,
+                         const KVCacheRef* cache) {
+  for (const auto& [ref, name] : {std::pair{&w.in_weight, "in_weight"}, std::pair{&w.out_weight, "out_weight"},
+                                  std::pair{&w.linear1_weight, "linear1_weight"},
+                                  std::pair{&w.linear2_weight, "linear2_weight"}})
+    expect_same_dtype({{name, &gpu_weight(*ref, name)}}, x.dtype);
+  expect_same_dtype({{"in_bias", ops::opt(w.in_bias)}, {"out_bias", ops::opt(w.out_bias)},
                      {"linear1_bias", ops::opt(w.linear1_bias)}, {"linear2_bias", ops::opt(w.linear2_bias)},
                      {"norm1_weight", ops::opt(w.norm1_weight)}, {"norm1_bias", ops::opt(w.norm1_bias)},
-                     {"norm2_weight", ops::opt(w.norm2_weight)}, {"norm2_bias", ops::opt(w.norm2_bias)}, {"out", &out},
-                     {"k_cache", cache ? &cache->k : nullptr}, {"v_cache", cache ? &cache->v : nullptr}}, dt);
-  const int64_t E = x.size(-1), F = w.linear1_weight.rows(), T = x.numel() / E;
-  const int64_t H = opt.num_heads, Dh = E / H;
-  const size_t es = dtype_size(dt);
-  cuda::Buffer ws(es * static_cast<size_t>(T * (6 * E + F)), dev);
-  auto at_elem = [&](int64_t offset) { return static_cast<void*>(ws.get<char>() + offset * static_cast<int64_t>(es)); };
-  void* const qkv = at_elem(0);             // (T, 3E)
-  void* const ctx = at_elem(T * 3 * E);     // (T, E)
-  void* const a = at_elem(T * 4 * E);       // (T, E)
-  void* const x1 = at_elem(T * 5 * E);      // (T, E)
-  void* const h = at_elem(T * 6 * E);       // (T, F)
-  const void* const xin = x.data;
-  void* const y = out.data;  // may be x: x is last read by the norm after the out projection
-
-  if (opt.norm_first) {
-    gpu_norm(xin, T, E, w.norm1_weight, w.norm1_bias, opt.eps1, a, dt, dev);
-    gpu_gemm_rows(a, T, E, in_w, w.in_bias, 0, 3 * E, qkv);
-  } else {
-    gpu_gemm_rows(xin, T, E, in_w, w.in_bias, 0, 3 * E, qkv);
-  }
-
-  cuda::AttentionArgs at;
-  at.H = H; at.D = at.Dv = Dh;
-  at.q_ss = at.k_ss = at.v_ss = 3 * E;
-  at.q_sh = at.k_sh = at.v_sh = at.o_sh = Dh;
-  at.o_ss = E;
-  at.causal = opt.is_causal;
-  at.scale = opt.scale ? *opt.scale : 1.0f / std::sqrt(static_cast<float>(Dh));
-  at.dtype = dt;
-  at.device = dev;
-  auto elem = [es](void* p, int64_t n) { return static_cast<void*>(static_cast<char*>(p) + n * static_cast<int64_t>(es)); };
-  if (cu_seqlens) {
-    for (int64_t i = 0; i + 1 < cu_seqlens->shape[0]; ++i) {
-      const int64_t r0 = seq_at(*cu_seqlens, i), len = seq_at(*cu_seqlens, i + 1) - r0;
-      if (len == 0) continue;
-      at.B = 1; at.Sq = at.Sk = len;
-      at.q = elem(qkv, r0 * 3 * E); at.k = elem(qkv, r0 * 3 * E + E); at.v = elem(qkv, r0 * 3 * E + 2 * E);
-      at.q_sb = at.k_sb = at.v_sb = len * 3 * E;
-      at.out = elem(ctx, r0 * E); at.o_sb = len * E;
-      cuda::attention(at);
-    }
-  } else {
-    const int64_t B = x.shape[0], S = x.shape[1];
-    at.B = B; at.Sq = at.Sk = S;
-    at.q = qkv; at.k = elem(qkv, E); at.v = elem(qkv, 2 * E);
-    at.q_sb = at.k_sb = at.v_sb = S * 3 * E;
-    at.out = ctx; at.o_sb = S * E;
-    if (cache) {
-      const int64_t cap = cache->k.shape[2], past = cache->length;
-      cuda::kv_append(qkv, cache->k.data, cache->v.data, B, S, H, Dh, cap, past, dt, dev);
-      at.Sk = past + S;
-      at.k = cache->k.data; at.v = cache->v.data;
-      at.k_sb = at.v_sb = H * cap * Dh;
-      at.k_sh = at.v_sh = cap * Dh;
-      at.k_ss = at.v_ss = Dh;
-    }
-    cpu::AttentionArgs masks;
-    masks.B = B; masks.H = H; masks.Sq = S; masks.Sk = at.Sk;
-    set_mha_masks(masks, attn_mask, key_padding_mask);
-    at.mask = masks.mask;
-    at.mask2 = masks.mask2;
-    cuda::attention(at);
-  }
-
-  gpu_gemm_rows(ctx, T, E, out_w, w.out_bias, 0, E, a);
-  if (opt.norm_first) {
-    gpu_norm(a, T, E, w.norm2_weight, w.norm2_bias, opt.eps2, a, dt, dev, xin, x1);  // x1 = a + x; a = LN2(x1)
-    gpu_gemm_rows(a, T, E, l1_w, w.linear1_bias, 0, F, h, opt.act);
-    gpu_gemm_rows(h, T, F, l2_w, w.linear2_bias, 0, E, y, Activation::none, x1);
-  } else {
-    gpu_norm(a, T, E, w.norm1_weight, w.norm1_bias, opt.eps1, x1, dt, dev, xin);
-    gpu_gemm_rows(x1, T, E, l1_w, w.linear1_bias, 0, F, h, opt.act);
-    gpu_gemm_rows(h, T, F, l2_w, w.linear2_bias, 0, E, a);
-    gpu_norm(a, T, E, w.norm2_weight, w.norm2_bias, opt.eps2, y, dt, dev, x1);
-  }
+                     {"norm2_weight", ops::opt(w.norm2_weight)}, {"norm2_bias", ops::opt(w.norm2_bias)},
+                     {"out", &out}, {"k_cache", cache ? &cache->k : nullptr},
+                     {"v_cache", cache ? &cache->v : nullptr}}, x.dtype);
 }
 
 }  // namespace
@@ -237,29 +134,27 @@ void transformer_encoder_layer(const TensorView& x, const EncoderLayerWeights& w
   const int64_t E = x.size(-1), F = w.linear1_weight.rows(), T = x.numel() / (E ? E : 1);
   const int64_t H = opt.num_heads, Dh = E / H;
   if (T == 0 || E == 0) return;
-  if (on_gpu(layer_device(x, w, attn_mask, key_padding_mask, cache))) {
-    gpu_transformer_encoder_layer(x, w, opt, attn_mask, key_padding_mask, cu_seqlens, out, cache);
-    return;
-  }
-  // the activations, kept per calling thread from call to call (layer after layer: a padded batch of
-  // 32 x 100 tokens needs ~50 MB, whose page faults would cost ~5% of a layer each time)
-  static thread_local ThreadCache workspace;
-  float* const qkv = workspace.get(static_cast<size_t>(T * (6 * E + F)));  // (T, 3E)
-  float* const ctx = qkv + T * 3 * E;  // (T, E) attention's merged heads
-  float* const a = ctx + T * E;        // (T, E)
-  float* const x1 = a + T * E;         // (T, E) the residual stream after attention
-  float* const h = x1 + T * E;         // (T, F)
-  const float* const xin = x.ptr<float>();
-  float* const y = out.ptr<float>();   // may be x: x is last read by the out projection
+  const Device dev = layer_device(x, w, attn_mask, key_padding_mask, cache);
+  if (on_gpu(dev)) expect_layer_dtypes(x, w, out, cache);
+  LayerBackend be(dev, x.dtype);
+  // the activations: per calling thread on the CPU, kept from call to call (layer after layer: a padded
+  // batch of 32 x 100 tokens needs ~50 MB, whose page faults would cost ~5% of a layer each time)
+  void* const qkv = be.scratch(T * (6 * E + F));  // (T, 3E)
+  void* const ctx = be.at(qkv, T * 3 * E);        // (T, E) attention's merged heads
+  void* const a = be.at(ctx, T * E);              // (T, E)
+  void* const x1 = be.at(a, T * E);               // (T, E) the residual stream after attention
+  void* const h = be.at(x1, T * E);               // (T, F)
+  const void* const xin = x.data;
+  void* const y = out.data;  // may be x: x is last read by the norm after the out projection
 
   if (opt.norm_first) {
-    norm(xin, T, E, w.norm1_weight, w.norm1_bias, opt.eps1, a);
-    gemm_rows(a, T, E, w.in_weight, w.in_bias, 0, 3 * E, qkv);
+    be.norm(xin, T, E, w.norm1_weight, w.norm1_bias, opt.eps1, a);
+    be.gemm(a, T, E, w.in_weight, w.in_bias, 0, 3 * E, qkv);
   } else {
-    gemm_rows(xin, T, E, w.in_weight, w.in_bias, 0, 3 * E, qkv);
+    be.gemm(xin, T, E, w.in_weight, w.in_bias, 0, 3 * E, qkv);
   }
 
-  cpu::AttentionArgs at;
+  AttentionPlan at;
   at.H = H; at.D = at.Dv = Dh;
   at.q_ss = at.k_ss = at.v_ss = 3 * E;
   at.q_sh = at.k_sh = at.v_sh = at.o_sh = Dh;
@@ -271,52 +166,45 @@ void transformer_encoder_layer(const TensorView& x, const EncoderLayerWeights& w
       const int64_t r0 = seq_at(*cu_seqlens, i), len = seq_at(*cu_seqlens, i + 1) - r0;
       if (len == 0) continue;
       at.B = 1; at.Sq = at.Sk = len;
-      at.q = qkv + r0 * 3 * E; at.k = at.q + E; at.v = at.q + 2 * E;
+      at.q = be.at(qkv, r0 * 3 * E); at.k = be.at(at.q, E); at.v = be.at(at.q, 2 * E);
       at.q_sb = at.k_sb = at.v_sb = len * 3 * E;
-      at.out = ctx + r0 * E; at.o_sb = len * E;
-      kernels().attention(at);
+      at.out = be.at(ctx, r0 * E); at.o_sb = len * E;
+      be.attention(at);
     }
   } else {
     const int64_t B = x.shape[0], S = x.shape[1];
     at.B = B; at.Sq = at.Sk = S;
-    at.q = qkv; at.k = qkv + E; at.v = qkv + 2 * E;
+    at.q = qkv; at.k = be.at(qkv, E); at.v = be.at(qkv, 2 * E);
     at.q_sb = at.k_sb = at.v_sb = S * 3 * E;
     at.out = ctx; at.o_sb = S * E;
     if (cache) {  // the new keys and values join the cache; attention reads them all from there
       const int64_t cap = cache->k.shape[2], past = cache->length;
-      float* const kc = cache->k.ptr<float>();
-      float* const vc = cache->v.ptr<float>();
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t hh = 0; hh < H; ++hh)
-          for (int64_t s = 0; s < S; ++s) {
-            const float* src = qkv + (b * S + s) * 3 * E + hh * Dh;
-            const int64_t dst = ((b * H + hh) * cap + past + s) * Dh;
-            std::memcpy(kc + dst, src + E, sizeof(float) * Dh);
-            std::memcpy(vc + dst, src + 2 * E, sizeof(float) * Dh);
-          }
+      be.kv_append(be.at(qkv, E), be.at(qkv, 2 * E), 3 * E, *cache, B, S, H, Dh, past);
       at.Sk = past + S;
-      at.k = kc; at.v = vc;
+      at.k = cache->k.data; at.v = cache->v.data;
       at.k_sb = at.v_sb = H * cap * Dh;
       at.k_sh = at.v_sh = cap * Dh;
       at.k_ss = at.v_ss = Dh;
     }
-    set_mha_masks(at, attn_mask, key_padding_mask);
-    kernels().attention(at);
+    cpu::AttentionArgs masks;
+    masks.B = B; masks.H = H; masks.Sq = S; masks.Sk = at.Sk;
+    set_mha_masks(masks, attn_mask, key_padding_mask);
+    at.mask = masks.mask;
+    at.mask2 = masks.mask2;
+    be.attention(at);
   }
 
+  be.gemm(ctx, T, E, w.out_weight, w.out_bias, 0, E, a);
   if (opt.norm_first) {
-    gemm_rows(ctx, T, E, w.out_weight, w.out_bias, 0, E, a);
-    norm(a, T, E, w.norm2_weight, w.norm2_bias, opt.eps2, a, xin, x1);  // x1 = a + x; a = LN2(x1)
-    gemm_rows(a, T, E, w.linear1_weight, w.linear1_bias, 0, F, h, opt.act);
-    gemm_rows(h, T, F, w.linear2_weight, w.linear2_bias, 0, E, y, Activation::none, x1);
+    be.norm(a, T, E, w.norm2_weight, w.norm2_bias, opt.eps2, a, xin, x1);  // x1 = a + x; a = LN2(x1)
+    be.gemm(a, T, E, w.linear1_weight, w.linear1_bias, 0, F, h, opt.act);
+    be.gemm(h, T, F, w.linear2_weight, w.linear2_bias, 0, E, y, Activation::none, x1);
   } else {
-    gemm_rows(ctx, T, E, w.out_weight, w.out_bias, 0, E, a);
-    norm(a, T, E, w.norm1_weight, w.norm1_bias, opt.eps1, x1, xin);
-    gemm_rows(x1, T, E, w.linear1_weight, w.linear1_bias, 0, F, h, opt.act);
-    gemm_rows(h, T, F, w.linear2_weight, w.linear2_bias, 0, E, a);
-    norm(a, T, E, w.norm2_weight, w.norm2_bias, opt.eps2, y, x1);
+    be.norm(a, T, E, w.norm1_weight, w.norm1_bias, opt.eps1, x1, xin);
+    be.gemm(x1, T, E, w.linear1_weight, w.linear1_bias, 0, F, h, opt.act);
+    be.gemm(h, T, F, w.linear2_weight, w.linear2_bias, 0, E, a);
+    be.norm(a, T, E, w.norm2_weight, w.norm2_bias, opt.eps2, y, x1);
   }
-  workspace.release();
 }
 
 }  // namespace cf::ops
