@@ -213,6 +213,93 @@ py::object encoder_layer(py::handle x, int64_t num_heads, py::handle in_weight, 
   return oa.result();
 }
 
+// A layer's KV cache argument pair: both or neither; converted as arrays or Tensors written in place.
+bool cache_args(py::handle k, py::handle v, const char* k_name, const char* v_name, Arg& ka, Arg& va,
+                cf::ops::KVCacheRef& ref, int64_t length) {
+  CF_CHECK(k.is_none() == v.is_none(), ValueError, k_name, " and ", v_name, " go together: pass both or neither");
+  if (k.is_none()) return false;
+  ka = cf::pyext::inout_float_arg(k, k_name);
+  va = cf::pyext::inout_float_arg(v, v_name);
+  CF_CHECK(!cf::pyext::overlap(ka, va), ValueError, k_name, " and ", v_name, " must not share memory");
+  ref.k = ka.view;
+  ref.v = va.view;
+  ref.length = length;
+  return true;
+}
+
+py::object decoder_layer(py::handle x, py::handle memory, int64_t num_heads, py::handle self_in_weight,
+                         py::handle self_in_bias, py::handle self_out_weight, py::handle self_out_bias,
+                         py::handle cross_in_weight, py::handle cross_in_bias, py::handle cross_out_weight,
+                         py::handle cross_out_bias, py::handle linear1_weight, py::handle linear1_bias,
+                         py::handle linear2_weight, py::handle linear2_bias, py::handle norm1_weight,
+                         py::handle norm1_bias, py::handle norm2_weight, py::handle norm2_bias, py::handle norm3_weight,
+                         py::handle norm3_bias, py::handle activation, bool norm_first, float eps1, float eps2,
+                         float eps3, py::handle tgt_mask, py::handle tgt_key_padding_mask, py::handle memory_mask,
+                         py::handle memory_key_padding_mask, bool tgt_is_causal, bool memory_is_causal, py::handle k_cache,
+                         py::handle v_cache, int64_t cache_length, py::handle memory_k, py::handle memory_v,
+                         int64_t memory_length, py::handle out) {
+  Arg xa = cf::pyext::float_arg(x, "x"), ma;
+  OptionalView mem = cf::pyext::optional_float(memory, "memory", ma);
+  WeightArg siw = weight_arg(self_in_weight, "self_in_weight"), sow = weight_arg(self_out_weight, "self_out_weight"),
+            ciw = weight_arg(cross_in_weight, "cross_in_weight"), cow = weight_arg(cross_out_weight, "cross_out_weight"),
+            l1w = weight_arg(linear1_weight, "linear1_weight"), l2w = weight_arg(linear2_weight, "linear2_weight");
+  cf::ops::DecoderLayerWeights w(siw.ref(), sow.ref(), ciw.ref(), cow.ref(), l1w.ref(), l2w.ref());
+  Arg held[12];
+  w.self_in_bias = cf::pyext::optional_float(self_in_bias, "self_in_bias", held[0]);
+  w.self_out_bias = cf::pyext::optional_float(self_out_bias, "self_out_bias", held[1]);
+  w.cross_in_bias = cf::pyext::optional_float(cross_in_bias, "cross_in_bias", held[2]);
+  w.cross_out_bias = cf::pyext::optional_float(cross_out_bias, "cross_out_bias", held[3]);
+  w.linear1_bias = cf::pyext::optional_float(linear1_bias, "linear1_bias", held[4]);
+  w.linear2_bias = cf::pyext::optional_float(linear2_bias, "linear2_bias", held[5]);
+  w.norm1_weight = cf::pyext::optional_float(norm1_weight, "norm1_weight", held[6]);
+  w.norm1_bias = cf::pyext::optional_float(norm1_bias, "norm1_bias", held[7]);
+  w.norm2_weight = cf::pyext::optional_float(norm2_weight, "norm2_weight", held[8]);
+  w.norm2_bias = cf::pyext::optional_float(norm2_bias, "norm2_bias", held[9]);
+  w.norm3_weight = cf::pyext::optional_float(norm3_weight, "norm3_weight", held[10]);
+  w.norm3_bias = cf::pyext::optional_float(norm3_bias, "norm3_bias", held[11]);
+  cf::ops::DecoderLayerOptions opt;
+  opt.num_heads = num_heads;
+  opt.act = activation_arg(activation);
+  opt.norm_first = norm_first;
+  opt.eps1 = eps1;
+  opt.eps2 = eps2;
+  opt.eps3 = eps3;
+  opt.tgt_is_causal = tgt_is_causal;
+  opt.memory_is_causal = memory_is_causal;
+  Arg tma, tka, mma, mka, kca, vca, mkc, mvc;
+  OptionalView tm = cf::pyext::optional_mask(tgt_mask, "tgt_mask", tma);
+  OptionalView tk = cf::pyext::optional_mask(tgt_key_padding_mask, "tgt_key_padding_mask", tka);
+  OptionalView mm = cf::pyext::optional_mask(memory_mask, "memory_mask", mma);
+  OptionalView mk = cf::pyext::optional_mask(memory_key_padding_mask, "memory_key_padding_mask", mka);
+  cf::ops::KVCacheRef sc, cc;
+  const bool has_sc = cache_args(k_cache, v_cache, "k_cache", "v_cache", kca, vca, sc, cache_length);
+  const bool has_cc = cache_args(memory_k, memory_v, "memory_k", "memory_v", mkc, mvc, cc, memory_length);
+  const cf::ops::KVCacheRef* scp = has_sc ? &sc : nullptr;
+  const cf::ops::KVCacheRef* ccp = has_cc ? &cc : nullptr;
+  const auto shape = cf::ops::transformer_decoder_layer_shape(xa.view, mem, w, num_heads, tm, tk, mm, mk, scp, ccp);
+  // the caches are written: they must not share memory with anything the layer reads, nor each other
+  std::vector<const Arg*> reads{&xa, &ma, &siw.arg, &sow.arg, &ciw.arg, &cow.arg, &l1w.arg, &l2w.arg,
+                                &tma, &tka, &mma, &mka};
+  for (const Arg& a : held) reads.push_back(&a);
+  for (const Arg* c : {&kca, &vca, &mkc, &mvc}) {
+    for (const Arg* a : reads)
+      CF_CHECK(!cf::pyext::overlap(*a, *c), ValueError,
+               "the caches must not share memory with the layer's other arguments (x and memory included)");
+  }
+  for (const Arg* c : {&kca, &vca})
+    for (const Arg* d : {&mkc, &mvc})
+      CF_CHECK(!cf::pyext::overlap(*c, *d), ValueError, "k_cache/v_cache and memory_k/memory_v must not share memory");
+  reads.front() = &kca;  // out may be x itself, but nothing else the layer reads or writes
+  for (const Arg* c : {&vca, &mkc, &mvc}) reads.push_back(c);
+  Arg oa = cf::pyext::output(out, shape, reads, false, &xa);
+  if (!out.is_none()) cf::pyext::output(out, shape, {&xa}, /*allow_same=*/true, &xa);
+  {
+    py::gil_scoped_release nogil;
+    cf::ops::transformer_decoder_layer(xa.view, mem, w, opt, tm, tk, mm, mk, oa.view, scp, ccp);
+  }
+  return oa.result();
+}
+
 py::object additive(py::handle query, py::handle keys, py::handle values, py::handle w_query, py::handle w_key,
                     py::handle v, py::handle mask, bool return_weights) {
   Arg qa = cf::pyext::float_arg(query, "query"), ka = cf::pyext::float_arg(keys, "keys"),
@@ -374,6 +461,18 @@ PYBIND11_MODULE(_core, m) {
         py::arg("key_padding_mask") = none, py::arg("is_causal") = false, py::arg("cu_seqlens") = none,
         py::arg("scale") = none, py::arg("k_cache") = none, py::arg("v_cache") = none, py::arg("cache_length") = 0,
         py::arg("out") = none);
+  m.def("transformer_decoder_layer", &decoder_layer, py::arg("x"), py::arg("memory"), py::arg("num_heads"),
+        py::arg("self_in_weight"), py::arg("self_in_bias"), py::arg("self_out_weight"), py::arg("self_out_bias"),
+        py::arg("cross_in_weight"), py::arg("cross_in_bias"), py::arg("cross_out_weight"), py::arg("cross_out_bias"),
+        py::arg("linear1_weight"), py::arg("linear1_bias"), py::arg("linear2_weight"), py::arg("linear2_bias"),
+        py::arg("norm1_weight"), py::arg("norm1_bias"), py::arg("norm2_weight"), py::arg("norm2_bias"),
+        py::arg("norm3_weight"), py::arg("norm3_bias"), py::arg("activation") = "relu", py::arg("norm_first") = false,
+        py::arg("eps1") = 1e-5f, py::arg("eps2") = 1e-5f, py::arg("eps3") = 1e-5f, py::arg("tgt_mask") = none,
+        py::arg("tgt_key_padding_mask") = none, py::arg("memory_mask") = none,
+        py::arg("memory_key_padding_mask") = none, py::arg("tgt_is_causal") = false,
+        py::arg("memory_is_causal") = false, py::arg("k_cache") = none,
+        py::arg("v_cache") = none, py::arg("cache_length") = 0, py::arg("memory_k") = none,
+        py::arg("memory_v") = none, py::arg("memory_length") = 0, py::arg("out") = none);
   m.def("additive_attention", &additive, py::arg("query"), py::arg("keys"), py::arg("values"), py::arg("w_query"),
         py::arg("w_key"), py::arg("v"), py::arg("mask") = none, py::arg("return_weights") = false);
   m.def("layer_norm", &layer_norm, py::arg("x"), py::arg("weight") = none, py::arg("bias") = none,

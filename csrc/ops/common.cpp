@@ -1,4 +1,6 @@
 // The checks and conversions every op shares.
+#include <utility>
+
 #include "ops/common.h"
 
 namespace cf::ops {
@@ -19,6 +21,29 @@ void expect_same_dtype(std::initializer_list<Named> args, DType dtype) {
   for (const Named& a : args)
     CF_CHECK(!a.view || a.view->dtype == dtype, TypeError, a.name, " is ", dtype_name(a.view->dtype),
              " but the op computes in ", dtype_name(dtype), " (the float arguments of a GPU op share one dtype)");
+}
+
+void expect_matrix(const WeightRef& w, int64_t rows, int64_t cols, const char* name) {
+  if (w.array) {
+    expect_float(*w.array, name);
+    expect_ndim(*w.array, 2, name);
+  }
+  CF_CHECK(w.rows() == rows && w.cols() == cols, ValueError, name, " must have shape (", rows, ", ", cols, "), got ",
+           w.shape_str());
+}
+
+int64_t check_kv_cache(const KVCacheRef& cache, int64_t B, int64_t H, int64_t Dh, int64_t extra, const char* k_name,
+                       const char* v_name, const char* length_name) {
+  const int64_t cap = cache.k.ndim == 4 ? cache.k.shape[2] : 0;
+  for (const auto& [t, name] : {std::pair{&cache.k, k_name}, std::pair{&cache.v, v_name}}) {
+    expect_float(*t, name);
+    CF_CHECK(t->ndim == 4 && t->shape[0] == B && t->shape[1] == H && t->shape[2] == cap && t->shape[3] == Dh,
+             ValueError, name, " must have shape (", B, ", ", H, ", capacity, ", Dh, ") like ", k_name, ", got ",
+             t->shape_str());
+  }
+  CF_CHECK(cache.length >= 0 && cache.length <= cap && extra <= cap - cache.length, ValueError, length_name, " (",
+           cache.length, ") + ", extra, " new positions must fit the cache's capacity (", cap, ")");
+  return cap;
 }
 
 void expect_out(const TensorView& out, const Shape& shape, const char* op) {

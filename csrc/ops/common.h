@@ -97,6 +97,13 @@ void gpu_gemm_rows(const void* x, int64_t rows, int64_t kdim, const TensorView& 
 // A PackedWeight on a GPU call: ValueError (it lives in CPU memory).
 const TensorView& gpu_weight(const WeightRef& w, const char* name);
 
+// A Linear weight of shape (rows, cols): a 2-D float array or a PackedWeight; ValueError naming it.
+void expect_matrix(const WeightRef& w, int64_t rows, int64_t cols, const char* name);
+// A layer's KV cache for B batches of H heads of Dh: k_cache and v_cache (B, H, capacity, Dh) alike,
+// with room for `extra` positions after its length. Returns the capacity.
+int64_t check_kv_cache(const KVCacheRef& cache, int64_t B, int64_t H, int64_t Dh, int64_t extra, const char* k_name,
+                       const char* v_name, const char* length_name);
+
 // A contiguous array seen as (d0, d1, d2, d3) with the same element order.
 inline TensorView as_4d(const TensorView& t, int64_t d0, int64_t d1, int64_t d2, int64_t d3) {
   return TensorView(t.data, t.dtype, {d0, d1, d2, d3}, t.device);
@@ -107,7 +114,8 @@ inline TensorView as_4d(const TensorView& t, int64_t d0, int64_t d1, int64_t d2,
 // key_padding_mask (B, Sk), bool True = padding or float added. check_mha_masks raises on a
 // shape or dtype that does not fit; set_mha_masks puts them on the attention's arguments.
 void check_mha_masks(const OptionalView& attn_mask, const OptionalView& key_padding_mask, int64_t B,
-                     int64_t num_heads, int64_t Sq, int64_t Sk);
+                     int64_t num_heads, int64_t Sq, int64_t Sk, const char* mask_name = "attn_mask",
+                     const char* padding_name = "key_padding_mask");
 void set_mha_masks(cpu::AttentionArgs& a, const OptionalView& attn_mask, const OptionalView& key_padding_mask);
 
 // Strides that broadcast a mask of up to 4 dimensions to (B, H, Sq, Sk), right-aligned as numpy does.

@@ -25,14 +25,6 @@ int64_t seq_at(const TensorView& cu, int64_t i) {
   return cu.dtype == DType::i32 ? cu.ptr<const int32_t>()[at] : cu.ptr<const int64_t>()[at];
 }
 
-void expect_matrix(const WeightRef& w, int64_t rows, int64_t cols, const char* name) {
-  if (w.array) {
-    expect_float(*w.array, name);
-    expect_ndim(*w.array, 2, name);
-  }
-  CF_CHECK(w.rows() == rows && w.cols() == cols, ValueError, name, " must have shape (", rows, ", ", cols, "), got ",
-           w.shape_str());
-}
 
 
 // Every argument's device but cu_seqlens' (host metadata, read by the host on either device).
@@ -107,17 +99,8 @@ Shape transformer_encoder_layer_shape(const TensorView& x, const EncoderLayerWei
     const int64_t B = x.shape[0], S = x.shape[1];
     int64_t past = 0;
     if (cache) {
-      const int64_t cap = cache->k.ndim == 4 ? cache->k.shape[2] : 0;
-      for (const auto& [t, name] : {std::pair{&cache->k, "k_cache"}, std::pair{&cache->v, "v_cache"}}) {
-        expect_float(*t, name);
-        CF_CHECK(t->ndim == 4 && t->shape[0] == B && t->shape[1] == num_heads && t->shape[2] == cap &&
-                     t->shape[3] == E / num_heads,
-                 ValueError, name, " must have shape (", B, ", ", num_heads, ", capacity, ", E / num_heads,
-                 ") like k_cache, got ", t->shape_str());
-      }
+      check_kv_cache(*cache, B, num_heads, E / num_heads, S, "k_cache", "v_cache", "cache_length");
       past = cache->length;
-      CF_CHECK(past >= 0 && past <= cap && S <= cap - past, ValueError, "cache_length (", past, ") + ", S,
-               " new positions must fit the cache's capacity (", cap, ")");
     }
     check_mha_masks(attn_mask, key_padding_mask, B, num_heads, S, past + S);
   }

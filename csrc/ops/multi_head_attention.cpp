@@ -154,19 +154,19 @@ void multi_head_attention(const TensorView& query, const TensorView& key, const 
 }
 
 void check_mha_masks(const OptionalView& attn_mask, const OptionalView& key_padding_mask, int64_t B,
-                     int64_t num_heads, int64_t Sq, int64_t Sk) {
+                     int64_t num_heads, int64_t Sq, int64_t Sk, const char* mask_name, const char* padding_name) {
   if (attn_mask) {
     const TensorView& m = *attn_mask;
     CF_CHECK((m.ndim == 2 && m.shape[0] == Sq && m.shape[1] == Sk) ||
                  (m.ndim == 3 && m.shape[0] == B * num_heads && m.shape[1] == Sq && m.shape[2] == Sk),
-             ValueError, "attn_mask must have shape (", Sq, ", ", Sk, ") or (", B * num_heads, ", ", Sq, ", ", Sk,
+             ValueError, mask_name, " must have shape (", Sq, ", ", Sk, ") or (", B * num_heads, ", ", Sq, ", ", Sk,
              "), got ", m.shape_str());
-    broadcast_mask(m.ndim == 3 ? as_4d(m, B, num_heads, Sq, Sk) : m, B, num_heads, Sq, Sk, "attn_mask", true);
+    broadcast_mask(m.ndim == 3 ? as_4d(m, B, num_heads, Sq, Sk) : m, B, num_heads, Sq, Sk, mask_name, true);
   }
   if (key_padding_mask) {
     CF_CHECK(key_padding_mask->ndim == 2 && key_padding_mask->shape[0] == B && key_padding_mask->shape[1] == Sk,
-             ValueError, "key_padding_mask must have shape (", B, ", ", Sk, "), got ", key_padding_mask->shape_str());
-    broadcast_mask(as_4d(*key_padding_mask, B, 1, 1, Sk), B, num_heads, Sq, Sk, "key_padding_mask", true);
+             ValueError, padding_name, " must have shape (", B, ", ", Sk, "), got ", key_padding_mask->shape_str());
+    broadcast_mask(as_4d(*key_padding_mask, B, 1, 1, Sk), B, num_heads, Sq, Sk, padding_name, true);
   }
 }
 

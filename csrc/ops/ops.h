@@ -121,6 +121,45 @@ void transformer_encoder_layer(const TensorView& x, const EncoderLayerWeights& w
                                const OptionalView& cu_seqlens, const TensorView& out,
                                const KVCacheRef* cache = nullptr);
 
+// The weights of one torch.nn.TransformerDecoderLayer: self_attn's packed in_proj (3E, E) and out_proj
+// (E, E), multihead_attn's (cross-attention) the same, linear1 (F, E), linear2 (E, F), norm1..3 (E,);
+// every bias and norm parameter optional.
+struct DecoderLayerWeights {
+  WeightRef self_in, self_out, cross_in, cross_out, linear1, linear2;
+  OptionalView self_in_bias, self_out_bias, cross_in_bias, cross_out_bias, linear1_bias, linear2_bias;
+  OptionalView norm1_weight, norm1_bias, norm2_weight, norm2_bias, norm3_weight, norm3_bias;
+  DecoderLayerWeights(const WeightRef& si, const WeightRef& so, const WeightRef& ci, const WeightRef& co,
+                      const WeightRef& l1, const WeightRef& l2)
+      : self_in(si), self_out(so), cross_in(ci), cross_out(co), linear1(l1), linear2(l2) {}
+};
+struct DecoderLayerOptions {
+  int64_t num_heads = 1;
+  Activation act = Activation::relu;
+  bool norm_first = false;
+  float eps1 = 1e-5f, eps2 = 1e-5f, eps3 = 1e-5f;
+  bool tgt_is_causal = false;
+  bool memory_is_causal = false;  // bottom-right over memory's positions, as torch's flag means
+};
+// torch.nn.TransformerDecoderLayer(batch_first=True).forward (inference) in one op:
+//   post-LN: x1 = LN1(x + SA(x)); x2 = LN2(x1 + CA(x1, memory)); out = LN3(x2 + FFN(x2))
+//   pre-LN:  x1 = x + SA(LN1(x)); x2 = x1 + CA(LN2(x1), memory); out = x2 + FFN(LN3(x2))
+// x (B, T, E), memory (B, Sm, E). tgt_mask/tgt_key_padding_mask and memory_mask/memory_key_padding_mask
+// follow multi_head_attention (over the self cache's positions too); tgt_is_causal is bottom-right.
+// self_cache: the self-attention's keys/values (as the encoder layer's KV cache). cross_cache: the
+// cross-attention's keys/values of memory -- with length 0 the op projects memory and writes them at
+// [0, Sm) (the caller then sets the length to Sm), with length > 0 it reads them and memory may be absent.
+// out has x's shape and may be x itself.
+Shape transformer_decoder_layer_shape(const TensorView& x, const OptionalView& memory, const DecoderLayerWeights& w,
+                                      int64_t num_heads, const OptionalView& tgt_mask,
+                                      const OptionalView& tgt_key_padding_mask, const OptionalView& memory_mask,
+                                      const OptionalView& memory_key_padding_mask, const KVCacheRef* self_cache,
+                                      const KVCacheRef* cross_cache);
+void transformer_decoder_layer(const TensorView& x, const OptionalView& memory, const DecoderLayerWeights& w,
+                               const DecoderLayerOptions& opt, const OptionalView& tgt_mask,
+                               const OptionalView& tgt_key_padding_mask, const OptionalView& memory_mask,
+                               const OptionalView& memory_key_padding_mask, const TensorView& out,
+                               const KVCacheRef* self_cache, const KVCacheRef* cross_cache);
+
 // query (B,Sq,Dq), keys (B,Sk,Dk), values (B,Sk,Dv), w_query (A,Dq), w_key (A,Dk), v (A,),
 // mask bool (B,Sk) or (B,Sq,Sk), True = attend. out (B,Sq,Dv); weights (B,Sq,Sk) optional.
 Shape additive_attention_shape(const TensorView& query, const TensorView& keys, const TensorView& values,

@@ -632,6 +632,11 @@ class TransformerEncoderLayer(Module):
             key_padding_mask=src_key_padding_mask, is_causal=is_causal, out=out)
 
 
+def _shape(a):
+    """An array's or a Tensor's shape (a Tensor's without copying it to numpy)."""
+    return a.shape if hasattr(a, "shape") else np.shape(a)
+
+
 class TransformerDecoderLayer(Module):
     """``torch.nn.TransformerDecoderLayer(..., batch_first=True)`` for inference, with its names
     (``self_attn``, ``multihead_attn``, ``linear1``, ``linear2``, ``norm1..3``) and an optional cache:
@@ -654,28 +659,38 @@ class TransformerDecoderLayer(Module):
         return (self.self_attn.new_cache(batch, capacity), self.multihead_attn.new_cache(batch, memory_len))
 
     def forward(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
-                memory_key_padding_mask=None, tgt_is_causal=False, memory_is_causal=False, cache=None):
+                memory_key_padding_mask=None, tgt_is_causal=False, memory_is_causal=False, cache=None, out=None):
+        """The whole layer as one core call (``ops.transformer_decoder_layer``). With ``cache=(self_kv,
+        cross_kv)`` the new target positions join ``self_kv`` and the cross-attention's keys and values
+        are projected from ``memory`` into ``cross_kv`` on the first call and read from it after (memory
+        is then not needed). ``out`` may be ``tgt`` (in place)."""
+        sa, ca = self.self_attn, self.multihead_attn
+        kw = {}
         sc, cc = cache if cache is not None else (None, None)
-        x = tgt
-
-        def sa(h):
-            return self.self_attn(h, h, h, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask,
-                                  is_causal=tgt_is_causal, cache=sc)
-
-        def ca(h):
-            return self.multihead_attn(h, memory, memory, attn_mask=memory_mask,
-                                       key_padding_mask=memory_key_padding_mask, is_causal=memory_is_causal,
-                                       cache=cc, static=cc is not None)
-
-        if self.norm_first:
-            a = sa(self.norm1(x))
-            h, x = self.norm2(a, residual=x, return_sum=True)
-            a = ca(h)
-            h, x = self.norm3(a, residual=x, return_sum=True)
-            return self.linear2(self.linear1(h), residual=x)
-        x = self.norm1(sa(x), residual=x)
-        x = self.norm2(ca(x), residual=x)
-        return self.norm3(self.linear2(self.linear1(x)), residual=x)
+        tshape = _shape(tgt)
+        t = tshape[-2] if len(tshape) >= 2 else 0
+        if sc is not None:
+            sc.reserve(t)
+            kw.update(k_cache=sc.k, v_cache=sc.v, cache_length=sc.length)
+        if cc is not None:
+            if cc.length == 0:
+                cc.reserve(_shape(memory)[1])
+            kw.update(memory_k=cc.k, memory_v=cc.v, memory_length=cc.length)
+        y = ops.transformer_decoder_layer(
+            tgt, memory if cc is None or cc.length == 0 else None, sa.num_heads, sa._weight("in_proj_weight"),
+            sa.in_proj_bias, sa.out_proj._weight("weight"), sa.out_proj.bias, ca._weight("in_proj_weight"),
+            ca.in_proj_bias, ca.out_proj._weight("weight"), ca.out_proj.bias, self.linear1._weight("weight"),
+            self.linear1.bias, self.linear2._weight("weight"), self.linear2.bias, self.norm1.weight, self.norm1.bias,
+            self.norm2.weight, self.norm2.bias, self.norm3.weight, self.norm3.bias, activation=self.linear1.activation,
+            norm_first=self.norm_first, eps=(self.norm1.eps, self.norm2.eps, self.norm3.eps), tgt_mask=tgt_mask,
+            tgt_key_padding_mask=tgt_key_padding_mask, memory_mask=memory_mask,
+            memory_key_padding_mask=memory_key_padding_mask, tgt_is_causal=tgt_is_causal,
+            memory_is_causal=memory_is_causal, out=out, **kw)
+        if sc is not None:
+            sc.length += t
+        if cc is not None and cc.length == 0:
+            cc.length = _shape(memory)[1]
+        return y
 
 
 class TransformerEncoder(Module):
@@ -719,9 +734,9 @@ class TransformerDecoder(Module):
     def forward(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
                 memory_key_padding_mask=None, tgt_is_causal=False, memory_is_causal=False, cache=None):
         x = tgt
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self.layers):  # after the first, each layer runs in place in its input
             x = layer(x, memory, tgt_mask=tgt_mask, memory_mask=memory_mask,
                       tgt_key_padding_mask=tgt_key_padding_mask, memory_key_padding_mask=memory_key_padding_mask,
                       tgt_is_causal=tgt_is_causal, memory_is_causal=memory_is_causal,
-                      cache=None if cache is None else cache[i])
+                      cache=None if cache is None else cache[i], out=x if i else None)
         return self.norm(x) if self.norm is not None else x

@@ -26,6 +26,7 @@ __all__ = [
     "scaled_dot_product_attention",
     "multi_head_attention",
     "transformer_encoder_layer",
+    "transformer_decoder_layer",
     "additive_attention",
     "layer_norm",
     "softmax",
@@ -173,6 +174,63 @@ def transformer_encoder_layer(x, num_heads, in_weight, in_bias, out_weight, out_
                                         norm2_weight, norm2_bias, activation, bool(norm_first), eps1, eps2, attn_mask,
                                         key_padding_mask, bool(is_causal), cu_seqlens, scale, k_cache, v_cache,
                                         int(cache_length), out)
+    return _unbatched(r) if unbatched else r
+
+
+def transformer_decoder_layer(x, memory, num_heads, self_in_weight, self_in_bias, self_out_weight, self_out_bias,
+                              cross_in_weight, cross_in_bias, cross_out_weight, cross_out_bias, linear1_weight,
+                              linear1_bias, linear2_weight, linear2_bias, norm1_weight, norm1_bias, norm2_weight,
+                              norm2_bias, norm3_weight, norm3_bias, *, activation="relu", norm_first=False, eps=1e-5,
+                              tgt_mask=None, tgt_key_padding_mask=None, memory_mask=None,
+                              memory_key_padding_mask=None, tgt_is_causal=False, memory_is_causal=False,
+                              k_cache=None, v_cache=None,
+                              cache_length=0, memory_k=None, memory_v=None, memory_length=0, out=None):
+    """The forward of ``torch.nn.TransformerDecoderLayer(batch_first=True)`` (inference) in one call.
+
+    Post-LN: ``x1 = norm1(x + self_attn(x))``, ``x2 = norm2(x1 + cross_attn(x1, memory))``,
+    ``out = norm3(x2 + linear2(act(linear1(x2))))``; pre-LN (``norm_first``): ``x1 = x + self_attn(norm1(x))``,
+    ``x2 = x1 + cross_attn(norm2(x1), memory)``, ``out = x2 + linear2(act(linear1(norm3(x2))))``. The
+    weights are torch's: ``self_attn``'s and ``multihead_attn``'s packed ``in_proj_weight (3E, E)`` and
+    ``out_proj (E, E)`` (arrays, ``PackedWeight``s or, on a GPU, Tensors), ``linear1 (F, E)``,
+    ``linear2 (E, F)``, ``norm1..3 (E,)``; any bias or norm parameter may be None. ``eps``: the three
+    norms', or a triple. Masks follow ``multi_head_attention`` (bool True = may NOT attend, float added);
+    ``tgt_is_causal`` / ``memory_is_causal`` apply the causal mask (bottom-right) to the self- / cross-attention.
+
+    x is ``(B, T, E)`` (or ``(T, E)``), memory ``(B, Sm, E)``. For step-by-step decoding: ``k_cache``/
+    ``v_cache`` ``(B, H, capacity, E / H)`` hold the self-attention's first ``cache_length`` positions;
+    the T new ones are written after them and attended to with them (the caller counts them in).
+    ``memory_k``/``memory_v`` ``(B, H, capacity, E / H)`` keep the cross-attention's keys and values:
+    with ``memory_length=0`` they are projected from ``memory`` and written at ``[0, Sm)`` (the caller
+    then passes ``memory_length=Sm``); with ``memory_length > 0`` they are used as they are and
+    ``memory`` may be None. Returns x's shape; ``out`` may be x itself.
+    """
+    if np.ndim(eps) == 0:
+        eps1 = eps2 = eps3 = float(eps)
+    elif np.shape(eps) == (3,):
+        eps1, eps2, eps3 = (float(e) for e in eps)
+    else:
+        raise ValueError(f"eps must be a float or a triple (norm1's, norm2's, norm3's), got {eps!r}")
+    unbatched = _ndim(x) == 2
+    if unbatched:
+        if k_cache is not None or memory_k is not None:
+            raise ValueError(f"x must be (B, T, E) with a cache, got shape {tuple(x.shape)}")
+        x = _batched(x)
+        if memory is not None and _ndim(memory) == 2:
+            memory = _batched(memory)
+        if tgt_key_padding_mask is not None:
+            tgt_key_padding_mask = _batched(tgt_key_padding_mask)
+        if memory_key_padding_mask is not None:
+            memory_key_padding_mask = _batched(memory_key_padding_mask)
+        if out is not None:
+            out = _batched(out) if isinstance(out, (np.ndarray, Tensor)) else out
+    r = _core.transformer_decoder_layer(x, memory, int(num_heads), self_in_weight, self_in_bias, self_out_weight,
+                                        self_out_bias, cross_in_weight, cross_in_bias, cross_out_weight,
+                                        cross_out_bias, linear1_weight, linear1_bias, linear2_weight, linear2_bias,
+                                        norm1_weight, norm1_bias, norm2_weight, norm2_bias, norm3_weight, norm3_bias,
+                                        activation, bool(norm_first), eps1, eps2, eps3, tgt_mask,
+                                        tgt_key_padding_mask, memory_mask, memory_key_padding_mask,
+                                        bool(tgt_is_causal), bool(memory_is_causal), k_cache, v_cache, int(cache_length), memory_k, memory_v,
+                                        int(memory_length), out)
     return _unbatched(r) if unbatched else r
 
 
