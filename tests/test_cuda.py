@@ -254,6 +254,41 @@ def test_transformer_encoder_layer(dtype, norm_first, mode, rng):
     assert same is gx
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("cached", [False, True])
+def test_transformer_decoder_layer(dtype, norm_first, cached, rng):
+    # the GPU's fused decoder layer against the CPU's (tested against torch) on the same rounded values
+    E, H, F, B, T, Sm = 64, 4, 96, 2, 5, 9
+    shapes = [(3 * E, E), (3 * E,), (E, E), (E,)] * 2 + [(F, E), (F,), (E, F), (E,)] + [(E,)] * 6
+    params = [seen(randn(rng, *sh, scale=sh[-1] ** -0.5 if len(sh) == 2 else 0.3) + (1.0 if i in (12, 14, 16) else 0.0),
+                   dtype) for i, sh in enumerate(shapes)]
+    x, mem = seen(randn(rng, B, T, E), dtype), seen(randn(rng, B, Sm, E), dtype)
+    mkp = rng.random((B, Sm)) < 0.3
+    kw = {"activation": "gelu", "norm_first": norm_first, "tgt_is_causal": True}
+    cpu_kw, gpu_kw = dict(kw, memory_key_padding_mask=mkp), dict(kw, memory_key_padding_mask=gpu(mkp, "bool"))
+    if cached:
+        Dh, cap, past = E // H, 12, 3
+        kc, vc = (seen(randn(rng, B, H, cap, Dh), dtype) for _ in range(2))
+        mk, mv = np.zeros((2, B, H, Sm, Dh), np.float32)
+        g = [gpu(a, dtype) for a in (kc, vc, mk, mv)]
+        cpu_kw.update(k_cache=kc, v_cache=vc, cache_length=past, memory_k=mk, memory_v=mv)
+        gpu_kw.update(k_cache=g[0], v_cache=g[1], cache_length=past, memory_k=g[2], memory_v=g[3])
+    want = ops.transformer_decoder_layer(x, mem, H, *params, **cpu_kw)
+    got = ops.transformer_decoder_layer(gpu(x, dtype), gpu(mem, dtype), H, *(gpu(p, dtype) for p in params), **gpu_kw)
+    close(got, want.astype(np.float64), dtype, scale=4.0)
+    if cached:
+        for gt, ct in zip(g, (kc, vc, mk, mv)):
+            close(gt, ct.astype(np.float64), dtype)
+        # the next step reads memory's keys/values from the cache (memory not passed)
+        x2 = seen(randn(rng, B, 1, E), dtype)
+        cpu_kw.update(cache_length=past + T, memory_length=Sm)
+        gpu_kw.update(cache_length=past + T, memory_length=Sm)
+        want = ops.transformer_decoder_layer(x2, None, H, *params, **cpu_kw)
+        got = ops.transformer_decoder_layer(gpu(x2, dtype), None, H, *(gpu(p, dtype) for p in params), **gpu_kw)
+        close(got, want.astype(np.float64), dtype, scale=4.0)
+
+
 def test_mixing_devices_and_dtypes_are_clear_errors(rng):
     x, w = randn(rng, 4, 8), randn(rng, 5, 8)
     with pytest.raises(ValueError, match="different devices"):

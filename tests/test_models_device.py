@@ -144,3 +144,46 @@ def test_gpt2_tensor_path_on_cpu_matches_transformers(gpt2):
 def test_gpt2_on_gpu_matches_transformers(gpt2, dtype, tol):
     model = GPT2LMHeadModel.from_pretrained(gpt2[0]).to("cuda", dtype)
     gpt2_checks(gpt2, model, tol, exact_tokens=dtype == "float32")
+
+
+def translator(tie=False, norm_first=False):
+    from coreformer import nn
+    from coreformer.models import Transformer
+    nn.manual_seed(2)
+    m = Transformer(30, 6, d_model=32, nhead=4, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=40,
+                    norm_first=norm_first, tie_embeddings=tie)
+    for name, p in m.named_parameters():  # sharper distributions than the default init
+        p *= 3.0 if name.startswith(("tgt_embed", "generator")) else 1.0
+    for name, p in m.named_parameters():  # random biases and norms, so a swapped or dropped one shows
+        if p.ndim == 1:
+            p += np.random.default_rng(len(name)).standard_normal(p.shape).astype(np.float32) * 0.3
+    return m
+
+
+def transformer_checks(cpu, dev, tol, exact):
+    rng = np.random.default_rng(1)
+    src, tgt = rng.integers(3, 30, (3, 9)), rng.integers(0, 6, (3, 5))
+    spad = np.zeros((3, 9), bool)
+    spad[2, 5:] = True
+    want, got = cpu(src, tgt, src_padding_mask=spad), dev(src, tgt, src_padding_mask=spad)
+    assert rel_err(got.logits, want.logits) < tol
+    assert rel_err(got.encoder_last_hidden_state[~spad], want.encoder_last_hidden_state[~spad]) < tol
+    for beams in (1, 3):
+        a = cpu.generate(src, 12, bos_token_id=1, eos_token_id=2, num_beams=beams, src_padding_mask=spad)
+        b = dev.generate(src, 12, bos_token_id=1, eos_token_id=2, num_beams=beams, src_padding_mask=spad)
+        if exact:
+            np.testing.assert_array_equal(a, b)
+        else:
+            np.testing.assert_array_equal(a[:, :3], b[:, :3])
+
+
+@pytest.mark.parametrize("tie,norm_first", [(False, False), (True, True)])
+def test_transformer_tensor_path_on_cpu_matches_the_cpu_path(tie, norm_first):
+    transformer_checks(translator(tie, norm_first), translator(tie, norm_first)._use_tensors("cpu", "float32"),
+                       1e-5, exact=True)
+
+
+@pytest.mark.skipif(not GPU, reason="no CUDA device")
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-5), ("float16", 2e-2), ("bfloat16", 2e-2)])
+def test_transformer_on_gpu_matches_the_cpu_path(dtype, tol):
+    transformer_checks(translator(), translator().to("cuda", dtype), tol, exact=dtype == "float32")

@@ -15,12 +15,12 @@ from typing import Iterator
 
 import numpy as np
 
-from . import ops
+from . import _core, ops
 from . import safetensors as _st
 
 __all__ = [
     "Module", "ModuleList", "Linear", "LayerNorm", "Embedding", "SinusoidalPositionalEncoding",
-    "LearnedPositionalEmbedding", "MultiHeadAttention", "AdditiveAttention", "FeedForward", "KVCache",
+    "LearnedPositionalEmbedding", "MultiHeadAttention", "AdditiveAttention", "FeedForward", "KVCache", "DeviceKVCache",
     "TransformerEncoderLayer", "TransformerDecoderLayer", "TransformerEncoder", "TransformerDecoder",
     "manual_seed", "split_heads", "attend",
 ]
@@ -450,6 +450,42 @@ class KVCache:
         self.v[:len(index), :, :self.length] = self.v[index, :, :self.length]
         if len(index) != self.k.shape[0]:
             self.k, self.v = self.k[:len(index)], self.v[:len(index)]
+
+
+class DeviceKVCache:
+    """A ``KVCache`` on a device: keys and values ``(B, H, capacity, Dh)`` as ``coreformer.Tensor``s that the
+    fused layers (``ops.transformer_encoder_layer`` / ``transformer_decoder_layer``) write in place.
+    ``reserve`` doubles the capacity through the host (one round trip; callers size it for the whole
+    run); ``reorder`` keeps batch rows on the device (beam search)."""
+
+    def __init__(self, batch: int, num_heads: int, head_dim: int, capacity: int, device: str, dtype: str = "float32"):
+        shape = (int(batch), int(num_heads), max(int(capacity), 1), int(head_dim))
+        self.device, self.dtype = device, dtype
+        self.k = _core.tensor(np.zeros(shape, np.float32), device, dtype)
+        self.v = _core.tensor(np.zeros(shape, np.float32), device, dtype)
+        self.length = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[2]
+
+    def reserve(self, n: int) -> None:
+        if self.length + n <= self.capacity:
+            return
+        cap = max(self.length + n, 2 * self.capacity)
+        for name in ("k", "v"):
+            old = getattr(self, name).numpy()
+            new = np.zeros(old.shape[:2] + (cap,) + old.shape[3:], np.float32)
+            new[:, :, :self.length] = old[:, :, :self.length]
+            setattr(self, name, _core.tensor(new, self.device, self.dtype))
+
+    def reorder(self, index) -> None:
+        """Keep batch rows ``index``: a row gather on the device (an embedding lookup over the rows)."""
+        index = _core.tensor(np.asarray(index, np.int64), self.device)
+        for name in ("k", "v"):
+            t = getattr(self, name)
+            rows = ops.embedding(index, t.reshape(t.shape[0], -1))
+            setattr(self, name, rows.reshape(rows.shape[0], *t.shape[1:]))
 
 
 def split_heads(x, n, num_heads):

@@ -37,33 +37,6 @@ class GPT2Config(dict):
     __getattr__ = dict.__getitem__
 
 
-class _DeviceKV:
-    """One layer's keys and values as Tensors ``(B, H, capacity, Dh)`` on a device: the layer writes
-    them in place (``transformer_encoder_layer``'s ``k_cache``/``v_cache``). Past the capacity it
-    doubles through the host (one round trip; generate sizes it for the whole run)."""
-
-    def __init__(self, batch, heads, head_dim, capacity, device, dtype):
-        shape = (int(batch), int(heads), max(int(capacity), 1), int(head_dim))
-        self.device, self.dtype = device, dtype
-        self.k = _core.tensor(np.zeros(shape, np.float32), device, dtype)
-        self.v = _core.tensor(np.zeros(shape, np.float32), device, dtype)
-        self.length = 0
-
-    @property
-    def capacity(self) -> int:
-        return self.k.shape[2]
-
-    def reserve(self, n: int) -> None:
-        if self.length + n <= self.capacity:
-            return
-        cap = max(self.length + n, 2 * self.capacity)
-        for name in ("k", "v"):
-            old = getattr(self, name).numpy()
-            new = np.zeros(old.shape[:2] + (cap,) + old.shape[3:], np.float32)
-            new[:, :, :self.length] = old[:, :, :self.length]
-            setattr(self, name, _core.tensor(new, self.device, self.dtype))
-
-
 class GPT2Cache:
     """Per-layer keys and values ``(B, H, capacity, Dh)``, preallocated for the prompt and every new
     token, appended in place (on the model's device when it runs on one)."""
@@ -74,7 +47,8 @@ class GPT2Cache:
         if device is None:
             self.layers = [nn.KVCache(batch, config.n_head, dh, capacity) for _ in range(config.n_layer)]
         else:
-            self.layers = [_DeviceKV(batch, config.n_head, dh, capacity, device, dtype) for _ in range(config.n_layer)]
+            self.layers = [nn.DeviceKVCache(batch, config.n_head, dh, capacity, device, dtype)
+                           for _ in range(config.n_layer)]
 
     @property
     def length(self) -> int:

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from .. import nn, ops
+from .. import _core, nn, ops
 from ._common import ModelOutput, as_ids
 from .generation import check_generation_args, eos_set
 
@@ -57,15 +57,142 @@ class Transformer(nn.Module):
         x += self.positions.encodings(offset, offset + ids.shape[1])
         return x
 
+    # ---- on a device: the weights, memory and caches as coreformer.Tensors ----
+
+    def to(self, device: str = "cpu", dtype: str | None = None):
+        """Run on ``device`` (``"cuda"``, ``"cuda:N"``) with the weights there in ``dtype`` (``"float32"`` by
+        default, ``"float16"``, ``"bfloat16"``; float32 arithmetic in every kernel): the encoder's output
+        stays on the device, the decoder's caches live there, each step brings back the last logits.
+        ``"cpu"`` goes back to the CPU path. Returns the model."""
+        if str(device) == "cpu":
+            if dtype not in (None, "float32"):
+                raise ValueError(f"on the CPU the models compute in float32, got dtype {dtype!r}")
+            object.__setattr__(self, "_device", None)
+            return self
+        return self._use_tensors(str(device), dtype or "float32")
+
+    def _use_tensors(self, device: str, dtype: str):
+        """The device path's weights (with ``device="cpu"`` the same path runs on the CPU kernels: how the
+        tests check it without a GPU)."""
+        def t(a):
+            return None if a is None else _core.tensor(a, device, dtype)
+
+        def norm(n):
+            return (t(n.weight), t(n.bias), n.eps)
+
+        def attn(a):
+            return (t(a.in_proj_weight), t(a.in_proj_bias), t(a.out_proj.weight), t(a.out_proj.bias))
+
+        def ffn(layer):
+            return (t(layer.linear1.weight), t(layer.linear1.bias), t(layer.linear2.weight), t(layer.linear2.bias))
+
+        scale = math.sqrt(self.d_model)
+        d = {"device": device, "dtype": dtype, "src": t(self.src_embed.weight * scale),
+             "tgt": t(self.tgt_embed.weight * scale), "pos": t(self.positions.encodings(0, 1)), "enc": [], "dec": [],
+             "enc_norm": None if self.encoder.norm is None else norm(self.encoder.norm),
+             "dec_norm": None if self.decoder.norm is None else norm(self.decoder.norm),
+             "gen_w": t(self.tgt_embed.weight if self.tie_embeddings else self.generator.weight),
+             "gen_b": t(self.generator.bias)}
+        d["pos_len"] = 0  # the position table is uploaded as long as it must be (below)
+        for layer in self.encoder.layers:
+            n1, n2 = norm(layer.norm1), norm(layer.norm2)
+            d["enc"].append({"heads": layer.self_attn.num_heads, "act": layer.linear1.activation,
+                             "norm_first": layer.norm_first, "eps": (n1[2], n2[2]),
+                             "w": attn(layer.self_attn) + ffn(layer) + n1[:2] + n2[:2]})
+        for layer in self.decoder.layers:
+            n1, n2, n3 = norm(layer.norm1), norm(layer.norm2), norm(layer.norm3)
+            d["dec"].append({"heads": layer.self_attn.num_heads, "act": layer.linear1.activation,
+                             "norm_first": layer.norm_first, "eps": (n1[2], n2[2], n3[2]),
+                             "w": attn(layer.self_attn) + attn(layer.multihead_attn) + ffn(layer) + n1[:2] + n2[:2]
+                             + n3[:2]})
+        object.__setattr__(self, "_device", d)
+        return self
+
+    def _embed_device(self, table: str, ids, offset=0):
+        d = self.__dict__["_device"]
+        b, s = ids.shape
+        if offset + s > d["pos_len"]:  # sinusoidal positions on the device, grown (doubling) as needed
+            n = max(offset + s, 2 * d["pos_len"], 64)
+            d["pos"], d["pos_len"] = _core.tensor(self.positions.encodings(0, n), d["device"], d["dtype"]), n
+        e = ops.embedding(_core.tensor(ids, d["device"]), d[table])
+        p = ops.embedding(_core.tensor(np.broadcast_to(np.arange(offset, offset + s), (b, s)).copy(), d["device"]),
+                          d["pos"])
+        _, x = ops.layer_norm(e, residual=p, return_sum=True)  # x = e + p (the norm is not used)
+        return x
+
+    def _mask(self, m):
+        d = self.__dict__["_device"]
+        return None if m is None else _core.tensor(np.asarray(m, bool), d["device"])
+
+    def _encode(self, src, src_padding_mask=None):
+        """The encoder's output: a Tensor on the model's device, or an array on the CPU path."""
+        d = self.__dict__.get("_device")
+        if not d:
+            return self.encoder(self._embed(self.src_embed, src), src_key_padding_mask=src_padding_mask)
+        x = self._embed_device("src", src)
+        kpm = self._mask(src_padding_mask)
+        for L in d["enc"]:
+            ops.transformer_encoder_layer(x, L["heads"], *L["w"], activation=L["act"], norm_first=L["norm_first"],
+                                          eps=L["eps"], key_padding_mask=kpm, out=x)
+        return x if d["enc_norm"] is None else ops.layer_norm(x, *d["enc_norm"])
+
+    def _decode_device(self, tgt, memory, memory_padding_mask, tgt_padding_mask, cache, offset):
+        d = self.__dict__["_device"]
+        if isinstance(memory, np.ndarray):
+            memory = _core.tensor(memory, d["device"], d["dtype"])
+        x = self._embed_device("tgt", tgt, offset)
+        mkp, tkp = self._mask(memory_padding_mask), self._mask(tgt_padding_mask)
+        t = tgt.shape[1]
+        for i, L in enumerate(d["dec"]):
+            kw = {}
+            if cache is not None:
+                sc, cc = cache[i]
+                sc.reserve(t)
+                if cc.length == 0:
+                    cc.reserve(memory.shape[1])
+                kw = {"k_cache": sc.k, "v_cache": sc.v, "cache_length": sc.length, "memory_k": cc.k,
+                      "memory_v": cc.v, "memory_length": cc.length}
+            ops.transformer_decoder_layer(x, memory if cache is None or cache[i][1].length == 0 else None, L["heads"],
+                                          *L["w"], activation=L["act"], norm_first=L["norm_first"], eps=L["eps"],
+                                          tgt_is_causal=True, tgt_key_padding_mask=tkp,
+                                          memory_key_padding_mask=mkp, out=x, **kw)
+            if cache is not None:
+                sc, cc = cache[i]
+                sc.length += t
+                if cc.length == 0:
+                    cc.length = memory.shape[1]
+        h = x if d["dec_norm"] is None else ops.layer_norm(x, *d["dec_norm"])
+        return ops.linear(h, d["gen_w"], d["gen_b"]).numpy().astype(np.float32, copy=False)
+
+    def _new_cache(self, batch, capacity, memory_len):
+        d = self.__dict__.get("_device")
+        if not d:
+            return self.decoder.new_cache(batch, capacity, memory_len)
+        return [(nn.DeviceKVCache(batch, L["heads"], self.d_model // L["heads"], capacity, d["device"], d["dtype"]),
+                 nn.DeviceKVCache(batch, L["heads"], self.d_model // L["heads"], memory_len, d["device"], d["dtype"]))
+                for L in d["dec"]]
+
+    def _repeat_rows(self, memory, k):
+        """Each batch row of memory k times (beam search): on the device, a row gather."""
+        if isinstance(memory, np.ndarray):
+            return np.repeat(memory, k, axis=0)
+        d = self.__dict__["_device"]
+        b, s, e = memory.shape
+        rows = ops.embedding(_core.tensor(np.repeat(np.arange(b), k), d["device"]), memory.reshape(b, s * e))
+        return rows.reshape(b * k, s, e)
+
     def encode(self, src_ids, src_padding_mask=None) -> np.ndarray:
-        """The encoder's output ``(B, S, d_model)`` for source ids ``(B, S)``."""
+        """The encoder's output ``(B, S, d_model)`` for source ids ``(B, S)`` (float32, on the host)."""
         src = as_ids(src_ids, "src_ids")
-        return self.encoder(self._embed(self.src_embed, src), src_key_padding_mask=src_padding_mask)
+        m = self._encode(src, src_padding_mask)
+        return m if isinstance(m, np.ndarray) else m.numpy().astype(np.float32, copy=False)
 
     def decode(self, tgt_ids, memory, memory_padding_mask=None, tgt_padding_mask=None, cache=None,
                offset: int = 0) -> np.ndarray:
         """Logits ``(B, T, V)`` of the target positions ``offset .. offset + T - 1`` (causal)."""
         tgt = as_ids(tgt_ids, "tgt_ids")
+        if self.__dict__.get("_device"):
+            return self._decode_device(tgt, memory, memory_padding_mask, tgt_padding_mask, cache, offset)
         h = self.decoder(self._embed(self.tgt_embed, tgt, offset), memory, tgt_key_padding_mask=tgt_padding_mask,
                          memory_key_padding_mask=memory_padding_mask, tgt_is_causal=True, cache=cache)
         w = self._weight("tied_head_weight") if self.tie_embeddings else self.generator._weight("weight")
@@ -80,9 +207,11 @@ class Transformer(nn.Module):
 
     def forward(self, src_ids, tgt_ids, src_padding_mask=None, tgt_padding_mask=None):
         """Teacher-forced logits ``(B, T, V)``."""
-        memory = self.encode(src_ids, src_padding_mask)
-        return ModelOutput(logits=self.decode(tgt_ids, memory, src_padding_mask, tgt_padding_mask),
-                           encoder_last_hidden_state=memory)
+        memory = self._encode(as_ids(src_ids, "src_ids"), src_padding_mask)
+        logits = self.decode(tgt_ids, memory, src_padding_mask, tgt_padding_mask)
+        if not isinstance(memory, np.ndarray):
+            memory = memory.numpy().astype(np.float32, copy=False)
+        return ModelOutput(logits=logits, encoder_last_hidden_state=memory)
 
     def generate(self, src_ids, max_new_tokens: int, bos_token_id: int, eos_token_id=None, num_beams: int = 1,
                  length_penalty: float = 1.0, src_padding_mask=None, pad_token_id=None) -> np.ndarray:
@@ -107,7 +236,7 @@ class Transformer(nn.Module):
             raise IndexError(f"bos_token_id {bos_token_id} is outside the target vocabulary [0, {v})")
         eos = eos_set(eos_token_id, None)
         pad = int(pad_token_id if pad_token_id is not None else (eos[0] if eos.size else bos_token_id))
-        memory = self.encode(src, src_padding_mask)
+        memory = self._encode(src, src_padding_mask)  # stays on the model's device
         if num_beams == 1:
             return self._greedy(memory, src_padding_mask, max_new_tokens, bos_token_id, eos, pad)
         return self._beam(memory, src_padding_mask, max_new_tokens, bos_token_id, eos, pad, num_beams,
@@ -115,7 +244,7 @@ class Transformer(nn.Module):
 
     def _greedy(self, memory, mpad, max_new, bos, eos, pad):
         b = memory.shape[0]
-        cache = self.decoder.new_cache(b, max_new + 1, memory.shape[1])
+        cache = self._new_cache(b, max_new + 1, memory.shape[1])
         seqs = np.full((b, max_new + 1), pad, np.int64)
         seqs[:, 0] = bos
         done = np.zeros(b, bool)
@@ -132,9 +261,9 @@ class Transformer(nn.Module):
 
     def _beam(self, memory, mpad, max_new, bos, eos, pad, k, length_penalty):
         b, s_src = memory.shape[0], memory.shape[1]
-        memory = np.repeat(memory, k, axis=0)
+        memory = self._repeat_rows(memory, k)
         mpad = None if mpad is None else np.repeat(mpad, k, axis=0)
-        cache = self.decoder.new_cache(b * k, max_new + 1, s_src)
+        cache = self._new_cache(b * k, max_new + 1, s_src)
         seqs = np.full((b * k, max_new + 1), bos, np.int64)
         scores = np.zeros((b, k))
         scores[:, 1:] = -np.inf  # at the start every beam is the same: only the first counts
