@@ -12,7 +12,7 @@ from coreformer.models import (BertForMaskedLM, BertForSequenceClassification, B
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from test_models import bert_inputs, hf, left_pad, prompts, rel_err  # noqa: E402
+from test_models import bert_inputs, hf, left_pad, prompts, rel_err
 
 GPU = cf.info()["cuda_devices"] > 0
 CLASSES = [("BertModel", BertModel), ("BertForSequenceClassification", BertForSequenceClassification),
