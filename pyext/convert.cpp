@@ -89,7 +89,7 @@ void init_numpy() {
 }
 
 // A coreformer.Tensor argument as it is: the op checks its device and dtype.
-Arg tensor_arg(py::handle obj) { return {py::reinterpret_steal<py::array>(py::handle()), tensor_of(obj).view, py::reinterpret_borrow<py::object>(obj)}; }
+static Arg tensor_arg(py::handle obj) { return {py::reinterpret_steal<py::array>(py::handle()), tensor_of(obj).view, py::reinterpret_borrow<py::object>(obj)}; }
 
 Arg float_arg(py::handle obj, const char* name) {
   if (is_tensor(obj)) return tensor_arg(obj);

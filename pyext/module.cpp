@@ -144,6 +144,20 @@ py::object mha(py::handle query, py::handle key, py::handle value, int64_t num_h
   return oa.result();
 }
 
+// A layer's KV cache argument pair: both or neither; converted as arrays or Tensors written in place.
+bool cache_args(py::handle k, py::handle v, const char* k_name, const char* v_name, Arg& ka, Arg& va,
+                cf::ops::KVCacheRef& ref, int64_t length) {
+  CF_CHECK(k.is_none() == v.is_none(), ValueError, k_name, " and ", v_name, " go together: pass both or neither");
+  if (k.is_none()) return false;
+  ka = cf::pyext::inout_float_arg(k, k_name);
+  va = cf::pyext::inout_float_arg(v, v_name);
+  CF_CHECK(!cf::pyext::overlap(ka, va), ValueError, k_name, " and ", v_name, " must not share memory");
+  ref.k = ka.view;
+  ref.v = va.view;
+  ref.length = length;
+  return true;
+}
+
 py::object encoder_layer(py::handle x, int64_t num_heads, py::handle in_weight, py::handle in_bias,
                          py::handle out_weight, py::handle out_bias, py::handle linear1_weight, py::handle linear1_bias,
                          py::handle linear2_weight, py::handle linear2_bias, py::handle norm1_weight,
@@ -177,15 +191,7 @@ py::object encoder_layer(py::handle x, int64_t num_heads, py::handle in_weight, 
   }
   Arg kca, vca;
   cf::ops::KVCacheRef cache;
-  CF_CHECK(k_cache.is_none() == v_cache.is_none(), ValueError, "k_cache and v_cache go together: pass both or neither");
-  if (!k_cache.is_none()) {
-    kca = cf::pyext::inout_float_arg(k_cache, "k_cache");
-    vca = cf::pyext::inout_float_arg(v_cache, "v_cache");
-    CF_CHECK(!cf::pyext::overlap(kca, vca), ValueError, "k_cache and v_cache must not share memory");
-    cache.k = kca.view;
-    cache.v = vca.view;
-    cache.length = cache_length;
-  }
+  const bool has_cache = cache_args(k_cache, v_cache, "k_cache", "v_cache", kca, vca, cache, cache_length);
   OptionalView m = cf::pyext::optional_mask(attn_mask, "attn_mask", ma);
   OptionalView kpm = cf::pyext::optional_mask(key_padding_mask, "key_padding_mask", kpa);
   OptionalView cu;
@@ -193,7 +199,7 @@ py::object encoder_layer(py::handle x, int64_t num_heads, py::handle in_weight, 
     cua = cf::pyext::ids_arg(cu_seqlens, "cu_seqlens");
     cu = cua.view;
   }
-  const cf::ops::KVCacheRef* cp = k_cache.is_none() ? nullptr : &cache;
+  const cf::ops::KVCacheRef* cp = has_cache ? &cache : nullptr;
   const auto shape = cf::ops::transformer_encoder_layer_shape(xa.view, w, num_heads, m, kpm, cu, cp);
   // The caches are written: they must not share memory with anything the layer reads.
   std::vector<const Arg*> reads{&xa, &iwa.arg, &owa.arg, &l1a.arg, &l2a.arg, &ma, &kpa, &cua};
@@ -211,20 +217,6 @@ py::object encoder_layer(py::handle x, int64_t num_heads, py::handle in_weight, 
     cf::ops::transformer_encoder_layer(xa.view, w, opt, m, kpm, cu, oa.view, cp);
   }
   return oa.result();
-}
-
-// A layer's KV cache argument pair: both or neither; converted as arrays or Tensors written in place.
-bool cache_args(py::handle k, py::handle v, const char* k_name, const char* v_name, Arg& ka, Arg& va,
-                cf::ops::KVCacheRef& ref, int64_t length) {
-  CF_CHECK(k.is_none() == v.is_none(), ValueError, k_name, " and ", v_name, " go together: pass both or neither");
-  if (k.is_none()) return false;
-  ka = cf::pyext::inout_float_arg(k, k_name);
-  va = cf::pyext::inout_float_arg(v, v_name);
-  CF_CHECK(!cf::pyext::overlap(ka, va), ValueError, k_name, " and ", v_name, " must not share memory");
-  ref.k = ka.view;
-  ref.v = va.view;
-  ref.length = length;
-  return true;
 }
 
 py::object decoder_layer(py::handle x, py::handle memory, int64_t num_heads, py::handle self_in_weight,

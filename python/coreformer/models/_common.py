@@ -95,3 +95,15 @@ def as_mask(mask, shape, name: str) -> np.ndarray | None:
     if m.shape != tuple(shape):
         raise ValueError(f"{name} must have the shape of input_ids {tuple(shape)}, got {m.shape}")
     return m != 0
+
+
+def to_device(model, device, dtype):
+    """What every model's ``.to(device, dtype)`` does: ``"cpu"`` (in float32) returns to the CPU path,
+    anything else puts the weights there as Tensors (``model._use_tensors``). Returns the model."""
+    if str(device) == "cpu":
+        if dtype not in (None, "float32"):
+            raise ValueError(f"on the CPU the models compute in float32, got dtype {dtype!r} (for smaller "
+                             "weights there: pack_weights('bfloat16') or 'int8')")
+        object.__setattr__(model, "_device", None)
+        return model
+    return model._use_tensors(str(device), dtype or "float32")

@@ -11,14 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core, nn, ops
-from ._common import (
-    ModelOutput,
-    as_ids,
-    as_mask,
-    check_names,
-    read_config,
-    read_weights,
-)
+from ._common import ModelOutput, as_ids, as_mask, check_names, read_config, read_weights, to_device
 
 __all__ = ["BertConfig", "BertModel", "BertForSequenceClassification", "BertForMaskedLM"]
 
@@ -203,20 +196,14 @@ class BertModel(nn.Module):
     def _tie(self, mapped):
         pass
 
-    # ---- on a device: the weights as coreformer.Tensors, the layers op by op ----
+    # ---- on a device: the weights as coreformer.Tensors, each layer one fused call ----
 
     def to(self, device: str = "cpu", dtype: str | None = None):
         """Run the encoder on ``device`` (``"cuda"``, ``"cuda:N"``) with its weights there in ``dtype``
         (``"float32"`` by default, ``"float16"``, ``"bfloat16"``; arithmetic is float32 inside every
         kernel). ``"cpu"`` goes back to the CPU's numpy path. The outputs stay numpy arrays (float32):
         ids go to the device, hidden states come back. Returns the model."""
-        if str(device) == "cpu":
-            if dtype not in (None, "float32"):
-                raise ValueError(f"on the CPU the models compute in float32, got dtype {dtype!r} (for smaller "
-                                 "weights there: pack_weights('bfloat16') or 'int8')")
-            object.__setattr__(self, "_device", None)
-            return self
-        return self._use_tensors(str(device), dtype or "float32")
+        return to_device(self, device, dtype)
 
     def _use_tensors(self, device: str, dtype: str):
         """The device path's weights: each parameter once as a Tensor on ``device`` (also usable with
@@ -399,7 +386,8 @@ class BertForMaskedLM(BertModel):
             m = d["mlm"]
             h = ops.layer_norm(ops.linear(x, m["dense_w"], m["dense_b"], m["act"]), *m["ln"])
             logits = ops.linear(h, d["word"], m["bias"])
-            return ModelOutput(last_hidden_state=self.bert._host(x, mask), logits=logits.numpy())
+            return ModelOutput(last_hidden_state=self.bert._host(x, mask),
+                               logits=logits.numpy().astype(np.float32, copy=False))
         x = self.bert.encode(input_ids, attention_mask, token_type_ids)
         t = self.cls.predictions.transform
         h = t.LayerNorm(t.dense(x))

@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import _core, nn, ops
 from .._files import read_json
-from ._common import ModelOutput, as_ids, as_mask, check_names, read_config, read_weights
+from ._common import ModelOutput, as_ids, as_mask, check_names, read_config, read_weights, to_device
 from .generation import NextToken, check_generation_args, eos_set, stream_end, stream_put
 
 __all__ = ["GPT2Config", "GPT2LMHeadModel", "GPT2Cache"]
@@ -186,18 +186,12 @@ class GPT2LMHeadModel(nn.Module):
         made on the device and grows in place there; each step sends the new ids up and brings the last
         position's logits back (where the sampler runs). ``"cpu"`` goes back to the CPU path. Returns
         the model."""
-        if str(device) == "cpu":
-            if dtype not in (None, "float32"):
-                raise ValueError(f"on the CPU the models compute in float32, got dtype {dtype!r} (for smaller "
-                                 "weights there: pack_weights('bfloat16') or 'int8')")
-            object.__setattr__(self, "_device", None)
-            return self
-        return self._use_tensors(str(device), dtype or "float32")
+        return to_device(self, device, dtype)
 
     def _use_tensors(self, device: str, dtype: str):
         """The device path's weights (also usable with ``device="cpu"``: the same path on the CPU
         kernels, how the tests check it without a GPU)."""
-        t = lambda a: _core.tensor(a, device, dtype)  # noqa: E731
+        t = lambda a: _core.tensor(a, device, dtype)
         tr = self.transformer
         head = tr.wte.weight if self.lm_head is None else self.lm_head.weight
         d = {"device": device, "dtype": dtype, "wte": t(tr.wte.weight), "wpe": t(tr.wpe.weight),

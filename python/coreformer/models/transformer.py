@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from .. import _core, nn, ops
-from ._common import ModelOutput, as_ids
+from ._common import ModelOutput, as_ids, to_device
 from .generation import check_generation_args, eos_set
 
 __all__ = ["Transformer"]
@@ -64,12 +64,7 @@ class Transformer(nn.Module):
         default, ``"float16"``, ``"bfloat16"``; float32 arithmetic in every kernel): the encoder's output
         stays on the device, the decoder's caches live there, each step brings back the last logits.
         ``"cpu"`` goes back to the CPU path. Returns the model."""
-        if str(device) == "cpu":
-            if dtype not in (None, "float32"):
-                raise ValueError(f"on the CPU the models compute in float32, got dtype {dtype!r}")
-            object.__setattr__(self, "_device", None)
-            return self
-        return self._use_tensors(str(device), dtype or "float32")
+        return to_device(self, device, dtype)
 
     def _use_tensors(self, device: str, dtype: str):
         """The device path's weights (with ``device="cpu"`` the same path runs on the CPU kernels: how the
