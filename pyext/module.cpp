@@ -374,6 +374,27 @@ py::object embedding(py::handle ids, py::handle table) {
   return oa.result();
 }
 
+py::object argmax(py::handle x) {
+  Arg xa = cf::pyext::float_arg(x, "x");
+  CF_CHECK(xa.view.ndim >= 1, ValueError, "argmax: x must have at least 1 dimension, got a scalar");
+  const std::vector<int64_t> shape(xa.view.shape, xa.view.shape + xa.view.ndim - 1);
+  py::object result;
+  cf::TensorView ov;
+  if (xa.tensor) {  // the indices stay on x's device
+    result = cf::pyext::new_tensor(shape, cf::DType::i64, xa.view.device);
+    ov = cf::pyext::tensor_of(result).view;
+  } else {
+    py::array_t<int64_t> a(std::vector<py::ssize_t>(shape.begin(), shape.end()));
+    ov = cf::TensorView(a.mutable_data(), cf::DType::i64, static_cast<int>(shape.size()), shape.data());
+    result = std::move(a);
+  }
+  {
+    py::gil_scoped_release nogil;
+    cf::ops::argmax(xa.view, ov);
+  }
+  return result;
+}
+
 py::object sinusoidal(int64_t n, int64_t dim) {
   CF_CHECK(n >= 0, ValueError, "num_positions must be >= 0, got ", n);
   CF_CHECK(dim >= 1, ValueError, "dim must be >= 1, got ", dim);
@@ -474,5 +495,6 @@ PYBIND11_MODULE(_core, m) {
   m.def("relu", [](py::handle x, py::handle out) { return activation(x, cf::ops::Activation::relu, out); },
         py::arg("x"), py::arg("out") = none);
   m.def("embedding", &embedding, py::arg("ids"), py::arg("table"));
+  m.def("argmax", &argmax, py::arg("x"));
   m.def("sinusoidal_positions", &sinusoidal, py::arg("num_positions"), py::arg("dim"));
 }

@@ -157,6 +157,18 @@ def test_activations(dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1,), (7, 65), (3, 50257), (2, 3, 1000)])
+def test_argmax(dtype, shape, rng):
+    x = seen(randn(rng, *shape), dtype)
+    x.reshape(-1)[::7] = x.reshape(-1)[0]  # ties: the first wins
+    got = ops.argmax(gpu(x, dtype))
+    assert got.device == "cuda:0" and got.dtype == "int64"
+    np.testing.assert_array_equal(got.numpy(), np.argmax(x, axis=-1))
+    y = np.array([[np.nan, 1, np.nan], [1, 2, 2]], np.float32)
+    np.testing.assert_array_equal(ops.argmax(gpu(y, dtype)).numpy(), [0, 1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("id_dtype", ["int32", "int64"])
 def test_embedding(dtype, id_dtype, rng):
     table = randn(rng, 1000, 65)

@@ -89,6 +89,9 @@ void additive_attention(const AdditiveArgs& a);
 void kv_append(const void* k, const void* v, int64_t ld, void* k_cache, void* v_cache, int64_t B, int64_t S,
                int64_t H, int64_t Dh, int64_t capacity, int64_t past, DType dtype, int device);
 
+// out[r] (int64) = the index of the largest of x[r, 0:n] (first on ties, NaN largest).
+void argmax(const void* x, int64_t rows, int64_t n, int64_t* out, DType dtype, int device);
+
 // dst (C-contiguous) = src (any non-negative strides), both on the device; float dtypes convert
 // among themselves, other dtypes copy as they are (same dtype).
 void copy(const TensorView& src, const TensorView& dst);

@@ -100,7 +100,52 @@ __global__ void layer_norm_rows(LayerNormArgs a) {
   }
 }
 
+// (value, index) ordered as numpy's argmax: NaN beats any number, then the larger value, then the
+// smaller index.
+__device__ __forceinline__ bool better(float v, int64_t i, float bv, int64_t bi) {
+  const bool vn = v != v, bn = bv != bv;
+  if (vn != bn) return vn;
+  if (!vn && v != bv) return v > bv;
+  return i < bi;
+}
+
+template <class T>
+__global__ void argmax_rows(const T* __restrict__ x, int64_t rows, int64_t n, int64_t* __restrict__ out) {
+  __shared__ float sv[32];
+  __shared__ int64_t si[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    float bv = -INFINITY;
+    int64_t bi = n;  // past the end: loses to any element
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+      const float v = to_float(x[r * n + i]);
+      if (bi == n || better(v, i, bv, bi)) { bv = v; bi = i; }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+      const int64_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
+      if (oi != n && (bi == n || better(ov, oi, bv, bi))) { bv = ov; bi = oi; }
+    }
+    __syncthreads();
+    if (lane == 0) { sv[warp] = bv; si[warp] = bi; }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      for (int w = 1; w < warps; ++w)
+        if (si[w] != n && (bi == n || better(sv[w], si[w], bv, bi))) { bv = sv[w]; bi = si[w]; }
+      out[r] = bi == n ? 0 : bi;
+    }
+  }
+}
+
 }  // namespace
+
+void argmax(const void* x, int64_t rows, int64_t n, int64_t* out, DType dtype, int device) {
+  if (rows == 0) return;
+  DeviceGuard g(device);
+  const unsigned blocks = static_cast<unsigned>(rows < 65535 * 8 ? rows : 65535 * 8);
+  CF_CUDA_FLOAT_TYPES(dtype, T, { argmax_rows<T><<<blocks, 256>>>(static_cast<const T*>(x), rows, n, out); });
+  check_launch("argmax");
+}
 
 void softmax(const void* x, void* y, int64_t outer, int64_t n, int64_t inner, DType dtype, int device) {
   if (outer * n * inner == 0) return;

@@ -30,6 +30,7 @@ void layer_norm(const LayerNormArgs&) { unavailable(); }
 void embedding(const void*, bool, int64_t, const void*, int64_t, int64_t, void*, DType, int) { unavailable(); }
 void additive_attention(const AdditiveArgs&) { unavailable(); }
 void copy(const TensorView&, const TensorView&) { unavailable(); }
+void argmax(const void*, int64_t, int64_t, int64_t*, DType, int) { unavailable(); }
 void kv_append(const void*, const void*, int64_t, void*, void*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                DType, int) {
   unavailable();

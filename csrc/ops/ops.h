@@ -184,6 +184,10 @@ void activation(const TensorView& x, Activation act, const TensorView& out);
 Shape embedding_shape(const TensorView& ids, const TensorView& table);
 void embedding(const TensorView& ids, const TensorView& table, const TensorView& out);
 
+// out (x's shape without its last axis), int64: the index of each row's largest value (the first on ties;
+// NaN counts as the largest, as numpy's argmax). Greedy decoding on a GPU brings back only these.
+void argmax(const TensorView& x, const TensorView& out);
+
 // (num_positions, dim): sin on even columns, cos on odd (Vaswani et al. 2017, section 3.5).
 void sinusoidal_positions(int64_t num_positions, int64_t dim, const TensorView& out);
 

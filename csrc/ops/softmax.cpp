@@ -30,3 +30,34 @@ void softmax(const TensorView& x, int64_t axis, const TensorView& out) {
 }
 
 }  // namespace cf::ops
+
+namespace cf::ops {
+
+void argmax(const TensorView& x, const TensorView& out) {
+  expect_float(x, "x");
+  CF_CHECK(x.ndim >= 1, ValueError, "argmax: x must have at least 1 dimension, got a scalar");
+  const int64_t n = x.size(-1);
+  int64_t rows = 1;
+  for (int i = 0; i + 1 < x.ndim; ++i) rows *= x.shape[i];
+  CF_CHECK(n >= 1 || rows == 0, ValueError, "argmax: x's last axis is empty, shape ", x.shape_str());
+  const Device dev = common_device({{"x", &x}, {"out", &out}});
+  CF_CHECK(out.dtype == DType::i64 && out.is_contiguous(), TypeError, "argmax: out must be a contiguous int64 array");
+  const Shape want(x.shape, x.shape + x.ndim - 1);
+  CF_CHECK(shape_of(out) == want, ValueError, "argmax: out has shape ", out.shape_str(), " but the result has shape ",
+           shape_str(want));
+  if (on_gpu(dev)) {
+    cuda::argmax(x.data, rows, n, out.ptr<int64_t>(), x.dtype, dev.index);
+    return;
+  }
+  const float* p = x.ptr<float>();
+  int64_t* o = out.ptr<int64_t>();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = p + r * n;
+    int64_t best = 0;
+    for (int64_t i = 1; i < n && row[best] == row[best]; ++i)  // NaN wins: stop at the first one
+      if (row[i] > row[best] || row[i] != row[i]) best = i;
+    o[r] = best;
+  }
+}
+
+}  // namespace cf::ops

@@ -34,6 +34,7 @@ __all__ = [
     "relu",
     "embedding",
     "sinusoidal_positions",
+    "argmax",
 ]
 
 
@@ -283,3 +284,10 @@ def sinusoidal_positions(num_positions, dim):
     """Sinusoidal positional encodings ``(num_positions, dim)``: sin on even columns, cos on odd
     (Vaswani et al. 2017): ``pe[p, 2i] = sin(p / 10000**(2i/dim))``, ``pe[p, 2i+1] = cos(...)``."""
     return _core.sinusoidal_positions(int(num_positions), int(dim))
+
+
+def argmax(x):
+    """The index of the largest value along the last axis, int64 of x's shape without that axis (the
+    first index on ties; NaN counts as the largest, as ``numpy.argmax``). On a Tensor the result stays
+    on its device: greedy decoding on a GPU brings back only the chosen ids."""
+    return _core.argmax(x)

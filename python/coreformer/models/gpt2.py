@@ -233,11 +233,29 @@ class GPT2LMHeadModel(nn.Module):
             rows = (np.arange(b)[:, None] * s + np.arange(s - k, s)[None]).reshape(-1)
             x = ops.embedding(_core.tensor(rows, dev), x.reshape(b * s, -1)).reshape(b, k, -1)
         h = ops.layer_norm(x, *d["ln_f"])
-        logits = ops.linear(h, d["head"]).numpy().astype(np.float32, copy=False)
-        return ModelOutput(logits=logits, cache=cache)
+        return ops.linear(h, d["head"])  # a Tensor on the device
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, cache: GPT2Cache | None = None,
                 logits_to_keep: int = 0):
+        ids, mask, position_ids = self._inputs(input_ids, attention_mask, position_ids, cache)
+        if self.__dict__.get("_device"):
+            logits = self._forward_device(ids, mask, position_ids, cache, logits_to_keep)
+            return ModelOutput(logits=logits.numpy().astype(np.float32, copy=False), cache=cache)
+        t = self.transformer
+        x = ops.embedding(ids, t.wte.weight)
+        x += ops.embedding(position_ids, t.wpe.weight)
+        padding = None if mask is None or mask.all() else ~mask
+        for i, block in enumerate(t.h):  # in place in x, a new array
+            block(x, padding, None if cache is None else cache.layers[i])
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        h = t.ln_f(x)
+        w = self._weight("tied_head_weight") if self.lm_head is None else self.lm_head._weight("weight")
+        return ModelOutput(logits=ops.linear(h, w), cache=cache)
+
+    def _inputs(self, input_ids, attention_mask, position_ids, cache):
+        """The checked ids, the mask over cached + new positions, and the position ids (by default the
+        running count of real tokens, as transformers' generate makes them)."""
         c = self.config
         ids = as_ids(input_ids, "input_ids")
         b, s = ids.shape
@@ -252,19 +270,7 @@ class GPT2LMHeadModel(nn.Module):
         if s and position_ids.max(initial=0) >= c.n_positions:
             raise ValueError(f"a sequence of {position_ids.max() + 1} positions is longer than the model's "
                              f"{c.n_positions} (n_positions)")
-        if self.__dict__.get("_device"):
-            return self._forward_device(ids, mask, position_ids, cache, logits_to_keep)
-        t = self.transformer
-        x = ops.embedding(ids, t.wte.weight)
-        x += ops.embedding(position_ids, t.wpe.weight)
-        padding = None if mask is None or mask.all() else ~mask
-        for i, block in enumerate(t.h):  # in place in x, a new array
-            block(x, padding, None if cache is None else cache.layers[i])
-        if logits_to_keep:
-            x = x[:, -logits_to_keep:]
-        h = t.ln_f(x)
-        w = self._weight("tied_head_weight") if self.lm_head is None else self.lm_head._weight("weight")
-        return ModelOutput(logits=ops.linear(h, w), cache=cache)
+        return ids, mask, position_ids
 
     def generate(self, input_ids, attention_mask=None, max_new_tokens: int = 20, do_sample: bool = False,
                  temperature: float = 1.0, top_k=None, top_p=None, repetition_penalty: float = 1.0,
@@ -306,10 +312,20 @@ class GPT2LMHeadModel(nn.Module):
         try:
             if max_new_tokens:
                 cache = self.new_cache(b, p + max_new_tokens)
-                logits = self(ids, full_mask[:, :p], cache=cache, logits_to_keep=1).logits[:, -1]
+                # greedy on a device picks there: only the ids come back, not (B, V) logits
+                on_device = bool(self.__dict__.get("_device")) and not pick.do_sample and pick.repetition_penalty == 1.0
+
+                def next_ids(step_ids, upto):
+                    if on_device:
+                        step_ids, m, pos = self._inputs(step_ids, full_mask[:, :upto], None, cache)
+                        logits = self._forward_device(step_ids, m, pos, cache, 1)
+                        return ops.argmax(logits.reshape(b, -1)).numpy()
+                    logits = self(step_ids, full_mask[:, :upto], cache=cache, logits_to_keep=1).logits[:, -1]
+                    return pick(logits, seqs[:, :upto])
+
+                nxt = next_ids(ids, p)
                 done = np.zeros(b, bool)
                 for step in range(max_new_tokens):
-                    nxt = pick(logits, seqs[:, :n])
                     nxt = np.where(done, pad, nxt)
                     seqs[:, n] = nxt
                     n += 1
@@ -317,7 +333,7 @@ class GPT2LMHeadModel(nn.Module):
                     done |= np.isin(nxt, eos)
                     if done.all() or step + 1 == max_new_tokens:
                         break
-                    logits = self(nxt[:, None], full_mask[:, :n], cache=cache, logits_to_keep=1).logits[:, -1]
+                    nxt = next_ids(nxt[:, None], n)
         finally:
             stream_end(streamer)
         return seqs[:, :n].copy()

@@ -157,7 +157,7 @@ class Transformer(nn.Module):
                 if cc.length == 0:
                     cc.length = memory.shape[1]
         h = x if d["dec_norm"] is None else ops.layer_norm(x, *d["dec_norm"])
-        return ops.linear(h, d["gen_w"], d["gen_b"]).numpy().astype(np.float32, copy=False)
+        return ops.linear(h, d["gen_w"], d["gen_b"])  # a Tensor on the device
 
     def _new_cache(self, batch, capacity, memory_len):
         d = self.__dict__.get("_device")
@@ -187,7 +187,8 @@ class Transformer(nn.Module):
         """Logits ``(B, T, V)`` of the target positions ``offset .. offset + T - 1`` (causal)."""
         tgt = as_ids(tgt_ids, "tgt_ids")
         if self.__dict__.get("_device"):
-            return self._decode_device(tgt, memory, memory_padding_mask, tgt_padding_mask, cache, offset)
+            logits = self._decode_device(tgt, memory, memory_padding_mask, tgt_padding_mask, cache, offset)
+            return logits.numpy().astype(np.float32, copy=False)
         h = self.decoder(self._embed(self.tgt_embed, tgt, offset), memory, tgt_key_padding_mask=tgt_padding_mask,
                          memory_key_padding_mask=memory_padding_mask, tgt_is_causal=True, cache=cache)
         w = self._weight("tied_head_weight") if self.tie_embeddings else self.generator._weight("weight")
@@ -245,8 +246,12 @@ class Transformer(nn.Module):
         done = np.zeros(b, bool)
         n = 1
         for step in range(max_new):
-            logits = self.decode(seqs[:, n - 1:n], memory, mpad, cache=cache, offset=n - 1)[:, -1]
-            nxt = np.where(done, pad, logits.argmax(axis=1))
+            if self.__dict__.get("_device"):  # pick on the device: only the ids come back
+                logits = self._decode_device(as_ids(seqs[:, n - 1:n], "tgt_ids"), memory, mpad, None, cache, n - 1)
+                best = ops.argmax(logits.reshape(b, -1)).numpy()
+            else:
+                best = self.decode(seqs[:, n - 1:n], memory, mpad, cache=cache, offset=n - 1)[:, -1].argmax(axis=1)
+            nxt = np.where(done, pad, best)
             seqs[:, n] = nxt
             n += 1
             done |= np.isin(nxt, eos)
