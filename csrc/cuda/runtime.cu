@@ -1,5 +1,7 @@
 #include <cuda_runtime.h>
 
+#include <vector>
+
 #include "core/error.h"
 #include "cuda/runtime.h"
 #include "cuda/util.cuh"
@@ -59,6 +61,66 @@ void free(void* p, int device) noexcept {
   cudaFree(p);  // waits for the kernels that use p
   cudaGetLastError();
   if (previous >= 0 && previous != device) cudaSetDevice(previous);
+}
+
+namespace {
+
+struct Block {
+  void* p;
+  size_t bytes;
+  int device;
+};
+
+constexpr size_t kKeepBytes = size_t(1) << 30;
+
+// A thread's free scratch blocks; returned to the driver when the thread ends.
+struct Pool {
+  std::vector<Block> free;
+  size_t held = 0;
+  ~Pool() {
+    for (const Block& b : free) cf::cuda::free(b.p, b.device);
+  }
+};
+
+thread_local Pool t_pool;
+
+}  // namespace
+
+void* scratch_alloc(size_t& bytes, int device) {
+  bytes = (bytes + (size_t(1) << 20) - 1) & ~((size_t(1) << 20) - 1);  // whole MiB: blocks get reused
+  Pool& pool = t_pool;
+  size_t best = pool.free.size();
+  for (size_t i = 0; i < pool.free.size(); ++i) {
+    const Block& b = pool.free[i];
+    if (b.device == device && b.bytes >= bytes && b.bytes <= 2 * bytes &&
+        (best == pool.free.size() || b.bytes < pool.free[best].bytes))
+      best = i;
+  }
+  if (best < pool.free.size()) {
+    const Block b = pool.free[best];
+    pool.free.erase(pool.free.begin() + static_cast<std::ptrdiff_t>(best));
+    pool.held -= b.bytes;
+    bytes = b.bytes;
+    return b.p;
+  }
+  return cf::cuda::malloc(bytes, device);
+}
+
+void scratch_free(void* p, size_t bytes, int device) noexcept {
+  Pool& pool = t_pool;
+  try {
+    pool.free.push_back({p, bytes, device});
+  } catch (...) {
+    cf::cuda::free(p, device);
+    return;
+  }
+  pool.held += bytes;
+  while (pool.held > kKeepBytes && !pool.free.empty()) {  // oldest first
+    const Block b = pool.free.front();
+    pool.free.erase(pool.free.begin());
+    pool.held -= b.bytes;
+    cf::cuda::free(b.p, b.device);
+  }
 }
 
 void memcpy(void* dst, const void* src, size_t bytes, Copy kind, int device) {

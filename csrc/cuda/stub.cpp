@@ -17,6 +17,8 @@ int device_count() { return 0; }
 void require_device(int) { unavailable(); }
 void* malloc(size_t, int) { unavailable(); }
 void free(void*, int) noexcept {}
+void* scratch_alloc(size_t&, int) { unavailable(); }
+void scratch_free(void*, size_t, int) noexcept {}
 void memcpy(void*, const void*, size_t, Copy, int) { unavailable(); }
 void synchronize(int) {}
 DeviceGuard::DeviceGuard(int device) : device_(device) {}
