@@ -86,3 +86,17 @@ def test_classify(minilm_dir, tmp_path):
         label, prob, _ = line.split("\t")
         assert label == cfg.id2label[int(row.argmax())]
         assert abs(float(prob) - row.max()) < 1e-4
+
+
+def test_device_flags(minilm_dir):
+    import coreformer
+    r = cli("embed", "--model", minilm_dir, "--device", "cpu", "--dtype", "float16", "hello")
+    assert r.returncode == 1 and "float32" in r.stderr  # the CPU computes in float32
+    r = cli("embed", "--model", minilm_dir, "--device", "cuda", "hello world")
+    if coreformer.info()["cuda_devices"] == 0:
+        assert r.returncode == 1 and "CUDA" in r.stderr, r.stderr  # a clear error, not a crash
+    else:
+        from coreformer.models import SentenceEncoder
+        want = SentenceEncoder.from_pretrained(minilm_dir).encode(["hello world"])
+        printed = np.array([[float(x) for x in r.stdout.split()]])
+        np.testing.assert_allclose(printed, want, atol=1e-4)

@@ -49,6 +49,10 @@ def main(argv=None) -> int:
     c = sub.add_parser("classify", help="label texts with a BERT sequence-classification folder")
     c.add_argument("--model", required=True, help="local model folder")
     c.add_argument("text", nargs="+")
+    for p in (e, g, c):
+        p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N (a build with CUDA and a GPU)")
+        p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                       help="the weights' dtype on a GPU (default float32)")
 
     args = parser.parse_args(argv)
     if args.command == "info":
@@ -58,7 +62,7 @@ def main(argv=None) -> int:
     if args.command in ("embed", "generate", "classify"):
         try:
             return {"embed": _embed, "generate": _generate, "classify": _classify}[args.command](args)
-        except (FileNotFoundError, ValueError, IndexError, TypeError, ImportError) as err:
+        except (FileNotFoundError, ValueError, IndexError, TypeError, ImportError, RuntimeError) as err:
             print(f"coreformer {args.command}: error: {err}", file=sys.stderr)
             return 1
     if args.command == "bench":
@@ -75,7 +79,8 @@ def main(argv=None) -> int:
 def _embed(args) -> int:
     import numpy as np
     from .models import SentenceEncoder
-    vectors = SentenceEncoder.from_pretrained(args.model).encode(args.text, batch_size=args.batch_size)
+    encoder = SentenceEncoder.from_pretrained(args.model).to(args.device, args.dtype)
+    vectors = encoder.encode(args.text, batch_size=args.batch_size)
     if args.out:
         np.save(args.out, vectors)
         print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} float32 to {args.out}", file=sys.stderr)
@@ -89,7 +94,8 @@ def _generate(args) -> int:
     from .models import GPT2LMHeadModel
     from .tokenizer import Tokenizer
     tok = Tokenizer.from_pretrained(args.model)
-    model = GPT2LMHeadModel.from_pretrained(args.model)
+    model = GPT2LMHeadModel.from_pretrained(args.model, dtype="float32" if args.device == "cpu" else None)
+    model.to(args.device, args.dtype)
     ids = tok.encode(args.prompt)
     if not ids:
         raise ValueError("the prompt has no tokens")
@@ -120,7 +126,7 @@ def _classify(args) -> int:
     from .models import BertForSequenceClassification
     from .tokenizer import Tokenizer
     tok = Tokenizer.from_pretrained(args.model)
-    model = BertForSequenceClassification.from_pretrained(args.model)
+    model = BertForSequenceClassification.from_pretrained(args.model).to(args.device, args.dtype)
     cfg = _json.loads((Path(args.model) / "config.json").read_text())
     labels = cfg.get("id2label") or {}
     batch = tok(args.text, max_length=model.config.max_position_embeddings)
