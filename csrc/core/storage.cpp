@@ -81,19 +81,7 @@ void store(void* p, DType t, int64_t i, float v) {
   }
 }
 
-bool is_float(DType t) { return t == DType::f32 || t == DType::f16 || t == DType::bf16 || t == DType::f64; }
-
 }  // namespace
-
-size_t dtype_size(DType t) {
-  switch (t) {
-    case DType::f64: case DType::i64: return 8;
-    case DType::f32: case DType::i32: return 4;
-    case DType::f16: case DType::bf16: return 2;
-    case DType::u8: case DType::boolean: case DType::i8: return 1;
-  }
-  return 1;
-}
 
 std::string device_str(Device d) {
   return d.type == DeviceType::cpu ? std::string("cpu") : "cuda:" + std::to_string(d.index);
@@ -142,7 +130,7 @@ void copy_convert(const TensorView& src, const TensorView& dst) {
     }
     return off;
   };
-  if (src.dtype != dst.dtype && is_float(src.dtype) && is_float(dst.dtype)) {
+  if (src.dtype != dst.dtype && is_floating(src.dtype) && is_floating(dst.dtype)) {
     for (int64_t i = 0; i < n; ++i) store(dst.data, dst.dtype, i, load(src.data, src.dtype, offset(i)));
     return;
   }

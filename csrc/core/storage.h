@@ -8,7 +8,6 @@
 
 namespace cf {
 
-size_t dtype_size(DType t);
 // RuntimeError when the device cannot be used (no GPU, a build without CUDA) or is out of memory.
 std::shared_ptr<void> allocate(size_t bytes, Device device);
 // Copies bytes between any two devices (a GPU copy waits for the kernels before it).

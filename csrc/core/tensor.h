@@ -2,6 +2,7 @@
 // CUDA memory, forward inputs and (later) gradients: backward kernels take views of grad_out and
 // of the saved inputs exactly as forward kernels take views of their inputs.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <initializer_list>
 #include <sstream>
@@ -34,6 +35,18 @@ inline const char* dtype_name(DType t) {
   }
   return "?";
 }
+
+inline size_t dtype_size(DType t) {
+  switch (t) {
+    case DType::f64: case DType::i64: return 8;
+    case DType::f32: case DType::i32: return 4;
+    case DType::f16: case DType::bf16: return 2;
+    case DType::u8: case DType::boolean: case DType::i8: return 1;
+  }
+  return 1;
+}
+
+inline bool is_floating(DType t) { return t == DType::f32 || t == DType::f16 || t == DType::bf16 || t == DType::f64; }
 
 constexpr int kMaxDims = 8;
 

@@ -82,17 +82,6 @@ __global__ void kv_append_kernel(const T* __restrict__ k, const T* __restrict__ 
   }
 }
 
-bool is_float(DType t) { return t == DType::f32 || t == DType::f16 || t == DType::bf16; }
-
-size_t itemsize(DType t) {
-  switch (t) {
-    case DType::f64: case DType::i64: return 8;
-    case DType::f32: case DType::i32: return 4;
-    case DType::f16: case DType::bf16: return 2;
-    default: return 1;
-  }
-}
-
 }  // namespace
 
 void activation(const void* x, void* y, int64_t n, Activation act, DType dtype, int device) {
@@ -127,7 +116,7 @@ void copy(const TensorView& src, const TensorView& dst) {
   }
   const int threads = 256;
   const unsigned blocks = blocks_for(n, threads);
-  if (is_float(src.dtype) && is_float(dst.dtype)) {
+  if (src.dtype != dst.dtype && is_floating(src.dtype) && is_floating(dst.dtype)) {
     CF_CUDA_FLOAT_TYPES(src.dtype, Tin, {
       CF_CUDA_FLOAT_TYPES(dst.dtype, Tout, {
         cast_kernel<Tin, Tout><<<blocks, threads>>>(static_cast<const Tin*>(src.data), s, static_cast<Tout*>(dst.data), n);
@@ -136,7 +125,7 @@ void copy(const TensorView& src, const TensorView& dst) {
   } else {
     CF_CHECK(src.dtype == dst.dtype, TypeError, "cannot convert ", dtype_name(src.dtype), " to ", dtype_name(dst.dtype),
              " on the GPU");
-    switch (itemsize(src.dtype)) {
+    switch (dtype_size(src.dtype)) {
       case 8: copy_kernel<<<blocks, threads>>>(static_cast<const uint64_t*>(src.data), s, static_cast<uint64_t*>(dst.data), n); break;
       case 4: copy_kernel<<<blocks, threads>>>(static_cast<const uint32_t*>(src.data), s, static_cast<uint32_t*>(dst.data), n); break;
       case 2: copy_kernel<<<blocks, threads>>>(static_cast<const uint16_t*>(src.data), s, static_cast<uint16_t*>(dst.data), n); break;

@@ -1,3 +1,4 @@
+#include "ops/backend.h"
 #include "ops/common.h"
 
 namespace cf::ops {
@@ -54,47 +55,33 @@ void additive_attention(const TensorView& query, const TensorView& keys, const T
   const Device dev = common_device({{"query", &query}, {"keys", &keys}, {"values", &values}, {"w_query", &w_query},
                                     {"w_key", &w_key}, {"v", &v}, {"mask", opt(mask)}, {"out", &out},
                                     {"weights", opt(weights)}});
-  if (on_gpu(dev)) {
-    const DType dt = query.dtype;
+  if (on_gpu(dev))
     expect_same_dtype({{"keys", &keys}, {"values", &values}, {"w_query", &w_query}, {"w_key", &w_key}, {"v", &v},
-                       {"out", &out}, {"weights", opt(weights)}}, dt);
-    const size_t es = dtype_size(dt);
-    cuda::Buffer qp(es * static_cast<size_t>(B * Sq * A), dev.index), kp(es * static_cast<size_t>(B * Sk * A), dev.index);
-    gpu_gemm_rows(query.data, B * Sq, query.shape[2], w_query, {}, 0, A, qp.get<void>());
-    gpu_gemm_rows(keys.data, B * Sk, keys.shape[2], w_key, {}, 0, A, kp.get<void>());
+                       {"out", &out}, {"weights", opt(weights)}}, query.dtype);
+  // The projections are ordinary GEMMs; the O(B Sq Sk A) tanh part is the kernel.
+  Backend be(dev, query.dtype);
+  void* const qp = be.scratch(B * Sq * A + B * Sk * A);
+  void* const kp = be.at(qp, B * Sq * A);
+  be.gemm(query.data, B * Sq, query.shape[2], w_query, {}, 0, A, qp);
+  be.gemm(keys.data, B * Sk, keys.shape[2], w_key, {}, 0, A, kp);
+  const int64_t m_sb = mask && mask->ndim == 2 ? Sk : Sq * Sk, m_sq = mask && mask->ndim == 2 ? 0 : Sk;
+  if (on_gpu(dev)) {
     cuda::AdditiveArgs a;
     a.B = B; a.Sq = Sq; a.Sk = Sk; a.A = A; a.Dv = values.shape[2];
-    a.qp = qp.get<void>(); a.kp = kp.get<void>(); a.v_vec = v.data; a.values = values.data;
-    if (mask) {
-      a.mask = mask->ptr<uint8_t>();
-      a.m_sb = mask->ndim == 2 ? Sk : Sq * Sk;
-      a.m_sq = mask->ndim == 2 ? 0 : Sk;
-    }
+    a.qp = qp; a.kp = kp; a.v_vec = v.data; a.values = values.data;
+    a.mask = mask ? mask->ptr<uint8_t>() : nullptr; a.m_sb = m_sb; a.m_sq = m_sq;
     a.out = out.data;
     a.weights = weights ? weights->data : nullptr;
-    a.dtype = dt;
+    a.dtype = query.dtype;
     a.device = dev.index;
     cuda::additive_attention(a);
     return;
   }
-  // The projections are ordinary GEMMs; the O(B Sq Sk A) tanh part is the kernel.
-  auto qp = scratch(B * Sq * A), kp = scratch(B * Sk * A);
-  cpu::GemmArgs g;
-  g.M = B * Sq; g.N = A; g.K = query.shape[2];
-  g.a = query.ptr<float>(); g.lda = g.K; g.w = w_query.ptr<float>(); g.ldw = g.K; g.c = qp.get(); g.ldc = A;
-  kernels().gemm(g);
-  g.M = B * Sk; g.K = keys.shape[2];
-  g.a = keys.ptr<float>(); g.lda = g.K; g.w = w_key.ptr<float>(); g.ldw = g.K; g.c = kp.get();
-  kernels().gemm(g);
-
   cpu::AdditiveArgs a;
   a.B = B; a.Sq = Sq; a.Sk = Sk; a.A = A; a.Dv = values.shape[2];
-  a.qp = qp.get(); a.kp = kp.get(); a.v_vec = v.ptr<float>(); a.values = values.ptr<float>();
-  if (mask) {
-    a.mask = mask->ptr<uint8_t>();
-    a.m_sb = mask->ndim == 2 ? Sk : Sq * Sk;
-    a.m_sq = mask->ndim == 2 ? 0 : Sk;
-  }
+  a.qp = static_cast<const float*>(qp); a.kp = static_cast<const float*>(kp);
+  a.v_vec = v.ptr<float>(); a.values = values.ptr<float>();
+  a.mask = mask ? mask->ptr<uint8_t>() : nullptr; a.m_sb = m_sb; a.m_sq = m_sq;
   a.out = out.ptr<float>();
   a.weights = weights ? weights->ptr<float>() : nullptr;
   kernels().additive_attention(a);

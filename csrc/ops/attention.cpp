@@ -1,5 +1,6 @@
 #include <cmath>
 
+#include "ops/backend.h"
 #include "ops/common.h"
 
 namespace cf::ops {
@@ -37,42 +38,21 @@ void scaled_dot_product_attention(const TensorView& q, const TensorView& k, cons
   CF_CHECK(shape_of(out) == shape, ValueError, "scaled_dot_product_attention: out has shape ", out.shape_str(),
            " but the result has shape ", shape_str(shape));
   const Device dev = common_device({{"query", &q}, {"key", &k}, {"value", &v}, {"attn_mask", opt(mask)}, {"out", &out}});
-  if (on_gpu(dev)) {
-    expect_same_dtype({{"key", &k}, {"value", &v}, {"out", &out}}, q.dtype);
-    cuda::AttentionArgs a;
-    a.B = q.ndim == 4 ? q.shape[0] : 1;
-    a.H = q.size(-3); a.Sq = q.size(-2); a.Sk = k.size(-2); a.D = q.size(-1); a.Dv = v.size(-1);
-    const bool batched = q.ndim == 4;
-    a.q = q.data; a.q_sb = batched ? q.stride(0) : 0; a.q_sh = q.stride(-3); a.q_ss = q.stride(-2);
-    a.k = k.data; a.k_sb = batched ? k.stride(0) : 0; a.k_sh = k.stride(-3); a.k_ss = k.stride(-2);
-    a.v = v.data; a.v_sb = batched ? v.stride(0) : 0; a.v_sh = v.stride(-3); a.v_ss = v.stride(-2);
-    a.out = out.data; a.o_sb = batched ? out.stride(0) : 0; a.o_sh = out.stride(-3); a.o_ss = out.stride(-2);
-    if (mask) a.mask = broadcast_mask(*mask, a.B, a.H, a.Sq, a.Sk, "attn_mask", false);
-    a.causal = is_causal;
-    a.scale = scale ? *scale : (a.D > 0 ? 1.0f / std::sqrt(static_cast<float>(a.D)) : 1.0f);
-    a.dtype = q.dtype;
-    a.device = dev.index;
-    cuda::attention(a);
-    return;
-  }
-  cpu::AttentionArgs a;
-  a.B = q.ndim == 4 ? q.shape[0] : 1;
-  a.H = q.size(-3);
-  a.Sq = q.size(-2);
-  a.Sk = k.size(-2);
-  a.D = q.size(-1);
-  a.Dv = v.size(-1);
+  if (on_gpu(dev)) expect_same_dtype({{"key", &k}, {"value", &v}, {"out", &out}}, q.dtype);
   // Any strides with a contiguous last axis: a head split out of a packed QKV projection or a
   // prefix of a preallocated KV cache is read in place.
+  AttentionPlan a;
   const bool batched = q.ndim == 4;
-  a.q = q.ptr<float>(); a.q_sb = batched ? q.stride(0) : 0; a.q_sh = q.stride(-3); a.q_ss = q.stride(-2);
-  a.k = k.ptr<float>(); a.k_sb = batched ? k.stride(0) : 0; a.k_sh = k.stride(-3); a.k_ss = k.stride(-2);
-  a.v = v.ptr<float>(); a.v_sb = batched ? v.stride(0) : 0; a.v_sh = v.stride(-3); a.v_ss = v.stride(-2);
-  a.out = out.ptr<float>(); a.o_sb = batched ? out.stride(0) : 0; a.o_sh = out.stride(-3); a.o_ss = out.stride(-2);
+  a.B = batched ? q.shape[0] : 1;
+  a.H = q.size(-3); a.Sq = q.size(-2); a.Sk = k.size(-2); a.D = q.size(-1); a.Dv = v.size(-1);
+  a.q = q.data; a.q_sb = batched ? q.stride(0) : 0; a.q_sh = q.stride(-3); a.q_ss = q.stride(-2);
+  a.k = k.data; a.k_sb = batched ? k.stride(0) : 0; a.k_sh = k.stride(-3); a.k_ss = k.stride(-2);
+  a.v = v.data; a.v_sb = batched ? v.stride(0) : 0; a.v_sh = v.stride(-3); a.v_ss = v.stride(-2);
+  a.out = out.data; a.o_sb = batched ? out.stride(0) : 0; a.o_sh = out.stride(-3); a.o_ss = out.stride(-2);
   if (mask) a.mask = broadcast_mask(*mask, a.B, a.H, a.Sq, a.Sk, "attn_mask", false);
   a.causal = is_causal;
   a.scale = scale ? *scale : (a.D > 0 ? 1.0f / std::sqrt(static_cast<float>(a.D)) : 1.0f);
-  kernels().attention(a);
+  Backend(dev, q.dtype).attention(a);
 }
 
 }  // namespace cf::ops

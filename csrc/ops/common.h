@@ -90,10 +90,6 @@ void set_gemm_weight(cpu::GemmArgs& g, const WeightRef& w, int64_t row0, std::un
 void gemm_rows(const float* x, int64_t rows, int64_t kdim, const WeightRef& w, const OptionalView& b, int64_t w0,
                int64_t n, float* y, Activation act = Activation::none, const float* residual = nullptr);
 
-// The GPU's gemm_rows: y (rows, n) = act(x (rows, kdim) @ w[w0 : w0+n, :]^T + b[w0 : w0+n]) + residual,
-// every pointer in device memory of dtype `dt`; w a Tensor (a PackedWeight is CPU memory).
-void gpu_gemm_rows(const void* x, int64_t rows, int64_t kdim, const TensorView& w, const OptionalView& b, int64_t w0,
-                   int64_t n, void* y, Activation act = Activation::none, const void* residual = nullptr);
 // A PackedWeight on a GPU call: ValueError (it lives in CPU memory).
 const TensorView& gpu_weight(const WeightRef& w, const char* name);
 
@@ -116,7 +112,7 @@ inline TensorView as_4d(const TensorView& t, int64_t d0, int64_t d1, int64_t d2,
 void check_mha_masks(const OptionalView& attn_mask, const OptionalView& key_padding_mask, int64_t B,
                      int64_t num_heads, int64_t Sq, int64_t Sk, const char* mask_name = "attn_mask",
                      const char* padding_name = "key_padding_mask");
-void set_mha_masks(cpu::AttentionArgs& a, const OptionalView& attn_mask, const OptionalView& key_padding_mask);
+void set_mha_masks(cuda::AttentionArgs& a, const OptionalView& attn_mask, const OptionalView& key_padding_mask);
 
 // Strides that broadcast a mask of up to 4 dimensions to (B, H, Sq, Sk), right-aligned as numpy does.
 cpu::MaskArgs broadcast_mask(const TensorView& mask, int64_t B, int64_t H, int64_t Sq, int64_t Sk, const char* name,

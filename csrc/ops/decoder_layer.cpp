@@ -2,14 +2,14 @@
 // encoder_layer.cpp is for GPT-2: one call per layer and step instead of a dozen, the self-attention's
 // keys and values appended to the caller's cache, the cross-attention's projected from memory once
 // (into the caller's cache) and reused at every later step. Written once for both devices over
-// ops/layer_backend.h.
+// ops/backend.h.
 //
 //   post-LN: x1 = LN1(x + SA(x));  x2 = LN2(x1 + CA(x1, memory));  out = LN3(x2 + FFN(x2))
 //   pre-LN:  x1 = x + SA(LN1(x));  x2 = x1 + CA(LN2(x1), memory);  out = x2 + FFN(LN3(x2))
 #include <cmath>
 
 #include "ops/common.h"
-#include "ops/layer_backend.h"
+#include "ops/backend.h"
 
 namespace cf::ops {
 namespace {
@@ -139,7 +139,7 @@ void transformer_decoder_layer(const TensorView& x, const OptionalView& memory, 
   const Device dev = decoder_device(x, memory, w, tgt_mask, tgt_key_padding_mask, memory_mask,
                                     memory_key_padding_mask, self_cache, cross_cache);
   if (on_gpu(dev)) expect_decoder_dtypes(x, memory, w, out, self_cache, cross_cache);
-  LayerBackend be(dev, x.dtype);
+  Backend be(dev, x.dtype);
   const int64_t kv_rows = project_memory ? B * Sm : 0;
   void* const qkv = be.scratch(BT * (8 * E + F) + kv_rows * 2 * E);  // (BT, 3E)
   void* const ctx = be.at(qkv, BT * 3 * E);  // (BT, E)
@@ -151,8 +151,6 @@ void transformer_decoder_layer(const TensorView& x, const OptionalView& memory, 
   const void* const xin = x.data;
   void* const y = out.data;  // may be x: x is last read as the self-attention's residual
   const float scale = 1.0f / std::sqrt(static_cast<float>(Dh));
-  cpu::AttentionArgs masks;  // for set_mha_masks
-  masks.B = B; masks.H = H; masks.Sq = T;
 
   // self-attention
   if (opt.norm_first) {
@@ -175,9 +173,7 @@ void transformer_decoder_layer(const TensorView& x, const OptionalView& memory, 
     at.Sk = self_cache->length + T;
     read_cache(at, *self_cache, H, Dh);
   }
-  masks.Sk = at.Sk;
-  set_mha_masks(masks, tgt_mask, tgt_key_padding_mask);
-  at.mask = masks.mask; at.mask2 = masks.mask2;
+  set_mha_masks(at, tgt_mask, tgt_key_padding_mask);
   be.attention(at);
   be.gemm(ctx, BT, E, w.self_out, w.self_out_bias, 0, E, a);
   const void* cross_in;  // the cross-attention's query input
@@ -209,11 +205,7 @@ void transformer_decoder_layer(const TensorView& x, const OptionalView& memory, 
   } else {
     read_cache(ca, *cross_cache, H, Dh);
   }
-  masks.Sk = Sm;
-  masks.mask = {};
-  masks.mask2 = {};
-  set_mha_masks(masks, memory_mask, memory_key_padding_mask);
-  ca.mask = masks.mask; ca.mask2 = masks.mask2;
+  set_mha_masks(ca, memory_mask, memory_key_padding_mask);
   be.attention(ca);
   be.gemm(ctx, BT, E, w.cross_out, w.cross_out_bias, 0, E, a);
 

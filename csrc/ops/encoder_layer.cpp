@@ -5,7 +5,7 @@
 // that follows it (its first sweep), not in the GEMM before: MiniLM measured 1.5-2% faster so, one
 // sentence and a padded batch alike, than with the add in the GEMM's epilogue (bench/RESULTS.md).
 // The activations live in a workspace kept per calling thread, reused from layer to layer. The layer is
-// written once for both devices over ops/layer_backend.h.
+// written once for both devices over ops/backend.h.
 //
 //   post-LN: x1 = LN1(x + SA(x));        out = LN2(x1 + FFN(x1))
 //   pre-LN:  x1 = x + SA(LN1(x));        out = x1 + FFN(LN2(x1))
@@ -14,7 +14,7 @@
 #include <utility>
 
 #include "ops/common.h"
-#include "ops/layer_backend.h"
+#include "ops/backend.h"
 
 namespace cf::ops {
 namespace {
@@ -119,7 +119,7 @@ void transformer_encoder_layer(const TensorView& x, const EncoderLayerWeights& w
   if (T == 0 || E == 0) return;
   const Device dev = layer_device(x, w, attn_mask, key_padding_mask, cache);
   if (on_gpu(dev)) expect_layer_dtypes(x, w, out, cache);
-  LayerBackend be(dev, x.dtype);
+  Backend be(dev, x.dtype);
   // the activations: per calling thread on the CPU, kept from call to call (layer after layer: a padded
   // batch of 32 x 100 tokens needs ~50 MB, whose page faults would cost ~5% of a layer each time)
   void* const qkv = be.scratch(T * (6 * E + F));  // (T, 3E)
@@ -169,11 +169,7 @@ void transformer_encoder_layer(const TensorView& x, const EncoderLayerWeights& w
       at.k_sh = at.v_sh = cap * Dh;
       at.k_ss = at.v_ss = Dh;
     }
-    cpu::AttentionArgs masks;
-    masks.B = B; masks.H = H; masks.Sq = S; masks.Sk = at.Sk;
-    set_mha_masks(masks, attn_mask, key_padding_mask);
-    at.mask = masks.mask;
-    at.mask2 = masks.mask2;
+    set_mha_masks(at, attn_mask, key_padding_mask);
     be.attention(at);
   }
 

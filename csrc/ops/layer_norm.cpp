@@ -1,3 +1,4 @@
+#include "ops/backend.h"
 #include "ops/common.h"
 
 namespace cf::ops {
@@ -25,35 +26,12 @@ void layer_norm(const TensorView& x, const OptionalView& weight, const OptionalV
   if (sum_out) expect_out(*sum_out, shape_of(x), "layer_norm (sum)");
   const Device dev = common_device({{"x", &x}, {"weight", opt(weight)}, {"bias", opt(bias)},
                                     {"residual", opt(residual)}, {"out", &out}, {"sum", opt(sum_out)}});
-  if (on_gpu(dev)) {
+  if (on_gpu(dev))
     expect_same_dtype({{"weight", opt(weight)}, {"bias", opt(bias)}, {"residual", opt(residual)}, {"out", &out},
                        {"sum", opt(sum_out)}}, x.dtype);
-    cuda::LayerNormArgs a;
-    a.n = x.size(-1);
-    a.rows = a.n == 0 ? 0 : x.numel() / a.n;
-    a.x = x.data;
-    a.residual = residual ? residual->data : nullptr;
-    a.weight = weight ? weight->data : nullptr;
-    a.bias = bias ? bias->data : nullptr;
-    a.y = out.data;
-    a.sum_out = sum_out ? sum_out->data : nullptr;
-    a.eps = eps;
-    a.dtype = x.dtype;
-    a.device = dev.index;
-    cuda::layer_norm(a);
-    return;
-  }
-  cpu::LayerNormArgs a;
-  a.n = x.size(-1);
-  a.rows = a.n == 0 ? 0 : x.numel() / a.n;
-  a.x = x.ptr<float>();
-  a.residual = residual ? residual->ptr<float>() : nullptr;
-  a.weight = weight ? weight->ptr<float>() : nullptr;
-  a.bias = bias ? bias->ptr<float>() : nullptr;
-  a.y = out.ptr<float>();
-  a.sum_out = sum_out ? sum_out->ptr<float>() : nullptr;
-  a.eps = eps;
-  kernels().layer_norm(a);
+  const int64_t n = x.size(-1), rows = n == 0 ? 0 : x.numel() / n;
+  Backend(dev, x.dtype).norm(x.data, rows, n, weight, bias, eps, out.data, residual ? residual->data : nullptr,
+                             sum_out ? sum_out->data : nullptr);
 }
 
 }  // namespace cf::ops

@@ -1,5 +1,6 @@
 #include <cmath>
 
+#include "ops/backend.h"
 #include "ops/common.h"
 
 namespace cf::ops {
@@ -32,37 +33,17 @@ void linear(const TensorView& x, const WeightRef& weight, const OptionalView& bi
   for (int i = 0; i + 1 < x.ndim; ++i) rows *= x.shape[i];
   const Device dev = common_device({{"x", &x}, {"weight", weight.array}, {"bias", opt(bias)},
                                     {"residual", opt(residual)}, {"out", &out}});
-  if (on_gpu(dev)) {
-    const TensorView& w = gpu_weight(weight, "weight");
-    expect_same_dtype({{"weight", &w}, {"bias", opt(bias)}, {"residual", opt(residual)}, {"out", &out}}, x.dtype);
-    gpu_gemm_rows(x.data, rows, x.size(-1), w, bias, 0, w.shape[0], out.data, act,
-                  residual ? residual->data : nullptr);
-    return;
-  }
-  gemm_rows(x.ptr<float>(), rows, x.size(-1), weight, bias, 0, weight.rows(), out.ptr<float>(), act,
-            residual ? residual->ptr<float>() : nullptr);
+  if (on_gpu(dev))
+    expect_same_dtype({{"weight", &gpu_weight(weight, "weight")}, {"bias", opt(bias)}, {"residual", opt(residual)},
+                       {"out", &out}}, x.dtype);
+  Backend(dev, x.dtype).gemm(x.data, rows, x.size(-1), weight, bias, 0, weight.rows(), out.data, act,
+                             residual ? residual->data : nullptr);
 }
 
 const TensorView& gpu_weight(const WeightRef& w, const char* name) {
   CF_CHECK(w.array, ValueError, name, " is a PackedWeight, which lives in CPU memory; on the GPU pass the weight as a "
            "coreformer.Tensor");
   return *w.array;
-}
-
-void gpu_gemm_rows(const void* x, int64_t rows, int64_t kdim, const TensorView& w, const OptionalView& b, int64_t w0,
-                   int64_t n, void* y, Activation act, const void* residual) {
-  const size_t es = dtype_size(w.dtype);
-  cuda::GemmArgs g;
-  g.M = rows; g.N = n; g.K = kdim;
-  g.a = x; g.lda = kdim;
-  g.w = static_cast<const char*>(w.data) + static_cast<size_t>(w0 * kdim) * es; g.ldw = kdim;
-  g.c = y; g.ldc = n;
-  g.bias = b ? static_cast<const char*>(b->data) + static_cast<size_t>(w0) * es : nullptr;
-  g.residual = residual; g.ldr = n;
-  g.act = act;
-  g.dtype = w.dtype;
-  g.device = w.device.index;
-  cuda::gemm(g);
 }
 
 void gemm_rows(const float* x, int64_t rows, int64_t kdim, const WeightRef& w, const OptionalView& b, int64_t w0,

@@ -5,6 +5,7 @@
 // packed QKV GEMM; cross-attention with key == value runs one K/V GEMM.
 #include <cmath>
 
+#include "ops/backend.h"
 #include "ops/common.h"
 
 namespace cf::ops {
@@ -12,57 +13,6 @@ namespace {
 
 bool same_array(const TensorView& a, const TensorView& b) {
   return a.data == b.data && shape_of(a) == shape_of(b) && a.dtype == b.dtype;
-}
-
-// The GPU's multi-head attention: the same plan as the CPU's (projections into (B, S, E) buffers,
-// heads read and merged through strides), with device scratch.
-void gpu_multi_head_attention(const TensorView& query, const TensorView& key, const TensorView& value, int64_t H,
-                              const TensorView& in_weight, const OptionalView& in_bias, const TensorView& out_weight,
-                              const OptionalView& out_bias, const OptionalView& attn_mask,
-                              const OptionalView& key_padding_mask, bool is_causal, const TensorView& out) {
-  const DType dt = query.dtype;
-  expect_same_dtype({{"key", &key}, {"value", &value}, {"in_weight", &in_weight}, {"in_bias", opt(in_bias)},
-                     {"out_weight", &out_weight}, {"out_bias", opt(out_bias)}, {"out", &out}}, dt);
-  const int64_t B = query.shape[0], Sq = query.shape[1], E = query.shape[2], Sk = key.shape[1], Dh = E / H;
-  const int dev = query.device.index;
-  const size_t es = dtype_size(dt);
-  const bool self_attention = same_array(query, key) && same_array(key, value);
-  cuda::Buffer qbuf(es * static_cast<size_t>(B * Sq * (self_attention ? 3 * E : E)), dev);
-  cuda::Buffer kvbuf(es * static_cast<size_t>(self_attention ? 0 : B * Sk * 2 * E), dev);
-  cuda::Buffer ctx(es * static_cast<size_t>(B * Sq * E), dev);
-  auto at = [es](void* p, int64_t elements) { return static_cast<void*>(static_cast<char*>(p) + elements * es); };
-  cuda::AttentionArgs a;
-  a.B = B; a.H = H; a.Sq = Sq; a.Sk = Sk; a.D = Dh; a.Dv = Dh;
-  if (self_attention) {
-    gpu_gemm_rows(query.data, B * Sq, E, in_weight, in_bias, 0, 3 * E, qbuf.get<void>());
-    a.q = qbuf.get<void>(); a.k = at(qbuf.get<void>(), E); a.v = at(qbuf.get<void>(), 2 * E);
-    a.q_ss = a.k_ss = a.v_ss = 3 * E;
-  } else {
-    gpu_gemm_rows(query.data, B * Sq, E, in_weight, in_bias, 0, E, qbuf.get<void>());
-    a.q = qbuf.get<void>(); a.q_ss = E;
-    if (same_array(key, value)) {
-      gpu_gemm_rows(key.data, B * Sk, E, in_weight, in_bias, E, 2 * E, kvbuf.get<void>());
-      a.k = kvbuf.get<void>(); a.v = at(kvbuf.get<void>(), E); a.k_ss = a.v_ss = 2 * E;
-    } else {
-      gpu_gemm_rows(key.data, B * Sk, E, in_weight, in_bias, E, E, kvbuf.get<void>());
-      gpu_gemm_rows(value.data, B * Sk, E, in_weight, in_bias, 2 * E, E, at(kvbuf.get<void>(), B * Sk * E));
-      a.k = kvbuf.get<void>(); a.v = at(kvbuf.get<void>(), B * Sk * E); a.k_ss = a.v_ss = E;
-    }
-  }
-  a.q_sh = a.k_sh = a.v_sh = Dh;
-  a.q_sb = Sq * a.q_ss; a.k_sb = Sk * a.k_ss; a.v_sb = Sk * a.v_ss;
-  a.out = ctx.get<void>(); a.o_ss = E; a.o_sh = Dh; a.o_sb = Sq * E;
-  cpu::AttentionArgs masks;
-  masks.B = B; masks.H = H; masks.Sq = Sq; masks.Sk = Sk;
-  set_mha_masks(masks, attn_mask, key_padding_mask);
-  a.mask = masks.mask;
-  a.mask2 = masks.mask2;
-  a.causal = is_causal;
-  a.scale = 1.0f / std::sqrt(static_cast<float>(Dh));
-  a.dtype = dt;
-  a.device = dev;
-  cuda::attention(a);
-  gpu_gemm_rows(ctx.get<void>(), B * Sq, E, out_weight, out_bias, 0, E, out.data);
 }
 
 }  // namespace
@@ -113,44 +63,43 @@ void multi_head_attention(const TensorView& query, const TensorView& key, const 
                                     {"out_weight", out_weight.array}, {"out_bias", opt(out_bias)},
                                     {"attn_mask", opt(attn_mask)}, {"key_padding_mask", opt(key_padding_mask)},
                                     {"out", &out}});
-  if (on_gpu(dev)) {
-    gpu_multi_head_attention(query, key, value, H, gpu_weight(in_weight, "in_weight"), in_bias,
-                             gpu_weight(out_weight, "out_weight"), out_bias, attn_mask, key_padding_mask, is_causal,
-                             out);
-    return;
-  }
-
-  cpu::AttentionArgs a;
+  if (on_gpu(dev))
+    expect_same_dtype({{"key", &key}, {"value", &value}, {"in_weight", &gpu_weight(in_weight, "in_weight")},
+                       {"in_bias", opt(in_bias)}, {"out_weight", &gpu_weight(out_weight, "out_weight")},
+                       {"out_bias", opt(out_bias)}, {"out", &out}}, query.dtype);
+  Backend be(dev, query.dtype);
+  AttentionPlan a;
   a.B = B; a.H = H; a.Sq = Sq; a.Sk = Sk; a.D = Dh; a.Dv = Dh;
   const bool self_attention = same_array(query, key) && same_array(key, value);
-  auto qbuf = scratch(B * Sq * (self_attention ? 3 * E : E));
-  auto kvbuf = scratch(self_attention ? 0 : B * Sk * 2 * E);
-  auto ctx = scratch(B * Sq * E);
+  const int64_t q_elems = B * Sq * (self_attention ? 3 * E : E), kv_elems = self_attention ? 0 : B * Sk * 2 * E;
+  void* const qbuf = be.scratch(q_elems + kv_elems + B * Sq * E);
+  void* const kvbuf = be.at(qbuf, q_elems);
+  void* const ctx = be.at(kvbuf, kv_elems);  // (B, Sq, E): the heads merged by the output strides
   if (self_attention) {
-    gemm_rows(query.ptr<float>(), B * Sq, E, in_weight, in_bias, 0, 3 * E, qbuf.get());
-    a.q = qbuf.get(); a.k = a.q + E; a.v = a.q + 2 * E;
+    be.gemm(query.data, B * Sq, E, in_weight, in_bias, 0, 3 * E, qbuf);
+    a.q = qbuf; a.k = be.at(qbuf, E); a.v = be.at(qbuf, 2 * E);
     a.q_ss = a.k_ss = a.v_ss = 3 * E;
   } else {
-    gemm_rows(query.ptr<float>(), B * Sq, E, in_weight, in_bias, 0, E, qbuf.get());
-    a.q = qbuf.get(); a.q_ss = E;
+    be.gemm(query.data, B * Sq, E, in_weight, in_bias, 0, E, qbuf);
+    a.q = qbuf; a.q_ss = E;
     if (same_array(key, value)) {
-      gemm_rows(key.ptr<float>(), B * Sk, E, in_weight, in_bias, E, 2 * E, kvbuf.get());
-      a.k = kvbuf.get(); a.v = a.k + E; a.k_ss = a.v_ss = 2 * E;
+      be.gemm(key.data, B * Sk, E, in_weight, in_bias, E, 2 * E, kvbuf);
+      a.k = kvbuf; a.v = be.at(kvbuf, E); a.k_ss = a.v_ss = 2 * E;
     } else {
-      gemm_rows(key.ptr<float>(), B * Sk, E, in_weight, in_bias, E, E, kvbuf.get());
-      gemm_rows(value.ptr<float>(), B * Sk, E, in_weight, in_bias, 2 * E, E, kvbuf.get() + B * Sk * E);
-      a.k = kvbuf.get(); a.v = a.k + B * Sk * E; a.k_ss = a.v_ss = E;
+      be.gemm(key.data, B * Sk, E, in_weight, in_bias, E, E, kvbuf);
+      be.gemm(value.data, B * Sk, E, in_weight, in_bias, 2 * E, E, be.at(kvbuf, B * Sk * E));
+      a.k = kvbuf; a.v = be.at(kvbuf, B * Sk * E); a.k_ss = a.v_ss = E;
     }
   }
   a.q_sh = a.k_sh = a.v_sh = Dh;
   a.q_sb = Sq * a.q_ss; a.k_sb = Sk * a.k_ss; a.v_sb = Sk * a.v_ss;
-  a.out = ctx.get(); a.o_ss = E; a.o_sh = Dh; a.o_sb = Sq * E;
+  a.out = ctx; a.o_ss = E; a.o_sh = Dh; a.o_sb = Sq * E;
   set_mha_masks(a, attn_mask, key_padding_mask);
   a.causal = is_causal;
   a.scale = 1.0f / std::sqrt(static_cast<float>(Dh));
-  kernels().attention(a);
+  be.attention(a);
 
-  gemm_rows(ctx.get(), B * Sq, E, out_weight, out_bias, 0, E, out.ptr<float>());
+  be.gemm(ctx, B * Sq, E, out_weight, out_bias, 0, E, out.data);
 }
 
 void check_mha_masks(const OptionalView& attn_mask, const OptionalView& key_padding_mask, int64_t B,
@@ -170,7 +119,7 @@ void check_mha_masks(const OptionalView& attn_mask, const OptionalView& key_padd
   }
 }
 
-void set_mha_masks(cpu::AttentionArgs& a, const OptionalView& attn_mask, const OptionalView& key_padding_mask) {
+void set_mha_masks(AttentionPlan& a, const OptionalView& attn_mask, const OptionalView& key_padding_mask) {
   const int64_t B = a.B, H = a.H, Sq = a.Sq, Sk = a.Sk;
   if (attn_mask) {
     // (B*H, Sq, Sk) is (B, H, Sq, Sk) in the same order; (Sq, Sk) broadcasts as it is.

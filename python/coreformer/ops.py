@@ -51,6 +51,16 @@ def _batched(x):
     return x.reshape(1, *x.shape) if isinstance(x, Tensor) else np.asarray(x)[None]
 
 
+def _norm_eps(eps, n):
+    """A fused layer's eps: one float for its n norms, or one each."""
+    if np.ndim(eps) == 0:
+        return (float(eps),) * n
+    if np.shape(eps) == (n,):
+        return tuple(float(e) for e in eps)
+    which = "a pair (norm1's, norm2's)" if n == 2 else "a triple (norm1's, norm2's, norm3's)"
+    raise ValueError(f"eps must be a float or {which}, got {eps!r}")
+
+
 def _unbatched(r):
     return r.reshape(*r.shape[1:]) if isinstance(r, Tensor) else r[0]
 
@@ -155,12 +165,7 @@ def transformer_encoder_layer(x, num_heads, in_weight, in_bias, out_weight, out_
     ``cache_length + S`` positions (``is_causal`` aligns bottom-right; masks cover them all). The
     caller counts the S new positions in.
     """
-    if np.ndim(eps) == 0:
-        eps1 = eps2 = float(eps)
-    elif np.shape(eps) == (2,):
-        eps1, eps2 = (float(e) for e in eps)
-    else:
-        raise ValueError(f"eps must be a float or a pair (norm1's, norm2's), got {eps!r}")
+    eps1, eps2 = _norm_eps(eps, 2)
     unbatched = cu_seqlens is None and _ndim(x) == 2
     if unbatched:
         if k_cache is not None:
@@ -205,12 +210,7 @@ def transformer_decoder_layer(x, memory, num_heads, self_in_weight, self_in_bias
     then passes ``memory_length=Sm``); with ``memory_length > 0`` they are used as they are and
     ``memory`` may be None. Returns x's shape; ``out`` may be x itself.
     """
-    if np.ndim(eps) == 0:
-        eps1 = eps2 = eps3 = float(eps)
-    elif np.shape(eps) == (3,):
-        eps1, eps2, eps3 = (float(e) for e in eps)
-    else:
-        raise ValueError(f"eps must be a float or a triple (norm1's, norm2's, norm3's), got {eps!r}")
+    eps1, eps2, eps3 = _norm_eps(eps, 3)
     unbatched = _ndim(x) == 2
     if unbatched:
         if k_cache is not None or memory_k is not None:

@@ -1,7 +1,7 @@
-// The handful of primitives a whole Transformer layer is made of -- GEMM against a Linear weight, layer
-// norm (+ residual, + sum), attention, appending to a KV cache, scratch -- on the layer's device and in
-// its dtype, so that each layer (encoder_layer.cpp, decoder_layer.cpp) is written once for the CPU and
-// the GPU. Pointers are untyped: float32 on the CPU; float32, float16 or bfloat16 on a GPU.
+// The primitives the ops are made of -- GEMM against a Linear weight, layer norm (+ residual, + sum),
+// attention, appending to a KV cache, scratch -- on the op's device and in its dtype, so that each op
+// and each whole layer (encoder_layer.cpp, decoder_layer.cpp) is written once for the CPU and the GPU.
+// Pointers are untyped: float32 on the CPU; float32, float16 or bfloat16 on a GPU.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -10,24 +10,25 @@
 
 namespace cf::ops {
 
-// Attention as a layer plans it (untyped pointers, strides in elements); device and dtype are the
+// Attention as an op plans it (untyped pointers, strides in elements); device and dtype are the
 // backend's.
 using AttentionPlan = cuda::AttentionArgs;
 
-class LayerBackend {
+class Backend {
  public:
-  LayerBackend(Device device, DType dtype);
-  ~LayerBackend();
-  LayerBackend(const LayerBackend&) = delete;
-  LayerBackend& operator=(const LayerBackend&) = delete;
+  Backend(Device device, DType dtype);
+  ~Backend();
+  Backend(const Backend&) = delete;
+  Backend& operator=(const Backend&) = delete;
 
   bool gpu() const { return device_.type == DeviceType::cuda; }
   // p advanced by n elements of the layer's dtype
   void* at(const void* p, int64_t n) const {
     return static_cast<char*>(const_cast<void*>(p)) + n * static_cast<int64_t>(itemsize_);
   }
-  // Scratch for `elements` activations, valid until the backend is destroyed: on the CPU the calling
-  // thread's cache (kept from call to call: no page faults layer after layer), on a GPU a device buffer.
+  // Scratch for `elements` activations (one per op call), valid until the backend is destroyed: on the
+  // CPU the calling thread's cache (kept from call to call: no page faults layer after layer), on a GPU
+  // a buffer from the calling thread's pool.
   void* scratch(int64_t elements);
 
   // y (rows, n) = act(x (rows, kdim) @ w[w0 : w0+n]^T + b[w0 : w0+n]) + residual (rows, n)

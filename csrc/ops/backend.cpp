@@ -1,4 +1,4 @@
-#include "ops/layer_backend.h"
+#include "ops/backend.h"
 
 #include <cstring>
 
@@ -6,27 +6,45 @@
 
 namespace cf::ops {
 namespace {
-thread_local ThreadCache t_workspace;  // the CPU layers' activations, per calling thread
+thread_local ThreadCache t_workspace;  // the CPU ops' scratch, per calling thread
+
+// The GPU's gemm_rows: every pointer in device memory of w's dtype; w a Tensor.
+void gpu_gemm_rows(const void* x, int64_t rows, int64_t kdim, const TensorView& w, const OptionalView& b, int64_t w0,
+                   int64_t n, void* y, Activation act, const void* residual) {
+  const size_t es = dtype_size(w.dtype);
+  cuda::GemmArgs g;
+  g.M = rows; g.N = n; g.K = kdim;
+  g.a = x; g.lda = kdim;
+  g.w = static_cast<const char*>(w.data) + static_cast<size_t>(w0 * kdim) * es; g.ldw = kdim;
+  g.c = y; g.ldc = n;
+  g.bias = b ? static_cast<const char*>(b->data) + static_cast<size_t>(w0) * es : nullptr;
+  g.residual = residual; g.ldr = n;
+  g.act = act;
+  g.dtype = w.dtype;
+  g.device = w.device.index;
+  cuda::gemm(g);
+}
+
 }  // namespace
 
-LayerBackend::LayerBackend(Device device, DType dtype)
+Backend::Backend(Device device, DType dtype)
     : device_(device), dtype_(dtype), itemsize_(dtype_size(dtype)) {}
 
-LayerBackend::~LayerBackend() {
+Backend::~Backend() {
   if (cpu_scratch_) t_workspace.release();
 }
 
-void* LayerBackend::scratch(int64_t elements) {
+void* Backend::scratch(int64_t elements) {
   if (gpu()) {
     gpu_scratch_ = std::make_unique<cuda::Buffer>(itemsize_ * static_cast<size_t>(elements), device_.index);
     return gpu_scratch_->get<void>();
   }
-  CF_CHECK(!cpu_scratch_, ValueError, "LayerBackend: one scratch per layer call");
+  CF_CHECK(!cpu_scratch_, ValueError, "Backend: one scratch per op call");
   cpu_scratch_ = true;
   return t_workspace.get(static_cast<size_t>(elements));
 }
 
-void LayerBackend::gemm(const void* x, int64_t rows, int64_t kdim, const WeightRef& w, const OptionalView& b,
+void Backend::gemm(const void* x, int64_t rows, int64_t kdim, const WeightRef& w, const OptionalView& b,
                         int64_t w0, int64_t n, void* y, Activation act, const void* residual) const {
   if (gpu()) {
     gpu_gemm_rows(x, rows, kdim, gpu_weight(w, "weight"), b, w0, n, y, act, residual);
@@ -36,7 +54,7 @@ void LayerBackend::gemm(const void* x, int64_t rows, int64_t kdim, const WeightR
             static_cast<const float*>(residual));
 }
 
-void LayerBackend::norm(const void* x, int64_t rows, int64_t n, const OptionalView& weight, const OptionalView& bias,
+void Backend::norm(const void* x, int64_t rows, int64_t n, const OptionalView& weight, const OptionalView& bias,
                         float eps, void* y, const void* residual, void* sum_out) const {
   if (gpu()) {
     cuda::LayerNormArgs a;
@@ -63,7 +81,7 @@ void LayerBackend::norm(const void* x, int64_t rows, int64_t n, const OptionalVi
   kernels().layer_norm(a);
 }
 
-void LayerBackend::attention(AttentionPlan a) const {
+void Backend::attention(AttentionPlan a) const {
   if (gpu()) {
     a.dtype = dtype_;
     a.device = device_.index;
@@ -82,7 +100,7 @@ void LayerBackend::attention(AttentionPlan a) const {
   kernels().attention(c);
 }
 
-void LayerBackend::kv_append(const void* k, const void* v, int64_t ld, const KVCacheRef& cache, int64_t B, int64_t S,
+void Backend::kv_append(const void* k, const void* v, int64_t ld, const KVCacheRef& cache, int64_t B, int64_t S,
                              int64_t H, int64_t Dh, int64_t past) const {
   const int64_t cap = cache.k.shape[2];
   if (gpu()) {
