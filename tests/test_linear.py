@@ -43,6 +43,16 @@ def test_linear_k_block_edges(isa, rng, k):
     assert_close(ops.linear(x, ops.pack_weight(w), b, "gelu", residual=r), want, atol_scale=2e-5)
 
 
+def test_linear_wide_output_staged_in_chunks(isa, rng):
+    # Several K blocks keep their partial sums in a per-thread scratch of at most 2^20 floats, so a
+    # wide N (a vocabulary projection) is cut into column chunks: every chunk, the ragged last panel
+    # and the bias added on the last block's store, plain and against a packed weight.
+    x, w, b = randn(rng, 600, 400), randn(rng, 7309, 400, scale=0.05), randn(rng, 7309)
+    want = ref.linear(x, w, b)
+    assert_close(ops.linear(x, w, b), want, atol_scale=2e-5)
+    assert_close(ops.linear(x, ops.pack_weight(w), b, "relu"), ref.linear(x, w, b, "relu"), atol_scale=2e-5)
+
+
 def test_linear_batched_leading_axes(rng):
     x, w = randn(rng, 2, 3, 5, 16), randn(rng, 8, 16)
     y = ops.linear(x, w)

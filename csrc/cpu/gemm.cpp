@@ -27,6 +27,7 @@ constexpr int64_t kKC = 256;
 constexpr int64_t kKCOne = 384;
 constexpr int64_t kMC = kMR * (144 / kMR);
 constexpr int64_t kSmallM = 16;
+constexpr int64_t kStageFloats = int64_t(1) << 20;  // per thread: 4 MiB of partial sums at most
 // Against pre-packed W, rows are read in place (panel_rows) while A stays in L2 (M*K floats up to
 // 384 KiB): at 768 -> 3072 that ran at 184-190 GFLOP/s for M = 16..128 against 117-180 for the
 // blocked driver, whose packing of A only pays once A spills from L2.
@@ -267,7 +268,14 @@ void gemm_packed(const GemmArgs& g) {
   int64_t mt = ceil_div(panels, kMC / kMR);
   if (mt >= nt) mt = ceil_div(mt, nt) * nt;
   const int64_t col_chunks = mt >= 2 * nt ? 1 : ceil_div(2 * nt, mt);
-  const int64_t nc_blk = ceil_div(ceil_div(N, col_chunks), kNR) * kNR;
+  // With several K blocks, the partial sums of a thread's C block wait between them in a scratch
+  // laid out tile by tile (MR x NR tiles contiguous) and C is written once, by the last block: C's
+  // rows at a stride of 4 KiB multiples (N = 1024, 3072, ...) fall into the same few L1 sets, and
+  // re-reading such a tile cost ~5% of the GEMM (bench/gemm_notes.md, session 8). The scratch caps the
+  // column chunk (kStageFloats per thread); a wider N is cut into more chunks.
+  const bool staged = nkb > 1;
+  int64_t nc_blk = ceil_div(ceil_div(N, col_chunks), kNR) * kNR;
+  if (staged) nc_blk = imin(nc_blk, imax(kNR, kStageFloats / kMC / kNR * kNR));
   const int64_t ntiles = ceil_div(N, nc_blk);
 
   static thread_local ThreadCache cache;
@@ -287,7 +295,11 @@ void gemm_packed(const GemmArgs& g) {
     }
   }
   Buffer apack(static_cast<size_t>(nt) * kMC * kcb);
-  const EpilogueTile epi = epilogue_for(g.act, g.bias, g.residual);
+  static thread_local ThreadCache stage_cache;
+  float* const stage = staged ? stage_cache.get(static_cast<size_t>(nt) * kMC * nc_blk) : nullptr;
+  // The bias is added by the last K block's microkernel as it stores the tile; the epilogue is left
+  // with the activation and the residual (none at all for a plain biased Linear).
+  const EpilogueTile epi = epilogue_for(g.act, false, g.residual);
 
 #pragma omp parallel num_threads(nt)
   {
@@ -296,6 +308,7 @@ void gemm_packed(const GemmArgs& g) {
     tid = omp_get_thread_num();
 #endif
     float* ap = apack.get() + static_cast<int64_t>(tid) * kMC * kcb;
+    float* st = staged ? stage + static_cast<int64_t>(tid) * kMC * nc_blk : nullptr;
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < mt * ntiles; ++t) {
       const int64_t rb = t / ntiles, j0 = (t % ntiles) * nc_blk;
@@ -306,23 +319,38 @@ void gemm_packed(const GemmArgs& g) {
         const int64_t k0 = kb * kcb, kc = imin(kcb, K - k0);
         const bool last = kb + 1 == nkb;
         pack_a(g.a + i0 * g.lda + k0, g.lda, mc, kc, 1.0f, ap);
+        // The next W panel is fetched a share per row pass while this one is reused from L1: it
+        // otherwise streams from L3 or DRAM at the first pass's demand (bench/gemm_notes.md, session 8).
+        const int64_t panel_lines = ceil_div(kc * kNR * static_cast<int64_t>(sizeof(BT)), 64);
+        const int64_t lines_per_pass = ceil_div(panel_lines, ceil_div(mc, kMR));
         for (int64_t jr = 0; jr < nc; jr += kNR) {
           const BT* b = bp + ((j0 + jr) / kNR) * K * kNR + k0 * kNR;
           const int n = static_cast<int>(imin(kNR, nc - jr));
-          for (int64_t ir = 0; ir < mc; ir += kMR) {
+          const char* next = jr + kNR < nc ? reinterpret_cast<const char*>(b + K * kNR) : nullptr;
+          for (int64_t ir = 0, line = 0; ir < mc; ir += kMR) {
             const int m = static_cast<int>(imin(kMR, mc - ir));
+            if (next)
+              for (const int64_t end = imin(panel_lines, line + lines_per_pass); line < end; ++line)
+                __builtin_prefetch(next + line * 64, 0, 3);
             float* c = g.c + (i0 + ir) * g.ldc + j0 + jr;
-            microkernel<0, BT>(kc, ap + ir * kc, b, c, g.ldc, m, n, kb > 0,
-                               g.wp_scale ? g.wp_scale + j0 + jr : nullptr);
+            const float* scale = g.wp_scale ? g.wp_scale + j0 + jr : nullptr;
+            const float* bias = last && g.bias ? g.bias + j0 + jr : nullptr;
+            if (!staged) {
+              microkernel<0, BT>(kc, ap + ir * kc, b, c, g.ldc, m, n, kb > 0, scale, nullptr, 0, bias);
+            } else {
+              float* tile = st + jr * kMC + ir * kNR;  // column panel jr/NR: kMC rows of NR floats
+              if (last) microkernel<0, BT>(kc, ap + ir * kc, b, c, g.ldc, m, n, true, scale, tile, kNR, bias);
+              else microkernel<0, BT>(kc, ap + ir * kc, b, tile, kNR, m, n, kb > 0, scale);
+            }
             if (last && epi)
-              epi(c, g.ldc, m, n, g.bias ? g.bias + j0 + jr : nullptr,
-                  g.residual ? g.residual + (i0 + ir) * g.ldr + j0 + jr : nullptr, g.ldr);
+              epi(c, g.ldc, m, n, nullptr, g.residual ? g.residual + (i0 + ir) * g.ldr + j0 + jr : nullptr, g.ldr);
           }
         }
       }
     }
   }
   cache.release();
+  stage_cache.release();
 }
 
 }  // namespace

@@ -35,9 +35,16 @@ inline Vec load_b(const int8_t* p) { return Vec::load_i8(p); }
 // kPrefetchC: the C tile is touched only after the k loop; fetch its lines first (for writing), so a
 // tile that is not in cache (a large GEMM's C, revisited once per K block) does not stall the stores.
 // Attention's tiles live in its L1-sized scratch and skip it.
+// `cin` (optional): with `accumulate`, the partial sums are read from cin (leading dimension ldcin)
+// instead of from c -- the GEMM keeps a large C's partial sums in a contiguous scratch between K
+// blocks and writes the strided C once, on the last.
+// `bias` (optional, n floats): added to the tile before it is stored (C = A.B + C_in + bias), so the
+// GEMM's epilogue needs no pass of its own for a bias alone.
 template <int LDA, typename BT = float, bool kPrefetchC = true>
 inline void microkernel(int64_t kc, const float* a, const BT* b, float* c, int64_t ldc, int m, int n,
-                        bool accumulate, const float* scale = nullptr) {
+                        bool accumulate, const float* scale = nullptr, const float* cin = nullptr,
+                        int64_t ldcin = 0, const float* bias = nullptr) {
+  if (!cin) { cin = c; ldcin = ldc; }
   if constexpr (kPrefetchC) {
 #pragma GCC unroll 16
     for (int r = 0; r < kMR; ++r) {
@@ -74,13 +81,24 @@ inline void microkernel(int64_t kc, const float* a, const BT* b, float* c, int64
   }
 
   if (m == kMR && n == kNR) {
+    if (accumulate) {
+#pragma GCC unroll 16
+      for (int r = 0; r < kMR; ++r)
+#pragma GCC unroll 4
+        for (int j = 0; j < kNV; ++j) acc[r][j] = acc[r][j] + Vec::load(cin + r * ldcin + j * Vec::W);
+    }
+    if (bias) {
+#pragma GCC unroll 4
+      for (int j = 0; j < kNV; ++j) {
+        const Vec bj = Vec::load(bias + j * Vec::W);
+#pragma GCC unroll 16
+        for (int r = 0; r < kMR; ++r) acc[r][j] = acc[r][j] + bj;
+      }
+    }
 #pragma GCC unroll 16
     for (int r = 0; r < kMR; ++r)
 #pragma GCC unroll 4
-      for (int j = 0; j < kNV; ++j) {
-        float* p = c + r * ldc + j * Vec::W;
-        (accumulate ? acc[r][j] + Vec::load(p) : acc[r][j]).store(p);
-      }
+      for (int j = 0; j < kNV; ++j) acc[r][j].store(c + r * ldc + j * Vec::W);
     return;
   }
 #pragma GCC unroll 16
@@ -91,10 +109,15 @@ inline void microkernel(int64_t kc, const float* a, const BT* b, float* c, int64
       int cols = n - j * Vec::W;
       if (cols <= 0) break;
       float* p = c + r * ldc + j * Vec::W;
+      const float* q = cin + r * ldcin + j * Vec::W;
       if (cols >= Vec::W) {
-        (accumulate ? acc[r][j] + Vec::load(p) : acc[r][j]).store(p);
+        Vec x = accumulate ? acc[r][j] + Vec::load(q) : acc[r][j];
+        if (bias) x = x + Vec::load(bias + j * Vec::W);
+        x.store(p);
       } else {
-        (accumulate ? acc[r][j] + Vec::load_partial(p, cols) : acc[r][j]).store_partial(p, cols);
+        Vec x = accumulate ? acc[r][j] + Vec::load_partial(q, cols) : acc[r][j];
+        if (bias) x = x + Vec::load_partial(bias + j * Vec::W, cols);
+        x.store_partial(p, cols);
       }
     }
   }
