@@ -37,6 +37,8 @@ constexpr int64_t kInPlaceAFloats = 96 * 1024;
 // prefetched only for 4+ rows at a time (MiniLM, one 32-token sentence: 5.54-5.69 -> 5.32-5.40 ms);
 // the float32 GEMV measured worse with it (0.96x -> 0.87x numpy), so it is left to the hardware.
 constexpr int kPrefetchBytes = 2048;
+// DRAM streams per thread for a decoding GEMV against packed weights (panels_one_row).
+constexpr int kStreams = 4;
 
 // Rows [m0, m0+MR) of C, columns [n0, n0+nr) (nr <= NB): dot products of A rows with W rows over K,
 // NB W rows streaming at once.
@@ -127,6 +129,36 @@ struct PanelPrefetch {
   }
 };
 
+// Rows [m0, m0+R) of C, columns [n0, n0+n) of one panel, from its accumulators: the int8 weight's
+// per-column scales and the bias in registers, the store, then the epilogue (activation, residual).
+template <int R, typename BT>
+inline void finish_tile(const GemmArgs& g, EpilogueTile epi, int64_t m0, Vec (&acc)[R][kNV], int64_t n0, int n) {
+  if constexpr (std::is_same_v<BT, int8_t>) {  // per-column scales of the int8 weight
+    for (int j = 0; j < kNV; ++j) {
+      const Vec sv = Vec::load(g.wp_scale + n0 + j * Vec::W);
+      for (int r = 0; r < R; ++r) acc[r][j] = acc[r][j] * sv;
+    }
+  }
+  if (g.bias) {  // in registers: the epilogue (if any) then has no bias to add
+    for (int j = 0; j < kNV; ++j) {
+      const int cols = n - j * Vec::W;
+      if (cols <= 0) break;
+      const float* bj = g.bias + n0 + j * Vec::W;
+      const Vec bv = cols >= Vec::W ? Vec::load(bj) : Vec::load_partial(bj, cols);
+      for (int r = 0; r < R; ++r) acc[r][j] = acc[r][j] + bv;
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    float* c = g.c + (m0 + r) * g.ldc + n0;
+    for (int j = 0; j < kNV; ++j) {
+      const int cols = n - j * Vec::W;
+      if (cols >= Vec::W) acc[r][j].store(c + j * Vec::W);
+      else if (cols > 0) acc[r][j].store_partial(c + j * Vec::W, cols);
+    }
+  }
+  if (epi) epi(g.c + m0 * g.ldc + n0, g.ldc, R, n, nullptr, g.residual ? g.residual + m0 * g.ldr + n0 : nullptr, g.ldr);
+}
+
 // Rows [m0, m0+R) of C, the columns of one packed W panel (n <= NR of them, from column n0), over
 // all of K: A rows are read in place, the panel streams once. For few rows against pre-packed
 // weights (decoding), where packing A would cost more than it saves. With few accumulators
@@ -173,30 +205,45 @@ inline void panel_rows(const GemmArgs& g, EpilogueTile epi, int64_t m0, const BT
   for (int u = 1; u < U; ++u)
     for (int r = 0; r < R; ++r)
       for (int j = 0; j < kNV; ++j) acc[0][r][j] = acc[0][r][j] + acc[u][r][j];
-  if constexpr (std::is_same_v<BT, int8_t>) {  // per-column scales of the int8 weight
-    for (int j = 0; j < kNV; ++j) {
-      const Vec sv = Vec::load(g.wp_scale + n0 + j * Vec::W);
-      for (int r = 0; r < R; ++r) acc[0][r][j] = acc[0][r][j] * sv;
+  finish_tile<R, BT>(g, epi, m0, acc[0], n0, n);
+}
+
+// M = 1 (decoding) against pre-packed W: S panels from far-apart parts of the thread's share at once,
+// one k at a time. A single sequential stream per core reads DRAM at 25-34 GB/s here; 4-8 streams per
+// core at 35-40 (bench/gemm_notes.md, session 8), and the S * NV accumulators hide the FMA latency.
+template <int S, typename BT>
+inline void panels_one_row(const GemmArgs& g, EpilogueTile epi, const BT* wp, const int64_t* panel) {
+  constexpr int kU = sizeof(BT) == 4 ? 1 : 64 / static_cast<int>(kNR * sizeof(BT));  // k per 64 B of a panel
+  const int64_t K = g.K;
+  const BT* b[S];
+  for (int s = 0; s < S; ++s) b[s] = wp + panel[s] * K * kNR;
+  Vec acc[S][kNV];
+  for (int s = 0; s < S; ++s)
+    for (int j = 0; j < kNV; ++j) acc[s][j] = Vec::zero();
+  int64_t k = 0;
+  for (; k + kU <= K; k += kU) {
+    if constexpr (sizeof(BT) < sizeof(float)) {  // narrow panels: the hardware prefetcher trails (see kPrefetchBytes)
+#pragma GCC unroll 8
+      for (int s = 0; s < S; ++s) __builtin_prefetch(reinterpret_cast<const char*>(b[s] + k * kNR) + kPrefetchBytes);
+    }
+#pragma GCC unroll 4
+    for (int u = 0; u < kU; ++u) {
+      const Vec ar = Vec::set1(g.a[k + u]);
+#pragma GCC unroll 8
+      for (int s = 0; s < S; ++s)
+        for (int j = 0; j < kNV; ++j) acc[s][j] = fma(ar, load_b(b[s] + (k + u) * kNR + j * Vec::W), acc[s][j]);
     }
   }
-  if (g.bias) {  // in registers: the epilogue (if any) then has no bias to add
-    for (int j = 0; j < kNV; ++j) {
-      const int cols = n - j * Vec::W;
-      if (cols <= 0) break;
-      const float* bj = g.bias + n0 + j * Vec::W;
-      const Vec bv = cols >= Vec::W ? Vec::load(bj) : Vec::load_partial(bj, cols);
-      for (int r = 0; r < R; ++r) acc[0][r][j] = acc[0][r][j] + bv;
-    }
+  for (; k < K; ++k) {
+    const Vec ar = Vec::set1(g.a[k]);
+    for (int s = 0; s < S; ++s)
+      for (int j = 0; j < kNV; ++j) acc[s][j] = fma(ar, load_b(b[s] + k * kNR + j * Vec::W), acc[s][j]);
   }
-  for (int r = 0; r < R; ++r) {
-    float* c = g.c + (m0 + r) * g.ldc + n0;
-    for (int j = 0; j < kNV; ++j) {
-      const int cols = n - j * Vec::W;
-      if (cols >= Vec::W) acc[0][r][j].store(c + j * Vec::W);
-      else if (cols > 0) acc[0][r][j].store_partial(c + j * Vec::W, cols);
-    }
+  for (int s = 0; s < S; ++s) {
+    Vec one[1][kNV];
+    for (int j = 0; j < kNV; ++j) one[0][j] = acc[s][j];
+    finish_tile<1, BT>(g, epi, 0, one, panel[s] * kNR, static_cast<int>(imin(kNR, g.N - panel[s] * kNR)));
   }
-  if (epi) epi(g.c + m0 * g.ldc + n0, g.ldc, R, n, nullptr, g.residual ? g.residual + m0 * g.ldr + n0 : nullptr, g.ldr);
 }
 
 // panel_rows<r> for a run-time r in [1, R].
@@ -216,6 +263,27 @@ void gemm_prepacked_small_m(const GemmArgs& g) {
   const int64_t np = ceil_div(g.N, kNR);
   const int nt = threads_for(g.N * g.K * g.M, 1 << 16);
   const EpilogueTile epi = epilogue_for(g.act, false, g.residual);  // panel_rows adds the bias itself
+  if (g.M == 1 && np >= kStreams * nt) {
+    // Each thread's share of the panels in kStreams parts, read side by side (panels_one_row).
+#pragma omp parallel num_threads(nt)
+    {
+      int tid = 0, nth = 1;
+#ifdef _OPENMP
+      tid = omp_get_thread_num();
+      nth = omp_get_num_threads();
+#endif
+      const int64_t p0 = tid * np / nth, p1 = (tid + 1) * np / nth;
+      const int64_t part = (p1 - p0) / kStreams, full = part * kStreams;
+      for (int64_t i = 0; i < part; ++i) {
+        int64_t panel[kStreams];
+        for (int s = 0; s < kStreams; ++s) panel[s] = p0 + s * part + i;
+        panels_one_row<kStreams, BT>(g, epi, wp, panel);
+      }
+      for (int64_t p = p0 + full; p < p1; ++p)
+        panel_rows<1, BT>(g, epi, 0, wp + p * g.K * kNR, p * kNR, static_cast<int>(imin(kNR, g.N - p * kNR)));
+    }
+    return;
+  }
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (int64_t p = 0; p < np; ++p) {
     const int n = static_cast<int>(imin(kNR, g.N - p * kNR));
