@@ -121,10 +121,7 @@ void gemm_small_m_nb(const GemmArgs& g) {
   }
 }
 
-// As many W rows in flight as the registers allow: GEMV (M = 1) is bound by loads in flight.
-// Measured on AVX-512 at M=1 (1x768->50257): 16 rows 0.90x numpy, 8 rows 0.93x, 4 rows 0.88x,
-// 1 row 0.85x -- all within the run-to-run spread; at M=2, 16 rows cut 3.4-4.0 ms to 2.7 ms.
-// The GEMV (M = 1) with enough rows: each thread's share of W's rows in kStreams parts, NB / kStreams
+// The GEMV (M = 1): each thread's share of W's rows in kStreams parts, NB / kStreams
 // rows of each part at a time, so a core reads several DRAM streams at once (as panels_one_row does
 // for packed weights); the epilogue runs over the share at the end, from L2.
 void gemv_streams(const GemmArgs& g) {
@@ -155,9 +152,11 @@ void gemv_streams(const GemmArgs& g) {
   }
 }
 
+// As many W rows in flight as the registers allow: GEMV (M = 1) is bound by loads in flight.
+// Measured on AVX-512 at M=1 (1x768->50257): 16 rows 0.90x numpy, 8 rows 0.93x, 4 rows 0.88x,
+// 1 row 0.85x -- all within the run-to-run spread; at M=2, 16 rows cut 3.4-4.0 ms to 2.7 ms.
 void gemm_small_m(const GemmArgs& g) {
-  if (g.M == 1 && g.N >= 4 * kVecRegs) gemv_streams(g);
-  else if (g.M == 1) gemm_small_m_nb<kVecRegs / 2>(g);
+  if (g.M == 1) gemv_streams(g);
   else if (g.M == 2) gemm_small_m_nb<kVecRegs / 4>(g);
   else gemm_small_m_nb<kVecRegs / 8>(g);
 }
