@@ -58,4 +58,13 @@ int threads_for(int64_t work, int64_t min_work_per_thread) {
 #endif
 }
 
+Share thread_share(int64_t n) {
+#ifdef CF_HAVE_OPENMP
+  const int64_t tid = omp_get_thread_num(), nth = omp_get_num_threads();
+  return {tid * n / nth, (tid + 1) * n / nth};
+#else
+  return {0, n};
+#endif
+}
+
 }  // namespace cf

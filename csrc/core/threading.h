@@ -12,4 +12,12 @@ void set_num_threads(int n);  // n >= 1
 // (no nesting) or when the work is too small to pay for waking the team.
 int threads_for(int64_t work, int64_t min_work_per_thread = 1);
 
+// The calling thread's contiguous share [begin, end) of n items, the team splitting them evenly
+// (inside a parallel region; the whole range outside one). For kernels whose threads must know their
+// whole range up front, e.g. to fetch the next item or to read parts of it side by side.
+struct Share {
+  int64_t begin, end;
+};
+Share thread_share(int64_t n);
+
 }  // namespace cf

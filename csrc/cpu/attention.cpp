@@ -289,13 +289,9 @@ void attention(const AttentionArgs& a) {
       float* vp = kp + kp_head;
       // Heads in contiguous ranges per thread, so each knows its next head and fetches it meanwhile
       // ((8,12,128,64): pack_head was 12% of the time, stalled on memory).
-      int nth = 1;
-#ifdef _OPENMP
-      nth = omp_get_num_threads();
-#endif
-      const int64_t bh_end = (tid + 1) * BH / nth;
+      const auto [bh_begin, bh_end] = thread_share(BH);
       const int64_t nkb = ceil_div(a.causal ? imin(Sk, Sq) : Sk, kBK);
-      for (int64_t bh = tid * BH / nth; bh < bh_end; ++bh) {
+      for (int64_t bh = bh_begin; bh < bh_end; ++bh) {
         const int64_t b = bh / H, h = bh % H;
         HeadPrefetch next;
         if (bh + 1 < bh_end) next = HeadPrefetch(a, (bh + 1) / H, (bh + 1) % H);

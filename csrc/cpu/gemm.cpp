@@ -130,12 +130,7 @@ void gemv_streams(const GemmArgs& g) {
   const int nt = threads_for(g.N * g.K, 1 << 16);
 #pragma omp parallel num_threads(nt)
   {
-    int tid = 0, nth = 1;
-#ifdef _OPENMP
-    tid = omp_get_thread_num();
-    nth = omp_get_num_threads();
-#endif
-    const int64_t r0 = tid * g.N / nth, r1 = (tid + 1) * g.N / nth;
+    const auto [r0, r1] = thread_share(g.N);
     const int64_t part = (r1 - r0) / kStreams / per * per;
     int64_t rows[NB];
     for (int64_t i = 0; i < part; i += per) {
@@ -320,12 +315,7 @@ void gemm_prepacked_small_m(const GemmArgs& g) {
     // Each thread's share of the panels in kStreams parts, read side by side (panels_one_row).
 #pragma omp parallel num_threads(nt)
     {
-      int tid = 0, nth = 1;
-#ifdef _OPENMP
-      tid = omp_get_thread_num();
-      nth = omp_get_num_threads();
-#endif
-      const int64_t p0 = tid * np / nth, p1 = (tid + 1) * np / nth;
+      const auto [p0, p1] = thread_share(np);
       const int64_t part = (p1 - p0) / kStreams, full = part * kStreams;
       for (int64_t i = 0; i < part; ++i) {
         int64_t panel[kStreams];
