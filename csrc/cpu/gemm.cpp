@@ -265,9 +265,9 @@ inline void panels_one_row(const GemmArgs& g, EpilogueTile epi, const BT* wp, co
   const int64_t K = g.K;
   const BT* b[S];
   for (int s = 0; s < S; ++s) b[s] = wp + panel[s] * K * kNR;
-  Vec acc[S][kNV];
+  Vec acc[S][1][kNV];  // one row of finish_tile's accumulators per panel
   for (int s = 0; s < S; ++s)
-    for (int j = 0; j < kNV; ++j) acc[s][j] = Vec::zero();
+    for (int j = 0; j < kNV; ++j) acc[s][0][j] = Vec::zero();
   int64_t k = 0;
   for (; k + kU <= K; k += kU) {
     if constexpr (sizeof(BT) < sizeof(float)) {  // narrow panels: the hardware prefetcher trails (see kPrefetchBytes)
@@ -279,19 +279,16 @@ inline void panels_one_row(const GemmArgs& g, EpilogueTile epi, const BT* wp, co
       const Vec ar = Vec::set1(g.a[k + u]);
 #pragma GCC unroll 8
       for (int s = 0; s < S; ++s)
-        for (int j = 0; j < kNV; ++j) acc[s][j] = fma(ar, load_b(b[s] + (k + u) * kNR + j * Vec::W), acc[s][j]);
+        for (int j = 0; j < kNV; ++j) acc[s][0][j] = fma(ar, load_b(b[s] + (k + u) * kNR + j * Vec::W), acc[s][0][j]);
     }
   }
   for (; k < K; ++k) {
     const Vec ar = Vec::set1(g.a[k]);
     for (int s = 0; s < S; ++s)
-      for (int j = 0; j < kNV; ++j) acc[s][j] = fma(ar, load_b(b[s] + k * kNR + j * Vec::W), acc[s][j]);
+      for (int j = 0; j < kNV; ++j) acc[s][0][j] = fma(ar, load_b(b[s] + k * kNR + j * Vec::W), acc[s][0][j]);
   }
-  for (int s = 0; s < S; ++s) {
-    Vec one[1][kNV];
-    for (int j = 0; j < kNV; ++j) one[0][j] = acc[s][j];
-    finish_tile<1, BT>(g, epi, 0, one, panel[s] * kNR, static_cast<int>(imin(kNR, g.N - panel[s] * kNR)));
-  }
+  for (int s = 0; s < S; ++s)
+    finish_tile<1, BT>(g, epi, 0, acc[s], panel[s] * kNR, static_cast<int>(imin(kNR, g.N - panel[s] * kNR)));
 }
 
 // panel_rows<r> for a run-time r in [1, R].
@@ -446,13 +443,16 @@ void gemm_packed(const GemmArgs& g) {
             float* c = g.c + (i0 + ir) * g.ldc + j0 + jr;
             const float* scale = g.wp_scale ? g.wp_scale + j0 + jr : nullptr;
             const float* bias = last && g.bias ? g.bias + j0 + jr : nullptr;
-            if (!staged) {
-              microkernel<0, BT>(kc, ap + ir * kc, b, c, g.ldc, m, n, kb > 0, scale, nullptr, 0, bias);
-            } else {
+            // Staged: earlier K blocks write the scratch tile, the last reads it and writes C.
+            float* dst = c;
+            int64_t ld = g.ldc;
+            const float* cin = nullptr;
+            if (staged) {
               float* tile = st + jr * kMC + ir * kNR;  // column panel jr/NR: kMC rows of NR floats
-              if (last) microkernel<0, BT>(kc, ap + ir * kc, b, c, g.ldc, m, n, true, scale, tile, kNR, bias);
-              else microkernel<0, BT>(kc, ap + ir * kc, b, tile, kNR, m, n, kb > 0, scale);
+              if (last) cin = tile;
+              else { dst = tile; ld = kNR; }
             }
+            microkernel<0, BT>(kc, ap + ir * kc, b, dst, ld, m, n, kb > 0, scale, cin, kNR, bias);
             if (last && epi)
               epi(c, g.ldc, m, n, nullptr, g.residual ? g.residual + (i0 + ir) * g.ldr + j0 + jr : nullptr, g.ldr);
           }
