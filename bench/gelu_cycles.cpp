@@ -41,7 +41,10 @@ inline Vec exp_poly5(Vec r) {
 
 enum Kind { kBase, kHorner, kDeg5, kNoExp, kNoPoly };
 
-// normal_tail_fast with one part changed (kBase is the kernel's own arithmetic).
+// normal_tail_fast with one part changed. kBase repeats the kernel's arithmetic so that the other
+// variants can change one part of it; its row should time as gelu's does, which checks the copy. The
+// repetition is deliberate: splitting normal_tail_fast so this file could call its polynomial changed
+// the package's code generation (GELU op 1.12x the time; bench/RESULTS.md, session 9).
 template <Kind K>
 inline Vec tail(Vec x) {
   const Vec t = reciprocal(fma(Vec::set1(0.35355339059327376f), x, Vec::set1(1.0f)));
