@@ -100,9 +100,13 @@ def test_sdpa_large_logits_stable(rng):
 def test_sdpa_empty(rng):
     assert ops.scaled_dot_product_attention(np.zeros((1, 2, 0, 4), np.float32), randn(rng, 1, 2, 3, 4),
                                             randn(rng, 1, 2, 3, 4)).shape == (1, 2, 0, 4)
-    got = ops.scaled_dot_product_attention(randn(rng, 1, 2, 3, 4), np.zeros((1, 2, 0, 4), np.float32),
-                                           np.zeros((1, 2, 0, 6), np.float32))
-    assert got.shape == (1, 2, 3, 6) and np.all(got == 0)
+    # no key at all: zeros, on the few-queries, many-heads and blocked paths (the last two once divided by 0)
+    for b, h, sq in [(1, 2, 3), (1, 2, 5), (2, 12, 100), (1, 1, 300)]:
+        for causal in (False, True):
+            got = ops.scaled_dot_product_attention(randn(rng, b, h, sq, 4), np.zeros((b, h, 0, 4), np.float32),
+                                                   np.zeros((b, h, 0, 6), np.float32), is_causal=causal,
+                                                   attn_mask=np.ones((sq, 0), bool))
+            assert got.shape == (b, h, sq, 6) and np.all(got == 0)
 
 
 def test_sdpa_matches_torch(rng):

@@ -261,6 +261,13 @@ void pack_head(const AttentionArgs& a, int64_t b, int64_t h, float* kp, float* v
 void attention(const AttentionArgs& a) {
   const int64_t B = a.B, H = a.H, Sq = a.Sq, Sk = a.Sk, D = a.D, Dv = a.Dv;
   if (B == 0 || H == 0 || Sq == 0 || Dv == 0) return;
+  if (Sk == 0) {  // no key at all: every query has nothing to attend, so zeros (the blocked paths divide by Sk)
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t i = 0; i < Sq; ++i)
+          std::memset(a.out + b * a.o_sb + h * a.o_sh + i * a.o_ss, 0, sizeof(float) * Dv);
+    return;
+  }
   if (Sq <= kFewQueries) return attention_few_queries(a);
   const int64_t BH = B * H;
   const int64_t kp_head = ceil_div(Sk, kNR) * kNR * D;   // packed K^T of one head
