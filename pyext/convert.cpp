@@ -163,6 +163,14 @@ Arg ids_arg(py::handle obj, const char* name) {
     std::string dt = py::str(a.dtype());
     raise<TypeError>(name, " must be an integer array, got dtype ", dt);
   }
+  if (k == 'u' && a.itemsize() == 8 && a.size() > 0) {
+    // uint64 ids past int64's range would wrap to negative ones in the cast below: name the real value
+    py::object flat = a.attr("ravel")();
+    const auto at = flat.attr("argmax")().cast<int64_t>();
+    const auto big = flat[py::int_(at)].cast<uint64_t>();
+    if (big > static_cast<uint64_t>(INT64_MAX))
+      raise<IndexError>(name, "[", at, "] (flat index) is ", big, ", outside any table's rows");
+  }
   if (k == 'i' && a.itemsize() == 4) {
     auto i = py::array_t<int32_t, py::array::c_style | py::array::forcecast>::ensure(a);
     return {i, view_of(i, DType::i32)};

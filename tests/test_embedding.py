@@ -25,6 +25,10 @@ def test_embedding_bounds(rng):
             ops.embedding(np.array([1, bad, 2], np.int64), table)
     with pytest.raises(IndexError):
         ops.embedding(np.array([-1], np.int32), table)
+    # uint64 past int64's range: the error names the real value, not the negative it would cast to
+    with pytest.raises(IndexError, match=r"ids\[1\] .* 9223372036854775808"):
+        ops.embedding(np.array([1, 2 ** 63, 2], np.uint64), table)
+    assert ops.embedding(np.array([9, 0], np.uint64), table).shape == (2, 4)
 
 
 @pytest.mark.parametrize("n,dim", [(0, 4), (1, 1), (7, 7), (65, 64), (1000, 63)])
