@@ -251,6 +251,31 @@ def test_gpt2_greedy_50_tokens_identical_alone_and_in_a_left_padded_batch(gpt2):
         np.testing.assert_array_equal(got[i, ids.shape[1] - len(r):], alone[i])
 
 
+def test_gpt2_right_padding_and_the_repetition_penalty_leave_each_row_as_alone(gpt2):
+    # The Tokenizer pads on the right by default: generate moves each row's tokens to the right end
+    # (the new tokens still start at column `width`), and the repetition penalty does not count a
+    # row's padding as seen. The padding id is a token the short row picks first on its own, so
+    # counting it would change that row.
+    _, _, model = gpt2
+    rows = prompts()
+    width = max(len(r) for r in rows)
+    for kw in (dict(), dict(repetition_penalty=1.5)):
+        alone = [model.generate(r[None], max_new_tokens=20, eos_token_id=[], **kw)[0] for r in rows]
+        pad = int(alone[1][len(rows[1])])
+        assert pad not in rows[1]
+        left, lmask = left_pad(rows, pad)
+        right, rmask = np.full_like(left, pad), np.zeros_like(lmask)
+        for i, r in enumerate(rows):
+            right[i, :len(r)] = r
+            rmask[i, :len(r)] = 1
+        for ids, mask in ((left, lmask), (right, rmask)):
+            got = model.generate(ids, mask, max_new_tokens=20, eos_token_id=[], **kw)
+            assert got.shape == (len(rows), width + 20)
+            for i, r in enumerate(rows):
+                np.testing.assert_array_equal(got[i, width - len(r):], alone[i])
+                assert not mask[i].all() or np.array_equal(got[i, :width], ids[i])
+
+
 def test_gpt2_repetition_penalty_greedy_matches_transformers(gpt2):
     _, ref, model = gpt2
     r = prompts()[0]

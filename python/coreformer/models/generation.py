@@ -37,11 +37,15 @@ class NextToken:
         self.repetition_penalty = float(repetition_penalty)
         self.rng = np.random.default_rng(seed)
 
-    def scores(self, logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """The processed scores ``(B, V)`` (float32) for logits ``(B, V)`` after sequences ``ids (B, L)``."""
+    def scores(self, logits: np.ndarray, ids: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """The processed scores ``(B, V)`` (float32) for logits ``(B, V)`` after sequences ``ids (B, L)``;
+        ``valid (B, L)``, when given, marks the ids that count as seen (not a row's padding, so a
+        padded row is penalised as it would be alone; its last id must be valid)."""
         s = np.array(logits, dtype=np.float32)
         if self.repetition_penalty != 1.0 and ids.shape[1]:
             rows = np.arange(s.shape[0])[:, None]
+            if valid is not None:
+                ids = np.where(valid, ids, ids[:, -1:])  # padding stands in for an id already seen
             seen = s[rows, ids]
             s[rows, ids] = np.where(seen < 0, seen * self.repetition_penalty, seen / self.repetition_penalty)
         if not self.do_sample:
@@ -61,8 +65,8 @@ class NextToken:
             np.put_along_axis(s, order, np.where(remove, -np.inf, srt).astype(np.float32), axis=1)
         return s
 
-    def __call__(self, logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        s = self.scores(logits, ids)
+    def __call__(self, logits: np.ndarray, ids: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        s = self.scores(logits, ids, valid)
         if not self.do_sample:
             return s.argmax(axis=1)
         z = s.astype(np.float64)

@@ -303,6 +303,15 @@ class GPT2LMHeadModel(nn.Module):
         pad = pad_token_id if pad_token_id is not None else defaults.get("pad_token_id")
         pad = int(pad if pad is not None else (eos[0] if eos.size else 0))
         pick = NextToken(do_sample, temperature, top_k, top_p, repetition_penalty, seed)
+        if not (mask[:, -1].all() and (np.diff(mask.astype(np.int8), axis=1) >= 0).all()):
+            # Right-padded (the Tokenizer's default) or with holes: each row's tokens move to the right
+            # end, as left padding has them, so every row continues from its own last token. The new
+            # tokens still start at column p.
+            n_tok = mask.sum(axis=1)
+            packed = np.full_like(ids, pad)
+            for i in range(b):
+                packed[i, p - n_tok[i]:] = ids[i, mask[i]]
+            ids, mask = packed, np.arange(p)[None, :] >= (p - n_tok)[:, None]
 
         seqs = np.empty((b, p + max_new_tokens), np.int64)
         seqs[:, :p] = ids
@@ -321,7 +330,7 @@ class GPT2LMHeadModel(nn.Module):
                         logits = self._forward_device(step_ids, m, pos, cache, 1)
                         return ops.argmax(logits.reshape(b, -1)).numpy()
                     logits = self(step_ids, full_mask[:, :upto], cache=cache, logits_to_keep=1).logits[:, -1]
-                    return pick(logits, seqs[:, :upto])
+                    return pick(logits, seqs[:, :upto], full_mask[:, :upto])
 
                 nxt = next_ids(ids, p)
                 done = np.zeros(b, bool)
