@@ -68,6 +68,20 @@ def test_minilm_tokenizer_ids_match(minilm_dir, reference):
     left = tok(SENTENCES[:3], padding_side="left")
     assert left["attention_mask"][:, -1].all()
     assert tok.decode(tok.encode("hello world")) == "hello world"
+    # bad input: ids outside the vocabulary, max_length with no room for the special tokens
+    for bad in (-1, tok.vocab_size, 10 ** 12):
+        with pytest.raises(IndexError, match=str(bad)):
+            tok.decode([101, bad])
+    with pytest.raises(TypeError, match="integers"):
+        tok.decode([1.5])
+    assert tok.decode([]) == ""
+    for call in (lambda m: tok.encode("a b c", max_length=m), lambda m: tok(["a b c"], max_length=m)):
+        with pytest.raises(ValueError, match="max_length must be >= 2"):
+            call(1)
+        with pytest.raises(TypeError, match="max_length"):
+            call(2.0)
+    assert tok.encode("a b c", max_length=2) == [101, 102]
+    assert tok(["a b c", "a"], max_length=3)["input_ids"].shape == (2, 3)
 
 
 def test_tokenizer_from_vocab_txt_and_bpe_files(minilm_dir, tmp_path):

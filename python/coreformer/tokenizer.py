@@ -86,10 +86,20 @@ class Tokenizer:
         """The ids of one text (truncated to ``max_length`` when given, special tokens kept)."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
+        self._check_max_length(max_length, add_special_tokens)
         enc = self._tok.encode(text, add_special_tokens=add_special_tokens)
         if max_length is not None and len(enc.ids) > max_length:
             enc = self._truncate(text, max_length) if add_special_tokens else self._cut(enc, max_length)
         return list(enc.ids)
+
+    def _check_max_length(self, max_length, add_special_tokens):
+        if max_length is None:
+            return
+        if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)):
+            raise TypeError(f"max_length must be an int or None, got {type(max_length).__name__}")
+        least = max(1, self._tok.num_special_tokens_to_add(False)) if add_special_tokens else 1
+        if max_length < least:
+            raise ValueError(f"max_length must be >= {least} (room for the special tokens), got {max_length}")
 
     def _truncate(self, text, max_length):
         body = self._tok.encode(text, add_special_tokens=False)
@@ -97,7 +107,13 @@ class Tokenizer:
         return self._tok.post_process(body, add_special_tokens=True)
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
-        ids = np.asarray(ids).reshape(-1).tolist()
+        ids = np.asarray(ids)
+        if ids.size and ids.dtype.kind not in "iu":
+            raise TypeError(f"ids must be integers, got dtype {ids.dtype}")
+        ids = ids.reshape(-1).tolist()
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise IndexError(f"id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
         return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def batch_decode(self, ids, skip_special_tokens: bool = True) -> list[str]:
@@ -115,6 +131,7 @@ class Tokenizer:
         for t in texts:
             if not isinstance(t, str):
                 raise TypeError(f"texts must be strings, got {type(t).__name__}")
+        self._check_max_length(max_length, add_special_tokens)
         encs = self._tok.encode_batch(list(texts), add_special_tokens=add_special_tokens)
         if max_length is not None:
             encs = [e if len(e.ids) <= max_length else self._truncate(t, max_length) if add_special_tokens
