@@ -136,6 +136,8 @@ def test_bert_errors(bert_dirs, tmp_path):
         model(ids, mask[:, :5])
     with pytest.raises(TypeError, match="integer"):
         model(ids.astype(np.float32))
+    with pytest.raises(ValueError, match="at least one token"):
+        model(np.zeros((2, 0), np.int64))
     # a folder without config / weights, an unsupported model_type, bad tensors, a corrupt file
     with pytest.raises(FileNotFoundError, match="model folder not found"):
         BertModel.from_pretrained(tmp_path / "nowhere")

@@ -264,6 +264,8 @@ class BertModel(nn.Module):
 
     def _checked_inputs(self, input_ids, attention_mask, token_type_ids):
         ids = as_ids(input_ids, "input_ids")
+        if ids.shape[1] == 0:
+            raise ValueError(f"input_ids must hold at least one token per row, got shape {ids.shape}")
         mask = as_mask(attention_mask, ids.shape, "attention_mask")
         tt = None if token_type_ids is None else as_ids(token_type_ids, "token_type_ids")
         if tt is not None and tt.shape != ids.shape:
