@@ -370,6 +370,8 @@ def test_gpt2_errors(gpt2, tmp_path):
             model.generate(np.array([[1, 2]]), **{"max_new_tokens": 3, **kw})
     with pytest.raises(ValueError, match="no tokens"):
         model.generate(np.array([[1, 2]]), attention_mask=np.array([[0, 0]]))
+    with pytest.raises(TypeError, match="eos_token_id"):
+        model.generate(np.array([[1, 2]]), max_new_tokens=2, eos_token_id=[3, 4.5])
     with pytest.raises(ValueError, match="model_type"):
         BertModel.from_pretrained(d)
     bad = tmp_path / "g"
@@ -473,6 +475,10 @@ def test_transformer_beam_search_eos_and_padding(small_translator):
         m.generate(src, 3, bos_token_id=6)
     with pytest.raises(ValueError, match="num_beams"):
         m.generate(src, 3, bos_token_id=1, num_beams=0)
+    with pytest.raises(TypeError, match="bos_token_id"):
+        m.generate(src, 3, bos_token_id=1.5)
+    with pytest.raises(TypeError, match="eos_token_id"):
+        m.generate(src, 3, bos_token_id=1, eos_token_id=2.5)
 
 
 def test_tied_heads_follow_a_replaced_embedding(gpt2, bert_dirs):

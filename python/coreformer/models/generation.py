@@ -124,4 +124,7 @@ def eos_set(eos_token_id, default) -> np.ndarray:
     e = default if eos_token_id is None else eos_token_id
     if e is None:
         return np.empty(0, np.int64)
-    return np.atleast_1d(np.asarray(e, dtype=np.int64))
+    a = np.atleast_1d(np.asarray(e))
+    if a.size and a.dtype.kind not in "iu":
+        raise TypeError(f"eos_token_id must be an int or a list of ints, got {e!r}")
+    return a.astype(np.int64)

@@ -228,6 +228,8 @@ class Transformer(nn.Module):
                 raise ValueError(f"src_padding_mask must have the shape of src_ids {src.shape}, got "
                                  f"{src_padding_mask.shape}")
         v = self.tgt_embed.num_embeddings
+        if isinstance(bos_token_id, bool) or not isinstance(bos_token_id, (int, np.integer)):
+            raise TypeError(f"bos_token_id must be an int, got {bos_token_id!r}")
         if not 0 <= bos_token_id < v:
             raise IndexError(f"bos_token_id {bos_token_id} is outside the target vocabulary [0, {v})")
         eos = eos_set(eos_token_id, None)
