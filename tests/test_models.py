@@ -153,6 +153,10 @@ def test_bert_errors(bert_dirs, tmp_path):
     (bad / "config.json").write_text(json.dumps({**cfg, "model_type": "roberta"}))
     with pytest.raises(ValueError, match="'roberta'"):
         BertModel.from_pretrained(bad)
+    for key in ("is_decoder", "add_cross_attention"):
+        (bad / "config.json").write_text(json.dumps({**cfg, key: True}))
+        with pytest.raises(ValueError, match="decoder"):
+            BertModel.from_pretrained(bad)
     (bad / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 3}))
     with pytest.raises(ValueError, match="missing tensors: encoder.layer.2"):
         BertModel.from_pretrained(bad)

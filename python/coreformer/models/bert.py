@@ -29,6 +29,9 @@ class BertConfig(dict):
         if self["position_embedding_type"] != "absolute":
             raise ValueError(f"position_embedding_type {self['position_embedding_type']!r} is not supported "
                              "(only 'absolute')")
+        if self.get("is_decoder") or self.get("add_cross_attention"):
+            raise ValueError("a BERT decoder (is_decoder / add_cross_attention) is not supported: its self-attention "
+                             "is causal; only the encoder is")
         if self["hidden_size"] % self["num_attention_heads"]:
             raise ValueError(f"hidden_size ({self['hidden_size']}) must be divisible by num_attention_heads "
                              f"({self['num_attention_heads']})")
