@@ -203,10 +203,13 @@ void attend_block(const AttentionArgs& a, int64_t b, int64_t h, int64_t i0, int6
   for (int64_t j0 = 0; j0 < j_end; j0 += kBK) {
     const int64_t nk = imin(kBK, j_end - j0);           // keys used (causal may cut the block)
     const int64_t packed_rows = imin(kBK, Sk - j0);     // rows per V panel of this block
+    // Whole NR-column panels even past nk: K^T is packed (zero-padded) to a multiple of NR keys and
+    // a score row has kBK columns, so the last panel needs no masked stores; the softmax below reads
+    // each row padded to a whole vector and ignores what lies past nk, and P.V stops at nk.
     for (int64_t ir = 0; ir < mq; ir += kMR)
       for (int64_t jr = 0; jr < nk; jr += kNR)
         microkernel<0, float, false>(D, qp + ir * D, kp + (j0 + jr) * D, s + ir * kBK + jr, kBK,
-                       static_cast<int>(imin(kMR, mq - ir)), static_cast<int>(imin(kNR, nk - jr)), false);
+                       static_cast<int>(imin(kMR, mq - ir)), kNR, false);
 
     const bool diagonal = a.causal && j0 + nk - 1 > i0 + causal_off;
     for (int64_t r = 0; r < mq; ++r) {
@@ -218,14 +221,14 @@ void attend_block(const AttentionArgs& a, int64_t b, int64_t h, int64_t i0, int6
       if (diagonal) {
         for (int64_t j = imax(0, i + causal_off + 1 - j0); j < nk; ++j) srow[j] = kNegInf;
       }
-      const float mx = row_max(srow, nk);
+      const float mx = row_max<true>(srow, nk);
       const float m_new = mx > m[r] ? mx : m[r];
       if (m_new == kNegInf) {  // nothing visible yet: P = 0, state unchanged
         std::memset(srow, 0, sizeof(float) * nk);
         continue;
       }
       const float corr = m[r] == kNegInf ? 0.0f : std::exp2(m[r] - m_new);
-      const float sum = exp_sub_sum<true>(srow, srow, nk, m_new);
+      const float sum = exp_sub_sum<true, true>(srow, srow, nk, m_new);
       if (l[r] != 0.0f && corr != 1.0f) { scale_row(o + r * Dv, Dv, corr); }
       l[r] = l[r] * corr + sum;
       m[r] = m_new;

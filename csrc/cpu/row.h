@@ -7,8 +7,18 @@
 
 namespace cf::cpu::CF_ISA_NS {
 
+// 0, 1, ..., W - 1: picks the lanes of a row's last, partial vector without masked loads or stores
+// (a masked store costs as much as several whole vectors of exp on Zen 3).
+inline Vec lane_index() {
+  alignas(64) static constexpr float k[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  return Vec::load(k);
+}
+
 // The sweeps below keep four independent accumulators: with one, the add's (or max's) latency, not
 // the loads, bounds a sweep over a row already in L1 (layer_norm's sum took ~3 cycles per vector).
+// kPadded: the row may be read up to the next multiple of W (the lanes past n are ignored, whatever
+// they hold), so its last vector is read whole.
+template <bool kPadded = false>
 inline float row_max(const float* x, int64_t n) {
   const Vec ninf = Vec::set1(-std::numeric_limits<float>::infinity());
   Vec m0 = ninf, m1 = ninf, m2 = ninf, m3 = ninf;
@@ -20,6 +30,10 @@ inline float row_max(const float* x, int64_t n) {
     m3 = max(m3, Vec::load(x + j + 3 * Vec::W));
   }
   for (; j + Vec::W <= n; j += Vec::W) m0 = max(m0, Vec::load(x + j));
+  if constexpr (kPadded) {
+    if (j < n) m1 = max(m1, select_lt(lane_index(), Vec::set1(static_cast<float>(n - j)), Vec::load(x + j), ninf));
+    return reduce_max(max(max(m0, m1), max(m2, m3)));
+  }
   float r = reduce_max(max(max(m0, m1), max(m2, m3)));
   for (; j < n; ++j) r = x[j] > r ? x[j] : r;
   return r;
@@ -65,8 +79,9 @@ inline float row_sq_dev(const float* x, int64_t n, float c) {
 
 // y[j] = exp(x[j] - mx) (y may be x), mx >= every x[j]; returns the sum of the y[j]. `ahead`, if
 // given, is the next row to be read from memory (n floats): it is prefetched along the way.
-// kLog2: x and mx in log2 units (y = 2^(x - mx)), as attention's scores are.
-template <bool kLog2 = false>
+// kLog2: x and mx in log2 units (y = 2^(x - mx)), as attention's scores are. kPadded: x and y may be
+// read and written up to the next multiple of W (what lands past n is scratch), as row_max's.
+template <bool kLog2 = false, bool kPadded = false>
 inline float exp_sub_sum(const float* x, float* y, int64_t n, float mx, const float* ahead = nullptr) {
   auto ex = [](Vec v) {
     if constexpr (kLog2) return exp2_le0(v);
@@ -81,7 +96,11 @@ inline float exp_sub_sum(const float* x, float* y, int64_t n, float mx, const fl
     e.store(y + j);
     acc = acc + e;
   }
-  if (j < n) {
+  if (kPadded && j < n) {
+    const Vec e = ex(Vec::load(x + j) - vm);
+    e.store(y + j);
+    acc = acc + select_lt(lane_index(), Vec::set1(static_cast<float>(n - j)), e, Vec::zero());
+  } else if (j < n) {
     const int t = static_cast<int>(n - j);
     ex(Vec::load_partial(x + j, t) - vm).store_partial(y + j, t);
     acc = acc + Vec::load_partial(y + j, t);  // reloaded: lanes past n are 0, not exp(-mx)
