@@ -86,9 +86,11 @@ def test_cli_bench_json(tmp_path, capsys):
         assert all(t > 0 for t in r["seconds"].values())
 
 
-def test_cli_bench_bad_arguments():
+def test_cli_bench_bad_arguments(tmp_path):
     from coreformer.cli import main
-    for argv in (["bench", "--ops", "nope"], ["bench", "--threads", "0"]):
+    # a --json path that cannot be written is refused before any timing, not after it
+    for argv in (["bench", "--ops", "nope"], ["bench", "--threads", "0"],
+                 ["bench", "--json", str(tmp_path / "missing" / "x.json")], ["bench", "--json", str(tmp_path)]):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2

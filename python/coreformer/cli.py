@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -68,6 +69,12 @@ def main(argv=None) -> int:
     if args.command == "bench":
         if args.threads is not None and args.threads < 1:
             parser.error("--threads must be >= 1")
+        if args.json:  # checked now, not after minutes of timing
+            parent = os.path.dirname(os.path.abspath(args.json))
+            if not os.path.isdir(parent):
+                parser.error(f"--json: folder {parent} does not exist")
+            if os.path.isdir(args.json) or not os.access(parent, os.W_OK):
+                parser.error(f"--json: cannot write {args.json}")
         from . import bench
         try:
             return bench.main(args)
