@@ -281,10 +281,10 @@ class GPT2LMHeadModel(nn.Module):
         distribution after ``repetition_penalty``, ``temperature``, ``top_k`` and ``top_p``,
         reproducibly for a given ``seed``. Prompts of different lengths are padded, with
         ``attention_mask`` marking the tokens: each row gives what it would give alone. Left padding
-        is used as it is; right padding (the Tokenizer's default) is moved to the left first, so
-        the returned prompt columns are left-padded and the new tokens start at column ``p`` either way. A row stops
-        at ``eos_token_id`` (default: the model's) and is filled with ``pad_token_id`` (default: the
-        EOS) until every row has stopped. ``streamer`` receives each step's ``(B,)`` ids: a callable,
+        is used as it is; right padding (the Tokenizer's default) is moved to the left first, so the
+        returned prompt columns are left-padded and the new tokens start at column ``p`` either way.
+        A row stops at ``eos_token_id`` (default: the model's) and is filled with ``pad_token_id``
+        (default: the EOS) until every row has stopped. ``streamer`` receives each step's ``(B,)`` ids: a callable,
         or an object with ``put(ids)`` and ``end()`` such as ``TokenStreamer``.
         """
         check_generation_args(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
