@@ -5,8 +5,10 @@
 //   /tmp/gc            (cycles from a dependent-FMA chain, 4 cycles per FMA; best of 7; run it 3 times)
 // Session 9 (Zen 3), two runs: gelu 25.4-25.6 cycles, tail polynomial by Horner 24.5-24.6, a degree-5
 // exp polynomial 24.0-24.3, without the exp (~10 operations) 15.5-16.0, without the tail polynomial
-// (11 fewer) 17.7-17.9, gelu_tanh 20.3, exp_le0 8.5-8.7. Session 10: exp2_le0 without its compare
-// and blend (the shifter holds n + 126; 2^(n-1) from its bits is 0 at the clamp), see simd.h. Dropping n operations saves ~n cycles: the
+// (11 fewer) 17.7-17.9, gelu_tanh 20.3, exp_le0 8.5-8.7. Session 10: exp2_le0 and exp_le0 without
+// their compare and blend (the shifter holds n + 126; 2^(n-1) from its bits is 0 at the clamp), see
+// simd.h: exp2_le0 5.85-5.93 (was 6.87-7.06), exp_le0 6.71-6.81 (was 8.52-8.81), quiet runs, old and
+// new binaries alternated. Dropping n operations saves ~n cycles: the
 // count of operations binds, not the dependency chain (two vectors interleaved by hand spill registers
 // on AVX2 and ran at 35-51 cycles; the polynomial and the exp in two passes over L1, 28.9-30.6).
 #include <algorithm>

@@ -28,8 +28,8 @@ def test_softmax_masked_rows(isa, rng):
 
 def test_softmax_relative_accuracy_over_exp_range(isa):
     # Every term relative to float64 down to exp(-86.4) (rows and strided axis), as long as the
-    # result is a normal float (atol covers the subnormal quotients); below exp(-86.5) ~ 2.7e-38 the
-    # kernel's exp flushes to 0. The maximum is 0 here, so x - max is exact in float32.
+    # result is a normal float (atol covers the subnormal quotients); below exp(-125.5 ln 2) = exp(-86.99)
+    # ~ 1.7e-38 the kernel's exp flushes to 0. The maximum is 0 here, so x - max is exact in float32.
     # 40 rows of 100 terms (short sums, so the sum's own rounding stays ~1e-7), all offsets covered
     d = np.linspace(-86.4, 0, 4000).reshape(100, 40).T.copy()
     d[:, -1] = 0

@@ -301,7 +301,8 @@ inline Vec exp_impl(Vec hi, Vec lo) {
 inline Vec exp(Vec x) { return exp_impl<false>(x, Vec::zero()); }
 inline Vec exp_sum_bounded(Vec hi, Vec lo) { return exp_impl<true, true>(hi, lo); }
 // exp(hi + lo) where lo is only hi's rounding error (or 0) and -86.5 <= hi <= 88 (a normal result).
-// Fewer operations than exp_impl, for the two callers whose throughput they bound (erf-GELU, softmax):
+// Fewer operations than exp_impl, for erf-GELU, whose throughput they bound (exp_le0 below is its
+// variant for x <= 0):
 // n comes from hi alone (r grows by an ulp at most) by the round-to-nearest shifter 1.5 * 2^23, whose
 // low bits are n itself, so 2^n is those bits shifted into the exponent field (no round, no conversion).
 template <bool kHasLo>
@@ -314,13 +315,16 @@ inline Vec exp_shifter(Vec hi, Vec lo) {
   return add_exponent_bits(exp_poly(r), big);
 }
 
-// exp(x) for x <= 0 (softmax's x - max): exp_shifter, valid while x >= -86.5 (n >= -125 keeps the
-// result normal). Below that, -inf included, the result is 0: values under 2.7e-38 are flushed, which
-// no softmax can see next to its largest term, exp(0) = 1. NaN stays NaN.
+// exp(x) for x <= 0 (softmax's x - max), the way exp2_le0 below does 2^x: x is clamped at -126 ln 2,
+// the shifter holds n + 126 (n = round(x log2 e)), and the result is 2 e^r (the polynomial's
+// coefficients doubled) times the exponent field's 2^(n-1): a normal float above -125.5 ln 2 = -86.99,
+// exactly 0 below it (-inf included; values under ~1.7e-38 are flushed, which no softmax can see next
+// to its largest term, exp(0) = 1), with no compare and blend. NaN stays NaN.
 inline Vec exp_le0(Vec x) {
-  const Vec lo = Vec::set1(-86.5f);
-  const Vec xc = max(lo, x);  // x86 max returns its 2nd operand when one is NaN: NaN is kept
-  return select_lt(x, lo, Vec::zero(), exp_shifter<false>(xc, Vec::zero()));
+  const Vec xc = max(Vec::set1(static_cast<float>(-126.0 * kLn2)), x);  // NaN kept (x86 max: 2nd operand)
+  const Vec shifter = Vec::set1(kRoundShifter + 126.0f);
+  const Vec big = fma(xc, Vec::set1(static_cast<float>(kLog2E)), shifter);  // low bits: n + 126
+  return exp_poly<ScaleOne, 2>(sub_n_ln2(xc, big - shifter)) * exponent_field(big);
 }
 
 // 2^x for x <= 0, x in log2 units (attention scales its queries by log2 e, so scores arrive that way):
