@@ -301,9 +301,8 @@ inline Vec exp_impl(Vec hi, Vec lo) {
 inline Vec exp(Vec x) { return exp_impl<false>(x, Vec::zero()); }
 inline Vec exp_sum_bounded(Vec hi, Vec lo) { return exp_impl<true, true>(hi, lo); }
 // exp(hi + lo) where lo is only hi's rounding error (or 0) and -86.5 <= hi <= 88 (a normal result).
-// Fewer operations than exp_impl, for erf-GELU, whose throughput they bound (exp_le0 below is its
-// variant for x <= 0):
-// n comes from hi alone (r grows by an ulp at most) by the round-to-nearest shifter 1.5 * 2^23, whose
+// Fewer operations than exp_impl, for erf-GELU, whose throughput they bound (exp_le0 below is the
+// same idea for x <= 0, with the underflow handled in the exponent field). n comes from hi alone (r grows by an ulp at most) by the round-to-nearest shifter 1.5 * 2^23, whose
 // low bits are n itself, so 2^n is those bits shifted into the exponent field (no round, no conversion).
 template <bool kHasLo>
 inline Vec exp_shifter(Vec hi, Vec lo) {

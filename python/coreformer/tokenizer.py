@@ -110,11 +110,12 @@ class Tokenizer:
         ids = np.asarray(ids)
         if ids.size and ids.dtype.kind not in "iu":
             raise TypeError(f"ids must be integers, got dtype {ids.dtype}")
-        ids = ids.reshape(-1).tolist()
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise IndexError(f"id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
-        return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
+        ids = ids.reshape(-1)
+        v = self.vocab_size
+        bad = ids[(ids < 0) | (ids >= v)] if ids.size else ids
+        if bad.size:
+            raise IndexError(f"id {bad[0]} is outside the vocabulary [0, {v})")
+        return self._tok.decode(ids.tolist(), skip_special_tokens=skip_special_tokens)
 
     def batch_decode(self, ids, skip_special_tokens: bool = True) -> list[str]:
         return [self.decode(row, skip_special_tokens) for row in np.asarray(ids)]
