@@ -1,9 +1,10 @@
 // Typed errors raised by the core. The binding maps them to Python's ValueError, TypeError, IndexError,
 // RuntimeError.
 #pragma once
-#include <sstream>
+#include <cstdio>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 namespace cf {
 
@@ -14,16 +15,34 @@ struct IndexError : std::out_of_range { using std::out_of_range::out_of_range; }
 struct RuntimeError : std::runtime_error { using std::runtime_error::runtime_error; };
 
 namespace detail {
-inline void cat(std::ostringstream&) {}
-template <class T, class... R>
-void cat(std::ostringstream& os, const T& first, const R&... rest) { os << first; cat(os, rest...); }
+// Messages are built with std::string and std::to_string, not an ostringstream: iostream formatting in
+// code compiled by nvcc's host pass crashed on an H100 machine (session 11: a segfault inside
+// ostream::_M_insert<long> on the first error raised from a .cu file, e.g. an embedding id out of
+// range), and to_string ignores the global locale, so a message never grows thousands separators.
+inline void append(std::string& s, const std::string& x) { s += x; }
+inline void append(std::string& s, const char* x) { s += x; }
+inline void append(std::string& s, char c) { s += c; }
+template <class T>
+std::enable_if_t<std::is_integral_v<T>> append(std::string& s, T x) { s += std::to_string(x); }
+template <class T>
+std::enable_if_t<std::is_floating_point_v<T>> append(std::string& s, T x) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", static_cast<double>(x));  // what an ostream prints by default
+  s += buf;
+}
 }  // namespace detail
+
+// Concatenates the parts (strings, characters, numbers) into one message.
+template <class... Args>
+std::string cat(const Args&... args) {
+  std::string s;
+  (detail::append(s, args), ...);
+  return s;
+}
 
 template <class E, class... Args>
 [[noreturn]] void raise(const Args&... args) {
-  std::ostringstream os;
-  detail::cat(os, args...);
-  throw E(os.str());
+  throw E(cat(args...));
 }
 
 }  // namespace cf

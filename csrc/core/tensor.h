@@ -5,7 +5,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
-#include <sstream>
 #include <string>
 
 #include "core/error.h"
@@ -49,6 +48,13 @@ inline size_t dtype_size(DType t) {
 inline bool is_floating(DType t) { return t == DType::f32 || t == DType::f16 || t == DType::bf16 || t == DType::f64; }
 
 constexpr int kMaxDims = 8;
+
+// A shape as Python prints a tuple: (2, 3), (5,), ().
+inline std::string shape_str(const int64_t* dims, size_t n) {
+  std::string s = "(";
+  for (size_t i = 0; i < n; ++i) s += std::to_string(dims[i]) + (i + 1 < n ? ", " : n == 1 ? "," : "");
+  return s + ")";
+}
 
 struct TensorView {
   void* data = nullptr;
@@ -94,14 +100,7 @@ struct TensorView {
     return true;
   }
   template <class T> T* ptr() const { return static_cast<T*>(data); }
-  std::string shape_str() const {
-    std::ostringstream os;
-    os << "(";
-    for (int i = 0; i < ndim; ++i) os << shape[i] << (i + 1 < ndim || ndim == 1 ? ", " : "");
-    if (ndim == 1) { std::string s = os.str(); s.pop_back(); s.pop_back(); return s + ",)"; }
-    os << ")";
-    return os.str();
-  }
+  std::string shape_str() const { return cf::shape_str(shape, ndim); }
 };
 
 // A view that may be absent (an optional argument).

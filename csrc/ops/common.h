@@ -2,7 +2,6 @@
 #pragma once
 #include <cstddef>
 #include <memory>
-#include <sstream>
 #include <string>
 
 #include "core/dispatch.h"
@@ -15,12 +14,7 @@
 namespace cf::ops {
 
 inline std::string shape_str(const Shape& s) {
-  std::ostringstream os;
-  os << "(";
-  for (size_t i = 0; i < s.size(); ++i) os << s[i] << (i + 1 < s.size() || s.size() == 1 ? ", " : "");
-  std::string r = os.str();
-  if (s.size() == 1) r.pop_back();
-  return r + ")";
+  return cf::shape_str(s.data(), s.size());
 }
 
 inline Shape shape_of(const TensorView& t) { return Shape(t.shape, t.shape + t.ndim); }

@@ -187,9 +187,8 @@ int64_t WeightRef::rows() const { return packed ? packed->rows : array->shape[0]
 int64_t WeightRef::cols() const { return packed ? packed->cols : array->shape[1]; }
 std::string WeightRef::shape_str() const {
   if (!packed) return array->shape_str();
-  std::ostringstream os;
-  os << "(" << packed->rows << ", " << packed->cols << ")";
-  return os.str();
+  const int64_t dims[2] = {packed->rows, packed->cols};
+  return cf::shape_str(dims, 2);
 }
 
 void set_gemm_weight(cpu::GemmArgs& g, const WeightRef& w, int64_t row0, std::unique_ptr<float[]>& tmp) {
