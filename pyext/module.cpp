@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "core/threading.h"
 #include "ops/ops.h"
+#include "cuda/blas.h"
 #include "cuda/runtime.h"
 
 #ifndef COREFORMER_VERSION
@@ -427,6 +428,13 @@ PYBIND11_MODULE(_core, m) {
 
   cf::pyext::register_tensor(m);
   m.def("info", &info);
+  m.def("_cuda_gemm", []() {  // which GEMM linear uses on a GPU; loads cuBLAS if it was not yet
+    return cf::cuda::blas::available() ? "cublas: " + cf::cuda::blas::describe()
+                                       : "coreformer kernels (" + cf::cuda::blas::describe() + ")";
+  });
+  m.def("_cublas_search_dirs", &cf::cuda::blas::set_search_dirs, py::arg("dirs"));
+  m.def("_set_cublas", &cf::cuda::blas::set_enabled, py::arg("enabled"),
+        "Whether linear on a GPU may use cuBLAS (the tests run both paths); returns the previous setting.");
   m.def("synchronize", [](int device) {
           cf::cuda::require_device(device);
           py::gil_scoped_release nogil;

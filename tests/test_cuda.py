@@ -37,6 +37,21 @@ def close(got, want, dtype, scale=1.0):
     assert_close(got.numpy().astype(np.float64), want, rtol=t, atol_scale=t)
 
 
+@pytest.fixture(params=["cublas", "kernels"])
+def gemm_backend(request):
+    """Runs a test with linear on cuBLAS (where it loads) and on coreformer's own GEMM kernels."""
+    want = request.param == "cublas"
+    if want and not cf.info()["cuda_gemm"].startswith("cublas"):
+        pytest.skip(f"cuBLAS not in use: {cf.info()['cuda_gemm']}")
+    before = cf._core._set_cublas(want)
+    yield request.param
+    cf._core._set_cublas(before)
+
+
+def test_info_names_the_gemm():
+    assert cf.info()["cuda_gemm"].startswith(("cublas: ", "coreformer kernels ("))
+
+
 def test_roundtrip_and_to():
     a = np.arange(24, dtype=np.float32).reshape(2, 3, 4) / 7
     for dt in DTYPES + ["int32", "int64", "bool"]:
@@ -72,7 +87,7 @@ def test_dlpack_with_torch_cuda():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("M,K,N", [(1, 1, 1), (7, 63, 65), (64, 64, 64), (65, 1000, 7), (130, 300, 513), (1, 768, 1000)])
 @pytest.mark.parametrize("act", [None, "relu", "gelu", "gelu_tanh"])
-def test_linear(dtype, M, K, N, act, rng):
+def test_linear(dtype, M, K, N, act, rng, gemm_backend):
     x, w, b, r = randn(rng, M, K), randn(rng, N, K, scale=K ** -0.5), randn(rng, N), randn(rng, M, N)
     out = poison((M, N), dtype)
     got = ops.linear(gpu(x, dtype), gpu(w, dtype), gpu(b, dtype), act, residual=gpu(r, dtype), out=out)
@@ -120,18 +135,20 @@ def test_sdpa_matches_torch():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape,axis", [((1,), -1), ((7, 63), -1), ((3, 1000), -1), ((65, 5), 0), ((2, 7, 3), 1)])
+@pytest.mark.parametrize("shape,axis", [((1,), -1), ((7, 63), -1), ((3, 1000), -1), ((65, 5), 0), ((2, 7, 3), 1),
+                                        ((5, 8), -1), ((9, 128), -1), ((6, 768), -1), ((4, 2048), -1)])
 def test_softmax(dtype, shape, axis, rng):
     x = randn(rng, *shape, scale=3.0)
     x.reshape(-1)[:1] = -np.inf
     got = ops.softmax(gpu(x, dtype), axis=axis, out=poison(shape, dtype))
     close(got, ref.softmax(seen(x, dtype), axis=axis), dtype)
-    neg = np.full((2, 5), -np.inf, np.float32)
-    np.testing.assert_array_equal(ops.softmax(gpu(neg, dtype)).numpy(), 0)
+    for n in (5, 64):  # rows of -inf only, in the block kernel and in the warp kernel
+        neg = np.full((2, n), -np.inf, np.float32)
+        np.testing.assert_array_equal(ops.softmax(gpu(neg, dtype)).numpy(), 0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows,n", [(1, 1), (7, 7), (63, 768), (2, 1000), (3, 4097)])
+@pytest.mark.parametrize("rows,n", [(1, 1), (7, 7), (63, 768), (2, 1000), (3, 4097), (5, 16), (9, 64), (4, 2048)])
 def test_layer_norm(dtype, rows, n, rng):
     x, r, w, b = randn(rng, rows, n, scale=2.0), randn(rng, rows, n), randn(rng, n), randn(rng, n)
     y, s = ops.layer_norm(gpu(x, dtype), gpu(w, dtype), gpu(b, dtype), 1e-5, gpu(r, dtype), return_sum=True,
@@ -140,6 +157,19 @@ def test_layer_norm(dtype, rows, n, rng):
     close(y, want_y, dtype, scale=2.0)
     close(s, want_s, dtype)
     close(ops.layer_norm(gpu(x, dtype)), ref.layer_norm(seen(x, dtype))[0], dtype, scale=2.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_row_and_elementwise_kernels_on_unaligned_views(dtype, rng):
+    """Views that start 2 or 4 bytes past a 16-byte boundary take the one-element-at-a-time kernels."""
+    torch = pytest.importorskip("torch")
+    tdt = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+    base = torch.randn(1 + 6 * 64, device="cuda", dtype=tdt)
+    x = cf.from_dlpack(base[1:]).reshape(6, 64)
+    xs = x.numpy().astype(np.float32)
+    close(ops.gelu(x), ref.gelu(xs), dtype)
+    close(ops.softmax(x), ref.softmax(xs, axis=-1), dtype)
+    close(ops.layer_norm(x), ref.layer_norm(xs)[0], dtype, scale=2.0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -203,7 +233,7 @@ def test_additive_attention(dtype, mask_kind, rng):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ["self", "cross", "kv"])
-def test_multi_head_attention(dtype, kind, rng):
+def test_multi_head_attention(dtype, kind, rng, gemm_backend):
     B, Sq, Sk, E, H = 2, 7, 65 if kind != "self" else 7, 64, 4
     x = randn(rng, B, Sq, E)
     kv = randn(rng, B, Sk, E) if kind != "self" else x
@@ -225,7 +255,7 @@ def test_multi_head_attention(dtype, kind, rng):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("norm_first", [False, True])
 @pytest.mark.parametrize("mode", ["plain", "masks", "cu_seqlens", "cache"])
-def test_transformer_encoder_layer(dtype, norm_first, mode, rng):
+def test_transformer_encoder_layer(dtype, norm_first, mode, rng, gemm_backend):
     # the GPU's fused layer against the CPU's (itself tested against float64 and torch) on the same
     # rounded values: post- and pre-LN, masks, packed sequences, a KV cache written in place
     E, H, F, B, S = 64, 4, 96, 2, 7
@@ -269,7 +299,7 @@ def test_transformer_encoder_layer(dtype, norm_first, mode, rng):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("norm_first", [False, True])
 @pytest.mark.parametrize("cached", [False, True])
-def test_transformer_decoder_layer(dtype, norm_first, cached, rng):
+def test_transformer_decoder_layer(dtype, norm_first, cached, rng, gemm_backend):
     # the GPU's fused decoder layer against the CPU's (tested against torch) on the same rounded values
     E, H, F, B, T, Sm = 64, 4, 96, 2, 5, 9
     shapes = [(3 * E, E), (3 * E,), (E, E), (E,)] * 2 + [(F, E), (F,), (E, F), (E,)] + [(E,)] * 6
@@ -323,7 +353,7 @@ def test_mixing_devices_and_dtypes_are_clear_errors(rng):
         ops.relu(gpu(x), out=np.empty_like(x))
 
 
-def test_threads_share_the_gpu(rng):
+def test_threads_share_the_gpu(rng, gemm_backend):
     x, w = randn(rng, 64, 256), randn(rng, 128, 256)
     tx, tw = gpu(x), gpu(w)
     want = ops.linear(tx, tw).numpy()

@@ -1,7 +1,10 @@
-// Row reductions: softmax and layer norm. One block per row (rows of a contiguous last axis), or for
-// a softmax over an inner axis one thread per column. Memory-bound: each row is read from global
-// memory two or three times, which the L1/L2 caches serve after the first.
+// Row reductions: softmax and layer norm. Rows up to 1024 float32 (2048 float16/bfloat16) elements,
+// 16-byte aligned with a length a multiple of 16 bytes (every Transformer width): one warp per row, the
+// row held in registers, read once and written once with 16-byte accesses, warp shuffles for the
+// reductions. Other rows: one block per row, each row read two or three times (L1/L2 serve the
+// repeats). A softmax over an inner axis: one thread per column.
 #include <cmath>
+#include <initializer_list>
 
 #include "cuda/kernels.h"
 #include "cuda/runtime.h"
@@ -15,6 +18,133 @@ int row_threads(int64_t n) {
   if (warps < 1) warps = 1;
   if (warps > 16) warps = 16;
   return static_cast<int>(warps * 32);
+}
+
+// One warp per row, the row in registers: lane l holds vectors l, l + 32, ... (kIters of them).
+constexpr int kRowWarps = 4;  // rows per block of 128 threads
+
+template <class T, int kIters>
+__global__ void __launch_bounds__(kRowWarps * 32) softmax_warp_rows(const T* __restrict__ x, T* __restrict__ y,
+                                                                    int64_t rows, int64_t n) {
+  using V = Vec16<T>;
+  const int lane = threadIdx.x & 31;
+  const int64_t nv = n / V::kN;
+  for (int64_t r = blockIdx.x * static_cast<int64_t>(kRowWarps) + (threadIdx.x >> 5); r < rows;
+       r += static_cast<int64_t>(gridDim.x) * kRowWarps) {
+    float v[kIters][V::kN];
+    float m = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < kIters; ++j) {
+      const int64_t c = j * 32 + lane;
+      if (c < nv) {
+        V::load(x + r * n + c * V::kN, v[j]);
+#pragma unroll
+        for (int e = 0; e < V::kN; ++e) m = fmaxf(m, v[j][e]);
+      }
+    }
+    m = warp_max(m);
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kIters; ++j)
+      if (j * 32 + lane < nv) {
+#pragma unroll
+        for (int e = 0; e < V::kN; ++e) {
+          v[j][e] = m == -INFINITY ? 0.0f : expf(v[j][e] - m);  // a row of -inf only: zeros
+          s += v[j][e];
+        }
+      }
+    s = warp_sum(s);
+    const float inv = m == -INFINITY ? 0.0f : 1.0f / s;
+#pragma unroll
+    for (int j = 0; j < kIters; ++j) {
+      const int64_t c = j * 32 + lane;
+      if (c < nv) {
+#pragma unroll
+        for (int e = 0; e < V::kN; ++e) v[j][e] *= inv;
+        V::store(y + r * n + c * V::kN, v[j]);
+      }
+    }
+  }
+}
+
+template <class T, int kIters>
+__global__ void __launch_bounds__(kRowWarps * 32) layer_norm_warp_rows(LayerNormArgs a) {
+  using V = Vec16<T>;
+  const T* x = static_cast<const T*>(a.x);
+  const T* res = static_cast<const T*>(a.residual);
+  const T* w = static_cast<const T*>(a.weight);
+  const T* b = static_cast<const T*>(a.bias);
+  T* y = static_cast<T*>(a.y);
+  T* sum_out = static_cast<T*>(a.sum_out);
+  const int lane = threadIdx.x & 31;
+  const int64_t n = a.n, nv = n / V::kN;
+  const float inv_n = 1.0f / static_cast<float>(n);
+  for (int64_t r = blockIdx.x * static_cast<int64_t>(kRowWarps) + (threadIdx.x >> 5); r < a.rows;
+       r += static_cast<int64_t>(gridDim.x) * kRowWarps) {
+    float v[kIters][V::kN];
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kIters; ++j) {
+      const int64_t c = j * 32 + lane;
+      if (c < nv) {
+        V::load(x + r * n + c * V::kN, v[j]);
+        if (res) {
+          float t[V::kN];
+          V::load(res + r * n + c * V::kN, t);
+#pragma unroll
+          for (int e = 0; e < V::kN; ++e) v[j][e] += t[e];
+        }
+        if (sum_out) V::store(sum_out + r * n + c * V::kN, v[j]);
+#pragma unroll
+        for (int e = 0; e < V::kN; ++e) s += v[j][e];
+      }
+    }
+    const float mean = warp_sum(s) * inv_n;
+    float q = 0.0f;  // the variance from the registers, about the mean: no cancellation
+#pragma unroll
+    for (int j = 0; j < kIters; ++j)
+      if (j * 32 + lane < nv) {
+#pragma unroll
+        for (int e = 0; e < V::kN; ++e) {
+          const float d = v[j][e] - mean;
+          q += d * d;
+        }
+      }
+    const float rstd = rsqrtf(warp_sum(q) * inv_n + a.eps);
+#pragma unroll
+    for (int j = 0; j < kIters; ++j) {
+      const int64_t c = j * 32 + lane;
+      if (c < nv) {
+        float wv[V::kN], bv[V::kN];
+        if (w) V::load(w + c * V::kN, wv);
+        if (b) V::load(b + c * V::kN, bv);
+#pragma unroll
+        for (int e = 0; e < V::kN; ++e) {
+          float o = (v[j][e] - mean) * rstd;
+          if (w) o *= wv[e];
+          if (b) o += bv[e];
+          v[j][e] = o;
+        }
+        V::store(y + r * n + c * V::kN, v[j]);
+      }
+    }
+  }
+}
+
+// The warp kernel's vectors per lane for a row of n elements, or 0 when the block kernel must take it.
+template <class T>
+int warp_row_iters(int64_t n, std::initializer_list<const void*> ptrs) {
+  constexpr int kN = Vec16<T>::kN;
+  if (n % kN != 0 || n > 32 * 8 * kN) return 0;
+  for (const void* p : ptrs)
+    if (p && !aligned16(p)) return 0;
+  const int64_t per_lane = (n / kN + 31) / 32;
+  return per_lane <= 1 ? 1 : per_lane <= 2 ? 2 : per_lane <= 4 ? 4 : 8;
+}
+
+inline unsigned warp_row_blocks(int64_t rows) {
+  const int64_t b = (rows + kRowWarps - 1) / kRowWarps;
+  return static_cast<unsigned>(b < 65535LL * 8 ? b : 65535LL * 8);
 }
 
 template <class T>
@@ -152,8 +282,19 @@ void softmax(const void* x, void* y, int64_t outer, int64_t n, int64_t inner, DT
   DeviceGuard g(device);
   CF_CUDA_FLOAT_TYPES(dtype, T, {
     if (inner == 1) {
-      const unsigned blocks = static_cast<unsigned>(outer < 65535 * 8 ? outer : 65535 * 8);
-      softmax_rows<T><<<blocks, row_threads(n)>>>(static_cast<const T*>(x), static_cast<T*>(y), outer, n);
+      const T* xs = static_cast<const T*>(x);
+      T* ys = static_cast<T*>(y);
+      const unsigned wb = warp_row_blocks(outer);
+      switch (warp_row_iters<T>(n, {x, y})) {
+        case 1: softmax_warp_rows<T, 1><<<wb, kRowWarps * 32>>>(xs, ys, outer, n); break;
+        case 2: softmax_warp_rows<T, 2><<<wb, kRowWarps * 32>>>(xs, ys, outer, n); break;
+        case 4: softmax_warp_rows<T, 4><<<wb, kRowWarps * 32>>>(xs, ys, outer, n); break;
+        case 8: softmax_warp_rows<T, 8><<<wb, kRowWarps * 32>>>(xs, ys, outer, n); break;
+        default: {
+          const unsigned blocks = static_cast<unsigned>(outer < 65535 * 8 ? outer : 65535 * 8);
+          softmax_rows<T><<<blocks, row_threads(n)>>>(xs, ys, outer, n);
+        }
+      }
     } else {
       softmax_columns<T><<<blocks_for(outer * inner, 256), 256>>>(static_cast<const T*>(x), static_cast<T*>(y), outer,
                                                                    n, inner);
@@ -166,7 +307,16 @@ void layer_norm(const LayerNormArgs& a) {
   if (a.rows == 0 || a.n == 0) return;
   DeviceGuard g(a.device);
   const unsigned blocks = static_cast<unsigned>(a.rows < 65535 * 8 ? a.rows : 65535 * 8);
-  CF_CUDA_FLOAT_TYPES(a.dtype, T, { layer_norm_rows<T><<<blocks, row_threads(a.n)>>>(a); });
+  CF_CUDA_FLOAT_TYPES(a.dtype, T, {
+    const unsigned wb = warp_row_blocks(a.rows);
+    switch (warp_row_iters<T>(a.n, {a.x, a.residual, a.weight, a.bias, a.y, a.sum_out})) {
+      case 1: layer_norm_warp_rows<T, 1><<<wb, kRowWarps * 32>>>(a); break;
+      case 2: layer_norm_warp_rows<T, 2><<<wb, kRowWarps * 32>>>(a); break;
+      case 4: layer_norm_warp_rows<T, 4><<<wb, kRowWarps * 32>>>(a); break;
+      case 8: layer_norm_warp_rows<T, 8><<<wb, kRowWarps * 32>>>(a); break;
+      default: layer_norm_rows<T><<<blocks, row_threads(a.n)>>>(a);
+    }
+  });
   check_launch("layer_norm");
 }
 

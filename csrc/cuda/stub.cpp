@@ -1,6 +1,7 @@
 // The CUDA backend's functions in a build without it (COREFORMER_CUDA=OFF, or AUTO without nvcc):
 // no device is ever found, and anything that would touch one says how to get a CUDA build.
 #include "core/error.h"
+#include "cuda/blas.h"
 #include "cuda/kernels.h"
 #include "cuda/runtime.h"
 
@@ -37,5 +38,13 @@ void kv_append(const void*, const void*, int64_t, void*, void*, int64_t, int64_t
                DType, int) {
   unavailable();
 }
+
+namespace blas {
+void set_search_dirs(std::vector<std::string>) {}
+bool available() { return false; }
+bool set_enabled(bool) { return false; }
+std::string describe() { return "coreformer was built without CUDA"; }
+bool gemm(const GemmArgs&, bool) { return false; }
+}  // namespace blas
 
 }  // namespace cf::cuda

@@ -78,6 +78,27 @@ __device__ __forceinline__ float activate(float x) {
   return x;
 }
 
+// 16-byte vectors of a storage type: 4 float32 or 8 float16/bfloat16 per load and store.
+template <class T>
+struct Vec16 {
+  static constexpr int kN = 16 / static_cast<int>(sizeof(T));
+  __device__ __forceinline__ static void load(const T* p, float (&v)[kN]) {
+    const uint4 u = *reinterpret_cast<const uint4*>(p);
+    const T* e = reinterpret_cast<const T*>(&u);
+#pragma unroll
+    for (int i = 0; i < kN; ++i) v[i] = to_float(e[i]);
+  }
+  __device__ __forceinline__ static void store(T* p, const float (&v)[kN]) {
+    uint4 u;
+    T* e = reinterpret_cast<T*>(&u);
+#pragma unroll
+    for (int i = 0; i < kN; ++i) e[i] = from_float<T>(v[i]);
+    *reinterpret_cast<uint4*>(p) = u;
+  }
+};
+
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
 inline unsigned blocks_for(int64_t n, int threads, int64_t cap = 65535LL * 8) {
   int64_t b = (n + threads - 1) / threads;
   if (b < 1) b = 1;

@@ -14,6 +14,27 @@ from .tokenizer import Tokenizer
 
 __version__ = _core.info()["version"]
 
+
+def _cublas_dirs() -> list[str]:
+    """Where a GPU build looks for cuBLAS after the loader's own path: NVIDIA's PyPI packages (the ones
+    PyTorch installs) and CUDA_HOME / CUDA_PATH. Nothing is loaded until a GPU GEMM runs."""
+    import os
+    import sys
+    dirs = []
+    for base in sys.path:
+        for sub in ("nvidia/cu13/lib", "nvidia/cublas/lib", "nvidia/cu12/lib"):
+            d = os.path.join(base or ".", sub)
+            if os.path.isdir(d):
+                dirs.append(d)
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            dirs.append(os.path.join(os.environ[var], "lib64"))
+    return dirs
+
+
+if _core.info()["cuda_built"]:
+    _core._cublas_search_dirs(_cublas_dirs())
+
 Tensor = _core.Tensor
 
 __all__ = ["info", "get_num_threads", "set_num_threads", "Tensor", "tensor", "from_dlpack", "synchronize", "ops",
@@ -29,12 +50,17 @@ def __getattr__(name):
 
 def info() -> dict:
     """What this build runs on: ``version``, ``isa`` (the SIMD path in use: scalar, avx2 or avx512),
-    ``isa_supported``, ``num_threads``, ``openmp``, ``cuda_built``, ``cuda_devices``.
+    ``isa_supported``, ``num_threads``, ``openmp``, ``cuda_built``, ``cuda_devices`` and, with a GPU,
+    ``cuda_gemm`` (cuBLAS, loaded at run time where it is installed, or coreformer's own kernels;
+    ``COREFORMER_CUBLAS=0`` forces the latter).
 
     ``COREFORMER_ISA=scalar|avx2|avx512`` forces a lower path; ``COREFORMER_NUM_THREADS`` sets the
     thread count at import (``set_num_threads`` changes it later).
     """
-    return dict(_core.info())
+    d = dict(_core.info())
+    if d["cuda_devices"]:
+        d["cuda_gemm"] = _core._cuda_gemm()
+    return d
 
 
 def get_num_threads() -> int:
