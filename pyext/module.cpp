@@ -428,6 +428,10 @@ PYBIND11_MODULE(_core, m) {
 
   cf::pyext::register_tensor(m);
   m.def("info", &info);
+  m.def("empty_cache", [](int device) {
+          py::gil_scoped_release nogil;
+          return cf::cuda::empty_cache(device);
+        }, py::arg("device") = -1);
   m.def("_cuda_gemm", []() {  // which GEMM linear uses on a GPU; loads cuBLAS if it was not yet
     return cf::cuda::blas::available() ? "cublas: " + cf::cuda::blas::describe()
                                        : "coreformer kernels (" + cf::cuda::blas::describe() + ")";

@@ -52,6 +52,21 @@ def test_info_names_the_gemm():
     assert cf.info()["cuda_gemm"].startswith(("cublas: ", "coreformer kernels ("))
 
 
+def test_freed_gpu_memory_is_reused_and_can_be_emptied():
+    torch = pytest.importorskip("torch")
+    a = gpu(np.ones(1000, np.float32))
+    ta = torch.from_dlpack(a)
+    pa = ta.data_ptr()
+    del ta, a  # the block goes to coreformer's cache, not to cudaFree
+    b = gpu(np.arange(1000, dtype=np.float32))  # same size class: the same block, every element written
+    tb = torch.from_dlpack(b)
+    assert tb.data_ptr() == pa
+    np.testing.assert_array_equal(b.numpy(), np.arange(1000))
+    del tb, b
+    assert cf.empty_cache() >= 4000
+    assert cf.empty_cache() == 0
+
+
 def test_roundtrip_and_to():
     a = np.arange(24, dtype=np.float32).reshape(2, 3, 4) / 7
     for dt in DTYPES + ["int32", "int64", "bool"]:
@@ -99,7 +114,8 @@ def test_linear(dtype, M, K, N, act, rng, gemm_backend):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,H,Sq,Sk,D,Dv", [(1, 1, 1, 1, 1, 1), (2, 3, 7, 63, 65, 7), (1, 2, 65, 65, 64, 64),
-                                            (2, 1, 100, 1000, 128, 128), (1, 1, 33, 40, 200, 256), (1, 12, 128, 128, 64, 64)])
+                                            (2, 1, 100, 1000, 128, 128), (1, 1, 33, 40, 200, 256), (1, 12, 128, 128, 64, 64),
+                                            (2, 2, 130, 70, 64, 64), (1, 3, 1, 77, 128, 128)])
 @pytest.mark.parametrize("mask", [None, "bool", "float"])
 @pytest.mark.parametrize("causal", [False, True])
 def test_sdpa(dtype, B, H, Sq, Sk, D, Dv, mask, causal, rng):
@@ -117,6 +133,27 @@ def test_sdpa(dtype, B, H, Sq, Sk, D, Dv, mask, causal, rng):
                                            is_causal=causal, scale=0.3 if mask == "float" else None, out=out)
     want = ref.sdpa(seen(q, dtype), seen(k, dtype), seen(v, dtype), m, causal, 0.3 if mask == "float" else None)
     close(got, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("kind", ["self", "self causal", "cross"])
+def test_sdpa_tensor_cores_on_heads_split_from_a_packed_qkv(dtype, D, kind, rng):
+    """multi_head_attention without masks hands the tensor-core kernel q, k and v as strided views of one
+    packed projection (row stride 3E) and merges the heads in place: lengths not a multiple of 64."""
+    B, Sq, Sk, H = 2, 150, 150 if kind != "cross" else 77, 2
+    E = H * D
+    x = randn(rng, B, Sq, E)
+    kv = x if kind != "cross" else randn(rng, B, Sk, E)
+    iw, ib, ow, ob = randn(rng, 3 * E, E, scale=E ** -0.5), randn(rng, 3 * E), randn(rng, E, E, scale=E ** -0.5), randn(rng, E)
+    tx = gpu(x, dtype)
+    tk = tx if kind != "cross" else gpu(kv, dtype)
+    causal = kind == "self causal"
+    got = ops.multi_head_attention(tx, tk, tk, H, gpu(iw, dtype), gpu(ib, dtype), gpu(ow, dtype), gpu(ob, dtype),
+                                   is_causal=causal)
+    s = lambda a: seen(a, dtype)
+    want = ref.mha(s(x), s(kv), s(kv), H, s(iw), s(ib), s(ow), s(ob), None, None, is_causal=causal)
+    close(got, want, dtype, scale=2.0)
 
 
 def test_sdpa_matches_torch():

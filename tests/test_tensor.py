@@ -228,6 +228,9 @@ def test_info_reports_cuda():
     assert info["cuda_devices"] >= 0
     if not info["cuda_built"]:
         assert info["cuda_devices"] == 0
+    assert ("cuda_gemm" in info) == (info["cuda_devices"] > 0)
+    if info["cuda_devices"] == 0:
+        assert cf.empty_cache() == 0  # nothing was ever cached
 
 
 @pytest.mark.skipif(not NO_GPU, reason="a GPU is present")

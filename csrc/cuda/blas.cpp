@@ -148,6 +148,11 @@ bool gemm(const GemmArgs& g, bool accumulate) {
   if (g.M > most || g.N > most || g.K > most || g.lda > most || g.ldw > most || g.ldc > most) return false;
   const int type = g.dtype == DType::f32 ? kR32F : g.dtype == DType::f16 ? kR16F : kR16BF;
   Library& l = lib();
+  // cuBLAS calls the driver in the calling thread's current context. A thread whose CUDA work so far
+  // came from the caches (a Tensor from the allocator, a pooled handle) may have none bound yet: that
+  // failed on the H100 with CUBLAS_STATUS_INTERNAL_ERROR from 8 new threads. cudaSetDevice binds the
+  // device's primary context to this thread (a no-op when it is already current).
+  CF_CHECK(cudaSetDevice(g.device) == cudaSuccess, RuntimeError, "cudaSetDevice(", g.device, ") failed before cuBLAS");
   Handle h = take(l, g.device);
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   // Row-major C (M,N) = A (M,K) W (N,K)^T is column-major C^T (N,M) = W^T A^T: cuBLAS's A is W (K x N

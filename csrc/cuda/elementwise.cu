@@ -14,7 +14,7 @@ template <class T, int kAct>
 __global__ void activation_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    y[i] = from_float<T>(activate<kAct>(to_float(x[i])));
+    y[i] = from_float<T>(activate<kAct, T>(to_float(x[i])));
   }
 }
 
@@ -28,11 +28,11 @@ __global__ void activation_vec_kernel(const T* __restrict__ x, T* __restrict__ y
     float v[V::kN];
     V::load(x + i * V::kN, v);
 #pragma unroll
-    for (int j = 0; j < V::kN; ++j) v[j] = activate<kAct>(v[j]);
+    for (int j = 0; j < V::kN; ++j) v[j] = activate<kAct, T>(v[j]);
     V::store(y + i * V::kN, v);
   }
   for (int64_t i = vecs * V::kN + blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += step)
-    y[i] = from_float<T>(activate<kAct>(to_float(x[i])));
+    y[i] = from_float<T>(activate<kAct, T>(to_float(x[i])));
 }
 
 template <class T, int kAct>

@@ -20,7 +20,7 @@ constexpr int kBM = 64, kBN = 64;
 template <class T, int kAct>
 __device__ __forceinline__ void store_output(const GemmArgs& g, int64_t m, int64_t n, float v) {
   if (g.bias) v += to_float(static_cast<const T*>(g.bias)[n]);
-  v = activate<kAct>(v);
+  v = activate<kAct, T>(v);
   if (g.residual) v += to_float(static_cast<const T*>(g.residual)[m * g.ldr + n]);
   static_cast<T*>(g.c)[m * g.ldc + n] = from_float<T>(v);
 }
@@ -129,26 +129,47 @@ void launch(const GemmArgs& g, dim3 grid) {
   }
 }
 
-// After cuBLAS: c = act(c + bias) + residual, in place, one pass over the output.
-template <class T, int kAct>
+// After cuBLAS: c = act(c + bias) + residual, in place, one pass over the output; kVec elements per
+// thread (16-byte accesses where every row and the bias are 16-byte aligned, else 1).
+template <class T, int kAct, int kVec>
 __global__ void epilogue(GemmArgs g, const T* __restrict__ residual, int64_t ldr) {
-  const int64_t total = g.M * g.N;
+  const int64_t nv = g.N / kVec, total = g.M * nv;
+  const T* bias = static_cast<const T*>(g.bias);
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t m = i / g.N, n = i - m * g.N;
+    const int64_t m = i / nv, n = (i - m * nv) * kVec;
     T* c = static_cast<T*>(g.c) + m * g.ldc + n;
-    float v = to_float(*c);
-    if (g.bias) v += to_float(static_cast<const T*>(g.bias)[n]);
-    v = activate<kAct>(v);
-    if (residual) v += to_float(residual[m * ldr + n]);
-    *c = from_float<T>(v);
+    float v[kVec], t[kVec];
+    if constexpr (kVec == 1) {
+      v[0] = to_float(*c);
+      if (bias) t[0] = to_float(bias[n]);
+    } else {
+      Vec16<T>::load(c, v);
+      if (bias) Vec16<T>::load(bias + n, t);
+    }
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) v[e] = activate<kAct, T>(bias ? v[e] + t[e] : v[e]);
+    if (residual) {
+      if constexpr (kVec == 1) t[0] = to_float(residual[m * ldr + n]);
+      else Vec16<T>::load(residual + m * ldr + n, t);
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) v[e] += t[e];
+    }
+    if constexpr (kVec == 1) *c = from_float<T>(v[0]);
+    else Vec16<T>::store(c, v);
   }
 }
 
 template <int kAct>
 void launch_epilogue(const GemmArgs& g, const void* residual, int64_t ldr) {
-  const unsigned blocks = blocks_for(g.M * g.N, 256);
-  CF_CUDA_FLOAT_TYPES(g.dtype, T, { epilogue<T, kAct><<<blocks, 256>>>(g, static_cast<const T*>(residual), ldr); });
+  CF_CUDA_FLOAT_TYPES(g.dtype, T, {
+    constexpr int kN = Vec16<T>::kN;
+    const bool vec = g.N % kN == 0 && g.ldc % kN == 0 && aligned16(g.c) && (!g.bias || aligned16(g.bias)) &&
+                     (!residual || (ldr % kN == 0 && aligned16(residual)));
+    const T* r = static_cast<const T*>(residual);
+    if (vec) epilogue<T, kAct, kN><<<blocks_for(g.M * (g.N / kN), 256, 132LL * 16 * 8), 256>>>(g, r, ldr);
+    else epilogue<T, kAct, 1><<<blocks_for(g.M * g.N, 256), 256>>>(g, r, ldr);
+  });
 }
 
 // The product through cuBLAS, then our epilogue when there is one. False when cuBLAS cannot take it.

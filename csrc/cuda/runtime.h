@@ -14,8 +14,12 @@ namespace cf::cuda {
 bool built();                                  // the CUDA backend was compiled in
 int device_count();                            // 0 without a driver or GPU (never raises)
 void require_device(int index);                // RuntimeError when cuda:index cannot be used
-void* malloc(size_t bytes, int device);        // RuntimeError when out of memory
+// Device memory through a caching allocator (runtime.cu): free keeps a block for the next malloc of its
+// size class on that device; kernels and copies all run in order on the legacy default stream, so a
+// reused block is never still in use. RuntimeError when out of memory even after emptying the cache.
+void* malloc(size_t bytes, int device);
 void free(void* p, int device) noexcept;
+size_t empty_cache(int device);                // hands the cached blocks back (device < 0: all); bytes freed
 enum class Copy { host_to_device, device_to_host, device_to_device };
 void memcpy(void* dst, const void* src, size_t bytes, Copy kind, int device);
 void synchronize(int device);                  // waits for the device's default stream

@@ -69,11 +69,20 @@ __device__ __forceinline__ float gelu_tanh(float x) {
   return x < -20.0f ? 0.0f : 0.5f * x * (1.0f + tanhf(u));
 }
 __device__ __forceinline__ float relu(float x) { return x < 0.0f ? 0.0f : x; }  // NaN stays NaN
-// kAct: 0 none, 1 relu, 2 gelu (erf), 3 gelu_tanh (cpu::Activation's values)
-template <int kAct>
+// For float16/bfloat16 results: 1 + erf(x / sqrt 2) instead of erfc, about half the instructions (the
+// erf GELU of a bfloat16 array ran at 67% of the copy rate on an H100 with erfc, compute-bound). Its
+// cancellation below x = -3 costs an absolute error under 2e-7, far below what 16 bits keep.
+__device__ __forceinline__ float gelu_erf_fast(float x) {
+  return x < -20.0f ? 0.0f : 0.5f * x * (1.0f + erff(0.70710678118654752f * x));
+}
+// kAct: 0 none, 1 relu, 2 gelu (erf), 3 gelu_tanh (cpu::Activation's values); T: the storage type
+template <int kAct, class T = float>
 __device__ __forceinline__ float activate(float x) {
   if constexpr (kAct == 1) return relu(x);
-  if constexpr (kAct == 2) return gelu_erf(x);
+  if constexpr (kAct == 2) {
+    if constexpr (sizeof(T) == 2) return gelu_erf_fast(x);
+    else return gelu_erf(x);
+  }
   if constexpr (kAct == 3) return gelu_tanh(x);
   return x;
 }

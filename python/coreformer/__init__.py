@@ -37,7 +37,7 @@ if _core.info()["cuda_built"]:
 
 Tensor = _core.Tensor
 
-__all__ = ["info", "get_num_threads", "set_num_threads", "Tensor", "tensor", "from_dlpack", "synchronize", "ops",
+__all__ = ["info", "get_num_threads", "set_num_threads", "Tensor", "tensor", "from_dlpack", "synchronize", "empty_cache", "ops",
            "nn", "models", "Tokenizer", "__version__"]
 
 
@@ -94,6 +94,17 @@ def synchronize(device="cuda") -> None:
     """
     index = 0 if device == "cuda" else int(str(device).removeprefix("cuda:"))
     _core.synchronize(index)
+
+
+def empty_cache() -> int:
+    """Hand the GPU memory that coreformer keeps for reuse back to the driver; returns the bytes freed.
+
+    Tensors freed on a GPU keep their memory in a cache for the next Tensor of their size (as PyTorch's
+    allocator does: cudaFree would wait for the whole device at every freed result), so the memory the
+    driver reports in use stays at its peak. Call this before handing the GPU to other work; an
+    allocation that finds the device full empties the cache and tries again by itself.
+    """
+    return int(_core.empty_cache(-1))
 
 
 def from_dlpack(x) -> Tensor:
