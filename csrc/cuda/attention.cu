@@ -365,7 +365,8 @@ bool applies(const AttentionArgs& a) {
   if (a.dtype != DType::f16 && a.dtype != DType::bf16) return false;
   if (a.D != a.Dv || (a.D != 64 && a.D != 128)) return false;
   if (a.mask.kind != MaskArgs::none || a.mask2.kind != MaskArgs::none) return false;
-  for (const int64_t st : {a.q_sb, a.q_sh, a.q_ss, a.k_sb, a.k_sh, a.k_ss, a.v_sb, a.v_sh, a.v_ss, a.o_sb, a.o_sh, a.o_ss})
+  for (const int64_t st :
+       {a.q_sb, a.q_sh, a.q_ss, a.k_sb, a.k_sh, a.k_ss, a.v_sb, a.v_sh, a.v_ss, a.o_sb, a.o_sh, a.o_ss})
     if (st % 8 != 0) return false;
   return aligned16(a.q) && aligned16(a.k) && aligned16(a.v) && aligned16(a.out);
 }

@@ -37,8 +37,8 @@ if _core.info()["cuda_built"]:
 
 Tensor = _core.Tensor
 
-__all__ = ["info", "get_num_threads", "set_num_threads", "Tensor", "tensor", "from_dlpack", "synchronize", "empty_cache", "ops",
-           "nn", "models", "Tokenizer", "__version__"]
+__all__ = ["info", "get_num_threads", "set_num_threads", "Tensor", "tensor", "from_dlpack", "synchronize",
+           "empty_cache", "ops", "nn", "models", "Tokenizer", "__version__"]
 
 
 def __getattr__(name):
