@@ -115,7 +115,7 @@ def test_linear(dtype, M, K, N, act, rng, gemm_backend):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,H,Sq,Sk,D,Dv", [(1, 1, 1, 1, 1, 1), (2, 3, 7, 63, 65, 7), (1, 2, 65, 65, 64, 64),
                                             (2, 1, 100, 1000, 128, 128), (1, 1, 33, 40, 200, 256), (1, 12, 128, 128, 64, 64),
-                                            (2, 2, 130, 70, 64, 64), (1, 3, 1, 77, 128, 128)])
+                                            (2, 2, 130, 70, 64, 64), (1, 3, 1, 77, 128, 128), (2, 3, 50, 77, 32, 32)])
 @pytest.mark.parametrize("mask", [None, "bool", "float"])
 @pytest.mark.parametrize("causal", [False, True])
 def test_sdpa(dtype, B, H, Sq, Sk, D, Dv, mask, causal, rng):

@@ -1,5 +1,5 @@
-// Attention on the GPU. float16/bfloat16 with D == Dv of 64 or 128, no mask argument (causal or not),
-// 16-byte-aligned rows: FlashAttention-2's forward on the tensor cores (flash_tc below). Everything
+// Attention on the GPU. float16/bfloat16 with D == Dv of 32, 64 or 128 and 16-byte-aligned rows (any
+// mask, causal or not): FlashAttention-2's forward on the tensor cores (flash_tc below). Everything
 // else: a flash-attention-shaped SIMT kernel in float32 -- a block takes 16 query rows of one (batch,
 // head), walks the keys in tiles of 32 staged through shared memory (K and V, converted to float32),
 // and keeps an online softmax (running max, sum and output) per row in registers; each warp owns 4
@@ -207,7 +207,7 @@ __device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t stride, 
   }
 }
 
-template <class T, int kD>
+template <class T, int kD, bool kMasked>
 __global__ void __launch_bounds__(kWarps * 32) flash_tc(AttentionArgs a) {
   constexpr int kLD = kD + 8;  // shared-memory row stride in elements (16 bytes of padding)
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -276,16 +276,29 @@ __global__ void __launch_bounds__(kWarps * 32) flash_tc(AttentionArgs a) {
         mma<T>(s[j], qf[kk], kb[0], kb[1]);
         mma<T>(s[j + 1], qf[kk], kb[2], kb[3]);
       }
-    // keys past the end, or after a row's causal limit, score -inf (only tiles that cross either edge)
-    const bool edge = k0 + kBN > a.Sk || (a.causal && k0 + kBN - 1 > q0 + shift);
+    // keys past the end, after a row's causal limit or masked out score -inf; a float mask adds to the
+    // scaled score. Element by element only in tiles that cross an edge, or in the masked variant (a
+    // separate instantiation: its mask code in the unmasked kernel cost 20% on an H100, 206 registers)
+    const bool edge = kMasked || k0 + kBN > a.Sk || (a.causal && k0 + kBN - 1 > q0 + shift);
 #pragma unroll
     for (int j = 0; j < kBN / 8; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        s[j][e] *= scale2;
-        if (edge) {
+        if constexpr (kMasked) {
           const int64_t col = k0 + j * 8 + tig * 2 + (e & 1), row = row0 + (e >> 1) * 8;
-          if (col >= a.Sk || (a.causal && col > row + shift)) s[j][e] = -INFINITY;
+          float x = s[j][e] * a.scale;
+          bool ok = col < a.Sk && !(a.causal && col > row + shift);
+          if (ok && row < a.Sq) {
+            ok = apply_mask(a.mask, b, h, row, col, x);
+            ok = apply_mask(a.mask2, b, h, row, col, x) && ok;
+          }
+          s[j][e] = ok ? x * 1.4426950408889634f : -INFINITY;
+        } else {
+          s[j][e] *= scale2;
+          if (edge) {
+            const int64_t col = k0 + j * 8 + tig * 2 + (e & 1), row = row0 + (e >> 1) * 8;
+            if (col >= a.Sk || (a.causal && col > row + shift)) s[j][e] = -INFINITY;
+          }
         }
       }
 #pragma unroll
@@ -350,7 +363,8 @@ __global__ void __launch_bounds__(kWarps * 32) flash_tc(AttentionArgs a) {
 template <class T, int kD>
 void launch(const AttentionArgs& a) {
   constexpr size_t bytes = sizeof(T) * (kBM + 4 * kBN) * (kD + 8);  // Q, and K and V twice
-  auto kernel = flash_tc<T, kD>;
+  const bool masked = a.mask.kind != MaskArgs::none || a.mask2.kind != MaskArgs::none;
+  auto kernel = masked ? flash_tc<T, kD, true> : flash_tc<T, kD, false>;
   if (bytes > 48 * 1024)
     check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
           "cudaFuncSetAttribute (flash_tc)");
@@ -359,12 +373,11 @@ void launch(const AttentionArgs& a) {
   kernel<<<grid, kWarps * 32, bytes>>>(a);
 }
 
-// Whether flash_tc takes this call: 16-bit types, D == Dv in {64, 128}, no mask argument, every row of
-// q, k, v and out 16-byte aligned (so cp.async and the paired stores apply).
+// Whether flash_tc takes this call: 16-bit types, D == Dv in {32, 64, 128}, every row of q, k, v and out
+// 16-byte aligned (so cp.async and the paired stores apply). Masks of any kind are read per element.
 bool applies(const AttentionArgs& a) {
   if (a.dtype != DType::f16 && a.dtype != DType::bf16) return false;
-  if (a.D != a.Dv || (a.D != 64 && a.D != 128)) return false;
-  if (a.mask.kind != MaskArgs::none || a.mask2.kind != MaskArgs::none) return false;
+  if (a.D != a.Dv || (a.D != 32 && a.D != 64 && a.D != 128)) return false;
   for (const int64_t st :
        {a.q_sb, a.q_sh, a.q_ss, a.k_sb, a.k_sh, a.k_ss, a.v_sb, a.v_sh, a.v_ss, a.o_sb, a.o_sh, a.o_ss})
     if (st % 8 != 0) return false;
@@ -443,10 +456,12 @@ void attention(const AttentionArgs& a) {
   DeviceGuard g(a.device);
   if (a.Sk > 0 && tc::applies(a)) {
     if (a.dtype == DType::f16) {
-      if (a.D == 64) tc::launch<__half, 64>(a);
+      if (a.D == 32) tc::launch<__half, 32>(a);
+      else if (a.D == 64) tc::launch<__half, 64>(a);
       else tc::launch<__half, 128>(a);
     } else {
-      if (a.D == 64) tc::launch<__nv_bfloat16, 64>(a);
+      if (a.D == 32) tc::launch<__nv_bfloat16, 32>(a);
+      else if (a.D == 64) tc::launch<__nv_bfloat16, 64>(a);
       else tc::launch<__nv_bfloat16, 128>(a);
     }
     check_launch("attention (tensor cores)");
