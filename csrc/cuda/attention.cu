@@ -125,6 +125,17 @@ __global__ void __launch_bounds__(kWarps * 32) attention_kernel(AttentionArgs a)
   }
 }
 
+// Launches an attention kernel over blocks of `rows` query rows x heads x batches, with `bytes` of dynamic
+// shared memory (the limit raised past the default 48 KB where needed).
+void launch_rows(void (*kernel)(AttentionArgs), const AttentionArgs& a, int64_t rows, int threads, size_t bytes) {
+  if (bytes > 48 * 1024)
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
+          "cudaFuncSetAttribute (attention)");
+  const dim3 grid(static_cast<unsigned>((a.Sq + rows - 1) / rows), static_cast<unsigned>(a.H),
+                  static_cast<unsigned>(a.B));
+  kernel<<<grid, threads, bytes>>>(a);
+}
+
 // ---- Tensor cores: FlashAttention-2's forward (Dao 2023) with mma.sync m16n8k16 ----------------------
 // A block of 4 warps takes 64 query rows of one (batch, head), 16 per warp, and walks the keys in tiles
 // of 64 staged in shared memory by cp.async (rows past the end zero-filled; the next tile loads while
@@ -364,13 +375,7 @@ template <class T, int kD>
 void launch(const AttentionArgs& a) {
   constexpr size_t bytes = sizeof(T) * (kBM + 4 * kBN) * (kD + 8);  // Q, and K and V twice
   const bool masked = a.mask.kind != MaskArgs::none || a.mask2.kind != MaskArgs::none;
-  auto kernel = masked ? flash_tc<T, kD, true> : flash_tc<T, kD, false>;
-  if (bytes > 48 * 1024)
-    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
-          "cudaFuncSetAttribute (flash_tc)");
-  const dim3 grid(static_cast<unsigned>((a.Sq + kBM - 1) / kBM), static_cast<unsigned>(a.H),
-                  static_cast<unsigned>(a.B));
-  kernel<<<grid, kWarps * 32, bytes>>>(a);
+  launch_rows(masked ? flash_tc<T, kD, true> : flash_tc<T, kD, false>, a, kBM, kWarps * 32, bytes);
 }
 
 // Whether flash_tc takes this call: 16-bit types, D == Dv in {32, 64, 128}, every row of q, k, v and out
@@ -389,13 +394,7 @@ bool applies(const AttentionArgs& a) {
 template <class T, int kDMax>
 void launch_attention(const AttentionArgs& a) {
   const size_t bytes = sizeof(float) * (kBQ * kDMax + kBK * (kDMax + 1) + kBK * kDMax);
-  auto kernel = attention_kernel<T, kDMax>;
-  if (bytes > 48 * 1024)
-    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
-          "cudaFuncSetAttribute (attention)");
-  const dim3 grid(static_cast<unsigned>((a.Sq + kBQ - 1) / kBQ), static_cast<unsigned>(a.H),
-                  static_cast<unsigned>(a.B));
-  kernel<<<grid, kWarps * 32, bytes>>>(a);
+  launch_rows(attention_kernel<T, kDMax>, a, kBQ, kWarps * 32, bytes);
 }
 
 // Additive attention, one block per query row (b, i): scores v . tanh(qp_i + kp_j) into a float32

@@ -67,15 +67,26 @@ __global__ void __launch_bounds__(kRowWarps * 32) softmax_warp_rows(const T* __r
   }
 }
 
+// A layer norm's arrays in their storage type (residual, weight, bias and sum_out may be null).
+template <class T>
+struct LayerNormPointers {
+  const T* x;
+  const T* res;
+  const T* w;
+  const T* b;
+  T* y;
+  T* sum_out;
+};
+template <class T>
+__device__ __forceinline__ LayerNormPointers<T> pointers(const LayerNormArgs& a) {
+  return {static_cast<const T*>(a.x), static_cast<const T*>(a.residual), static_cast<const T*>(a.weight),
+          static_cast<const T*>(a.bias), static_cast<T*>(a.y), static_cast<T*>(a.sum_out)};
+}
+
 template <class T, int kIters>
 __global__ void __launch_bounds__(kRowWarps * 32) layer_norm_warp_rows(LayerNormArgs a) {
   using V = Vec16<T>;
-  const T* x = static_cast<const T*>(a.x);
-  const T* res = static_cast<const T*>(a.residual);
-  const T* w = static_cast<const T*>(a.weight);
-  const T* b = static_cast<const T*>(a.bias);
-  T* y = static_cast<T*>(a.y);
-  T* sum_out = static_cast<T*>(a.sum_out);
+  const auto [x, res, w, b, y, sum_out] = pointers<T>(a);
   const int lane = threadIdx.x & 31;
   const int64_t n = a.n, nv = n / V::kN;
   const float inv_n = 1.0f / static_cast<float>(n);
@@ -193,12 +204,7 @@ __global__ void softmax_columns(const T* __restrict__ x, T* __restrict__ y, int6
 template <class T>
 __global__ void layer_norm_rows(LayerNormArgs a) {
   __shared__ float scratch[32];
-  const T* x = static_cast<const T*>(a.x);
-  const T* res = static_cast<const T*>(a.residual);
-  const T* w = static_cast<const T*>(a.weight);
-  const T* b = static_cast<const T*>(a.bias);
-  T* y = static_cast<T*>(a.y);
-  T* sum_out = static_cast<T*>(a.sum_out);
+  const auto [x, res, w, b, y, sum_out] = pointers<T>(a);
   const int64_t n = a.n;
   const float inv_n = 1.0f / static_cast<float>(n);
   for (int64_t r = blockIdx.x; r < a.rows; r += gridDim.x) {
