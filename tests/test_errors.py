@@ -176,7 +176,12 @@ def test_positions_errors():
 
 
 def test_threads_errors():
-    with pytest.raises(ValueError):
-        coreformer.set_num_threads(0)
+    before = coreformer.get_num_threads()
+    for bad in (0, -3, 4097, 100000, 2 ** 40):  # past the cap OpenMP would start thousands of threads per call
+        with pytest.raises(ValueError, match="between 1 and 4096"):
+            coreformer.set_num_threads(bad)
+    with pytest.raises(ValueError, match="between 1 and 4096"):
+        coreformer._core.set_num_threads(4097)  # the core checks too
+    assert coreformer.get_num_threads() == before
     with pytest.raises(TypeError):
         coreformer.set_num_threads("2")

@@ -89,7 +89,7 @@ def test_cli_bench_json(tmp_path, capsys):
 def test_cli_bench_bad_arguments(tmp_path):
     from coreformer.cli import main
     # a --json path that cannot be written is refused before any timing, not after it
-    for argv in (["bench", "--ops", "nope"], ["bench", "--threads", "0"],
+    for argv in (["bench", "--ops", "nope"], ["bench", "--threads", "0"], ["bench", "--threads", "5000"],
                  ["bench", "--json", str(tmp_path / "missing" / "x.json")], ["bench", "--json", str(tmp_path)]):
         with pytest.raises(SystemExit) as e:
             main(argv)

@@ -16,7 +16,7 @@ int initial_threads() {
   if (const char* env = std::getenv("COREFORMER_NUM_THREADS")) {
     char* end = nullptr;
     long n = std::strtol(env, &end, 10);
-    if (end != env && *end == '\0' && n >= 1 && n <= 4096) return static_cast<int>(n);
+    if (end != env && *end == '\0' && n >= 1 && n <= kMaxThreads) return static_cast<int>(n);
   }
 #ifdef CF_HAVE_OPENMP
   return std::max(1, omp_get_max_threads());
@@ -43,7 +43,8 @@ bool openmp_enabled() {
 int get_num_threads() { return thread_count().load(std::memory_order_relaxed); }
 
 void set_num_threads(int n) {
-  CF_CHECK(n >= 1, ValueError, "num_threads must be >= 1, got ", n);
+  // A cap, as COREFORMER_NUM_THREADS has: past it OpenMP would spawn thousands of threads per call.
+  CF_CHECK(n >= 1 && n <= kMaxThreads, ValueError, "num_threads must be between 1 and ", kMaxThreads, ", got ", n);
   thread_count().store(n, std::memory_order_relaxed);
 }
 

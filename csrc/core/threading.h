@@ -5,9 +5,11 @@
 
 namespace cf {
 
+constexpr int kMaxThreads = 4096;  // set_num_threads and COREFORMER_NUM_THREADS accept 1 to this
+
 bool openmp_enabled();
 int get_num_threads();
-void set_num_threads(int n);  // n >= 1
+void set_num_threads(int n);  // 1 <= n <= kMaxThreads, else ValueError
 // Threads to use for `work` units of roughly `grain` cost each: 1 inside an OpenMP region
 // (no nesting) or when the work is too small to pay for waking the team.
 int threads_for(int64_t work, int64_t min_work_per_thread = 1);

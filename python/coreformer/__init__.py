@@ -69,9 +69,11 @@ def get_num_threads() -> int:
 
 
 def set_num_threads(n: int) -> None:
-    """Use ``n`` (>= 1) threads in every later kernel call, from any Python thread."""
+    """Use ``n`` (1 to 4096) threads in every later kernel call, from any Python thread."""
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"n must be an int, got {type(n).__name__}")
+    if not 1 <= n <= 4096:
+        raise ValueError(f"num_threads must be between 1 and 4096, got {n}")
     _core.set_num_threads(n)
 
 

@@ -67,8 +67,8 @@ def main(argv=None) -> int:
             print(f"coreformer {args.command}: error: {err}", file=sys.stderr)
             return 1
     if args.command == "bench":
-        if args.threads is not None and args.threads < 1:
-            parser.error("--threads must be >= 1")
+        if args.threads is not None and not 1 <= args.threads <= 4096:
+            parser.error("--threads must be between 1 and 4096")
         if args.json:  # checked now, not after minutes of timing
             parent = os.path.dirname(os.path.abspath(args.json))
             if not os.path.isdir(parent):
