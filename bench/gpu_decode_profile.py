@@ -43,8 +43,7 @@ def main(dtype="float32"):
     step = np.array([[5]])
 
     def one_step():
-        cache.layers[0]  # the cache keeps growing by one: reset its length each time
-        for lc in cache.layers:
+        for lc in cache.layers:  # the cache would grow by one each call: back to the prompt's length
             lc.length = 32
         out = m._forward_device(step, None, np.array([[32]]), cache, 1)
         ops.argmax(out.reshape(1, -1)).numpy()

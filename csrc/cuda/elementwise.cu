@@ -39,7 +39,7 @@ template <class T, int kAct>
 void launch_activation(const T* x, T* y, int64_t n) {
   if (aligned16(x) && aligned16(y)) {
     const int64_t vecs = (n + Vec16<T>::kN - 1) / Vec16<T>::kN;
-    activation_vec_kernel<T, kAct><<<blocks_for(vecs, 256, 132LL * 16 * 8), 256>>>(x, y, n);
+    activation_vec_kernel<T, kAct><<<blocks_for(vecs, 256, kStreamBlocks), 256>>>(x, y, n);
   } else {
     activation_kernel<T, kAct><<<blocks_for(n, 256), 256>>>(x, y, n);
   }

@@ -167,7 +167,7 @@ void launch_epilogue(const GemmArgs& g, const void* residual, int64_t ldr) {
     const bool vec = g.N % kN == 0 && g.ldc % kN == 0 && aligned16(g.c) && (!g.bias || aligned16(g.bias)) &&
                      (!residual || (ldr % kN == 0 && aligned16(residual)));
     const T* r = static_cast<const T*>(residual);
-    if (vec) epilogue<T, kAct, kN><<<blocks_for(g.M * (g.N / kN), 256, 132LL * 16 * 8), 256>>>(g, r, ldr);
+    if (vec) epilogue<T, kAct, kN><<<blocks_for(g.M * (g.N / kN), 256, kStreamBlocks), 256>>>(g, r, ldr);
     else epilogue<T, kAct, 1><<<blocks_for(g.M * g.N, 256), 256>>>(g, r, ldr);
   });
 }

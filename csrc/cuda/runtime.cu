@@ -77,7 +77,6 @@ struct Cache {
   std::mutex mu;
   std::map<std::pair<int, size_t>, std::vector<void*>> idle;  // (device, size class) -> blocks
   std::unordered_map<void*, size_t> live;                      // block -> its size class
-  size_t idle_bytes = 0;
 };
 
 Cache& cache() {
@@ -107,7 +106,6 @@ size_t empty_cache(int device) {
       for (void* p : it->second) blocks.emplace_back(p, it->first.first), freed += it->first.second;
       it = c.idle.erase(it);
     }
-    c.idle_bytes -= freed;
   }
   for (const auto& b : blocks) raw_free(b.first, b.second);  // outside the lock: cudaFree waits for the device
   return freed;
@@ -122,7 +120,6 @@ void* malloc(size_t bytes, int device) {
     if (it != c.idle.end() && !it->second.empty()) {
       void* p = it->second.back();
       it->second.pop_back();
-      c.idle_bytes -= size;
       c.live.emplace(p, size);
       return p;
     }
@@ -148,73 +145,12 @@ void free(void* p, int device) noexcept {
     auto it = c.live.find(p);
     if (it != c.live.end()) {
       c.idle[{device, it->second}].push_back(p);
-      c.idle_bytes += it->second;
       c.live.erase(it);
       return;
     }
   } catch (...) {  // no memory for the bookkeeping: give the block back to the driver instead
   }
   raw_free(p, device);
-}
-
-namespace {
-
-struct Block {
-  void* p;
-  size_t bytes;
-  int device;
-};
-
-constexpr size_t kKeepBytes = size_t(1) << 30;
-
-// A thread's free scratch blocks; returned to the driver when the thread ends.
-struct Pool {
-  std::vector<Block> free;
-  size_t held = 0;
-  ~Pool() {
-    for (const Block& b : free) cf::cuda::free(b.p, b.device);
-  }
-};
-
-thread_local Pool t_pool;
-
-}  // namespace
-
-void* scratch_alloc(size_t& bytes, int device) {
-  bytes = (bytes + (size_t(1) << 20) - 1) & ~((size_t(1) << 20) - 1);  // whole MiB: blocks get reused
-  Pool& pool = t_pool;
-  size_t best = pool.free.size();
-  for (size_t i = 0; i < pool.free.size(); ++i) {
-    const Block& b = pool.free[i];
-    if (b.device == device && b.bytes >= bytes && b.bytes <= 2 * bytes &&
-        (best == pool.free.size() || b.bytes < pool.free[best].bytes))
-      best = i;
-  }
-  if (best < pool.free.size()) {
-    const Block b = pool.free[best];
-    pool.free.erase(pool.free.begin() + static_cast<std::ptrdiff_t>(best));
-    pool.held -= b.bytes;
-    bytes = b.bytes;
-    return b.p;
-  }
-  return cf::cuda::malloc(bytes, device);
-}
-
-void scratch_free(void* p, size_t bytes, int device) noexcept {
-  Pool& pool = t_pool;
-  try {
-    pool.free.push_back({p, bytes, device});
-  } catch (...) {
-    cf::cuda::free(p, device);
-    return;
-  }
-  pool.held += bytes;
-  while (pool.held > kKeepBytes && !pool.free.empty()) {  // oldest first
-    const Block b = pool.free.front();
-    pool.free.erase(pool.free.begin());
-    pool.held -= b.bytes;
-    cf::cuda::free(b.p, b.device);
-  }
 }
 
 void memcpy(void* dst, const void* src, size_t bytes, Copy kind, int device) {

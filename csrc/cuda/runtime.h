@@ -37,28 +37,18 @@ class DeviceGuard {
   int device_ = 0;
 };
 
-// Scratch for one op call, from a per-thread pool: a freed block goes back to the calling thread's pool
-// (not to cudaFree, which would wait for the whole device) and the thread's next call reuses it. A
-// thread's kernels all run on the legacy default stream, in order, so a block reused by its own thread
-// is never still in use; other threads have their own pools. The pool keeps up to 1 GiB per thread.
-void* scratch_alloc(size_t& bytes, int device);  // rounds bytes up to the block's size
-void scratch_free(void* p, size_t bytes, int device) noexcept;
-
+// Scratch for one op call: a block from the caching allocator above, back to it at scope end (a later
+// call reuses it without cudaMalloc or cudaFree; the stream order keeps reuse safe).
 class Buffer {
  public:
-  Buffer(size_t bytes, int device) : bytes_(bytes), device_(device) {
-    p_ = bytes ? scratch_alloc(bytes_, device) : nullptr;
-  }
-  ~Buffer() {
-    if (p_) scratch_free(p_, bytes_, device_);
-  }
+  Buffer(size_t bytes, int device) : device_(device) { p_ = bytes ? cf::cuda::malloc(bytes, device) : nullptr; }
+  ~Buffer() { cf::cuda::free(p_, device_); }
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
   template <class T> T* get() const { return static_cast<T*>(p_); }
 
  private:
   void* p_ = nullptr;
-  size_t bytes_;
   int device_;
 };
 

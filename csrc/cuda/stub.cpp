@@ -19,8 +19,6 @@ void require_device(int) { unavailable(); }
 void* malloc(size_t, int) { unavailable(); }
 void free(void*, int) noexcept {}
 size_t empty_cache(int) { return 0; }
-void* scratch_alloc(size_t&, int) { unavailable(); }
-void scratch_free(void*, size_t, int) noexcept {}
 void memcpy(void*, const void*, size_t, Copy, int) { unavailable(); }
 void synchronize(int) {}
 DeviceGuard::DeviceGuard(int device) : device_(device) {}

@@ -108,6 +108,10 @@ struct Vec16 {
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
+// Grid-stride kernels that move 16 bytes per thread stop growing the grid here: 16 blocks of 256 threads
+// on each of an H100's 132 SMs, eight times over, then each thread loops.
+constexpr int64_t kStreamBlocks = 132LL * 16 * 8;
+
 inline unsigned blocks_for(int64_t n, int threads, int64_t cap = 65535LL * 8) {
   int64_t b = (n + threads - 1) / threads;
   if (b < 1) b = 1;
