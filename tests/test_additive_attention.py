@@ -42,3 +42,19 @@ def test_additive_without_weights_returns_array(rng):
     q, k, v = randn(rng, 1, 2, 3), randn(rng, 1, 4, 3), randn(rng, 1, 4, 3)
     out = ops.additive_attention(q, k, v, randn(rng, 5, 3), randn(rng, 5, 3), randn(rng, 5))
     assert isinstance(out, np.ndarray) and out.shape == (1, 2, 3)
+
+
+def test_additive_nan_gives_nan(isa, rng):
+    # A NaN query makes every score of its row NaN; the row (and its weights) must be NaN, not the
+    # zeros of a row with nothing to attend (which a fully masked row still gives).
+    q, kk, vv = randn(rng, 2, 4, 6), randn(rng, 2, 9, 5), randn(rng, 2, 9, 3)
+    wq, wk, v = randn(rng, 8, 6), randn(rng, 8, 5), randn(rng, 8)
+    q[0, 2, 1] = np.nan
+    mask = np.ones((2, 4, 9), bool)
+    mask[1, 3] = False
+    out, w = ops.additive_attention(q, kk, vv, wq, wk, v, mask=mask, return_weights=True)
+    assert np.isnan(out[0, 2]).all() and np.isnan(w[0, 2]).all()
+    assert np.all(out[1, 3] == 0) and np.all(w[1, 3] == 0)
+    rest = np.ones((2, 4), bool)
+    rest[0, 2] = False
+    assert np.isfinite(out[rest]).all()

@@ -68,6 +68,33 @@ def test_sdpa_fully_masked_rows_give_zeros(isa, rng):
         assert_close(got, ref.sdpa(q, k, v, attn_mask=mask), atol_scale=5e-6)
 
 
+
+@pytest.mark.parametrize("sq", [1, 2, 40])  # the few-queries path and the blocked one
+def test_sdpa_nan_gives_nan(isa, rng, sq):
+    # NaN in gives NaN out, as in torch's flash path: a NaN query row (every score NaN, so the row's max
+    # reads as -inf, the "nothing to attend" case) must not come back as zeros, nor in a later key block
+    # (Sk = 600: three blocks); a NaN key makes every row NaN; fully masked rows stay zeros.
+    q, k, v = randn(rng, 2, 2, sq, 16), randn(rng, 2, 2, 600, 16), randn(rng, 2, 2, 600, 16)
+    q[0, 1, sq - 1, 5] = np.nan
+    got = ops.scaled_dot_product_attention(q, k, v)
+    assert np.isnan(got[0, 1, sq - 1]).all()
+    finite = np.ones(got.shape[:3], bool)
+    finite[0, 1, sq - 1] = False
+    assert np.isfinite(got[finite]).all()
+    assert_close(got[1], ref.sdpa(q[1], k[1], v[1]), atol_scale=5e-6)
+    mask = np.ones((2, 1, sq, 600), bool)
+    mask[0, :, sq - 1, :300] = False  # the NaN row sees nothing in the first key block
+    mask[1, :, 0] = False             # a fully masked row: zeros
+    got = ops.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert np.isnan(got[0, 1, sq - 1]).all()
+    assert np.all(got[1, :, 0] == 0)
+    k2 = k.copy()
+    k2[1, 0, 450, 3] = np.nan
+    assert np.isnan(ops.scaled_dot_product_attention(q, k2, v)[1, 0]).all()
+    fmask = np.zeros((sq, 600), np.float32)
+    fmask[0, :] = np.nan  # a float mask of NaN: NaN rows in every head
+    assert np.isnan(ops.scaled_dot_product_attention(q, k, v, attn_mask=fmask)[:, :, 0]).all()
+
 def test_sdpa_causal_and_mask_together(isa, rng):
     q, k, v = randn(rng, 2, 2, 100, 16), randn(rng, 2, 2, 300, 16), randn(rng, 2, 2, 300, 16)
     mask = rng.random((2, 1, 1, 300)) > 0.2

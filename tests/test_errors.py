@@ -185,3 +185,43 @@ def test_threads_errors():
     assert coreformer.get_num_threads() == before
     with pytest.raises(TypeError):
         coreformer.set_num_threads("2")
+
+
+def test_scalar_arguments_are_typed():
+    # Counts and axes take integers (a float would be truncated silently: num_heads=2.5 ran as 2), flags
+    # take bools (is_causal="no" read as True), scale and eps real numbers (a string reached pybind11 as
+    # a RuntimeError); numpy's scalars are fine.
+    x = randn(rng, 2, 5, 8)
+    iw, ow = randn(rng, 24, 8), randn(rng, 8, 8)
+    with pytest.raises(TypeError, match="num_heads must be an integer.*2.5"):
+        ops.multi_head_attention(x, x, x, 2.5, iw, None, ow, None)
+    with pytest.raises(TypeError, match="axis must be an integer"):
+        ops.softmax(X, axis=1.0)
+    with pytest.raises(TypeError, match="num_positions must be an integer"):
+        ops.sinusoidal_positions(4.5, 8)
+    with pytest.raises(TypeError, match="dim must be an integer"):
+        ops.sinusoidal_positions(4, "8")
+    with pytest.raises(TypeError, match="is_causal must be a bool.*'no'"):
+        ops.scaled_dot_product_attention(Q, Q, Q, is_causal="no")
+    with pytest.raises(TypeError, match="scale must be a real number"):
+        ops.scaled_dot_product_attention(Q, Q, Q, scale="0.5")
+    with pytest.raises(TypeError, match="scale must be a real number"):
+        ops.scaled_dot_product_attention(Q, Q, Q, scale=np.ones(2))
+    with pytest.raises(TypeError, match="eps must be a real number"):
+        ops.layer_norm(X, eps="a")
+    with pytest.raises(TypeError, match="return_weights must be a bool"):
+        ops.additive_attention(x, x, x, iw, iw, randn(rng, 24), return_weights="yes")
+    with pytest.raises(TypeError, match="approximate must be 'none' or 'tanh'"):
+        ops.gelu(X, approximate=None)
+    with pytest.raises(TypeError, match="dtype must be"):
+        ops.pack_weight(W, np.float32)
+    with pytest.raises(TypeError, match="cache_length must be an integer"):
+        ops.transformer_encoder_layer(x, 2, iw, None, ow, None, randn(rng, 16, 8), None, randn(rng, 8, 16), None,
+                                      None, None, None, None, cache_length=1.5)
+    # numpy scalars and bools are what they say
+    np.testing.assert_array_equal(ops.softmax(X, axis=np.int64(0)), ops.softmax(X, axis=0))
+    np.testing.assert_array_equal(ops.sinusoidal_positions(np.int32(3), np.int64(8)), ops.sinusoidal_positions(3, 8))
+    np.testing.assert_array_equal(ops.scaled_dot_product_attention(Q, Q, Q, is_causal=np.bool_(True), scale=np.float32(0.5)),
+                                  ops.scaled_dot_product_attention(Q, Q, Q, is_causal=True, scale=0.5))
+    np.testing.assert_array_equal(ops.multi_head_attention(x, x, x, np.int64(2), iw, None, ow, None),
+                                  ops.multi_head_attention(x, x, x, 2, iw, None, ow, None))

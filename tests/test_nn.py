@@ -285,3 +285,19 @@ def test_members_mirror_survives_bulk_edits(rng):
     assert name not in lin.__dict__
     lin._params.clear()
     assert "weight" not in lin.__dict__ and lin.state_dict() == {}
+
+
+def test_layer_sizes_are_integers(rng):
+    # A float size was truncated silently (Linear(8.5, 4) built an 8-input layer); torch refuses it too.
+    with pytest.raises(TypeError, match="in_features must be an integer"):
+        nn.Linear(8.5, 4)
+    with pytest.raises(TypeError, match="num_heads must be an integer"):
+        nn.MultiHeadAttention(8, 2.0)
+    with pytest.raises(TypeError, match="eps must be a real number"):
+        nn.LayerNorm(8, eps="small")
+    # torch's LayerNorm((E,)) form is the same layer; several sizes are not supported
+    x = randn(rng, 3, 8)
+    np.testing.assert_array_equal(nn.LayerNorm((8,))(x), nn.LayerNorm(8)(x))
+    assert nn.LayerNorm([np.int64(8)]).normalized_shape == 8
+    with pytest.raises(ValueError, match="normalized_shape must be one size"):
+        nn.LayerNorm((2, 8))

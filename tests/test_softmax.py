@@ -26,6 +26,21 @@ def test_softmax_masked_rows(isa, rng):
     assert_close(ops.softmax(x3, axis=1), ref.softmax(x3, 1), atol_scale=1e-6)
 
 
+
+def test_softmax_nan_gives_nan(isa, rng):
+    # A NaN anywhere in a slice makes that slice NaN, as torch does -- the all-NaN slice (whose max reads
+    # as -inf, the "nothing to attend" case) too: it must not come back as zeros. Other slices untouched.
+    x = randn(rng, 5, 37)
+    x[0, 4] = np.nan
+    x[1, :] = np.nan
+    x[2, :] = -np.inf
+    x[2, 7] = np.nan
+    for axis, xx in ((-1, x), (0, np.ascontiguousarray(x.T))):
+        y = ops.softmax(xx, axis=axis)
+        y = y if axis == -1 else y.T
+        assert np.isnan(y[:3]).all()
+        assert_close(y[3:], ref.softmax(x[3:]), atol_scale=1e-6)
+
 def test_softmax_relative_accuracy_over_exp_range(isa):
     # Every term relative to float64 down to exp(-86.4) (rows and strided axis), as long as the
     # result is a normal float (atol covers the subnormal quotients); below exp(-125.5 ln 2) = exp(-86.99)

@@ -54,8 +54,15 @@ void additive_attention(const AdditiveArgs& a) {
       float* out = a.out + row * Dv;
       std::memset(out, 0, sizeof(float) * Dv);
       float* w = a.weights ? a.weights + row * Sk : nullptr;
-      if (mx == ninf) {  // no key to attend: zeros, as scaled_dot_product_attention
-        if (w) std::memset(w, 0, sizeof(float) * Sk);
+      if (mx == ninf) {  // no key to attend: zeros, as scaled_dot_product_attention (NaN scores: NaN)
+        if (has_nan(s, Sk)) {
+          const float qnan = std::numeric_limits<float>::quiet_NaN();
+          for (int64_t d = 0; d < Dv; ++d) out[d] = qnan;
+          if (w)
+            for (int64_t j = 0; j < Sk; ++j) w[j] = qnan;
+        } else if (w) {
+          std::memset(w, 0, sizeof(float) * Sk);
+        }
         continue;
       }
       const float sum = exp_sub_sum(s, s, Sk, mx);

@@ -102,9 +102,9 @@ void attention_few_queries(const AttentionArgs& a) {
         apply_mask(a.mask2, b, h, i, 0, n, row);
         const float mx = n > 0 ? row_max(row, n) : kNegInf;
         for (int64_t j = n; j < jmax; ++j) row[j] = 0.0f;
-        if (mx == kNegInf) {  // nothing to attend: zeros
+        if (mx == kNegInf) {  // nothing to attend: zeros (NaN scores: NaN)
+          inv[i] = has_nan(row, n) ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
           for (int64_t j = 0; j < n; ++j) row[j] = 0.0f;
-          inv[i] = 0.0f;
         } else {
           inv[i] = 1.0f / exp_sub_sum(row, row, n, mx);
         }
@@ -224,6 +224,7 @@ void attend_block(const AttentionArgs& a, int64_t b, int64_t h, int64_t i0, int6
       const float mx = row_max<true>(srow, nk);
       const float m_new = mx > m[r] ? mx : m[r];
       if (m_new == kNegInf) {  // nothing visible yet: P = 0, state unchanged
+        if (has_nan(srow, nk)) l[r] = std::numeric_limits<float>::quiet_NaN();  // NaN scores: a NaN row
         std::memset(srow, 0, sizeof(float) * nk);
         continue;
       }

@@ -14,6 +14,15 @@ inline Vec lane_index() {
   return Vec::load(k);
 }
 
+// row_max skips NaN (max keeps its other operand), so a row of NaN (and -inf) reads as "all -inf";
+// the callers that then give zeros for "nothing to attend" check this first, so NaN in gives NaN out
+// (a rare path: only rows whose max is -inf are scanned).
+inline bool has_nan(const float* x, int64_t n) {
+  for (int64_t j = 0; j < n; ++j)
+    if (x[j] != x[j]) return true;
+  return false;
+}
+
 // The sweeps below keep four independent accumulators: with one, the add's (or max's) latency, not
 // the loads, bounds a sweep over a row already in L1 (layer_norm's sum took ~3 cycles per vector).
 // kPadded: the row may be read up to the next multiple of W (the lanes past n are ignored, whatever

@@ -21,8 +21,9 @@ void softmax_rows(const SoftmaxArgs& a) {
     const float* x = a.x + r * n;
     float* y = a.y + r * n;
     const float mx = row_max(x, n);
-    if (mx == kNegInf) {  // every element -inf: zeros
-      for (int64_t j = 0; j < n; ++j) y[j] = 0.0f;
+    if (mx == kNegInf) {  // every element -inf: zeros (NaN if any is NaN)
+      const float fill = has_nan(x, n) ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
+      for (int64_t j = 0; j < n; ++j) y[j] = fill;
       continue;
     }
     // the row after next is fetched meanwhile: row_max's sweep would otherwise wait on memory
@@ -50,7 +51,8 @@ void softmax_strided(const SoftmaxArgs& a) {
       e.store_partial(y + j * inner, w);
       sum = sum + e;
     }
-    Vec inv = select_lt(Vec::zero(), sum, Vec::set1(1.0f) / sum, Vec::zero());
+    // a sum is ~1 or more (the max's own term) but for a slice of -inf (0: zeros); NaN stays NaN
+    Vec inv = select_lt(sum, Vec::set1(std::numeric_limits<float>::min()), Vec::zero(), Vec::set1(1.0f) / sum);
     for (int64_t j = 0; j < n; ++j) (Vec::load_partial(y + j * inner, w) * inv).store_partial(y + j * inner, w);
   }
 }

@@ -307,7 +307,7 @@ class Linear(Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, activation=None):
         super().__init__()
-        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.in_features, self.out_features = ops._int("in_features", in_features), ops._int("out_features", out_features)
         self.activation = _activation(activation)
         bound = 1.0 / math.sqrt(max(self.in_features, 1))
         self.weight = _uniform((self.out_features, self.in_features), bound)
@@ -329,7 +329,11 @@ class LayerNorm(Module):
 
     def __init__(self, normalized_shape: int, eps: float = 1e-5, elementwise_affine: bool = True):
         super().__init__()
-        self.normalized_shape, self.eps = int(normalized_shape), float(eps)
+        if isinstance(normalized_shape, (tuple, list)):  # torch's (E,) form; over the last axis only
+            if len(normalized_shape) != 1:
+                raise ValueError(f"normalized_shape must be one size (the last axis), got {tuple(normalized_shape)}")
+            normalized_shape = normalized_shape[0]
+        self.normalized_shape, self.eps = ops._int("normalized_shape", normalized_shape), ops._float("eps", eps)
         self.weight = np.ones(self.normalized_shape, np.float32) if elementwise_affine else None
         self.bias = np.zeros(self.normalized_shape, np.float32) if elementwise_affine else None
 
@@ -345,7 +349,8 @@ class Embedding(Module):
 
     def __init__(self, num_embeddings: int, embedding_dim: int):
         super().__init__()
-        self.num_embeddings, self.embedding_dim = int(num_embeddings), int(embedding_dim)
+        self.num_embeddings = ops._int("num_embeddings", num_embeddings)
+        self.embedding_dim = ops._int("embedding_dim", embedding_dim)
         self.weight = _rng.standard_normal((self.num_embeddings, self.embedding_dim)).astype(np.float32)
 
     def forward(self, ids):
@@ -361,7 +366,7 @@ class SinusoidalPositionalEncoding(Module):
 
     def __init__(self, dim: int, max_len: int = 1024):
         super().__init__()
-        self.dim = int(dim)
+        self.dim = ops._int("dim", dim)
         object.__setattr__(self, "_pe", ops.sinusoidal_positions(max_len, self.dim))
 
     def encodings(self, start: int, stop: int) -> np.ndarray:
@@ -385,7 +390,7 @@ class LearnedPositionalEmbedding(Module):
 
     def __init__(self, num_positions: int, dim: int):
         super().__init__()
-        self.num_positions, self.dim = int(num_positions), int(dim)
+        self.num_positions, self.dim = ops._int("num_positions", num_positions), ops._int("dim", dim)
         self.weight = (_rng.standard_normal((self.num_positions, self.dim)) * 0.02).astype(np.float32)
 
     def forward(self, x, offset: int = 0, position_ids=None):
@@ -405,7 +410,8 @@ class KVCache:
     attention kernel reads strided views). Past the capacity it doubles (one copy)."""
 
     def __init__(self, batch: int, num_heads: int, head_dim: int, capacity: int):
-        shape = (int(batch), int(num_heads), max(int(capacity), 1), int(head_dim))
+        shape = (ops._int("batch", batch), ops._int("num_heads", num_heads), max(ops._int("capacity", capacity), 1),
+                 ops._int("head_dim", head_dim))
         self.k = np.empty(shape, np.float32)
         self.v = np.empty(shape, np.float32)
         self.length = 0
@@ -459,7 +465,8 @@ class DeviceKVCache:
     run); ``reorder`` keeps batch rows on the device (beam search)."""
 
     def __init__(self, batch: int, num_heads: int, head_dim: int, capacity: int, device: str, dtype: str = "float32"):
-        shape = (int(batch), int(num_heads), max(int(capacity), 1), int(head_dim))
+        shape = (ops._int("batch", batch), ops._int("num_heads", num_heads), max(ops._int("capacity", capacity), 1),
+                 ops._int("head_dim", head_dim))
         self.device, self.dtype = device, dtype
         self.k = _core.tensor(np.zeros(shape, np.float32), device, dtype)
         self.v = _core.tensor(np.zeros(shape, np.float32), device, dtype)
@@ -547,7 +554,7 @@ class MultiHeadAttention(Module):
 
     def __init__(self, embed_dim: int, num_heads: int, bias: bool = True):
         super().__init__()
-        self.embed_dim, self.num_heads = int(embed_dim), int(num_heads)
+        self.embed_dim, self.num_heads = ops._int("embed_dim", embed_dim), ops._int("num_heads", num_heads)
         if self.num_heads < 1 or self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
         self.head_dim = self.embed_dim // self.num_heads
@@ -618,7 +625,8 @@ class AdditiveAttention(Module):
 
     def __init__(self, query_dim: int, key_dim: int, attn_dim: int):
         super().__init__()
-        self.query_dim, self.key_dim, self.attn_dim = int(query_dim), int(key_dim), int(attn_dim)
+        self.query_dim, self.key_dim = ops._int("query_dim", query_dim), ops._int("key_dim", key_dim)
+        self.attn_dim = ops._int("attn_dim", attn_dim)
         self.w_query = _uniform((self.attn_dim, self.query_dim), 1.0 / math.sqrt(max(self.query_dim, 1)))
         self.w_key = _uniform((self.attn_dim, self.key_dim), 1.0 / math.sqrt(max(self.key_dim, 1)))
         self.v = _uniform((self.attn_dim,), 1.0 / math.sqrt(max(self.attn_dim, 1)))

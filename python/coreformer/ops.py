@@ -14,6 +14,8 @@ argument and the shapes; out-of-range ids raise ``IndexError``.
 """
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 from . import _core
@@ -42,6 +44,34 @@ PackedWeight = _core.PackedWeight
 Tensor = _core.Tensor
 
 
+def _int(name, value):
+    """An integer argument: Python and numpy ints (not floats, which would be truncated silently)."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}") from None
+
+
+def _float(name, value):
+    """A real-number argument: ints, floats and their numpy scalars (not strings, complex or arrays)."""
+    if not isinstance(value, (str, bytes)) and np.ndim(value) == 0:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+
+
+def _flag(name, value, none=False):
+    """A bool argument (numpy's too, and the ints 0 and 1); ``none``: None reads as False, where torch
+    types the flag Optional[bool]. A string such as "no" is refused rather than read as True."""
+    if value is None and none:
+        return False
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer)) and value in (0, 1)):
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+
+
 def _ndim(x):
     return x.ndim if isinstance(x, Tensor) else np.ndim(x)
 
@@ -54,9 +84,9 @@ def _batched(x):
 def _norm_eps(eps, n):
     """A fused layer's eps: one float for its n norms, or one each."""
     if np.ndim(eps) == 0:
-        return (float(eps),) * n
+        return (_float("eps", eps),) * n
     if np.shape(eps) == (n,):
-        return tuple(float(e) for e in eps)
+        return tuple(_float("eps", e) for e in eps)
     which = "a pair (norm1's, norm2's)" if n == 2 else "a triple (norm1's, norm2's, norm3's)"
     raise ValueError(f"eps must be a float or {which}, got {eps!r}")
 
@@ -79,7 +109,9 @@ def pack_weight(weight, dtype="float32", *, transposed=False) -> PackedWeight:
     ``(out, in)``, ``.unpack()`` gives the float32 weight back (bfloat16 widened exactly, int8
     times its row's scale); ``pw[a:b]`` takes rows (sharing memory when ``a`` starts a panel).
     """
-    return _core.pack_weight(weight, dtype, bool(transposed))
+    if not isinstance(dtype, str):
+        raise TypeError(f"dtype must be 'float32', 'bfloat16' or 'int8', got {type(dtype).__name__} {dtype!r}")
+    return _core.pack_weight(weight, dtype, _flag("transposed", transposed))
 
 
 def linear(x, weight, bias=None, activation=None, *, residual=None, out=None):
@@ -101,14 +133,15 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal=Fa
 
     Two deliberate differences from PyTorch: ``is_causal`` with ``Sq < Sk`` aligns to the bottom
     right (query i sees keys up to ``i + Sk - Sq``, what a KV cache needs), and a query row with
-    no key left to attend gives zeros, not NaN. The score matrix is never materialised: memory is
+    no key left to attend gives zeros, not NaN (a NaN among its scores still gives NaN). The score matrix is never materialised: memory is
     O(S * D) whatever the sequence length.
 
     Strided float32 views whose last axis is contiguous are read in place (heads split out of a
     packed QKV projection, a prefix of a preallocated KV cache), and ``out`` may be such a view
     too (a ``(B, S, H, Dv)`` buffer seen as ``(B, H, S, Dv)``, so heads merge without a copy).
     """
-    return _core.scaled_dot_product_attention(query, key, value, attn_mask, bool(is_causal), scale, out)
+    return _core.scaled_dot_product_attention(query, key, value, attn_mask, _flag("is_causal", is_causal),
+                                             None if scale is None else _float("scale", scale), out)
 
 
 def multi_head_attention(query, key, value, num_heads, in_weight, in_bias, out_weight, out_bias,
@@ -133,8 +166,8 @@ def multi_head_attention(query, key, value, num_heads, in_weight, in_bias, out_w
         query, key, value = (batched.setdefault(id(t), _batched(t)) for t in (query, key, value))
         if key_padding_mask is not None:
             key_padding_mask = _batched(key_padding_mask)
-    r = _core.multi_head_attention(query, key, value, int(num_heads), in_weight, in_bias, out_weight, out_bias,
-                                   attn_mask, key_padding_mask, bool(is_causal))
+    r = _core.multi_head_attention(query, key, value, _int("num_heads", num_heads), in_weight, in_bias, out_weight, out_bias,
+                                   attn_mask, key_padding_mask, _flag("is_causal", is_causal))
     return _unbatched(r) if unbatched else r
 
 
@@ -175,11 +208,12 @@ def transformer_encoder_layer(x, num_heads, in_weight, in_bias, out_weight, out_
             key_padding_mask = _batched(key_padding_mask)
         if out is not None:
             out = _batched(out) if isinstance(out, (np.ndarray, Tensor)) else out
-    r = _core.transformer_encoder_layer(x, int(num_heads), in_weight, in_bias, out_weight, out_bias, linear1_weight,
+    r = _core.transformer_encoder_layer(x, _int("num_heads", num_heads), in_weight, in_bias, out_weight, out_bias, linear1_weight,
                                         linear1_bias, linear2_weight, linear2_bias, norm1_weight, norm1_bias,
-                                        norm2_weight, norm2_bias, activation, bool(norm_first), eps1, eps2, attn_mask,
-                                        key_padding_mask, bool(is_causal), cu_seqlens, scale, k_cache, v_cache,
-                                        int(cache_length), out)
+                                        norm2_weight, norm2_bias, activation, _flag("norm_first", norm_first), eps1, eps2,
+                                        attn_mask, key_padding_mask, _flag("is_causal", is_causal), cu_seqlens,
+                                        None if scale is None else _float("scale", scale), k_cache, v_cache,
+                                        _int("cache_length", cache_length), out)
     return _unbatched(r) if unbatched else r
 
 
@@ -224,14 +258,16 @@ def transformer_decoder_layer(x, memory, num_heads, self_in_weight, self_in_bias
             memory_key_padding_mask = _batched(memory_key_padding_mask)
         if out is not None:
             out = _batched(out) if isinstance(out, (np.ndarray, Tensor)) else out
-    r = _core.transformer_decoder_layer(x, memory, int(num_heads), self_in_weight, self_in_bias, self_out_weight,
+    r = _core.transformer_decoder_layer(x, memory, _int("num_heads", num_heads), self_in_weight, self_in_bias, self_out_weight,
                                         self_out_bias, cross_in_weight, cross_in_bias, cross_out_weight,
                                         cross_out_bias, linear1_weight, linear1_bias, linear2_weight, linear2_bias,
                                         norm1_weight, norm1_bias, norm2_weight, norm2_bias, norm3_weight, norm3_bias,
-                                        activation, bool(norm_first), eps1, eps2, eps3, tgt_mask,
+                                        activation, _flag("norm_first", norm_first), eps1, eps2, eps3, tgt_mask,
                                         tgt_key_padding_mask, memory_mask, memory_key_padding_mask,
-                                        bool(tgt_is_causal), bool(memory_is_causal), k_cache, v_cache, int(cache_length), memory_k, memory_v,
-                                        int(memory_length), out)
+                                        _flag("tgt_is_causal", tgt_is_causal, none=True),
+                                        _flag("memory_is_causal", memory_is_causal, none=True), k_cache, v_cache,
+                                        _int("cache_length", cache_length), memory_k, memory_v,
+                                        _int("memory_length", memory_length), out)
     return _unbatched(r) if unbatched else r
 
 
@@ -244,7 +280,8 @@ def additive_attention(query, keys, values, w_query, w_key, v, mask=None, return
     ``(A, Dq)``, w_key ``(A, Dk)``, v ``(A,)``. Returns ``(B, Sq, Dv)``, and the weights
     ``(B, Sq, Sk)`` too when ``return_weights``. A row with no key to attend gives zeros.
     """
-    return _core.additive_attention(query, keys, values, w_query, w_key, v, mask, bool(return_weights))
+    return _core.additive_attention(query, keys, values, w_query, w_key, v, mask,
+                                    _flag("return_weights", return_weights))
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5, residual=None, *, return_sum=False, out=None):
@@ -254,16 +291,18 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5, residual=None, *, return_sum
     ``return_sum=True`` also returns the sum ``x + residual`` (a pre-LN block's next residual),
     as ``(normalised, sum)``.
     """
-    return _core.layer_norm(x, weight, bias, float(eps), residual, bool(return_sum), out)
+    return _core.layer_norm(x, weight, bias, _float("eps", eps), residual, _flag("return_sum", return_sum), out)
 
 
 def softmax(x, axis=-1, *, out=None):
     """Softmax along ``axis``. A slice whose every element is -inf gives zeros (as attention does)."""
-    return _core.softmax(x, int(axis), out)
+    return _core.softmax(x, _int("axis", axis), out)
 
 
 def gelu(x, approximate="none", *, out=None):
     """GELU: ``x * Phi(x)`` (``approximate="none"``, erf) or the tanh approximation (``"tanh"``)."""
+    if not isinstance(approximate, str):
+        raise TypeError(f"approximate must be 'none' or 'tanh', got {type(approximate).__name__} {approximate!r}")
     return _core.gelu(x, approximate, out)
 
 
@@ -283,7 +322,7 @@ def embedding(ids, table):
 def sinusoidal_positions(num_positions, dim):
     """Sinusoidal positional encodings ``(num_positions, dim)``: sin on even columns, cos on odd
     (Vaswani et al. 2017): ``pe[p, 2i] = sin(p / 10000**(2i/dim))``, ``pe[p, 2i+1] = cos(...)``."""
-    return _core.sinusoidal_positions(int(num_positions), int(dim))
+    return _core.sinusoidal_positions(_int("num_positions", num_positions), _int("dim", dim))
 
 
 def argmax(x):
