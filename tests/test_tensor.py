@@ -240,3 +240,13 @@ def test_gpu_bench_and_synchronize_without_a_device(capsys):
     assert "no CUDA device" in capsys.readouterr().out or not cf.info()["cuda_built"]
     with pytest.raises(RuntimeError):
         cf.synchronize()
+
+
+def test_synchronize_device_argument():
+    cf.synchronize("cpu")  # nothing to wait for, on any machine
+    with pytest.raises(ValueError, match="'cpu', 'cuda' or 'cuda:N'.*'gpu'"):
+        cf.synchronize("gpu")
+    with pytest.raises(ValueError, match="'cuda:x'"):
+        cf.synchronize("cuda:x")
+    with pytest.raises(TypeError, match="device must be a str"):
+        cf.synchronize(0)

@@ -89,13 +89,20 @@ def tensor(data, device="cpu", dtype=None) -> Tensor:
 
 
 def synchronize(device="cuda") -> None:
-    """Wait until the GPU work queued by coreformer on ``device`` (``"cuda"`` or ``"cuda:N"``) is done.
+    """Wait until the GPU work queued by coreformer on ``device`` (``"cuda"`` or ``"cuda:N"``) is done
+    (``"cpu"``: nothing to wait for, CPU ops return when done).
 
     Ops return as soon as their kernels are queued; ``Tensor.numpy()`` / ``.to("cpu")`` wait by
     themselves, so this is for timing (and for handing memory to a library on another stream).
     """
-    index = 0 if device == "cuda" else int(str(device).removeprefix("cuda:"))
-    _core.synchronize(index)
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a str ('cpu', 'cuda' or 'cuda:N'), got {type(device).__name__}")
+    if device == "cpu":  # CPU ops return when their work is done
+        return
+    number = device.removeprefix("cuda:")
+    if device != "cuda" and (number == device or not number.isdecimal()):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    _core.synchronize(0 if device == "cuda" else int(number))
 
 
 def empty_cache() -> int:
