@@ -128,8 +128,12 @@ def test_bert_errors(bert_dirs, tmp_path):
         BertForSequenceClassification.from_pretrained(d)
     model = BertModel.from_pretrained(d)
     ids, mask, _ = bert_inputs()
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match=r"input_ids\[0, 0\] is 2\d\d, outside the vocabulary \[0, "):
         model(ids + 200, mask)
+    with pytest.raises(IndexError, match=r"token_type_ids\[1, 2\] is 2, outside the token types \[0, 2\)"):
+        bad_types = np.zeros_like(ids)
+        bad_types[1, 2] = 2
+        model(ids, mask, bad_types)
     with pytest.raises(ValueError, match="40 \\(max_position_embeddings\\)"):
         model(np.zeros((1, 41), np.int64))
     with pytest.raises(ValueError, match="attention_mask must have the shape"):
@@ -362,8 +366,15 @@ def test_gpt2_rows_stop_at_eos_and_streamers_see_every_token(gpt2):
 
 def test_gpt2_errors(gpt2, tmp_path):
     d, _, model = gpt2
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match=r"input_ids\[0, 1\] is 300, outside the vocabulary"):
         model.generate(np.array([[5, 300]]), max_new_tokens=2)
+    # typed before any work: a string where a number or a flag goes, a streamer that cannot take ids
+    for kw, match in [(dict(temperature="hot"), "temperature must be a real number"),
+                      (dict(do_sample="no"), "do_sample must be a bool"),
+                      (dict(streamer=5), "streamer must be None, a callable"),
+                      (dict(pad_token_id=2.5), "pad_token_id must be an integer")]:
+        with pytest.raises(TypeError, match=match):
+            model.generate(np.array([[1, 2]]), **{"max_new_tokens": 3, **kw})
     with pytest.raises(ValueError, match="n_positions"):
         model.generate(np.arange(150)[None] % 200, max_new_tokens=20)
     with pytest.raises(ValueError, match="n_positions"):

@@ -75,7 +75,10 @@ def check_names(got: dict, expected: set, ignorable=(), where: str = "checkpoint
         raise ValueError(f"{where}: " + "; ".join(problems))
 
 
-def as_ids(ids, name: str, ndim: int = 2) -> np.ndarray:
+def as_ids(ids, name: str, ndim: int = 2, vocab: int | None = None, what: str = "vocabulary") -> np.ndarray:
+    """``ids`` as int64 ``(batch, seq)`` (one row may come without the batch axis); with ``vocab``, an
+    id outside ``[0, vocab)`` raises IndexError naming the argument and where (the embedding would
+    too, but naming only its flat index into a table)."""
     a = np.asarray(ids)
     if a.ndim == ndim - 1:
         a = a[None]
@@ -83,6 +86,11 @@ def as_ids(ids, name: str, ndim: int = 2) -> np.ndarray:
         raise ValueError(f"{name} must be (batch, seq) integers, got shape {a.shape}")
     if a.size and a.dtype.kind not in "iu":
         raise TypeError(f"{name} must be an integer array, got dtype {a.dtype}")
+    if vocab is not None and a.size:
+        bad = (a < 0) | (a >= vocab)
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise IndexError(f"{name}[{', '.join(map(str, where))}] is {a[where]}, outside the {what} [0, {vocab})")
     return a.astype(np.int64, copy=False)
 
 

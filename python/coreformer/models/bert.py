@@ -266,11 +266,12 @@ class BertModel(nn.Module):
         return out
 
     def _checked_inputs(self, input_ids, attention_mask, token_type_ids):
-        ids = as_ids(input_ids, "input_ids")
+        ids = as_ids(input_ids, "input_ids", vocab=self.config.vocab_size)
         if ids.shape[1] == 0:
             raise ValueError(f"input_ids must hold at least one token per row, got shape {ids.shape}")
         mask = as_mask(attention_mask, ids.shape, "attention_mask")
-        tt = None if token_type_ids is None else as_ids(token_type_ids, "token_type_ids")
+        tt = None if token_type_ids is None else as_ids(token_type_ids, "token_type_ids",
+                                                         vocab=self.config.type_vocab_size, what="token types")
         if tt is not None and tt.shape != ids.shape:
             raise ValueError(f"token_type_ids must have the shape of input_ids {ids.shape}, got {tt.shape}")
         return ids, mask, tt

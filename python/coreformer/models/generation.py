@@ -6,10 +6,15 @@ import queue
 
 import numpy as np
 
+from ..ops import _flag, _float
+
 __all__ = ["TokenStreamer", "NextToken", "check_generation_args"]
 
 
 def check_generation_args(max_new_tokens, temperature, top_k, top_p, repetition_penalty, num_beams=1):
+    temperature, repetition_penalty = _float("temperature", temperature), _float("repetition_penalty", repetition_penalty)
+    if top_p is not None:
+        top_p = _float("top_p", top_p)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     if not (temperature > 0 and np.isfinite(temperature)):
@@ -32,7 +37,7 @@ class NextToken:
 
     def __init__(self, do_sample=False, temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0,
                  seed=None):
-        self.do_sample = bool(do_sample)
+        self.do_sample = _flag("do_sample", do_sample)
         self.temperature, self.top_k, self.top_p = float(temperature), top_k, top_p
         self.repetition_penalty = float(repetition_penalty)
         self.rng = np.random.default_rng(seed)
@@ -104,6 +109,13 @@ class TokenStreamer:
             if item is self._END:
                 return
             yield item
+
+
+def check_streamer(streamer):
+    """TypeError before any work for a streamer that is neither None, a callable nor has ``put``."""
+    if streamer is not None and not hasattr(streamer, "put") and not callable(streamer):
+        raise TypeError(f"streamer must be None, a callable or an object with put(ids) and end(), got "
+                        f"{type(streamer).__name__}")
 
 
 def stream_put(streamer, ids):

@@ -14,7 +14,7 @@ import numpy as np
 from .. import _core, nn, ops
 from .._files import read_json
 from ._common import ModelOutput, as_ids, as_mask, check_names, read_config, read_weights, to_device
-from .generation import NextToken, check_generation_args, eos_set, stream_end, stream_put
+from .generation import NextToken, check_generation_args, check_streamer, eos_set, stream_end, stream_put
 
 __all__ = ["GPT2Config", "GPT2LMHeadModel", "GPT2Cache"]
 
@@ -257,7 +257,7 @@ class GPT2LMHeadModel(nn.Module):
         """The checked ids, the mask over cached + new positions, and the position ids (by default the
         running count of real tokens, as transformers' generate makes them)."""
         c = self.config
-        ids = as_ids(input_ids, "input_ids")
+        ids = as_ids(input_ids, "input_ids", vocab=self.config.vocab_size)
         b, s = ids.shape
         past = cache.length if cache is not None else 0
         mask = as_mask(attention_mask, (b, past + s), "attention_mask")
@@ -288,7 +288,8 @@ class GPT2LMHeadModel(nn.Module):
         or an object with ``put(ids)`` and ``end()`` such as ``TokenStreamer``.
         """
         check_generation_args(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
-        ids = as_ids(input_ids, "input_ids")
+        check_streamer(streamer)
+        ids = as_ids(input_ids, "input_ids", vocab=self.config.vocab_size)
         b, p = ids.shape
         if p == 0:
             raise ValueError("input_ids must hold at least one token per row")
@@ -303,7 +304,7 @@ class GPT2LMHeadModel(nn.Module):
         defaults = {**{k: self.config.get(k) for k in ("eos_token_id", "pad_token_id")}, **self.generation_defaults}
         eos = eos_set(eos_token_id, defaults.get("eos_token_id"))
         pad = pad_token_id if pad_token_id is not None else defaults.get("pad_token_id")
-        pad = int(pad if pad is not None else (eos[0] if eos.size else 0))
+        pad = ops._int("pad_token_id", pad if pad is not None else (eos[0] if eos.size else 0))
         pick = NextToken(do_sample, temperature, top_k, top_p, repetition_penalty, seed)
         if not (mask[:, -1].all() and (np.diff(mask.astype(np.int8), axis=1) >= 0).all()):
             # Right-padded (the Tokenizer's default) or with holes: each row's tokens move to the right

@@ -178,14 +178,14 @@ class Transformer(nn.Module):
 
     def encode(self, src_ids, src_padding_mask=None) -> np.ndarray:
         """The encoder's output ``(B, S, d_model)`` for source ids ``(B, S)`` (float32, on the host)."""
-        src = as_ids(src_ids, "src_ids")
+        src = as_ids(src_ids, "src_ids", vocab=self.src_embed.num_embeddings)
         m = self._encode(src, src_padding_mask)
         return m if isinstance(m, np.ndarray) else m.numpy().astype(np.float32, copy=False)
 
     def decode(self, tgt_ids, memory, memory_padding_mask=None, tgt_padding_mask=None, cache=None,
                offset: int = 0) -> np.ndarray:
         """Logits ``(B, T, V)`` of the target positions ``offset .. offset + T - 1`` (causal)."""
-        tgt = as_ids(tgt_ids, "tgt_ids")
+        tgt = as_ids(tgt_ids, "tgt_ids", vocab=self.tgt_embed.num_embeddings)
         if self.__dict__.get("_device"):
             logits = self._decode_device(tgt, memory, memory_padding_mask, tgt_padding_mask, cache, offset)
             return logits.numpy().astype(np.float32, copy=False)
@@ -203,7 +203,7 @@ class Transformer(nn.Module):
 
     def forward(self, src_ids, tgt_ids, src_padding_mask=None, tgt_padding_mask=None):
         """Teacher-forced logits ``(B, T, V)``."""
-        memory = self._encode(as_ids(src_ids, "src_ids"), src_padding_mask)
+        memory = self._encode(as_ids(src_ids, "src_ids", vocab=self.src_embed.num_embeddings), src_padding_mask)
         logits = self.decode(tgt_ids, memory, src_padding_mask, tgt_padding_mask)
         if not isinstance(memory, np.ndarray):
             memory = memory.numpy().astype(np.float32, copy=False)
@@ -221,7 +221,7 @@ class Transformer(nn.Module):
         and no running one can beat the worst of them).
         """
         check_generation_args(max_new_tokens, 1.0, None, None, 1.0, num_beams)
-        src = as_ids(src_ids, "src_ids")
+        src = as_ids(src_ids, "src_ids", vocab=self.src_embed.num_embeddings)
         if src_padding_mask is not None:
             src_padding_mask = np.asarray(src_padding_mask, bool)
             if src_padding_mask.shape != src.shape:
@@ -233,7 +233,7 @@ class Transformer(nn.Module):
         if not 0 <= bos_token_id < v:
             raise IndexError(f"bos_token_id {bos_token_id} is outside the target vocabulary [0, {v})")
         eos = eos_set(eos_token_id, None)
-        pad = int(pad_token_id if pad_token_id is not None else (eos[0] if eos.size else bos_token_id))
+        pad = ops._int("pad_token_id", pad_token_id if pad_token_id is not None else (eos[0] if eos.size else bos_token_id))
         memory = self._encode(src, src_padding_mask)  # stays on the model's device
         if num_beams == 1:
             return self._greedy(memory, src_padding_mask, max_new_tokens, bos_token_id, eos, pad)
