@@ -55,6 +55,8 @@ def test_minilm_matches_sentence_transformers(minilm_dir, reference):
     np.testing.assert_allclose(raw, want_raw, rtol=1e-4, atol=1e-5)
     assert np.abs(np.linalg.norm(raw, axis=1) - 1).max() > 0.1
     assert ours.encode([]).shape == (0, 384)
+    with pytest.raises(TypeError, match="normalize_embeddings must be a bool"):
+        ours.encode(SENTENCES[:1], normalize_embeddings="no")
 
 
 def test_minilm_tokenizer_ids_match(minilm_dir, reference):
@@ -75,6 +77,12 @@ def test_minilm_tokenizer_ids_match(minilm_dir, reference):
     with pytest.raises(TypeError, match="integers"):
         tok.decode([1.5])
     assert tok.decode([]) == ""
+    # one sequence; a batch's rows are batch_decode's (they were run together into one string)
+    ids = tok(["hello world", "a b"])["input_ids"]
+    assert tok.decode(ids[:1]) == tok.decode(ids[0])
+    with pytest.raises(ValueError, match="batch_decode"):
+        tok.decode(ids)
+    assert tok.batch_decode(ids) == [tok.decode(r) for r in ids]
     for call in (lambda m: tok.encode("a b c", max_length=m), lambda m: tok(["a b c"], max_length=m)):
         with pytest.raises(ValueError, match="max_length must be >= 2"):
             call(1)

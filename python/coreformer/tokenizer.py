@@ -110,6 +110,9 @@ class Tokenizer:
         ids = np.asarray(ids)
         if ids.size and ids.dtype.kind not in "iu":
             raise TypeError(f"ids must be integers, got dtype {ids.dtype}")
+        if ids.ndim > 1 and ids.shape[:-1] != (1,) * (ids.ndim - 1):  # one row of a batch is fine
+            raise ValueError(f"decode takes one sequence of ids, got shape {ids.shape}: batch_decode decodes "
+                             "each row of a batch")
         ids = ids.reshape(-1)
         v = self.vocab_size
         bad = ids[(ids < 0) | (ids >= v)] if ids.size else ids
