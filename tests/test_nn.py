@@ -301,3 +301,25 @@ def test_layer_sizes_are_integers(rng):
     assert nn.LayerNorm([np.int64(8)]).normalized_shape == 8
     with pytest.raises(ValueError, match="normalized_shape must be one size"):
         nn.LayerNorm((2, 8))
+
+
+def test_kv_cache_and_stack_arguments(rng):
+    mha = nn.MultiHeadAttention(8, 2)
+    x = randn(rng, 2, 5, 8)
+    # a cache made for another batch, head count or head size: ValueError naming both shapes, not numpy's
+    # broadcast message from inside the append
+    for b, h, dh in ((1, 2, 4), (2, 4, 2), (2, 2, 5)):
+        with pytest.raises(ValueError, match=rf"KV cache holds \(B, H, S, Dh\) = \({b}, {h}, S, {dh}\).*\(2, 2, 5, 4\)"):
+            mha(x, cache=nn.KVCache(b, h, dh, 3))
+    with pytest.raises(ValueError, match="KV cache num_heads must be >= 1, got 0"):
+        nn.KVCache(1, 0, 4, 3)
+    with pytest.raises(ValueError, match="KV cache batch must be >= 0, got -1"):
+        nn.KVCache(-1, 2, 4, 3)
+    with pytest.raises(ValueError, match="num_layers must be >= 0, got -1"):
+        nn.TransformerEncoder(-1, 8, 2)
+    with pytest.raises(TypeError, match="num_layers must be an integer"):
+        nn.TransformerDecoder(2.0, 8, 2)
+    c = nn.KVCache(2, 2, 4, 3)  # the right cache still grows past its capacity
+    mha(x[:, :2], cache=c)
+    mha(x[:, 2:], cache=c)
+    assert c.length == 5 and c.capacity >= 5

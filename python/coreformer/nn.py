@@ -404,14 +404,29 @@ class LearnedPositionalEmbedding(Module):
         return x + self.weight[offset:offset + s]
 
 
+def _count(name, value) -> int:
+    n = ops._int(name, value)
+    if n < 0:
+        raise ValueError(f"{name} must be >= 0, got {n}")
+    return n
+
+
+def _cache_shape(batch, num_heads, head_dim, capacity) -> tuple[int, int, int, int]:
+    b, h, dh, cap = (ops._int(n, v) for n, v in (("batch", batch), ("num_heads", num_heads), ("head_dim", head_dim),
+                                                   ("capacity", capacity)))
+    for name, v, least in (("batch", b, 0), ("num_heads", h, 1), ("head_dim", dh, 1), ("capacity", cap, 0)):
+        if v < least:
+            raise ValueError(f"KV cache {name} must be >= {least}, got {v}")
+    return b, h, max(cap, 1), dh
+
+
 class KVCache:
     """Keys and values of one attention layer, preallocated ``(B, H, capacity, Dh)`` and appended in
     place; ``keys()`` / ``values()`` are views of the first ``length`` positions (no copy: the
     attention kernel reads strided views). Past the capacity it doubles (one copy)."""
 
     def __init__(self, batch: int, num_heads: int, head_dim: int, capacity: int):
-        shape = (ops._int("batch", batch), ops._int("num_heads", num_heads), max(ops._int("capacity", capacity), 1),
-                 ops._int("head_dim", head_dim))
+        shape = _cache_shape(batch, num_heads, head_dim, capacity)
         self.k = np.empty(shape, np.float32)
         self.v = np.empty(shape, np.float32)
         self.length = 0
@@ -432,6 +447,11 @@ class KVCache:
 
     def append(self, k, v) -> None:
         """k, v ``(B, H, S, Dh)`` (any strides)."""
+        b, h, _, dh = self.k.shape
+        for name, a in (("keys", k), ("values", v)):
+            if a.ndim != 4 or (a.shape[0], a.shape[1], a.shape[3]) != (b, h, dh) or a.shape[2] != k.shape[2]:
+                raise ValueError(f"this KV cache holds (B, H, S, Dh) = ({b}, {h}, S, {dh}); the {name} to append "
+                                 f"have shape {tuple(a.shape)} (keys {tuple(k.shape)})")
         s = k.shape[2]
         self.reserve(s)
         self.k[:, :, self.length:self.length + s] = k
@@ -465,8 +485,7 @@ class DeviceKVCache:
     run); ``reorder`` keeps batch rows on the device (beam search)."""
 
     def __init__(self, batch: int, num_heads: int, head_dim: int, capacity: int, device: str, dtype: str = "float32"):
-        shape = (ops._int("batch", batch), ops._int("num_heads", num_heads), max(ops._int("capacity", capacity), 1),
-                 ops._int("head_dim", head_dim))
+        shape = _cache_shape(batch, num_heads, head_dim, capacity)
         self.device, self.dtype = device, dtype
         self.k = _core.tensor(np.zeros(shape, np.float32), device, dtype)
         self.v = _core.tensor(np.zeros(shape, np.float32), device, dtype)
@@ -747,7 +766,7 @@ class TransformerEncoder(Module):
                  norm_first: bool = False, layer_norm_eps: float = 1e-5, norm: bool = True, bias: bool = True):
         super().__init__()
         self.layers = ModuleList(TransformerEncoderLayer(d_model, nhead, dim_feedforward, activation, layer_norm_eps,
-                                                         norm_first, bias) for _ in range(num_layers))
+                                                         norm_first, bias) for _ in range(_count("num_layers", num_layers)))
         self.norm = LayerNorm(d_model, layer_norm_eps) if norm else None
 
     def forward(self, src, mask=None, src_key_padding_mask=None, is_causal=False):
@@ -769,7 +788,7 @@ class TransformerDecoder(Module):
                  norm_first: bool = False, layer_norm_eps: float = 1e-5, norm: bool = True, bias: bool = True):
         super().__init__()
         self.layers = ModuleList(TransformerDecoderLayer(d_model, nhead, dim_feedforward, activation, layer_norm_eps,
-                                                         norm_first, bias) for _ in range(num_layers))
+                                                         norm_first, bias) for _ in range(_count("num_layers", num_layers)))
         self.norm = LayerNorm(d_model, layer_norm_eps) if norm else None
 
     def new_cache(self, batch: int, capacity: int, memory_len: int = 0):
