@@ -4,6 +4,7 @@ import itertools
 import json
 import shutil
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -494,6 +495,17 @@ def test_transformer_beam_search_eos_and_padding(small_translator):
         m.generate(src, 3, bos_token_id=1.5)
     with pytest.raises(TypeError, match="eos_token_id"):
         m.generate(src, 3, bos_token_id=1, eos_token_id=2.5)
+    with pytest.raises(TypeError, match="length_penalty must be a real number"):
+        m.generate(src, 3, bos_token_id=1, num_beams=2, length_penalty="long")
+    with pytest.raises(ValueError, match="length_penalty must be finite"):
+        m.generate(src, 3, bos_token_id=1, num_beams=2, length_penalty=float("nan"))
+    with pytest.raises(ValueError, match="at least one token"):
+        m.generate(src[:, :0], 3, bos_token_id=1)
+    with pytest.raises(IndexError, match=r"src_ids\[0, 0\] is 99, outside the vocabulary"):
+        m.generate(np.full_like(src, 99), 3, bos_token_id=1)
+    with warnings.catch_warnings():  # no new token: the BOS alone, without a 0/0 in the length penalty
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(m.generate(src, 0, bos_token_id=1, num_beams=3), np.ones((len(src), 1)))
 
 
 def test_tied_heads_follow_a_replaced_embedding(gpt2, bert_dirs):

@@ -221,7 +221,12 @@ class Transformer(nn.Module):
         and no running one can beat the worst of them).
         """
         check_generation_args(max_new_tokens, 1.0, None, None, 1.0, num_beams)
+        length_penalty = ops._float("length_penalty", length_penalty)
+        if not np.isfinite(length_penalty):
+            raise ValueError(f"length_penalty must be finite, got {length_penalty}")
         src = as_ids(src_ids, "src_ids", vocab=self.src_embed.num_embeddings)
+        if src.shape[1] == 0:
+            raise ValueError(f"src_ids must hold at least one token per row, got shape {src.shape}")
         if src_padding_mask is not None:
             src_padding_mask = np.asarray(src_padding_mask, bool)
             if src_padding_mask.shape != src.shape:
@@ -321,7 +326,8 @@ class Transformer(nn.Module):
             if not row_done[i]:  # out of steps: the running beams compete too
                 for j in range(k):
                     if np.isfinite(scores[i, j]):
-                        hyps.append((scores[i, j] / ((n - 1) ** length_penalty), seqs[i * k + j, :n]))
+                        # (max_new_tokens=0: the BOS alone, length 0, score 0)
+                        hyps.append((scores[i, j] / (max(n - 1, 1) ** length_penalty), seqs[i * k + j, :n]))
             hyps.sort(key=lambda h: -h[0])
             results.append(hyps[0][1])
         width = max(len(r) for r in results)
