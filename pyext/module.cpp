@@ -465,6 +465,24 @@ PYBIND11_MODULE(_core, m) {
              return cf::ops::slice_rows(w, start, stop);
            },
            "Rows start:stop (out features), sharing memory when the slice starts a panel.")
+      .def(py::pickle(
+          [](const cf::ops::PackedWeight& w) {  // the stored bytes: exact, whatever the dtype
+            const auto* panels = static_cast<const char*>(w.ptr());
+            const float* sc = w.scales();
+            return py::make_tuple(1, w.rows, w.cols, w.nr, std::string(cf::dtype_name(w.dtype)),
+                                  py::bytes(panels, static_cast<size_t>(cf::ops::packed_panel_bytes(w))),
+                                  py::bytes(reinterpret_cast<const char*>(sc), sc ? static_cast<size_t>(w.rows) * 4 : 0));
+          },
+          [](const py::tuple& t) {
+            CF_CHECK(t.size() == 7 && py::isinstance<py::int_>(t[0]) && t[0].cast<int>() == 1, ValueError,
+                     "not a PackedWeight state this version of coreformer reads");
+            const std::string panels = t[5].cast<std::string>(), scales = t[6].cast<std::string>();
+            CF_CHECK(scales.size() % 4 == 0, ValueError, "a PackedWeight state's scales are float32");
+            return cf::ops::packed_from_bytes(t[1].cast<int64_t>(), t[2].cast<int64_t>(), t[3].cast<int>(),
+                                              pack_dtype(t[4]), panels.data(), static_cast<int64_t>(panels.size()),
+                                              scales.data(),
+                                              static_cast<int64_t>(scales.size() / 4));
+          }))
       .def("__repr__", [](const cf::ops::PackedWeight& w) {
         return "PackedWeight(shape=(" + std::to_string(w.rows) + ", " + std::to_string(w.cols) + "), dtype=" +
                cf::dtype_name(w.dtype) + ")";

@@ -401,6 +401,11 @@ CuPy, JAX or numpy without a copy.)doc");
            },
            py::arg("device") = py::none(), py::arg("dtype") = py::none(),
            "This tensor on `device` ('cpu', 'cuda', 'cuda:N') as `dtype`: itself when both already match, else a copy.")
+      .def("__reduce__",
+           [](const Tensor& t) {  // pickle and copy: the values through host memory, back onto the same device
+             return py::make_tuple(py::module_::import("coreformer._core").attr("tensor"),
+                                   py::make_tuple(to_numpy(t), device_str(t.view.device), std::string(dtype_name(t.view.dtype))));
+           })
       .def("reshape", &reshape, "A view of the same memory with another shape (one dimension may be -1).")
       .def("__dlpack__", &dlpack, py::kw_only(), py::arg("stream") = py::none(), py::arg("max_version") = py::none(),
            py::arg("dl_device") = py::none(), py::arg("copy") = py::none())

@@ -535,3 +535,21 @@ def test_tied_heads_follow_a_replaced_embedding(gpt2, bert_dirs):
     src, tgt = rng.integers(0, 20, (1, 5)), rng.integers(0, 12, (1, 4))
     tr.tgt_embed.weight = (tr.tgt_embed.weight * 2).astype(np.float32)
     assert rel_err(tr(src, tgt).logits, tr.unpack_weights()(src, tgt).logits) < 1e-5
+
+
+def test_models_pickle_and_deepcopy(gpt2):
+    # what a worker process or a copy of a model needs; a config key that is not there is an
+    # AttributeError (a KeyError from __getattr__ broke copy.deepcopy)
+    import copy
+    import pickle
+    _, _, model = gpt2
+    ids = np.array([[5, 7, 9]])
+    want = model.generate(ids, max_new_tokens=8)
+    for back in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        np.testing.assert_array_equal(back.generate(ids, max_new_tokens=8), want)
+    packed = copy.deepcopy(model).pack_weights("bfloat16")
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(packed)).generate(ids, max_new_tokens=8),
+                                  packed.generate(ids, max_new_tokens=8))
+    assert not hasattr(model.config, "no_such_setting")
+    with pytest.raises(AttributeError, match="no_such_setting"):
+        model.config.no_such_setting

@@ -206,3 +206,30 @@ def test_packed_bad_input(rng):
         ops.multi_head_attention(x, x, x, 2, pw, None, ops.pack_weight(randn(rng, 16, 16)), None)
     with pytest.raises(TypeError, match="PackedWeight"):
         _core.PackedWeight()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
+def test_packed_weight_pickles_exactly(rng, dtype):
+    # pickle (and copy, so models holding packed weights can go to worker processes) keeps the stored
+    # bytes: the same products, int8 scales included; a row slice that starts mid-panel too
+    import copy
+    import pickle
+    w = randn(rng, 37, 20)
+    x = randn(rng, 5, 20)
+    pw = ops.pack_weight(w, dtype)
+    for sl in (pw, pw[3:20], pw[16:], pw[5:5]):
+        back = pickle.loads(pickle.dumps(sl))
+        assert (back.shape, back.dtype, back.nbytes) == (sl.shape, sl.dtype, sl.nbytes)
+        np.testing.assert_array_equal(back.unpack(), sl.unpack())
+        np.testing.assert_array_equal(ops.linear(x, back), ops.linear(x, sl))
+        np.testing.assert_array_equal(copy.deepcopy(sl).unpack(), sl.unpack())
+    # a state that does not fit its shape is refused, not read past its end
+    state = pw.__getstate__()
+    bad = type(pw).__new__(type(pw))
+    with pytest.raises(ValueError, match="bytes of panels"):
+        bad.__setstate__((*state[:5], state[5][:-1], state[6]))
+    with pytest.raises(ValueError, match="version"):
+        bad.__setstate__((2, *state[1:]))
+    if dtype == "int8":
+        with pytest.raises(ValueError, match="scales"):
+            bad.__setstate__((*state[:6], state[6][:-4]))

@@ -250,3 +250,15 @@ def test_synchronize_device_argument():
         cf.synchronize("cuda:x")
     with pytest.raises(TypeError, match="device must be a str"):
         cf.synchronize(0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "int64", "int32", "bool"])
+def test_tensor_pickles_and_copies(dtype):
+    import copy
+    import pickle
+    x = np.arange(-6, 6, dtype=np.float32).reshape(3, 4) / 4
+    t = cf.tensor(x > 0 if dtype == "bool" else x, dtype=dtype)
+    for back in (pickle.loads(pickle.dumps(t)), copy.deepcopy(t), copy.copy(t)):
+        assert (back.shape, back.dtype, back.device) == (t.shape, t.dtype, t.device)
+        np.testing.assert_array_equal(back.numpy(), t.numpy())
+        assert back is not t

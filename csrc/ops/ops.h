@@ -44,6 +44,12 @@ PackedWeight pack_weight(const TensorView& weight, DType dtype, bool transposed)
 void unpack_weight(const PackedWeight& w, const TensorView& out);
 // Rows [start, stop): a view sharing the memory when start begins a panel, else a packed copy.
 PackedWeight slice_rows(const PackedWeight& w, int64_t start, int64_t stop);
+// Serialising (pickle): w's own panels as stored (ceil(rows / nr) * nr * cols elements) and, for int8,
+// its rows' scales; packed_from_bytes makes the same weight from them, exactly (ValueError when the
+// sizes do not fit the shape: a corrupt or foreign state).
+int64_t packed_panel_bytes(const PackedWeight& w);
+PackedWeight packed_from_bytes(int64_t rows, int64_t cols, int nr, DType dtype, const void* panels, int64_t panel_bytes,
+                               const void* scales, int64_t num_scales);
 
 // A Linear weight as ops take it: a float32 C-contiguous (out, in) array or a PackedWeight.
 struct WeightRef {

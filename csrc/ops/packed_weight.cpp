@@ -183,6 +183,37 @@ PackedWeight slice_rows(const PackedWeight& w, int64_t start, int64_t stop) {
   return v;
 }
 
+int64_t packed_panel_bytes(const PackedWeight& w) {
+  return (w.rows + w.nr - 1) / w.nr * w.nr * w.cols * elem_size(w.dtype);
+}
+
+PackedWeight packed_from_bytes(int64_t rows, int64_t cols, int nr, DType dtype, const void* panels, int64_t panel_bytes,
+                               const void* scales, int64_t num_scales) {
+  CF_CHECK(dtype == DType::f32 || dtype == DType::bf16 || dtype == DType::i8, ValueError,
+           "a packed weight is float32, bfloat16 or int8, not ", dtype_name(dtype));
+  CF_CHECK(rows >= 0 && cols >= 0 && nr >= 1 && nr <= 1024, ValueError, "a packed weight's state has rows ", rows,
+           ", cols ", cols, ", panel width ", nr);
+  PackedWeight p;
+  p.rows = rows;
+  p.cols = cols;
+  p.nr = nr;
+  p.dtype = dtype;
+  const int64_t want = packed_panel_bytes(p);
+  CF_CHECK(panel_bytes == want, ValueError, "a packed weight of shape (", rows, ", ", cols, ") in ",
+           dtype_name(dtype), " holds ", want, " bytes of panels, the state has ", panel_bytes);
+  const int64_t want_scales = dtype == DType::i8 ? rows : 0;
+  CF_CHECK(num_scales == want_scales, ValueError, "a packed weight of ", rows, " rows in ", dtype_name(dtype),
+           " has ", want_scales, " scales, the state has ", num_scales);
+  char* mem = static_cast<char*>(allocate(p));
+  if (want) std::memcpy(mem, panels, static_cast<size_t>(want));
+  if (dtype == DType::i8) {
+    float* s = reinterpret_cast<float*>(mem + p.scale_offset);
+    if (rows) std::memcpy(s, scales, static_cast<size_t>(rows) * 4);
+    for (int64_t n = rows; n < (rows + nr - 1) / nr * nr; ++n) s[n] = 0.0f;  // as pack leaves them
+  }
+  return p;
+}
+
 int64_t WeightRef::rows() const { return packed ? packed->rows : array->shape[0]; }
 int64_t WeightRef::cols() const { return packed ? packed->cols : array->shape[1]; }
 std::string WeightRef::shape_str() const {

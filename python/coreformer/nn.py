@@ -49,6 +49,12 @@ def _as_f32(name, value, contiguous: bool = True) -> np.ndarray:
     return a
 
 
+def _rebuild_members(owner, items):
+    m = _Members(owner)
+    dict.update(m, items)  # the owner's own state (mirrors included) is restored by pickle after this
+    return m
+
+
 class _Members(dict):
     """A module's parameters or children by name, each also mirrored into the module's instance
     ``__dict__``, so that ``module.weight`` is a plain attribute (a forward reads a few hundred per
@@ -101,6 +107,11 @@ class _Members(dict):
     def __ior__(self, other):
         self.update(other)
         return self
+
+    def __reduce__(self):
+        # pickle (and copy) restore a dict subclass's items before its slots: through __setitem__ they
+        # would need `owner` before it is set
+        return _rebuild_members, (self.owner, dict(self))
 
 
 class Module:

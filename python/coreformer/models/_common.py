@@ -23,6 +23,18 @@ class ModelOutput(dict):
         self[name] = value
 
 
+class Config(dict):
+    """A model's settings (``config.json`` over defaults) as a dict whose keys also read as attributes
+    (``config.n_embd``); a missing one is an AttributeError, as ``getattr``, ``hasattr`` and ``copy``
+    expect (a KeyError there broke ``copy.deepcopy`` of a model)."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"{type(self).__name__} has no {name!r}") from None
+
+
 def read_config(model_dir, expected_types: tuple[str, ...], what: str) -> dict:
     """``config.json`` of ``model_dir``, checked to have a supported ``model_type``."""
     model_dir = Path(model_dir)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core, nn, ops
-from ._common import ModelOutput, as_ids, as_mask, check_names, read_config, read_weights, to_device
+from ._common import Config, ModelOutput, as_ids, as_mask, check_names, read_config, read_weights, to_device
 
 __all__ = ["BertConfig", "BertModel", "BertForSequenceClassification", "BertForMaskedLM"]
 
-class BertConfig(dict):
+class BertConfig(Config):
     """The fields of a Hugging Face BERT ``config.json`` that the forward uses, with its defaults."""
 
     DEFAULTS = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
@@ -35,8 +35,6 @@ class BertConfig(dict):
         if self["hidden_size"] % self["num_attention_heads"]:
             raise ValueError(f"hidden_size ({self['hidden_size']}) must be divisible by num_attention_heads "
                              f"({self['num_attention_heads']})")
-
-    __getattr__ = dict.__getitem__
 
 
 class _Embeddings(nn.Module):

@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import _core, nn, ops
 from .._files import read_json
-from ._common import ModelOutput, as_ids, as_mask, check_names, read_config, read_weights, to_device
+from ._common import Config, ModelOutput, as_ids, as_mask, check_names, read_config, read_weights, to_device
 from .generation import NextToken, check_generation_args, check_streamer, eos_set, stream_end, stream_put
 
 __all__ = ["GPT2Config", "GPT2LMHeadModel", "GPT2Cache"]
@@ -21,7 +21,7 @@ __all__ = ["GPT2Config", "GPT2LMHeadModel", "GPT2Cache"]
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
-class GPT2Config(dict):
+class GPT2Config(Config):
     DEFAULTS = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12, n_inner=None,
                     activation_function="gelu_new", layer_norm_epsilon=1e-5, bos_token_id=50256,
                     eos_token_id=50256, pad_token_id=None, tie_word_embeddings=True, scale_attn_weights=True,
@@ -33,8 +33,6 @@ class GPT2Config(dict):
             self["n_inner"] = 4 * self["n_embd"]
         if self["n_embd"] % self["n_head"]:
             raise ValueError(f"n_embd ({self['n_embd']}) must be divisible by n_head ({self['n_head']})")
-
-    __getattr__ = dict.__getitem__
 
 
 class GPT2Cache:
