@@ -446,6 +446,7 @@ PYBIND11_MODULE(_core, m) {
         }, py::arg("device") = 0, "Waits for the GPU work coreformer queued on cuda:device.");
   m.def("get_num_threads", &cf::get_num_threads);
   m.def("set_num_threads", &cf::set_num_threads, py::arg("n"));
+  m.def("_threads_lost_to_fork", &cf::threads_lost_to_fork);
   m.def("_set_isa", [](const std::string& name) { cf::set_active_isa(cf::isa_from_name(name)); }, py::arg("name"));
 
   const auto none = py::none();

@@ -1,8 +1,13 @@
 """Kernels release the GIL and are safe to call from many Python threads at once."""
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
+import pytest
 
+import coreformer
 from coreformer import ops
 
 from conftest import randn
@@ -72,3 +77,48 @@ def test_gil_is_released():
         ticks_during += 1
     t.join()
     assert ticks_during > 10000
+
+
+FORK_SCRIPT = r"""
+import os, sys, warnings
+import numpy as np
+import coreformer
+from coreformer import ops
+coreformer.set_num_threads(2)
+rng = np.random.default_rng(0)
+x = rng.standard_normal((256, 512), dtype=np.float32)
+w = rng.standard_normal((512, 512), dtype=np.float32)
+q = rng.standard_normal((1, 4, 200, 32), dtype=np.float32)
+if sys.argv[1] == "team":  # the parent runs kernels on two threads before forking
+    want = ops.linear(x, w), ops.scaled_dot_product_attention(q, q, q), ops.pack_weight(w, "int8").unpack()
+r, wfd = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(r)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        coreformer.set_num_threads(2)
+    got = ops.linear(x, w), ops.scaled_dot_product_attention(q, q, q), ops.pack_weight(w, "int8").unpack()
+    same = sys.argv[1] != "team" or all(np.array_equal(a, b) for a, b in zip(got, want))
+    os.write(wfd, f"{coreformer.get_num_threads()} {len(caught)} {same}".encode())
+    os._exit(0)
+os.close(wfd)
+os.waitpid(pid, 0)
+print(os.read(r, 100).decode())
+"""
+
+
+@pytest.mark.skipif(not coreformer.info()["openmp"] or os.cpu_count() < 2, reason="needs OpenMP and two cores")
+@pytest.mark.parametrize("parent", ["team", "idle"])
+def test_fork_after_threads_runs_on_one_thread(parent):
+    # multiprocessing's default on Linux forks; after the parent ran a team, GNU OpenMP's next parallel
+    # region in the child waited forever. The child now runs each kernel on one thread (and says so when
+    # asked for more); a parent that never ran a team leaves its children their threads. In a subprocess
+    # with a timeout, so a regression fails instead of hanging the suite.
+    out = subprocess.run([sys.executable, "-c", FORK_SCRIPT, parent], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    threads, warned, same = out.stdout.split()
+    if parent == "team":
+        assert (threads, warned, same) == ("1", "1", "True")
+    else:
+        assert (threads, warned) == ("2", "0")

@@ -7,6 +7,7 @@
 #include "core/error.h"
 #ifdef CF_HAVE_OPENMP
 #include <omp.h>
+#include <pthread.h>
 #endif
 
 namespace cf {
@@ -30,7 +31,26 @@ std::atomic<int>& thread_count() {
   return n;
 }
 
+// GNU OpenMP (libgomp) is not fork-safe: in a child forked after a parallel region of more than one
+// thread ran, the next such region waits forever on the parent's team, which the child does not have
+// (multiprocessing's default 'fork' start method on Linux, after the parent used coreformer). A child
+// of such a process runs every kernel on one thread instead (as PyTorch does after fork).
+std::atomic<bool> g_team_started{false};
+std::atomic<bool> g_team_lost{false};
+
+#ifdef CF_HAVE_OPENMP
+void after_fork_in_child() {
+  if (g_team_started.load(std::memory_order_relaxed)) {
+    g_team_lost.store(true, std::memory_order_relaxed);
+    thread_count().store(1, std::memory_order_relaxed);
+  }
+}
+const int g_atfork_registered = pthread_atfork(nullptr, nullptr, after_fork_in_child);
+#endif
+
 }  // namespace
+
+bool threads_lost_to_fork() { return g_team_lost.load(std::memory_order_relaxed); }
 
 bool openmp_enabled() {
 #ifdef CF_HAVE_OPENMP
@@ -45,14 +65,16 @@ int get_num_threads() { return thread_count().load(std::memory_order_relaxed); }
 void set_num_threads(int n) {
   // A cap, as COREFORMER_NUM_THREADS has: past it OpenMP would spawn thousands of threads per call.
   CF_CHECK(n >= 1 && n <= kMaxThreads, ValueError, "num_threads must be between 1 and ", kMaxThreads, ", got ", n);
-  thread_count().store(n, std::memory_order_relaxed);
+  thread_count().store(threads_lost_to_fork() ? 1 : n, std::memory_order_relaxed);
 }
 
 int threads_for(int64_t work, int64_t min_work_per_thread) {
 #ifdef CF_HAVE_OPENMP
   if (omp_in_parallel()) return 1;
   int64_t by_work = std::max<int64_t>(1, work / std::max<int64_t>(1, min_work_per_thread));
-  return static_cast<int>(std::min<int64_t>(get_num_threads(), by_work));
+  const int nt = static_cast<int>(std::min<int64_t>(get_num_threads(), by_work));
+  if (nt > 1 && !g_team_started.load(std::memory_order_relaxed)) g_team_started.store(true, std::memory_order_relaxed);
+  return nt;
 #else
   (void)work; (void)min_work_per_thread;
   return 1;

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <new>
 
+#include "core/threading.h"
 #include "ops/common.h"
 
 namespace cf::ops {
@@ -46,7 +47,7 @@ void pack(const float* src, int64_t s_row, int64_t s_col, int64_t rows, int64_t 
           float* scales) {
   // W[n, k] = src[n*s_row + k*s_col]
   const int64_t np = (rows + nr - 1) / nr;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(threads_for(np * nr * cols, 1 << 16))
   for (int64_t p = 0; p < np; ++p) {
     T* d = dst + p * cols * nr;
     for (int j = 0; j < nr; ++j) {
@@ -72,7 +73,7 @@ void pack(const float* src, int64_t s_row, int64_t s_col, int64_t rows, int64_t 
 
 template <typename T>
 void unpack(const T* src, const float* scales, int64_t rows, int64_t cols, int nr, float* dst) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(threads_for(rows * cols, 1 << 16))
   for (int64_t n = 0; n < rows; ++n) {
     const T* s = src + (n / nr) * cols * nr + n % nr;
     for (int64_t k = 0; k < cols; ++k) {

@@ -9,6 +9,10 @@
 """
 from __future__ import annotations
 
+import warnings
+
+import numpy as np
+
 from . import _core, nn, ops
 from .tokenizer import Tokenizer
 
@@ -69,12 +73,24 @@ def get_num_threads() -> int:
 
 
 def set_num_threads(n: int) -> None:
-    """Use ``n`` (1 to 4096) threads in every later kernel call, from any Python thread."""
-    if isinstance(n, bool) or not isinstance(n, int):
+    """Use ``n`` (1 to 4096) threads in every later kernel call, from any Python thread.
+
+    In a process forked (multiprocessing's default on Linux) after its parent ran coreformer's kernels
+    on several threads, kernels run on one thread whatever ``n``: GNU OpenMP cannot start threads again
+    in such a child (its next parallel region would hang), and a RuntimeWarning says so. Workers that
+    need threads of their own start with the ``"spawn"`` or ``"forkserver"`` method.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"n must be an int, got {type(n).__name__}")
+    n = int(n)
     if not 1 <= n <= 4096:
         raise ValueError(f"num_threads must be between 1 and 4096, got {n}")
     _core.set_num_threads(n)
+    if n > 1 and _core._threads_lost_to_fork():
+        warnings.warn("coreformer runs on one thread in this process: it was forked after its parent ran "
+                      "coreformer on several threads, and OpenMP cannot start threads again after such a fork "
+                      "(use multiprocessing's 'spawn' or 'forkserver' start method for workers with threads)",
+                      RuntimeWarning, stacklevel=2)
 
 
 def tensor(data, device="cpu", dtype=None) -> Tensor:
