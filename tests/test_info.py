@@ -42,6 +42,12 @@ def run_child(code, **env):
 def test_env_num_threads():
     out = run_child("import coreformer; print(coreformer.get_num_threads())", COREFORMER_NUM_THREADS="3")
     assert out.stdout.strip() == "3"
+    default = run_child("import coreformer; print(coreformer.get_num_threads())", COREFORMER_NUM_THREADS="")
+    assert default.stderr == ""  # empty reads as unset
+    for bad in ("two", "0", "5000", "2.5"):  # ignored, as before, but no longer silently
+        out = run_child("import coreformer; print(coreformer.get_num_threads())", COREFORMER_NUM_THREADS=bad)
+        assert out.stdout == default.stdout
+        assert f"ignoring COREFORMER_NUM_THREADS={bad}" in out.stderr
 
 
 @pytest.mark.parametrize("isa", coreformer.info()["isa_supported"])

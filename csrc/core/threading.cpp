@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 
 #include "core/error.h"
@@ -14,10 +15,11 @@ namespace cf {
 namespace {
 
 int initial_threads() {
-  if (const char* env = std::getenv("COREFORMER_NUM_THREADS")) {
+  if (const char* env = std::getenv("COREFORMER_NUM_THREADS"); env && *env) {  // empty: unset
     char* end = nullptr;
     long n = std::strtol(env, &end, 10);
     if (end != env && *end == '\0' && n >= 1 && n <= kMaxThreads) return static_cast<int>(n);
+    std::fprintf(stderr, "coreformer: ignoring COREFORMER_NUM_THREADS=%s (an integer from 1 to %d)\n", env, kMaxThreads);
   }
 #ifdef CF_HAVE_OPENMP
   return std::max(1, omp_get_max_threads());
