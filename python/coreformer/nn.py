@@ -16,6 +16,7 @@ from typing import Iterator
 import numpy as np
 
 from . import _core, ops
+from ._args import float_arg, int_arg
 from . import safetensors as _st
 
 __all__ = [
@@ -318,7 +319,7 @@ class Linear(Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, activation=None):
         super().__init__()
-        self.in_features, self.out_features = ops._int("in_features", in_features), ops._int("out_features", out_features)
+        self.in_features, self.out_features = int_arg("in_features", in_features), int_arg("out_features", out_features)
         self.activation = _activation(activation)
         bound = 1.0 / math.sqrt(max(self.in_features, 1))
         self.weight = _uniform((self.out_features, self.in_features), bound)
@@ -344,7 +345,7 @@ class LayerNorm(Module):
             if len(normalized_shape) != 1:
                 raise ValueError(f"normalized_shape must be one size (the last axis), got {tuple(normalized_shape)}")
             normalized_shape = normalized_shape[0]
-        self.normalized_shape, self.eps = ops._int("normalized_shape", normalized_shape), ops._float("eps", eps)
+        self.normalized_shape, self.eps = int_arg("normalized_shape", normalized_shape), float_arg("eps", eps)
         self.weight = np.ones(self.normalized_shape, np.float32) if elementwise_affine else None
         self.bias = np.zeros(self.normalized_shape, np.float32) if elementwise_affine else None
 
@@ -360,8 +361,8 @@ class Embedding(Module):
 
     def __init__(self, num_embeddings: int, embedding_dim: int):
         super().__init__()
-        self.num_embeddings = ops._int("num_embeddings", num_embeddings)
-        self.embedding_dim = ops._int("embedding_dim", embedding_dim)
+        self.num_embeddings = int_arg("num_embeddings", num_embeddings)
+        self.embedding_dim = int_arg("embedding_dim", embedding_dim)
         self.weight = _rng.standard_normal((self.num_embeddings, self.embedding_dim)).astype(np.float32)
 
     def forward(self, ids):
@@ -377,7 +378,7 @@ class SinusoidalPositionalEncoding(Module):
 
     def __init__(self, dim: int, max_len: int = 1024):
         super().__init__()
-        self.dim = ops._int("dim", dim)
+        self.dim = int_arg("dim", dim)
         object.__setattr__(self, "_pe", ops.sinusoidal_positions(max_len, self.dim))
 
     def encodings(self, start: int, stop: int) -> np.ndarray:
@@ -401,7 +402,7 @@ class LearnedPositionalEmbedding(Module):
 
     def __init__(self, num_positions: int, dim: int):
         super().__init__()
-        self.num_positions, self.dim = ops._int("num_positions", num_positions), ops._int("dim", dim)
+        self.num_positions, self.dim = int_arg("num_positions", num_positions), int_arg("dim", dim)
         self.weight = (_rng.standard_normal((self.num_positions, self.dim)) * 0.02).astype(np.float32)
 
     def forward(self, x, offset: int = 0, position_ids=None):
@@ -416,14 +417,14 @@ class LearnedPositionalEmbedding(Module):
 
 
 def _count(name, value) -> int:
-    n = ops._int(name, value)
+    n = int_arg(name, value)
     if n < 0:
         raise ValueError(f"{name} must be >= 0, got {n}")
     return n
 
 
 def _cache_shape(batch, num_heads, head_dim, capacity) -> tuple[int, int, int, int]:
-    b, h, dh, cap = (ops._int(n, v) for n, v in (("batch", batch), ("num_heads", num_heads), ("head_dim", head_dim),
+    b, h, dh, cap = (int_arg(n, v) for n, v in (("batch", batch), ("num_heads", num_heads), ("head_dim", head_dim),
                                                    ("capacity", capacity)))
     for name, v, least in (("batch", b, 0), ("num_heads", h, 1), ("head_dim", dh, 1), ("capacity", cap, 0)):
         if v < least:
@@ -584,7 +585,7 @@ class MultiHeadAttention(Module):
 
     def __init__(self, embed_dim: int, num_heads: int, bias: bool = True):
         super().__init__()
-        self.embed_dim, self.num_heads = ops._int("embed_dim", embed_dim), ops._int("num_heads", num_heads)
+        self.embed_dim, self.num_heads = int_arg("embed_dim", embed_dim), int_arg("num_heads", num_heads)
         if self.num_heads < 1 or self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
         self.head_dim = self.embed_dim // self.num_heads
@@ -655,8 +656,8 @@ class AdditiveAttention(Module):
 
     def __init__(self, query_dim: int, key_dim: int, attn_dim: int):
         super().__init__()
-        self.query_dim, self.key_dim = ops._int("query_dim", query_dim), ops._int("key_dim", key_dim)
-        self.attn_dim = ops._int("attn_dim", attn_dim)
+        self.query_dim, self.key_dim = int_arg("query_dim", query_dim), int_arg("key_dim", key_dim)
+        self.attn_dim = int_arg("attn_dim", attn_dim)
         self.w_query = _uniform((self.attn_dim, self.query_dim), 1.0 / math.sqrt(max(self.query_dim, 1)))
         self.w_key = _uniform((self.attn_dim, self.key_dim), 1.0 / math.sqrt(max(self.key_dim, 1)))
         self.v = _uniform((self.attn_dim,), 1.0 / math.sqrt(max(self.attn_dim, 1)))
@@ -776,8 +777,9 @@ class TransformerEncoder(Module):
     def __init__(self, num_layers: int, d_model: int, nhead: int, dim_feedforward: int = 2048, activation="relu",
                  norm_first: bool = False, layer_norm_eps: float = 1e-5, norm: bool = True, bias: bool = True):
         super().__init__()
+        n = _count("num_layers", num_layers)
         self.layers = ModuleList(TransformerEncoderLayer(d_model, nhead, dim_feedforward, activation, layer_norm_eps,
-                                                         norm_first, bias) for _ in range(_count("num_layers", num_layers)))
+                                                         norm_first, bias) for _ in range(n))
         self.norm = LayerNorm(d_model, layer_norm_eps) if norm else None
 
     def forward(self, src, mask=None, src_key_padding_mask=None, is_causal=False):
@@ -798,8 +800,9 @@ class TransformerDecoder(Module):
     def __init__(self, num_layers: int, d_model: int, nhead: int, dim_feedforward: int = 2048, activation="relu",
                  norm_first: bool = False, layer_norm_eps: float = 1e-5, norm: bool = True, bias: bool = True):
         super().__init__()
+        n = _count("num_layers", num_layers)
         self.layers = ModuleList(TransformerDecoderLayer(d_model, nhead, dim_feedforward, activation, layer_norm_eps,
-                                                         norm_first, bias) for _ in range(_count("num_layers", num_layers)))
+                                                         norm_first, bias) for _ in range(n))
         self.norm = LayerNorm(d_model, layer_norm_eps) if norm else None
 
     def new_cache(self, batch: int, capacity: int, memory_len: int = 0):

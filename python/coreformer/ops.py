@@ -14,11 +14,10 @@ argument and the shapes; out-of-range ids raise ``IndexError``.
 """
 from __future__ import annotations
 
-import operator
-
 import numpy as np
 
 from . import _core
+from ._args import flag as _flag, float_arg as _float, int_arg as _int
 
 __all__ = [
     "PackedWeight",
@@ -42,34 +41,6 @@ __all__ = [
 
 PackedWeight = _core.PackedWeight
 Tensor = _core.Tensor
-
-
-def _int(name, value):
-    """An integer argument: Python and numpy ints (not floats, which would be truncated silently)."""
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}") from None
-
-
-def _float(name, value):
-    """A real-number argument: ints, floats and their numpy scalars (not strings, complex or arrays)."""
-    if not isinstance(value, (str, bytes)) and np.ndim(value) == 0:
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            pass
-    raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-
-
-def _flag(name, value, none=False):
-    """A bool argument (numpy's too, and the ints 0 and 1); ``none``: None reads as False, where torch
-    types the flag Optional[bool]. A string such as "no" is refused rather than read as True."""
-    if value is None and none:
-        return False
-    if isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer)) and value in (0, 1)):
-        return bool(value)
-    raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
 
 
 def _ndim(x):

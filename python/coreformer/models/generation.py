@@ -6,15 +6,16 @@ import queue
 
 import numpy as np
 
-from ..ops import _flag, _float
+from .._args import flag, float_arg
 
 __all__ = ["TokenStreamer", "NextToken", "check_generation_args"]
 
 
 def check_generation_args(max_new_tokens, temperature, top_k, top_p, repetition_penalty, num_beams=1):
-    temperature, repetition_penalty = _float("temperature", temperature), _float("repetition_penalty", repetition_penalty)
+    temperature = float_arg("temperature", temperature)
+    repetition_penalty = float_arg("repetition_penalty", repetition_penalty)
     if top_p is not None:
-        top_p = _float("top_p", top_p)
+        top_p = float_arg("top_p", top_p)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     if not (temperature > 0 and np.isfinite(temperature)):
@@ -37,7 +38,7 @@ class NextToken:
 
     def __init__(self, do_sample=False, temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0,
                  seed=None):
-        self.do_sample = _flag("do_sample", do_sample)
+        self.do_sample = flag("do_sample", do_sample)
         self.temperature, self.top_k, self.top_p = float(temperature), top_k, top_p
         self.repetition_penalty = float(repetition_penalty)
         self.rng = np.random.default_rng(seed)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import _core, nn, ops
+from .._args import int_arg
 from .._files import read_json
 from ._common import Config, ModelOutput, as_ids, as_mask, check_names, read_config, read_weights, to_device
 from .generation import NextToken, check_generation_args, check_streamer, eos_set, stream_end, stream_put
@@ -302,7 +303,7 @@ class GPT2LMHeadModel(nn.Module):
         defaults = {**{k: self.config.get(k) for k in ("eos_token_id", "pad_token_id")}, **self.generation_defaults}
         eos = eos_set(eos_token_id, defaults.get("eos_token_id"))
         pad = pad_token_id if pad_token_id is not None else defaults.get("pad_token_id")
-        pad = ops._int("pad_token_id", pad if pad is not None else (eos[0] if eos.size else 0))
+        pad = int_arg("pad_token_id", pad if pad is not None else (eos[0] if eos.size else 0))
         pick = NextToken(do_sample, temperature, top_k, top_p, repetition_penalty, seed)
         if not (mask[:, -1].all() and (np.diff(mask.astype(np.int8), axis=1) >= 0).all()):
             # Right-padded (the Tokenizer's default) or with holes: each row's tokens move to the right

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import ops
+from .._args import flag
 from .._files import read_json
 from .bert import BertModel
 
@@ -110,7 +110,7 @@ class SentenceEncoder:
                 raise TypeError(f"sentences must be strings, got {type(s).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        normalize = self.normalize if normalize_embeddings is None else ops._flag("normalize_embeddings",
+        normalize = self.normalize if normalize_embeddings is None else flag("normalize_embeddings",
                                                                                   normalize_embeddings)
         ids = [self.tokenizer.encode(s, max_length=self.max_seq_length) for s in sentences]
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))

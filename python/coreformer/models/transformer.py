@@ -8,6 +8,7 @@ import math
 import numpy as np
 
 from .. import _core, nn, ops
+from .._args import float_arg, int_arg
 from ._common import ModelOutput, as_ids, to_device
 from .generation import check_generation_args, eos_set
 
@@ -221,7 +222,7 @@ class Transformer(nn.Module):
         and no running one can beat the worst of them).
         """
         check_generation_args(max_new_tokens, 1.0, None, None, 1.0, num_beams)
-        length_penalty = ops._float("length_penalty", length_penalty)
+        length_penalty = float_arg("length_penalty", length_penalty)
         if not np.isfinite(length_penalty):
             raise ValueError(f"length_penalty must be finite, got {length_penalty}")
         src = as_ids(src_ids, "src_ids", vocab=self.src_embed.num_embeddings)
@@ -238,7 +239,7 @@ class Transformer(nn.Module):
         if not 0 <= bos_token_id < v:
             raise IndexError(f"bos_token_id {bos_token_id} is outside the target vocabulary [0, {v})")
         eos = eos_set(eos_token_id, None)
-        pad = ops._int("pad_token_id", pad_token_id if pad_token_id is not None else (eos[0] if eos.size else bos_token_id))
+        pad = int_arg("pad_token_id", pad_token_id if pad_token_id is not None else (eos[0] if eos.size else bos_token_id))
         memory = self._encode(src, src_padding_mask)  # stays on the model's device
         if num_beams == 1:
             return self._greedy(memory, src_padding_mask, max_new_tokens, bos_token_id, eos, pad)
