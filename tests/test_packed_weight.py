@@ -233,3 +233,20 @@ def test_packed_weight_pickles_exactly(rng, dtype):
     if dtype == "int8":
         with pytest.raises(ValueError, match="scales"):
             bad.__setstate__((*state[:6], state[6][:-4]))
+
+
+def test_packed_weight_from_another_isa_unpickles(rng):
+    # a pickle from a machine whose GEMM panels are another width (AVX-512: 32 columns, here 16) holds
+    # that layout: unpacked and used correctly, only not at full speed
+    w, x = randn(rng, 37, 20), randn(rng, 5, 20)
+    nr = 48  # no ISA here packs this width, so the foreign-layout path runs whatever the machine
+    padded = -(-37 // nr) * nr
+    wp = np.zeros((padded, 20), np.float32)
+    wp[:37] = w
+    panels = wp.reshape(padded // nr, nr, 20).transpose(0, 2, 1).copy()  # panel p: [k][j] = w[p*nr + j, k]
+    pw = ops.PackedWeight.__new__(ops.PackedWeight)
+    pw.__setstate__((1, 37, 20, nr, "float32", panels.tobytes(), b""))
+    np.testing.assert_array_equal(pw.unpack(), w)
+    np.testing.assert_array_equal(pw[3:20].unpack(), w[3:20])
+    for rows in (x, x[:1]):
+        assert_close(ops.linear(rows, pw), ref.linear(rows, w), atol_scale=1e-6)
