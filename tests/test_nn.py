@@ -344,3 +344,29 @@ def test_modules_pickle_and_deepcopy(rng, packed):
         lin.weight = np.zeros_like(lin.weight)  # the copy's own weight, repacked; the original untouched
         assert not np.array_equal(back(x), want)
         np.testing.assert_array_equal(enc(x), want)
+
+
+@pytest.mark.parametrize("field,value", [("dtype", ["F32"]), ("dtype", {"x": 1}), ("shape", [3, 4.0]),
+                                         ("shape", [2 ** 62, 2 ** 62, 4]), ("shape", [3, True, 4]), ("shape", "34"),
+                                         ("data_offsets", ["0", "48"]), ("data_offsets", [0, 48, 96]),
+                                         ("data_offsets", [0.0, 48.0]), (None, [1, 2]), (None, "F32")])
+def test_safetensors_corrupt_entries_are_value_errors(tmp_path, field, value):
+    # A header entry of the wrong JSON type raised TypeError (a list as dtype, string offsets) or
+    # OverflowError (a float dimension of 1e30) from inside the parser; a shape whose element count
+    # overflows int64 could wrap around to one that fits its bytes. All SafetensorsError (ValueError).
+    import json
+    import struct
+    path = tmp_path / "x.safetensors"
+    st.save_file({"a": np.arange(12, dtype=np.float32).reshape(3, 4)}, path)
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    if field is None:
+        header["a"] = value
+    else:
+        header["a"][field] = value
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob + raw[8 + n:])
+    with pytest.raises(st.SafetensorsError, match="'a'"):
+        st.load_file(path)

@@ -32,6 +32,11 @@ class SafetensorsError(ValueError):
     """A file that is not a valid safetensors file."""
 
 
+def _ints(v) -> bool:
+    """A JSON list of integers (not floats, bools or strings)."""
+    return isinstance(v, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in v)
+
+
 def _bf16_to_f32(raw: np.ndarray) -> np.ndarray:
     return (raw.astype(np.uint32) << 16).view(np.float32)
 
@@ -63,14 +68,17 @@ def load_file(path, *, widen: bool = True) -> dict[str, np.ndarray]:
     for name, meta in header.items():
         if name == "__metadata__":
             continue
-        try:
-            dtype, shape, (begin, end) = meta["dtype"], [int(d) for d in meta["shape"]], meta["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise SafetensorsError(f"{path}: corrupt entry for tensor {name!r}: {meta!r}") from None
+        dtype, shape, offsets = (meta.get(k) for k in ("dtype", "shape", "data_offsets")) if isinstance(
+            meta, dict) else (None, None, None)
+        if not (isinstance(dtype, str) and _ints(shape) and _ints(offsets) and len(offsets) == 2):
+            raise SafetensorsError(f"{path}: corrupt entry for tensor {name!r}: {meta!r}"[:500])
         if dtype not in _DTYPES:
-            raise SafetensorsError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
+            raise SafetensorsError(f"{path}: tensor {name!r} has unsupported dtype {dtype!r}"[:500])
+        begin, end = offsets
         itemsize = _ITEMSIZE.get(dtype) or np.dtype(_DTYPES[dtype]).itemsize
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        count = 1
+        for d in shape:  # Python ints: a huge shape cannot wrap around to a size that fits
+            count *= d
         if any(d < 0 for d in shape) or not (0 <= begin <= end) or end - begin != count * itemsize:
             raise SafetensorsError(f"{path}: tensor {name!r} of shape {tuple(shape)} and dtype {dtype} does not fit "
                                    f"its data offsets [{begin}, {end})")
