@@ -163,7 +163,7 @@ def test_bert_errors(bert_dirs, tmp_path):
         with pytest.raises(ValueError, match="decoder"):
             BertModel.from_pretrained(bad)
     (bad / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 3}))
-    with pytest.raises(ValueError, match="missing tensors: encoder.layer.2"):
+    with pytest.raises(ValueError, match=r"num_hidden_layers=3 but the weights hold 2 layers \(missing tensors from layer 2"):
         BertModel.from_pretrained(bad)
     (bad / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 1}))
     with pytest.raises(ValueError, match="unexpected tensors: encoder.layer.1"):
@@ -553,3 +553,25 @@ def test_models_pickle_and_deepcopy(gpt2):
     assert not hasattr(model.config, "no_such_setting")
     with pytest.raises(AttributeError, match="no_such_setting"):
         model.config.no_such_setting
+
+
+def test_from_pretrained_checks_layer_count_first_and_draws_no_random_weights(gpt2, tmp_path):
+    # A config.json layer count the weights do not have is refused before any layer is built (n_layer
+    # 10**30 built layers until the memory ran out); loading draws no random initial weights (GPT-2
+    # small's cost 1.6 s and 500 MB, all overwritten): the layers' random generator is left untouched.
+    d, _, model = gpt2
+    bad = tmp_path / "g"
+    shutil.copytree(d, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    for n, match in [(10 ** 30, f"n_layer={10 ** 30} but the weights hold 3 layers"), ("3", "not a layer count"),
+                     (-1, "not a layer count")]:
+        (bad / "config.json").write_text(json.dumps({**cfg, "n_layer": n}))
+        with pytest.raises(ValueError, match=match):
+            GPT2LMHeadModel.from_pretrained(bad)
+    nn.manual_seed(11)
+    want = nn.Linear(4, 3).weight
+    nn.manual_seed(11)
+    loaded = GPT2LMHeadModel.from_pretrained(d)
+    np.testing.assert_array_equal(nn.Linear(4, 3).weight, want)
+    ids = np.array([[3, 1, 4, 1, 5]])
+    np.testing.assert_array_equal(loaded(ids).logits, model(ids).logits)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,20 @@ def read_weights(model_dir) -> dict[str, np.ndarray]:
     hint = " (only safetensors weights are read; pytorch_model.bin is not)" if (
         model_dir / "pytorch_model.bin").exists() else ""
     raise FileNotFoundError(f"{single} not found{hint}")
+
+
+def check_layer_count(weights: dict, pattern: str, n_layers, key: str, where: str) -> None:
+    """Before a model is built: the ``config.json`` layer count ``key`` against the layers the weights
+    hold (``pattern`` captures a layer's index). A count the file does not have is a ValueError naming
+    the first missing layer, where building that many layers first could take all the memory
+    (``n_layer: 1e30``) before the missing tensors were noticed."""
+    if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 0:
+        raise ValueError(f"{where}: config.json has {key}={n_layers!r}, not a layer count")
+    found = {int(m.group(1)) for m in map(re.compile(pattern).match, weights) if m}
+    missing = next((i for i in range(n_layers) if i not in found), None)
+    if missing is not None:
+        raise ValueError(f"{where}: config.json has {key}={n_layers} but the weights hold {len(found)} layers "
+                         f"(missing tensors from layer {missing} on)")
 
 
 def check_names(got: dict, expected: set, ignorable=(), where: str = "checkpoint") -> None:

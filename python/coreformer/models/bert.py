@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core, nn, ops
-from ._common import Config, ModelOutput, as_ids, as_mask, check_names, read_config, read_weights, to_device
+from ._common import (Config, ModelOutput, as_ids, as_mask, check_layer_count, check_names, read_config, read_weights,
+                      to_device)
 
 __all__ = ["BertConfig", "BertModel", "BertForSequenceClassification", "BertForMaskedLM"]
 
@@ -169,8 +170,13 @@ class BertModel(nn.Module):
         for the GEMM (``pack_weights(dtype)``): ``"float32"``, ``"bfloat16"``, ``"int8"``, or ``None``
         to keep plain arrays."""
         cfg = read_config(model_dir, ("bert",), cls.__name__)
-        model = cls(BertConfig(**cfg), **kw)
-        model._load_hf(read_weights(model_dir), where=str(model_dir))
+        weights = read_weights(model_dir)
+        check_layer_count(weights, r"(?:bert\.)?encoder\.layer\.(\d+)\.",
+                          cfg.get("num_hidden_layers", BertConfig.DEFAULTS["num_hidden_layers"]), "num_hidden_layers",
+                          str(model_dir))
+        with nn.uninitialised():  # every parameter is loaded by _load_hf (check_names)
+            model = cls(BertConfig(**cfg), **kw)
+        model._load_hf(weights, where=str(model_dir))
         if dtype is not None:
             model.pack_weights(dtype)
         return model

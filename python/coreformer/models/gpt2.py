@@ -14,7 +14,8 @@ import numpy as np
 from .. import _core, nn, ops
 from .._args import int_arg
 from .._files import read_json
-from ._common import Config, ModelOutput, as_ids, as_mask, check_names, read_config, read_weights, to_device
+from ._common import (Config, ModelOutput, as_ids, as_mask, check_layer_count, check_names, read_config, read_weights,
+                      to_device)
 from .generation import NextToken, check_generation_args, check_streamer, eos_set, stream_end, stream_put
 
 __all__ = ["GPT2Config", "GPT2LMHeadModel", "GPT2Cache"]
@@ -147,8 +148,11 @@ class GPT2LMHeadModel(nn.Module):
         views of it (no second float32 copy); unpacked, they are transposed once into new arrays.
         Everything else is mapped, not copied."""
         cfg = read_config(model_dir, ("gpt2",), cls.__name__)
-        model = cls(GPT2Config(**cfg))
         weights = read_weights(model_dir)
+        n_layer = cfg.get("n_layer", GPT2Config.DEFAULTS["n_layer"])
+        check_layer_count(weights, r"(?:transformer\.)?h\.(\d+)\.", n_layer, "n_layer", str(model_dir))
+        with nn.uninitialised():  # every parameter is loaded below (check_names)
+            model = cls(GPT2Config(**cfg))
         sd = {}
         for k, v in weights.items():
             if not k.startswith(("transformer.", "lm_head.")):

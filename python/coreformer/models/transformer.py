@@ -239,7 +239,8 @@ class Transformer(nn.Module):
         if not 0 <= bos_token_id < v:
             raise IndexError(f"bos_token_id {bos_token_id} is outside the target vocabulary [0, {v})")
         eos = eos_set(eos_token_id, None)
-        pad = int_arg("pad_token_id", pad_token_id if pad_token_id is not None else (eos[0] if eos.size else bos_token_id))
+        pad = int_arg("pad_token_id",
+                      pad_token_id if pad_token_id is not None else (eos[0] if eos.size else bos_token_id))
         memory = self._encode(src, src_padding_mask)  # stays on the model's device
         if num_beams == 1:
             return self._greedy(memory, src_padding_mask, max_new_tokens, bos_token_id, eos, pad)
