@@ -575,3 +575,28 @@ def test_from_pretrained_checks_layer_count_first_and_draws_no_random_weights(gp
     np.testing.assert_array_equal(nn.Linear(4, 3).weight, want)
     ids = np.array([[3, 1, 4, 1, 5]])
     np.testing.assert_array_equal(loaded(ids).logits, model(ids).logits)
+
+
+@pytest.mark.parametrize("key,value,what", [("n_embd", "64", "an integer >= 1"), ("n_head", 0, "an integer >= 1"),
+                                            ("vocab_size", None, "an integer >= 1"), ("n_inner", 64.5, "an integer"),
+                                            ("activation_function", [], "a string"),
+                                            ("layer_norm_epsilon", "1e-5", "a finite number"),
+                                            ("tie_word_embeddings", "yes", "true or false"),
+                                            ("eos_token_id", 2.5, "a token id")])
+def test_config_values_of_the_wrong_kind_are_value_errors(gpt2, bert_dirs, tmp_path, key, value, what):
+    # config.json is a file like the weights: a value of the wrong kind surfaced as TypeError or
+    # ZeroDivisionError from inside the layers (n_head 0: integer modulo by zero); now ValueError naming it
+    d, _, _ = gpt2
+    bad = tmp_path / "g"
+    shutil.copytree(d, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**cfg, key: value}))
+    with pytest.raises(ValueError, match=f"config: {key} must be {what}"):
+        GPT2LMHeadModel.from_pretrained(bad)
+    b, _ = bert_dirs["BertModel"]
+    bad = tmp_path / "b"
+    shutil.copytree(b, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**cfg, "num_attention_heads": 0, "hidden_act": 5}))
+    with pytest.raises(ValueError, match="config: num_attention_heads must be an integer >= 1, got 0"):
+        BertModel.from_pretrained(bad)

@@ -27,7 +27,45 @@ class ModelOutput(dict):
 class Config(dict):
     """A model's settings (``config.json`` over defaults) as a dict whose keys also read as attributes
     (``config.n_embd``); a missing one is an AttributeError, as ``getattr``, ``hasattr`` and ``copy``
-    expect (a KeyError there broke ``copy.deepcopy`` of a model)."""
+    expect (a KeyError there broke ``copy.deepcopy`` of a model).
+
+    ``SIZES`` (key: least value), ``REALS``, ``STRS``, ``FLAGS`` and ``IDS`` (token ids: None, an int or
+    a list of ints) name the fields a model reads; ``check()`` makes a value of the wrong kind a
+    ValueError naming the field, where it surfaced as a TypeError or ZeroDivisionError from deep in
+    the layers' construction."""
+
+    SIZES: dict = {}
+    REALS: tuple = ()
+    STRS: tuple = ()
+    FLAGS: tuple = ()
+    IDS: tuple = ()
+
+    def check(self) -> None:
+        def bad(key, what):
+            return ValueError(f"config: {key} must be {what}, got {self[key]!r}")
+
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        for key, least in self.SIZES.items():  # None only where the default is None (derived later)
+            unset = self.get(key) is None and getattr(self, "DEFAULTS", {}).get(key, 0) is None
+            if key in self and not unset and not (is_int(self[key]) and self[key] >= least):
+                raise bad(key, f"an integer >= {least}")
+        for key in self.REALS:
+            v = self.get(key)
+            if key in self and not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < float("inf")):
+                raise bad(key, "a finite number >= 0")
+        for key in self.STRS:
+            if key in self and not isinstance(self[key], str):
+                raise bad(key, "a string")
+        for key in self.FLAGS:
+            if key in self and not isinstance(self[key], bool):
+                raise bad(key, "true or false")
+        for key in self.IDS:
+            v = self.get(key)
+            ids = v if isinstance(v, list) else [v]
+            if key in self and v is not None and not all(is_int(i) and 0 <= i < 2 ** 62 for i in ids):
+                raise bad(key, "a token id (an integer >= 0), a list of them, or null")
 
     def __getattr__(self, name):
         try:

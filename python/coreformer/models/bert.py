@@ -22,9 +22,15 @@ class BertConfig(Config):
     DEFAULTS = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                     intermediate_size=3072, hidden_act="gelu", max_position_embeddings=512, type_vocab_size=2,
                     layer_norm_eps=1e-12, pad_token_id=0, position_embedding_type="absolute", num_labels=None)
+    SIZES = dict(vocab_size=1, hidden_size=1, num_hidden_layers=0, num_attention_heads=1, intermediate_size=1,
+                 max_position_embeddings=1, type_vocab_size=1, num_labels=1)
+    REALS = ("layer_norm_eps",)
+    STRS = ("hidden_act", "position_embedding_type")
+    IDS = ("pad_token_id",)
 
     def __init__(self, **kw):
         super().__init__({**self.DEFAULTS, **kw})
+        self.check()
         if self.get("num_labels") is None:
             self["num_labels"] = len(self.get("id2label") or {}) or 2
         if self["position_embedding_type"] != "absolute":

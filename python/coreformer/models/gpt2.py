@@ -28,9 +28,15 @@ class GPT2Config(Config):
                     activation_function="gelu_new", layer_norm_epsilon=1e-5, bos_token_id=50256,
                     eos_token_id=50256, pad_token_id=None, tie_word_embeddings=True, scale_attn_weights=True,
                     scale_attn_by_inverse_layer_idx=False, reorder_and_upcast_attn=False)
+    SIZES = dict(vocab_size=1, n_positions=1, n_embd=1, n_layer=0, n_head=1, n_inner=1)
+    REALS = ("layer_norm_epsilon",)
+    STRS = ("activation_function",)
+    FLAGS = ("tie_word_embeddings", "scale_attn_weights", "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn")
+    IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
     def __init__(self, **kw):
         super().__init__({**self.DEFAULTS, **kw})
+        self.check()
         if self["n_inner"] is None:
             self["n_inner"] = 4 * self["n_embd"]
         if self["n_embd"] % self["n_head"]:
