@@ -134,3 +134,28 @@ def test_sentence_encoder_errors_and_progress_bar(minilm_dir, capsys):
     pytest.importorskip("tqdm")
     ours.encode(SENTENCES[:5], batch_size=2, show_progress_bar=True)
     assert "Batches" in capsys.readouterr().err
+
+
+def test_model_folder_files_of_the_wrong_shape_are_value_errors(minilm_dir, tmp_path):
+    # Every JSON file of a sentence-transformers folder, and tokenizer.json, read as a file that may be
+    # corrupt: each of these raised AttributeError, TypeError or tokenizers' bare Exception, or (a
+    # negative model_max_length) loaded and truncated every sentence to nothing.
+    import json
+    cases = [("modules.json", '{"0": 1}', "must hold a JSON list"),
+             ("modules.json", '[{"type": "x.Transformer", "path": 5}]', "string type and path"),
+             ("1_Pooling/config.json", "[]", "must hold a JSON object"),
+             ("sentence_bert_config.json", '{"max_seq_length": -3}', "max_seq_length must be an integer >= 1"),
+             ("config.json", "[1, 2]", "must hold a JSON object"),
+             ("tokenizer.json", "{}", "not a valid tokenizer file"),
+             ("tokenizer_config.json", '{"model_max_length": -5}', "model_max_length must be an integer >= 1")]
+    for i, (rel, text, match) in enumerate(cases):
+        d = tmp_path / str(i)
+        shutil.copytree(minilm_dir, d)
+        (d / rel).write_text(text)
+        with pytest.raises(ValueError, match=match):
+            SentenceEncoder.from_pretrained(d)
+    d = tmp_path / "ok"  # transformers' "no limit" sentinel still reads as no limit
+    shutil.copytree(minilm_dir, d)
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    (d / "tokenizer_config.json").write_text(json.dumps({**cfg, "model_max_length": 1e30}))
+    assert Tokenizer.from_pretrained(d).model_max_length is None

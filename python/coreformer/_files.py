@@ -5,15 +5,21 @@ import json
 from pathlib import Path
 
 
-def read_json(path, default=None):
-    """The JSON in ``path``; ``default`` when it does not exist (FileNotFoundError naming it when no
-    default is given); ValueError naming the file when it is not valid JSON."""
+def read_json(path, default=None, expect: type = dict):
+    """The JSON in ``path``, which must be an ``expect`` (a JSON object unless told otherwise);
+    ``default`` when it does not exist (FileNotFoundError naming it when no default is given);
+    ValueError naming the file when it is not valid JSON or not an ``expect`` (a list where a config's
+    object belongs failed later as AttributeError)."""
     path = Path(path)
     if not path.is_file():
         if default is not None:
             return default
         raise FileNotFoundError(f"{path} not found")
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(value, expect):
+        kind = {dict: "a JSON object", list: "a JSON list"}.get(expect, expect.__name__)
+        raise ValueError(f"{path} must hold {kind}, not {type(value).__name__}")
+    return value

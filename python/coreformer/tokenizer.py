@@ -46,7 +46,10 @@ class Tokenizer:
             return t.get("content") if isinstance(t, dict) else t
 
         if (d / "tokenizer.json").is_file():
-            tok = tk.Tokenizer.from_file(str(d / "tokenizer.json"))
+            try:
+                tok = tk.Tokenizer.from_file(str(d / "tokenizer.json"))
+            except Exception as e:  # tokenizers raises a bare Exception for a file it cannot read
+                raise ValueError(f"{d / 'tokenizer.json'} is not a valid tokenizer file: {e}") from None
         elif (d / "vocab.txt").is_file():
             from tokenizers.implementations import BertWordPieceTokenizer
             tok = BertWordPieceTokenizer(str(d / "vocab.txt"), lowercase=cfg.get("do_lower_case", True),
@@ -68,7 +71,12 @@ class Tokenizer:
         tok.no_padding()
         tok.no_truncation()
         mml = cfg.get("model_max_length")
-        mml = int(mml) if isinstance(mml, (int, float)) and mml < 1e9 else None
+        if mml is not None:  # transformers writes ~1e30 for "no limit"
+            number = isinstance(mml, (int, float)) and not isinstance(mml, bool)
+            if not (number and mml >= 1 and (mml >= 1e9 or mml == int(mml))):
+                raise ValueError(f"{d / 'tokenizer_config.json'}: model_max_length must be an integer >= 1, "
+                                 f"got {mml!r}")
+            mml = int(mml) if mml < 1e9 else None
         return cls(tok, pad_token=pad, model_max_length=mml)
 
     @property

@@ -44,9 +44,12 @@ class SentenceEncoder:
         normalize = False
         tdir = d
         if (d / "modules.json").is_file():
-            modules = read_json(d / "modules.json")
+            modules = read_json(d / "modules.json", expect=list)
             for m in modules:
-                kind = str(m.get("type", ""))
+                if not (isinstance(m, dict) and all(isinstance(m.get(k, ""), str) for k in ("type", "path"))):
+                    raise ValueError(f"{d / 'modules.json'}: a module must be an object with string type and path, "
+                                     f"got {m!r}"[:300])
+                kind = m.get("type", "")
                 path = d / m.get("path", "")
                 if kind.endswith(".Transformer"):
                     tdir = path
@@ -65,7 +68,11 @@ class SentenceEncoder:
         model = BertModel.from_pretrained(tdir, dtype=dtype, add_pooling_layer=False)
         tok = Tokenizer.from_pretrained(tdir)
         limit = model.config.max_position_embeddings
-        max_len = min(int(st_cfg.get("max_seq_length") or tok.model_max_length or limit), limit)
+        given = st_cfg.get("max_seq_length")
+        if given is not None and (isinstance(given, bool) or not isinstance(given, int) or given < 1):
+            raise ValueError(f"{tdir / 'sentence_bert_config.json'}: max_seq_length must be an integer >= 1, "
+                             f"got {given!r}")
+        max_len = min(int(given or tok.model_max_length or limit), limit)
         return cls(model, tok, pooling, normalize, max_len)
 
     def to(self, device: str = "cpu", dtype: str | None = None) -> "SentenceEncoder":
