@@ -477,6 +477,10 @@ PYBIND11_MODULE(_core, m) {
           [](const py::tuple& t) {
             CF_CHECK(t.size() == 7 && py::isinstance<py::int_>(t[0]) && t[0].cast<int>() == 1, ValueError,
                      "not a PackedWeight state this version of coreformer reads");
+            for (int i = 1; i < 4; ++i)
+              CF_CHECK(py::isinstance<py::int_>(t[i]), ValueError, "a PackedWeight state holds integers in 1..3");
+            CF_CHECK(py::isinstance<py::bytes>(t[5]) && py::isinstance<py::bytes>(t[6]), ValueError,
+                     "a PackedWeight state holds its panels and scales as bytes");
             const std::string panels = t[5].cast<std::string>(), scales = t[6].cast<std::string>();
             CF_CHECK(scales.size() % 4 == 0, ValueError, "a PackedWeight state's scales are float32");
             return cf::ops::packed_from_bytes(t[1].cast<int64_t>(), t[2].cast<int64_t>(), t[3].cast<int>(),

@@ -37,17 +37,18 @@ std::atomic<int>& thread_count() {
 // thread ran, the next such region waits forever on the parent's team, which the child does not have
 // (multiprocessing's default 'fork' start method on Linux, after the parent used coreformer). A child
 // of such a process runs every kernel on one thread instead (as PyTorch does after fork).
-std::atomic<bool> g_team_started{false};
 std::atomic<bool> g_team_lost{false};
 
 #ifdef CF_HAVE_OPENMP
+std::atomic<bool> g_team_started{false};
+
 void after_fork_in_child() {
   if (g_team_started.load(std::memory_order_relaxed)) {
     g_team_lost.store(true, std::memory_order_relaxed);
     thread_count().store(1, std::memory_order_relaxed);
   }
 }
-const int g_atfork_registered = pthread_atfork(nullptr, nullptr, after_fork_in_child);
+[[maybe_unused]] const int g_atfork_registered = pthread_atfork(nullptr, nullptr, after_fork_in_child);
 #endif
 
 }  // namespace

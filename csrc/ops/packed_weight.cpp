@@ -192,8 +192,9 @@ PackedWeight packed_from_bytes(int64_t rows, int64_t cols, int nr, DType dtype, 
                                const void* scales, int64_t num_scales) {
   CF_CHECK(dtype == DType::f32 || dtype == DType::bf16 || dtype == DType::i8, ValueError,
            "a packed weight is float32, bfloat16 or int8, not ", dtype_name(dtype));
-  CF_CHECK(rows >= 0 && cols >= 0 && nr >= 1 && nr <= 1024, ValueError, "a packed weight's state has rows ", rows,
-           ", cols ", cols, ", panel width ", nr);
+  // bounds far past any weight, so the byte count below cannot overflow
+  CF_CHECK(rows >= 0 && rows < (int64_t(1) << 31) && cols >= 0 && cols < (int64_t(1) << 31) && nr >= 1 && nr <= 1024,
+           ValueError, "a packed weight's state has rows ", rows, ", cols ", cols, ", panel width ", nr);
   PackedWeight p;
   p.rows = rows;
   p.cols = cols;
