@@ -112,13 +112,11 @@ def read_weights(model_dir) -> dict[str, np.ndarray]:
     raise FileNotFoundError(f"{single} not found{hint}")
 
 
-def check_layer_count(weights: dict, pattern: str, n_layers, key: str, where: str) -> None:
-    """Before a model is built: the ``config.json`` layer count ``key`` against the layers the weights
-    hold (``pattern`` captures a layer's index). A count the file does not have is a ValueError naming
-    the first missing layer, where building that many layers first could take all the memory
-    (``n_layer: 1e30``) before the missing tensors were noticed."""
-    if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 0:
-        raise ValueError(f"{where}: config.json has {key}={n_layers!r}, not a layer count")
+def check_layer_count(weights: dict, pattern: str, n_layers: int, key: str, where: str) -> None:
+    """Before a model is built: the (checked) config's layer count ``key`` against the layers the
+    weights hold (``pattern`` captures a layer's index). A count the file does not have is a
+    ValueError naming the first missing layer, where building that many layers first could take all
+    the memory (``n_layer: 10**30``) before the missing tensors were noticed."""
     found = {int(m.group(1)) for m in map(re.compile(pattern).match, weights) if m}
     missing = next((i for i in range(n_layers) if i not in found), None)
     if missing is not None:

@@ -176,12 +176,12 @@ class BertModel(nn.Module):
         for the GEMM (``pack_weights(dtype)``): ``"float32"``, ``"bfloat16"``, ``"int8"``, or ``None``
         to keep plain arrays."""
         cfg = read_config(model_dir, ("bert",), cls.__name__)
+        config = BertConfig(**cfg)
         weights = read_weights(model_dir)
-        check_layer_count(weights, r"(?:bert\.)?encoder\.layer\.(\d+)\.",
-                          cfg.get("num_hidden_layers", BertConfig.DEFAULTS["num_hidden_layers"]), "num_hidden_layers",
-                          str(model_dir))
+        check_layer_count(weights, r"(?:bert\.)?encoder\.layer\.(\d+)\.", config.num_hidden_layers,
+                          "num_hidden_layers", str(model_dir))
         with nn.uninitialised():  # every parameter is loaded by _load_hf (check_names)
-            model = cls(BertConfig(**cfg), **kw)
+            model = cls(config, **kw)
         model._load_hf(weights, where=str(model_dir))
         if dtype is not None:
             model.pack_weights(dtype)

@@ -154,11 +154,11 @@ class GPT2LMHeadModel(nn.Module):
         views of it (no second float32 copy); unpacked, they are transposed once into new arrays.
         Everything else is mapped, not copied."""
         cfg = read_config(model_dir, ("gpt2",), cls.__name__)
+        config = GPT2Config(**cfg)
         weights = read_weights(model_dir)
-        n_layer = cfg.get("n_layer", GPT2Config.DEFAULTS["n_layer"])
-        check_layer_count(weights, r"(?:transformer\.)?h\.(\d+)\.", n_layer, "n_layer", str(model_dir))
+        check_layer_count(weights, r"(?:transformer\.)?h\.(\d+)\.", config.n_layer, "n_layer", str(model_dir))
         with nn.uninitialised():  # every parameter is loaded below (check_names)
-            model = cls(GPT2Config(**cfg))
+            model = cls(config)
         sd = {}
         for k, v in weights.items():
             if not k.startswith(("transformer.", "lm_head.")):
