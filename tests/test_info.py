@@ -95,8 +95,11 @@ def test_cli_bench_json(tmp_path, capsys):
 def test_cli_bench_bad_arguments(tmp_path):
     from coreformer.cli import main
     # a --json path that cannot be written is refused before any timing, not after it
+    # --rounds below 1 ran the setup and then failed in the median; --ops was ignored by --models and cuda
     for argv in (["bench", "--ops", "nope"], ["bench", "--threads", "0"], ["bench", "--threads", "5000"],
-                 ["bench", "--json", str(tmp_path / "missing" / "x.json")], ["bench", "--json", str(tmp_path)]):
+                 ["bench", "--json", str(tmp_path / "missing" / "x.json")], ["bench", "--json", str(tmp_path)],
+                 ["bench", "--rounds", "-1"], ["bench", "--rounds", "0", "--quick"],
+                 ["bench", "--models", "--ops", "copy"], ["bench", "--device", "cuda", "--ops", "linear"]):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2

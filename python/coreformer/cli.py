@@ -69,6 +69,10 @@ def main(argv=None) -> int:
     if args.command == "bench":
         if args.threads is not None and not 1 <= args.threads <= 4096:
             parser.error("--threads must be between 1 and 4096")
+        if args.rounds is not None and args.rounds < 1:  # -1 ran the whole setup, then failed in the median
+            parser.error(f"--rounds must be at least 1, got {args.rounds}")
+        if args.ops and (args.models or args.device == "cuda"):  # ignored there: say so before minutes of timing
+            parser.error("--ops picks CPU kernel cases; it does not apply to --models or --device cuda")
         if args.json:  # checked now, not after minutes of timing
             parent = os.path.dirname(os.path.abspath(args.json))
             if not os.path.isdir(parent):
