@@ -370,3 +370,28 @@ def test_safetensors_corrupt_entries_are_value_errors(tmp_path, field, value):
     path.write_bytes(struct.pack("<Q", len(blob)) + blob + raw[8 + n:])
     with pytest.raises(st.SafetensorsError, match="'a'"):
         st.load_file(path)
+
+
+def test_assigning_a_parameter_keeps_it_a_float32_parameter(rng, tmp_path):
+    # A torch tensor (or a list) assigned to a parameter became a plain attribute: the forward used it,
+    # while state_dict() and save() kept the old array. Anything assigned to a parameter is now a float32
+    # array in both; a float64 array too (it was kept float64 and saved as F64).
+    torch = pytest.importorskip("torch")
+    lin = nn.Linear(4, 3)
+    x = randn(rng, 2, 4)
+    lin.weight = torch.ones(3, 4)
+    assert isinstance(lin.weight, np.ndarray) and lin.weight.dtype == np.float32
+    assert lin.state_dict()["weight"] is lin.weight
+    np.testing.assert_allclose(lin(x), x.sum(1, keepdims=True) + lin.bias, rtol=1e-6)
+    lin.bias = [0.0, 1.0, 2.0]
+    np.testing.assert_array_equal(lin.state_dict()["bias"], np.array([0, 1, 2], np.float32))
+    lin.weight = np.full((3, 4), 2.0)  # float64
+    assert lin.weight.dtype == np.float32
+    lin.save(tmp_path / "l.safetensors")
+    assert st.load_file(tmp_path / "l.safetensors")["weight"].dtype == np.float32
+    with pytest.raises(TypeError, match="weight must be a real numeric array"):
+        lin.weight = np.ones((3, 4), np.complex64)
+    lin.bias = None  # a layer without a bias, as before
+    assert "bias" not in lin.state_dict()
+    lin.note = "a plain attribute"  # anything else that is not an array is not a parameter
+    assert "note" not in lin.state_dict()

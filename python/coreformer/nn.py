@@ -159,7 +159,13 @@ class Module:
         if isinstance(value, Module):
             params.pop(name, None)
             modules[name] = value
-        elif isinstance(value, np.ndarray) or (value is None and name in params):
+        elif isinstance(value, np.ndarray) or name in params:
+            # A parameter stays a float32 array whatever is assigned to it (a torch tensor, a list, float64):
+            # a torch tensor became a plain attribute that the forward used while state_dict() and save()
+            # kept the old array.
+            converted = not isinstance(value, np.ndarray) or (name in params and value.dtype != np.float32)
+            if value is not None and converted:
+                value = _as_f32(name, value, contiguous=False)
             modules.pop(name, None)
             params[name] = value
             if name in self.__dict__.get("_packed", ()):
