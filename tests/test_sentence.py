@@ -57,6 +57,8 @@ def test_minilm_matches_sentence_transformers(minilm_dir, reference):
     assert ours.encode([]).shape == (0, 384)
     with pytest.raises(TypeError, match="normalize_embeddings must be a bool"):
         ours.encode(SENTENCES[:1], normalize_embeddings="no")
+    with pytest.raises(TypeError, match="show_progress_bar must be a bool"):
+        ours.encode(SENTENCES[:1], show_progress_bar="no")
 
 
 def test_minilm_tokenizer_ids_match(minilm_dir, reference):

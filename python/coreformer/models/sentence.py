@@ -123,7 +123,7 @@ class SentenceEncoder:
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         out = np.empty((len(ids), self.dim), np.float32)
         starts = range(0, len(order), batch_size)
-        if show_progress_bar:
+        if flag("show_progress_bar", show_progress_bar):
             try:
                 from tqdm.auto import tqdm
             except ImportError:
