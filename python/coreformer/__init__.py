@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
-
 from . import _core, nn, ops
+from ._args import is_int
 from .tokenizer import Tokenizer
 
 __version__ = _core.info()["version"]
@@ -80,7 +79,7 @@ def set_num_threads(n: int) -> None:
     in such a child (its next parallel region would hang), and a RuntimeWarning says so. Workers that
     need threads of their own start with the ``"spawn"`` or ``"forkserver"`` method.
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+    if not is_int(n):
         raise TypeError(f"n must be an int, got {type(n).__name__}")
     n = int(n)
     if not 1 <= n <= 4096:

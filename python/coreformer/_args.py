@@ -8,6 +8,12 @@ import operator
 import numpy as np
 
 
+def is_int(value) -> bool:
+    """An integer in the strict sense: Python or numpy ints, not bools (which ``operator.index`` takes)
+    nor floats -- the rule for counts and ids read from files and arguments alike."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def int_arg(name, value):
     """An integer argument: Python and numpy ints (not floats, which would be truncated silently)."""
     try:

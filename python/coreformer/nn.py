@@ -448,20 +448,16 @@ class LearnedPositionalEmbedding(Module):
         return x + self.weight[offset:offset + s]
 
 
-def _count(name, value) -> int:
+def _count(name, value, least: int = 0) -> int:
     n = int_arg(name, value)
-    if n < 0:
-        raise ValueError(f"{name} must be >= 0, got {n}")
+    if n < least:
+        raise ValueError(f"{name} must be >= {least}, got {n}")
     return n
 
 
 def _cache_shape(batch, num_heads, head_dim, capacity) -> tuple[int, int, int, int]:
-    b, h, dh, cap = (int_arg(n, v) for n, v in (("batch", batch), ("num_heads", num_heads), ("head_dim", head_dim),
-                                                   ("capacity", capacity)))
-    for name, v, least in (("batch", b, 0), ("num_heads", h, 1), ("head_dim", dh, 1), ("capacity", cap, 0)):
-        if v < least:
-            raise ValueError(f"KV cache {name} must be >= {least}, got {v}")
-    return b, h, max(cap, 1), dh
+    return (_count("KV cache batch", batch), _count("KV cache num_heads", num_heads, 1),
+            max(_count("KV cache capacity", capacity), 1), _count("KV cache head_dim", head_dim, 1))
 
 
 class KVCache:

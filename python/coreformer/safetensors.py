@@ -18,6 +18,8 @@ import struct
 
 import numpy as np
 
+from ._args import is_int
+
 __all__ = ["load_file", "save_file", "SafetensorsError"]
 
 _DTYPES = {
@@ -34,7 +36,7 @@ class SafetensorsError(ValueError):
 
 def _ints(v) -> bool:
     """A JSON list of integers (not floats, bools or strings)."""
-    return isinstance(v, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in v)
+    return isinstance(v, list) and all(is_int(d) for d in v)
 
 
 def _bf16_to_f32(raw: np.ndarray) -> np.ndarray:

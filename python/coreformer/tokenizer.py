@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._args import is_int
 from ._files import read_json
 
 __all__ = ["Tokenizer"]
@@ -72,7 +73,7 @@ class Tokenizer:
         tok.no_truncation()
         mml = cfg.get("model_max_length")
         if mml is not None:  # transformers writes ~1e30 for "no limit"
-            number = isinstance(mml, (int, float)) and not isinstance(mml, bool)
+            number = is_int(mml) or isinstance(mml, float)
             if not (number and mml >= 1 and (mml >= 1e9 or mml == int(mml))):
                 raise ValueError(f"{d / 'tokenizer_config.json'}: model_max_length must be an integer >= 1, "
                                  f"got {mml!r}")
@@ -103,7 +104,7 @@ class Tokenizer:
     def _check_max_length(self, max_length, add_special_tokens):
         if max_length is None:
             return
-        if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)):
+        if not is_int(max_length):
             raise TypeError(f"max_length must be an int or None, got {type(max_length).__name__}")
         least = max(1, self._tok.num_special_tokens_to_add(False)) if add_special_tokens else 1
         if max_length < least:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import safetensors as st
+from .._args import is_int
 from .._files import read_json
 
 
@@ -44,16 +45,13 @@ class Config(dict):
         def bad(key, what):
             return ValueError(f"config: {key} must be {what}, got {self[key]!r}")
 
-        def is_int(v):
-            return isinstance(v, int) and not isinstance(v, bool)
-
         for key, least in self.SIZES.items():  # None only where the default is None (derived later)
             unset = self.get(key) is None and getattr(self, "DEFAULTS", {}).get(key, 0) is None
             if key in self and not unset and not (is_int(self[key]) and self[key] >= least):
                 raise bad(key, f"an integer >= {least}")
         for key in self.REALS:
             v = self.get(key)
-            if key in self and not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < float("inf")):
+            if key in self and not ((is_int(v) or isinstance(v, float)) and 0 <= v < float("inf")):
                 raise bad(key, "a finite number >= 0")
         for key in self.STRS:
             if key in self and not isinstance(self[key], str):

@@ -6,7 +6,7 @@ import queue
 
 import numpy as np
 
-from .._args import flag, float_arg
+from .._args import flag, float_arg, is_int
 
 __all__ = ["TokenStreamer", "NextToken", "check_generation_args"]
 
@@ -16,17 +16,17 @@ def check_generation_args(max_new_tokens, temperature, top_k, top_p, repetition_
     repetition_penalty = float_arg("repetition_penalty", repetition_penalty)
     if top_p is not None:
         top_p = float_arg("top_p", top_p)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+    if not is_int(max_new_tokens) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     if not (temperature > 0 and np.isfinite(temperature)):
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
+    if top_k is not None and (not is_int(top_k) or top_k < 1):
         raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
     if top_p is not None and not (0 < top_p <= 1):
         raise ValueError(f"top_p must be None or in (0, 1], got {top_p!r}")
     if not (repetition_penalty > 0 and np.isfinite(repetition_penalty)):
         raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty!r}")
-    if isinstance(num_beams, bool) or not isinstance(num_beams, (int, np.integer)) or num_beams < 1:
+    if not is_int(num_beams) or num_beams < 1:
         raise ValueError(f"num_beams must be an int >= 1, got {num_beams!r}")
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._args import flag
+from .._args import flag, is_int
 from .._files import read_json
 from .bert import BertModel
 
@@ -69,7 +69,7 @@ class SentenceEncoder:
         tok = Tokenizer.from_pretrained(tdir)
         limit = model.config.max_position_embeddings
         given = st_cfg.get("max_seq_length")
-        if given is not None and (isinstance(given, bool) or not isinstance(given, int) or given < 1):
+        if given is not None and (not is_int(given) or given < 1):
             raise ValueError(f"{tdir / 'sentence_bert_config.json'}: max_seq_length must be an integer >= 1, "
                              f"got {given!r}")
         max_len = min(int(given or tok.model_max_length or limit), limit)
@@ -115,7 +115,7 @@ class SentenceEncoder:
         for s in sentences:
             if not isinstance(s, str):
                 raise TypeError(f"sentences must be strings, got {type(s).__name__}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if not is_int(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         normalize = self.normalize if normalize_embeddings is None else flag("normalize_embeddings",
                                                                                   normalize_embeddings)

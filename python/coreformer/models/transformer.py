@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from .. import _core, nn, ops
-from .._args import float_arg, int_arg
+from .._args import float_arg, int_arg, is_int
 from ._common import ModelOutput, as_ids, to_device
 from .generation import check_generation_args, eos_set
 
@@ -234,7 +234,7 @@ class Transformer(nn.Module):
                 raise ValueError(f"src_padding_mask must have the shape of src_ids {src.shape}, got "
                                  f"{src_padding_mask.shape}")
         v = self.tgt_embed.num_embeddings
-        if isinstance(bos_token_id, bool) or not isinstance(bos_token_id, (int, np.integer)):
+        if not is_int(bos_token_id):
             raise TypeError(f"bos_token_id must be an int, got {bos_token_id!r}")
         if not 0 <= bos_token_id < v:
             raise IndexError(f"bos_token_id {bos_token_id} is outside the target vocabulary [0, {v})")
