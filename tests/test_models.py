@@ -365,6 +365,43 @@ def test_gpt2_rows_stop_at_eos_and_streamers_see_every_token(gpt2):
     np.testing.assert_array_equal(np.stack(steps, axis=1), free[:, p:p + 12])
 
 
+def test_gpt2_pad_token_that_is_no_token(gpt2, tmp_path):
+    # pad_token_id only marks the returned ids (-1, or a tiny model's config EOS of 50256 outside its
+    # vocabulary): generate moved right padding into the model and fed it to stopped rows, and the
+    # embedding (or the repetition penalty's lookup) raised IndexError for an id no caller had passed.
+    _, _, model = gpt2
+    rows = prompts()
+    width = max(len(r) for r in rows)
+    right, rmask = np.zeros((len(rows), width), np.int64), np.zeros((len(rows), width), np.int64)
+    for i, r in enumerate(rows):
+        right[i, :len(r)] = r
+        rmask[i, :len(r)] = 1
+    free = model.generate(right, rmask, max_new_tokens=12, eos_token_id=[], pad_token_id=5)
+    eos = int(free[1, width + 2])  # row 1 makes this token at step 3: it stops there
+    for kw in (dict(), dict(repetition_penalty=1.3)):
+        want = model.generate(right, rmask, max_new_tokens=12, eos_token_id=eos, pad_token_id=5, **kw)
+        for pad in (-1, 211, 50256):
+            seen = []
+            got = model.generate(right, rmask, max_new_tokens=12, eos_token_id=eos, pad_token_id=pad,
+                                 streamer=seen.append, **kw)
+            np.testing.assert_array_equal(got != pad, want != 5)
+            np.testing.assert_array_equal(got[got != pad], want[want != 5])
+            np.testing.assert_array_equal(np.stack(seen, axis=1), got[:, width:])
+            assert (got[1, width + 3:] == pad).all() and (got[:, :width] == pad).sum() == (rmask == 0).sum()
+    # a config whose EOS (the default pad) is outside the vocabulary, as tiny test configs often have
+    cfg = json.loads((gpt2[0] / "config.json").read_text())
+    d = tmp_path / "eos_outside"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({**cfg, "eos_token_id": 50256, "bos_token_id": 50256}))
+    (d / "model.safetensors").symlink_to(gpt2[0] / "model.safetensors")
+    other = type(model).from_pretrained(d)
+    got = other.generate(right, rmask, max_new_tokens=6)
+    alone = [model.generate(r[None], max_new_tokens=6, eos_token_id=[])[0] for r in rows]
+    for i, r in enumerate(rows):
+        np.testing.assert_array_equal(got[i, width - len(r):], alone[i])
+        assert (got[i, :width - len(r)] == 50256).all()
+
+
 def test_gpt2_errors(gpt2, tmp_path):
     d, _, model = gpt2
     with pytest.raises(IndexError, match=r"input_ids\[0, 1\] is 300, outside the vocabulary"):
@@ -506,6 +543,18 @@ def test_transformer_beam_search_eos_and_padding(small_translator):
     with warnings.catch_warnings():  # no new token: the BOS alone, without a 0/0 in the length penalty
         warnings.simplefilter("error")
         np.testing.assert_array_equal(m.generate(src, 0, bos_token_id=1, num_beams=3), np.ones((len(src), 1)))
+
+
+def test_transformer_pad_token_that_is_no_token(small_translator):
+    # a stopped row fed its pad id back to the decoder: pad_token_id=-1 raised IndexError there
+    m = small_translator
+    for beams, seed in ((1, 4), (3, 5)):  # sources where some rows stop at EOS 2 and others run on
+        src = np.random.default_rng(seed).integers(3, 30, (4, 8))
+        eos = 2
+        want = m.generate(src, 10, bos_token_id=1, eos_token_id=eos, num_beams=beams, pad_token_id=0)
+        got = m.generate(src, 10, bos_token_id=1, eos_token_id=eos, num_beams=beams, pad_token_id=-1)
+        assert (got == -1).any() and not (want == -1).any()
+        np.testing.assert_array_equal(np.where(got == -1, 0, got), want)
 
 
 def test_tied_heads_follow_a_replaced_embedding(gpt2, bert_dirs):

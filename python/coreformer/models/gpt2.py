@@ -314,19 +314,27 @@ class GPT2LMHeadModel(nn.Module):
         eos = eos_set(eos_token_id, defaults.get("eos_token_id"))
         pad = pad_token_id if pad_token_id is not None else defaults.get("pad_token_id")
         pad = int_arg("pad_token_id", pad if pad is not None else (eos[0] if eos.size else 0))
+        # The model reads `fill` where a row has no token (moved padding, a stopped row); the ids
+        # returned and streamed show `pad`, which need not be a token (-1, or a tiny model's config
+        # EOS outside its vocabulary).
+        fill = pad if 0 <= pad < self.config.vocab_size else 0
         pick = NextToken(do_sample, temperature, top_k, top_p, repetition_penalty, seed)
         if not (mask[:, -1].all() and (np.diff(mask.astype(np.int8), axis=1) >= 0).all()):
             # Right-padded (the Tokenizer's default) or with holes: each row's tokens move to the right
             # end, as left padding has them, so every row continues from its own last token. The new
             # tokens still start at column p.
             n_tok = mask.sum(axis=1)
-            packed = np.full_like(ids, pad)
+            packed = np.full_like(ids, fill)
             for i in range(b):
                 packed[i, p - n_tok[i]:] = ids[i, mask[i]]
             ids, mask = packed, np.arange(p)[None, :] >= (p - n_tok)[:, None]
+            moved = ~mask
+        else:
+            moved = None
 
-        seqs = np.empty((b, p + max_new_tokens), np.int64)
+        seqs = np.empty((b, p + max_new_tokens), np.int64)  # what the model reads; `pad` goes in at the end
         seqs[:, :p] = ids
+        stopped = np.zeros(b, np.int64)  # the column from which a row shows `pad` (0: it has not stopped)
         full_mask = np.ones((b, p + max_new_tokens), bool)
         full_mask[:, :p] = mask
         n = p
@@ -347,14 +355,20 @@ class GPT2LMHeadModel(nn.Module):
                 nxt = next_ids(ids, p)
                 done = np.zeros(b, bool)
                 for step in range(max_new_tokens):
-                    nxt = np.where(done, pad, nxt)
+                    nxt = np.where(done, fill, nxt)
                     seqs[:, n] = nxt
                     n += 1
-                    stream_put(streamer, nxt)
-                    done |= np.isin(nxt, eos)
+                    stream_put(streamer, np.where(done, pad, nxt))
+                    stop = ~done & np.isin(nxt, eos)
+                    stopped[stop] = n
+                    done |= stop
                     if done.all() or step + 1 == max_new_tokens:
                         break
                     nxt = next_ids(nxt[:, None], n)
         finally:
             stream_end(streamer)
-        return seqs[:, :n].copy()
+        out = seqs[:, :n].copy()
+        if moved is not None:
+            out[:, :p][moved] = pad
+        out[(stopped[:, None] > 0) & (np.arange(n)[None, :] >= stopped[:, None])] = pad
+        return out

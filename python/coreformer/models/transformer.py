@@ -255,11 +255,13 @@ class Transformer(nn.Module):
         done = np.zeros(b, bool)
         n = 1
         for step in range(max_new):
+            # a stopped row reads the BOS (pad need not be a token, e.g. -1); its pick is dropped
+            cur = np.where(done, bos, seqs[:, n - 1])[:, None]
             if self.__dict__.get("_device"):  # pick on the device: only the ids come back
-                logits = self._decode_device(as_ids(seqs[:, n - 1:n], "tgt_ids"), memory, mpad, None, cache, n - 1)
+                logits = self._decode_device(cur, memory, mpad, None, cache, n - 1)
                 best = ops.argmax(logits.reshape(b, -1)).numpy()
             else:
-                best = self.decode(seqs[:, n - 1:n], memory, mpad, cache=cache, offset=n - 1)[:, -1].argmax(axis=1)
+                best = self.decode(cur, memory, mpad, cache=cache, offset=n - 1)[:, -1].argmax(axis=1)
             nxt = np.where(done, pad, best)
             seqs[:, n] = nxt
             n += 1
@@ -288,9 +290,9 @@ class Transformer(nn.Module):
             new_tok = np.zeros((b, k), np.int64)
             new_score = np.full((b, k), -np.inf)
             for i in range(b):
-                if row_done[i]:
+                if row_done[i]:  # its beams read the BOS from here on (pad need not be a token)
                     new_beam[i] = np.arange(k)
-                    new_tok[i] = pad
+                    new_tok[i] = bos
                     continue
                 filled = 0
                 for rank, c in enumerate(top[i]):
