@@ -123,6 +123,19 @@ def test_bert_hidden_states_of_a_task_checkpoint(bert_dirs):
     assert rel_err(base(ids, mask, types).pooler_output, want.pooler_output.numpy()) < 1e-5
 
 
+def test_bert_encoder_of_a_checkpoint_without_pooler(bert_dirs):
+    d, ref = bert_dirs["BertForMaskedLM"]  # saved without a pooler: the error says how to load it
+    with pytest.raises(ValueError, match=r"missing tensors: pooler.dense.bias, pooler.dense.weight "
+                                         r"\(.*add_pooling_layer=False"):
+        BertModel.from_pretrained(d)
+    base = BertModel.from_pretrained(d, add_pooling_layer=False)
+    ids, mask, types = bert_inputs()
+    out = base(ids, mask, types)
+    want = hf(ref.bert, ids, mask, types).last_hidden_state.numpy()
+    real = mask.astype(bool)
+    assert out.pooler_output is None and rel_err(out.last_hidden_state[real], want[real]) < 1e-5
+
+
 def test_bert_errors(bert_dirs, tmp_path):
     d, _ = bert_dirs["BertModel"]
     with pytest.raises(ValueError, match="missing tensors: classifier.bias, classifier.weight"):

@@ -122,9 +122,9 @@ def check_layer_count(weights: dict, pattern: str, n_layers: int, key: str, wher
                          f"(missing tensors from layer {missing} on)")
 
 
-def check_names(got: dict, expected: set, ignorable=(), where: str = "checkpoint") -> None:
-    """ValueError listing missing and unexpected tensors; names starting with an ``ignorable`` prefix
-    (buffers, heads of other tasks) are allowed extras."""
+def check_names(got: dict, expected: set, ignorable=(), where: str = "checkpoint", hint: str = "") -> None:
+    """ValueError listing missing and unexpected tensors (and ``hint``, when given); names starting with
+    an ``ignorable`` prefix (buffers, heads of other tasks) are allowed extras."""
     missing = sorted(expected - got.keys())
     unexpected = sorted(k for k in got.keys() - expected if not any(k.startswith(p) for p in ignorable))
     problems = []
@@ -133,7 +133,7 @@ def check_names(got: dict, expected: set, ignorable=(), where: str = "checkpoint
     if unexpected:
         problems.append(f"unexpected tensors: {', '.join(unexpected)}")
     if problems:
-        raise ValueError(f"{where}: " + "; ".join(problems))
+        raise ValueError(f"{where}: " + "; ".join(problems) + (f" ({hint})" if hint else ""))
 
 
 def as_ids(ids, name: str, ndim: int = 2, vocab: int | None = None, what: str = "vocabulary") -> np.ndarray:

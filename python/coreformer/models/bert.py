@@ -203,7 +203,12 @@ class BertModel(nn.Module):
         # buffers, and heads or a pooler this model does not have, may be in the file
         candidates = heads + ("pooler.", "bert.pooler.", "embeddings.position_ids", "bert.embeddings.position_ids")
         ignorable = tuple(p for p in candidates if not any(k.startswith(p) for k in own))
-        check_names(mapped, own, ignorable, where=where)
+        pooler = {k for k in own if k.startswith("pooler.")}  # BertModel's own (task models: "bert.pooler.")
+        hint = ""
+        if pooler and not pooler & mapped.keys():
+            hint = ("the checkpoint has no pooler, as one saved from BertForMaskedLM: "
+                    "from_pretrained(..., add_pooling_layer=False) loads it without")
+        check_names(mapped, own, ignorable, where=where, hint=hint)
         self.load_state_dict({k: v for k, v in mapped.items() if k in own})
 
     def _tie(self, mapped):
