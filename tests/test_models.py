@@ -662,3 +662,35 @@ def test_config_values_of_the_wrong_kind_are_value_errors(gpt2, bert_dirs, tmp_p
     (bad / "config.json").write_text(json.dumps({**cfg, "num_attention_heads": 0, "hidden_act": 5}))
     with pytest.raises(ValueError, match="config: num_attention_heads must be an integer >= 1, got 0"):
         BertModel.from_pretrained(bad)
+
+
+def test_one_model_shared_by_threads(gpt2, bert_dirs):
+    # a server hands one loaded model to many request threads: each call must give what it gives alone
+    # (no scratch or KV cache shared between calls in flight)
+    bert = BertModel.from_pretrained(bert_dirs["BertModel"][0])
+    model = gpt2[2]
+    rng = np.random.default_rng(5)
+    jobs = []
+    for i in range(6):
+        s = int(rng.integers(4, 30))
+        ids, mask = rng.integers(0, 120, (3, s)), np.ones((3, s), np.int64)
+        mask[i % 3, s // 2:] = 0
+        jobs.append(lambda ids=ids, mask=mask: bert(ids, mask).last_hidden_state)
+        jobs.append(lambda ids=ids, mask=mask: model.generate(ids, mask, max_new_tokens=6, eos_token_id=[]))
+    alone = [job() for job in jobs]
+    errors = []
+    start = threading.Barrier(len(jobs))
+
+    def worker(i):
+        start.wait()
+        for _ in range(4):
+            if not np.array_equal(jobs[i](), alone[i]):
+                errors.append(i)
+                return
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads) and errors == []
