@@ -86,6 +86,21 @@ def test_classify(minilm_dir, tmp_path):
         label, prob, _ = line.split("\t")
         assert label == cfg.id2label[int(row.argmax())]
         assert abs(float(prob) - row.max()) < 1e-4
+    # sentence pairs (a cross-encoder's or NLI classifier's input): the second text is segment 1
+    firsts, seconds = ["a fine day", "is it raining?"], ["the sun is out", "no, the sun is out all day long"]
+    r = cli("classify", "--model", d, *firsts, "--pair", *seconds)
+    assert r.returncode == 0, r.stderr
+    enc = hf_tok(firsts, seconds, padding=True, return_tensors="pt")
+    assert enc["token_type_ids"].sum() > 0
+    with torch.no_grad():
+        p = torch.softmax(ref(**enc).logits, -1).numpy()
+    lines = r.stdout.strip().splitlines()
+    for line, row, a, b in zip(lines, p, firsts, seconds):
+        label, prob, text, pair = line.split("\t")
+        assert (label, text, pair) == (cfg.id2label[int(row.argmax())], a, b)
+        assert abs(float(prob) - row.max()) < 1e-4
+    r = cli("classify", "--model", d, *firsts, "--pair", "only one")
+    assert r.returncode == 1 and "--pair takes one text per text: got 1 for 2" in r.stderr
 
 
 def test_device_flags(minilm_dir):

@@ -94,6 +94,37 @@ def test_minilm_tokenizer_ids_match(minilm_dir, reference):
     assert tok(["a b c", "a"], max_length=3)["input_ids"].shape == (2, 3)
 
 
+def test_tokenizer_pairs_match_transformers(minilm_dir):
+    # sentence pairs (NLI, cross-encoders): [CLS] a [SEP] b [SEP], b of token type 1, and truncation as
+    # transformers' truncation=True does it (longest first), long, short and empty texts among them
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.AutoTokenizer.from_pretrained(minilm_dir)
+    tok = Tokenizer.from_pretrained(minilm_dir)
+    firsts, seconds = SENTENCES[:7], SENTENCES[6::-1]
+    for m in (None, 3, 5, 12, 40, 300):
+        kw = {} if m is None else dict(truncation=True, max_length=m)
+        want = hf(firsts, seconds, padding=True, return_tensors="np", **kw)
+        for side in ("right", "left"):
+            got = tok(firsts, seconds, max_length=m, padding_side=side)
+            for k in ("input_ids", "attention_mask", "token_type_ids"):
+                w = want[k] if side == "right" else np.stack([np.roll(r, -int(n)) for r, n in
+                                                             zip(want[k], want["attention_mask"].sum(1))])
+                np.testing.assert_array_equal(got[k], w, err_msg=f"{k} max_length={m} {side}")
+        # (one pair at a time, transformers drops an empty second text: its batches keep it, as here)
+        for a, b, w in zip(firsts, seconds, hf(firsts, seconds, **kw)["input_ids"]):
+            assert tok.encode(a, b, max_length=m) == w
+            assert tok.encode(a, max_length=m) == hf(a, **kw)["input_ids"]
+    assert tok("first", "second")["token_type_ids"].tolist() == [[0, 0, 0, 1, 1]]
+    with pytest.raises(ValueError, match="one text per text: got 1 for 2"):
+        tok(["a", "b"], ["c"])
+    with pytest.raises(ValueError, match="max_length must be >= 3"):
+        tok("a", "b", max_length=2)
+    with pytest.raises(TypeError, match="text_pair must be a str"):
+        tok(["a"], [3])
+    with pytest.raises(TypeError, match="add_special_tokens must be a bool"):
+        tok.encode("a", add_special_tokens="no")
+
+
 def test_tokenizer_from_vocab_txt_and_bpe_files(minilm_dir, tmp_path):
     pytest.importorskip("tokenizers")
     ref = Tokenizer.from_pretrained(minilm_dir)

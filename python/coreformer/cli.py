@@ -50,6 +50,8 @@ def main(argv=None) -> int:
     c = sub.add_parser("classify", help="label texts with a BERT sequence-classification folder")
     c.add_argument("--model", required=True, help="local model folder")
     c.add_argument("text", nargs="+")
+    c.add_argument("--pair", nargs="+", metavar="TEXT",
+                   help="a second segment for each text, for classifiers of sentence pairs (NLI, cross-encoders)")
     for p in (e, g, c):
         p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N (a build with CUDA and a GPU)")
         p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
@@ -140,13 +142,16 @@ def _classify(args) -> int:
     model = BertForSequenceClassification.from_pretrained(args.model).to(args.device, args.dtype)
     cfg = _json.loads((Path(args.model) / "config.json").read_text())
     labels = cfg.get("id2label") or {}
-    batch = tok(args.text, max_length=model.config.max_position_embeddings)
+    if args.pair is not None and len(args.pair) != len(args.text):
+        raise ValueError(f"--pair takes one text per text: got {len(args.pair)} for {len(args.text)}")
+    batch = tok(args.text, args.pair, max_length=model.config.max_position_embeddings)
     logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).logits.astype(np.float64)
     p = np.exp(logits - logits.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
-    for text, row in zip(args.text, p):
+    for i, (text, row) in enumerate(zip(args.text, p)):
         k = int(row.argmax())
-        print(f"{labels.get(str(k), f'LABEL_{k}')}\t{row[k]:.4f}\t{text}")
+        pair = "" if args.pair is None else f"\t{args.pair[i]}"
+        print(f"{labels.get(str(k), f'LABEL_{k}')}\t{row[k]:.4f}\t{text}{pair}")
     return 0
 
 

@@ -1,6 +1,7 @@
 """``coreformer.Tokenizer``: Hugging Face ``tokenizers`` behind a small API that returns numpy arrays."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ class Tokenizer:
         self._tok = tokenizer
         self.pad_token = pad_token
         self.model_max_length = model_max_length
+        self._truncating = {}  # max_length -> a copy of the tokenizer that truncates there
 
     @classmethod
     def from_pretrained(cls, model_dir) -> "Tokenizer":
@@ -91,29 +93,41 @@ class Tokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 
-    def encode(self, text: str, add_special_tokens: bool = True, max_length: int | None = None) -> list[int]:
-        """The ids of one text (truncated to ``max_length`` when given, special tokens kept)."""
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
-        self._check_max_length(max_length, add_special_tokens)
-        enc = self._tok.encode(text, add_special_tokens=add_special_tokens)
-        if max_length is not None and len(enc.ids) > max_length:
-            enc = self._truncate(text, max_length) if add_special_tokens else self._cut(enc, max_length)
-        return list(enc.ids)
+    def encode(self, text: str, text_pair: str | None = None, add_special_tokens: bool = True,
+               max_length: int | None = None) -> list[int]:
+        """The ids of one text, or of a pair (``text_pair``: BERT's second segment, as for a
+        cross-encoder or NLI classifier), truncated to ``max_length`` when given as transformers'
+        ``truncation=True`` does (the longer of a pair loses tokens first; special tokens kept)."""
+        return list(self._encode([text], None if text_pair is None else [text_pair], add_special_tokens,
+                                 max_length)[0].ids)
 
-    def _check_max_length(self, max_length, add_special_tokens):
-        if max_length is None:
-            return
-        if not is_int(max_length):
-            raise TypeError(f"max_length must be an int or None, got {type(max_length).__name__}")
-        least = max(1, self._tok.num_special_tokens_to_add(False)) if add_special_tokens else 1
-        if max_length < least:
-            raise ValueError(f"max_length must be >= {least} (room for the special tokens), got {max_length}")
-
-    def _truncate(self, text, max_length):
-        body = self._tok.encode(text, add_special_tokens=False)
-        body.truncate(max(max_length - self._tok.num_special_tokens_to_add(False), 0))
-        return self._tok.post_process(body, add_special_tokens=True)
+    def _encode(self, texts, pairs, add_special_tokens, max_length):
+        for name, batch in (("text", texts), ("text_pair", pairs)):
+            for t in batch or ():
+                if not isinstance(t, str):
+                    raise TypeError(f"{name} must be a str (or a list of str), got {type(t).__name__}")
+        if pairs is not None and len(pairs) != len(texts):
+            raise ValueError(f"text_pair must have one text per text: got {len(pairs)} for {len(texts)}")
+        if not isinstance(add_special_tokens, (bool, np.bool_)):
+            raise TypeError(f"add_special_tokens must be a bool, got {add_special_tokens!r}")
+        tok = self._tok
+        if max_length is not None:
+            if not is_int(max_length):
+                raise TypeError(f"max_length must be an int or None, got {type(max_length).__name__}")
+            least = max(1, tok.num_special_tokens_to_add(pairs is not None)) if add_special_tokens else 1
+            if max_length < least:
+                raise ValueError(f"max_length must be >= {least} (room for the special tokens), got {max_length}")
+            tok = self._truncating.get(int(max_length))
+            if tok is None:  # the Rust tokenizer's own truncation, as transformers sets it up
+                tok = copy.deepcopy(self._tok)
+                tok.enable_truncation(int(max_length), strategy="longest_first")
+                if len(self._truncating) >= 16:
+                    self._truncating.clear()
+                self._truncating[int(max_length)] = tok
+        if len(texts) == 1:
+            return [tok.encode(texts[0], None if pairs is None else pairs[0], add_special_tokens=add_special_tokens)]
+        inputs = list(texts) if pairs is None else list(zip(texts, pairs))
+        return tok.encode_batch(inputs, add_special_tokens=add_special_tokens)
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         ids = np.asarray(ids)
@@ -132,23 +146,20 @@ class Tokenizer:
     def batch_decode(self, ids, skip_special_tokens: bool = True) -> list[str]:
         return [self.decode(row, skip_special_tokens) for row in np.asarray(ids)]
 
-    def __call__(self, texts, padding_side: str = "right", max_length: int | None = None,
+    def __call__(self, texts, text_pair=None, padding_side: str = "right", max_length: int | None = None,
                  add_special_tokens: bool = True) -> dict:
         """Encode a batch and pad it: ``{"input_ids", "attention_mask", "token_type_ids"}`` as ``(N, L)``
-        int64 arrays (L the longest row after truncation to ``max_length``). ``padding_side="left"``
-        for generation with a decoder."""
+        int64 arrays (L the longest row after truncation to ``max_length``). ``text_pair`` (a str, or
+        one per text) makes each row a pair, its second segment of token type 1, as BERT classifiers
+        of sentence pairs take them. ``padding_side="left"`` for generation with a decoder."""
         if isinstance(texts, str):
             texts = [texts]
+        if isinstance(text_pair, str):
+            text_pair = [text_pair]
         if padding_side not in ("right", "left"):
             raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
-        for t in texts:
-            if not isinstance(t, str):
-                raise TypeError(f"texts must be strings, got {type(t).__name__}")
-        self._check_max_length(max_length, add_special_tokens)
-        encs = self._tok.encode_batch(list(texts), add_special_tokens=add_special_tokens)
-        if max_length is not None:
-            encs = [e if len(e.ids) <= max_length else self._truncate(t, max_length) if add_special_tokens
-                    else self._cut(e, max_length) for e, t in zip(encs, texts)]
+        texts = list(texts)
+        encs = self._encode(texts, None if text_pair is None else list(text_pair), add_special_tokens, max_length)
         n, width = len(encs), max((len(e.ids) for e in encs), default=0)
         pad_id = self.pad_token_id or 0
         ids = np.full((n, width), pad_id, np.int64)
@@ -159,8 +170,3 @@ class Tokenizer:
             sl = slice(0, k) if padding_side == "right" else slice(width - k, width)
             ids[i, sl], mask[i, sl], types[i, sl] = e.ids, 1, e.type_ids
         return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-
-    @staticmethod
-    def _cut(enc, max_length):
-        enc.truncate(max_length)
-        return enc
