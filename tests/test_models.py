@@ -337,6 +337,42 @@ def test_sampling_filters_match_transformers_processors():
         np.testing.assert_allclose(got[fin], want[fin], rtol=1e-6)
 
 
+def test_top_p_over_a_large_vocabulary():
+    # top-p looks for the nucleus among the 256 (then 4096) largest scores before it sorts a whole row:
+    # each way must keep exactly the tokens the sort keeps (ties: the stable ascending sort removes the
+    # lower index first), and match transformers' warper where no ties make its unstable sort ambiguous
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    def by_sort(row, top_p):
+        order = np.argsort(row, kind="stable")
+        p = np.exp(row[order].astype(np.float64) - row.max())
+        remove = np.cumsum(p / p.sum()) <= 1.0 - top_p
+        remove[-1] = False
+        out = row.copy()
+        out[order[remove]] = -np.inf
+        return out
+
+    rng = np.random.default_rng(4)
+    sizes = []
+    for trial in range(120):
+        v = (50257, 5000, 300)[trial % 3]
+        row = (rng.standard_normal(v) * (0.5, 3, 8, 20)[trial % 4]).astype(np.float32)
+        if trial % 5 == 0:
+            row = np.round(row, 1)  # many ties, some at the nucleus' edge
+        if trial % 7 == 0:
+            row[rng.integers(0, v, v // 2)] = -np.inf  # as after top-k
+        top_p = (0.1, 0.5, 0.9, 0.95, 0.99)[trial % 5]
+        got = NextToken(True, 1.0, None, top_p).scores(row[None], np.zeros((1, 0), np.int64))[0]
+        want = by_sort(row, top_p)
+        np.testing.assert_array_equal(got, want, err_msg=f"trial {trial}")
+        sizes.append(int(np.isfinite(got).sum()))
+        if trial % 5 != 0:
+            ref = TopPLogitsWarper(top_p)(None, torch.tensor(row[None])).numpy()[0]
+            np.testing.assert_array_equal(np.isfinite(got), np.isfinite(ref))
+    # every path taken: nuclei within the first 256, within 4096, and wider
+    assert min(sizes) < 256 and any(256 < n < 4096 for n in sizes) and max(sizes) > 4096
+
+
 def test_gpt2_sampling_is_reproducible_with_a_seed(gpt2):
     _, _, model = gpt2
     ids, mask = left_pad(prompts())

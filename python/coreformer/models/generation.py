@@ -62,13 +62,8 @@ class NextToken:
             kth = np.partition(s, -self.top_k, axis=1)[:, -self.top_k][:, None]
             s[s < kth] = -np.inf
         if self.top_p is not None and self.top_p < 1.0:
-            order = np.argsort(s, axis=1, kind="stable")  # ascending, as transformers sorts
-            srt = np.take_along_axis(s, order, axis=1).astype(np.float64)
-            p = np.exp(srt - srt[:, -1:])
-            cum = np.cumsum(p / p.sum(axis=1, keepdims=True), axis=1)
-            remove = cum <= 1.0 - self.top_p
-            remove[:, -1] = False  # keep at least one
-            np.put_along_axis(s, order, np.where(remove, -np.inf, srt).astype(np.float32), axis=1)
+            for row in s:
+                _top_p(row, self.top_p)
         return s
 
     def __call__(self, logits: np.ndarray, ids: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
@@ -81,6 +76,35 @@ class NextToken:
         cum = np.cumsum(p, axis=1)
         u = self.rng.random(s.shape[0]) * cum[:, -1]
         return np.minimum((cum < u[:, None]).sum(axis=1), s.shape[1] - 1)
+
+
+def _top_p(s: np.ndarray, top_p: float, candidates=(256, 4096)) -> None:
+    """Nucleus filtering of one row of scores, in place, as transformers' TopPLogitsWarper does: in
+    ascending (stable) order, a token is removed where the cumulative probability up to it is at
+    most ``1 - top_p``; that is, in descending order (ties: the higher index first), a token is kept
+    while the probability of the tokens before it is below ``top_p``. The nucleus is looked for
+    among the tokens above the 256th (then the 4096th) largest score first, by a partition instead
+    of a sort of the whole vocabulary (5-8 ms a step for GPT-2's 50257, against ~0.7 ms); the whole
+    row is sorted only for a nucleus wider than that."""
+    p = np.exp(s.astype(np.float64) - s.max())
+    total = p.sum()
+    for n in candidates:
+        if s.size <= n:
+            break
+        above = np.flatnonzero(s > np.partition(s, -n)[-n])
+        order = above[np.lexsort((-above, -s[above]))]  # descending; among equal scores the higher index first
+        before = np.cumsum(p[order]) - p[order]  # the probability of the tokens before each one
+        keep = before < top_p * total
+        if order.size and not keep[-1]:  # the nucleus ends among the candidates
+            drop = np.ones(s.size, bool)
+            drop[order[keep]] = False
+            s[drop] = -np.inf
+            return
+    order = np.argsort(s, kind="stable")  # ascending, as transformers sorts
+    cum = np.cumsum(p[order]) / total
+    remove = cum <= 1.0 - top_p
+    remove[-1] = False  # keep at least one
+    s[order[remove]] = -np.inf
 
 
 class TokenStreamer:
