@@ -70,10 +70,10 @@ class NextToken:
         s = self.scores(logits, ids, valid)
         if not self.do_sample:
             return s.argmax(axis=1)
-        z = s.astype(np.float64)
-        z -= z.max(axis=1, keepdims=True)
-        p = np.exp(z)
-        cum = np.cumsum(p, axis=1)
+        cum = s.astype(np.float64)  # in place from here: fresh (B, V) arrays cost more than the arithmetic
+        cum -= cum.max(axis=1, keepdims=True)
+        np.exp(cum, out=cum)
+        np.cumsum(cum, axis=1, out=cum)
         u = self.rng.random(s.shape[0]) * cum[:, -1]
         return np.minimum((cum < u[:, None]).sum(axis=1), s.shape[1] - 1)
 
