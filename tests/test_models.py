@@ -700,6 +700,36 @@ def test_config_values_of_the_wrong_kind_are_value_errors(gpt2, bert_dirs, tmp_p
         BertModel.from_pretrained(bad)
 
 
+def test_config_features_not_built_are_named_and_harmless_ones_load(gpt2, bert_dirs, tmp_path):
+    # an activation the layers lack surfaced as nn.Linear's "activation must be one of" (no field named);
+    # GPT-2 with cross-attention as a list of unexpected tensors; reorder_and_upcast_attn, which only
+    # reorders float32 arithmetic, was refused
+    d, ref, model = gpt2
+    cfg = json.loads((d / "config.json").read_text())
+    for extra, msg in (({"activation_function": "silu"}, "config: activation_function 'silu' is not supported"),
+                       ({"add_cross_attention": True}, "config: add_cross_attention=True")):
+        bad = tmp_path / f"g{len(msg)}"
+        shutil.copytree(d, bad)
+        (bad / "config.json").write_text(json.dumps({**cfg, **extra}))
+        with pytest.raises(ValueError, match=msg):
+            GPT2LMHeadModel.from_pretrained(bad)
+    ok = tmp_path / "reorder"
+    shutil.copytree(d, ok)
+    (ok / "config.json").write_text(json.dumps({**cfg, "reorder_and_upcast_attn": True}))
+    ref2 = transformers.GPT2LMHeadModel.from_pretrained(ok).eval()
+    ids = np.array([[3, 1, 4, 1, 5, 9, 2, 6]])
+    with torch.no_grad():
+        want = ref2(torch.tensor(ids)).logits.numpy()
+    assert rel_err(GPT2LMHeadModel.from_pretrained(ok)(ids).logits, want) < 1e-5
+    b, _ = bert_dirs["BertModel"]
+    bad = tmp_path / "b"
+    shutil.copytree(b, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**cfg, "hidden_act": "tanh"}))
+    with pytest.raises(ValueError, match="config: hidden_act 'tanh' is not supported"):
+        BertModel.from_pretrained(bad)
+
+
 def test_one_model_shared_by_threads(gpt2, bert_dirs):
     # a server hands one loaded model to many request threads: each call must give what it gives alone
     # (no scratch or KV cache shared between calls in flight)

@@ -122,6 +122,14 @@ def check_layer_count(weights: dict, pattern: str, n_layers: int, key: str, wher
                          f"(missing tensors from layer {missing} on)")
 
 
+def check_activation(config, key: str) -> None:
+    """ValueError naming the config field for an activation the layers do not have (silu, tanh, ...)."""
+    from ..nn import _ACTIVATIONS
+    if config[key] not in _ACTIVATIONS or config[key] is None:
+        supported = ", ".join(sorted(k for k in _ACTIVATIONS if k))
+        raise ValueError(f"config: {key} {config[key]!r} is not supported (supported: {supported})")
+
+
 def check_names(got: dict, expected: set, ignorable=(), where: str = "checkpoint", hint: str = "") -> None:
     """ValueError listing missing and unexpected tensors (and ``hint``, when given); names starting with
     an ``ignorable`` prefix (buffers, heads of other tasks) are allowed extras."""

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core, nn, ops
-from ._common import (Config, ModelOutput, as_ids, as_mask, check_layer_count, check_names, read_config, read_weights,
-                      to_device)
+from ._common import (Config, ModelOutput, as_ids, as_mask, check_activation, check_layer_count, check_names,
+                      read_config, read_weights, to_device)
 
 __all__ = ["BertConfig", "BertModel", "BertForSequenceClassification", "BertForMaskedLM"]
 
@@ -39,6 +39,7 @@ class BertConfig(Config):
         if self.get("is_decoder") or self.get("add_cross_attention"):
             raise ValueError("a BERT decoder (is_decoder / add_cross_attention) is not supported: its self-attention "
                              "is causal; only the encoder is")
+        check_activation(self, "hidden_act")
         if self["hidden_size"] % self["num_attention_heads"]:
             raise ValueError(f"hidden_size ({self['hidden_size']}) must be divisible by num_attention_heads "
                              f"({self['num_attention_heads']})")

@@ -14,8 +14,8 @@ import numpy as np
 from .. import _core, nn, ops
 from .._args import int_arg
 from .._files import read_json
-from ._common import (Config, ModelOutput, as_ids, as_mask, check_layer_count, check_names, read_config, read_weights,
-                      to_device)
+from ._common import (Config, ModelOutput, as_ids, as_mask, check_activation, check_layer_count, check_names,
+                      read_config, read_weights, to_device)
 from .generation import NextToken, check_generation_args, check_streamer, eos_set, stream_end, stream_put
 
 __all__ = ["GPT2Config", "GPT2LMHeadModel", "GPT2Cache"]
@@ -41,6 +41,12 @@ class GPT2Config(Config):
             self["n_inner"] = 4 * self["n_embd"]
         if self["n_embd"] % self["n_head"]:
             raise ValueError(f"n_embd ({self['n_embd']}) must be divisible by n_head ({self['n_head']})")
+        check_activation(self, "activation_function")
+        if self.get("add_cross_attention"):
+            raise ValueError("config: add_cross_attention=True (GPT-2 with cross-attention, an encoder-decoder's "
+                             "decoder) is not supported")
+        # reorder_and_upcast_attn: transformers scales before the product and computes in float32, which
+        # a float32 model does anyway (a rounding apart), so it is accepted
 
 
 class GPT2Cache:
@@ -129,8 +135,6 @@ class GPT2LMHeadModel(nn.Module):
     def __init__(self, config):
         super().__init__()
         c = config if isinstance(config, GPT2Config) else GPT2Config(**config)
-        if c.reorder_and_upcast_attn:
-            raise ValueError("reorder_and_upcast_attn=True is not supported")
         object.__setattr__(self, "config", c)
         object.__setattr__(self, "generation_defaults", {})
         self.transformer = _Transformer(c)
