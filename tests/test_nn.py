@@ -100,6 +100,37 @@ def test_decoder_matches_torch_and_cache_matches_full(rng, norm_first, packed):
     assert cache[0][0].length == s_tgt and cache[0][1].length == s_src
 
 
+def test_layers_without_bias_match_torch(rng):
+    # torch's bias=False drops the LayerNorms' biases too: ours kept them, so torch's state dicts did
+    # not load (missing norm1.bias, ...) and ours saved tensors torch would not take
+    d, h, ff = 32, 4, 40
+    x, mem = randn(rng, 2, 9, d), randn(rng, 2, 7, d)
+    te = randomise(torch.nn.TransformerEncoder(
+        torch.nn.TransformerEncoderLayer(d, h, ff, dropout=0.0, batch_first=True, bias=False), 2,
+        norm=torch.nn.LayerNorm(d, bias=False), enable_nested_tensor=False))
+    td = randomise(torch.nn.TransformerDecoder(
+        torch.nn.TransformerDecoderLayer(d, h, ff, dropout=0.0, batch_first=True, norm_first=True, bias=False), 2,
+        norm=torch.nn.LayerNorm(d, bias=False)), seed=1)
+    enc = nn.TransformerEncoder(2, d, h, ff, bias=False)
+    dec = nn.TransformerDecoder(2, d, h, ff, norm_first=True, bias=False)
+    for ours, theirs in ((enc, te), (dec, td)):
+        ours.load_state_dict(theirs.state_dict())
+        assert set(ours.state_dict()) == set(theirs.state_dict())
+    with torch.no_grad():
+        assert rel_err(enc(x), te(t(x)).numpy()) < 1e-5
+        assert rel_err(dec(x, mem, tgt_is_causal=True),
+                       td(t(x), t(mem), tgt_mask=torch.nn.Transformer.generate_square_subsequent_mask(9),
+                          tgt_is_causal=True).numpy()) < 1e-5
+    ln = nn.LayerNorm(d, bias=False)
+    assert ln.bias is None and set(ln.state_dict()) == {"weight"}
+    emb = nn.Embedding(10, 4, padding_idx=-1)  # torch's: the row starts as zeros
+    assert emb.padding_idx == 9 and not emb.weight[9].any() and emb.weight[:9].any()
+    with pytest.raises(IndexError, match="padding_idx 10"):
+        nn.Embedding(10, 4, padding_idx=10)
+    with pytest.raises(TypeError, match="bias"):
+        nn.LayerNorm(d, bias="no")
+
+
 @pytest.mark.parametrize("packed", [False, True])
 def test_multi_head_attention_cache_with_padding(rng, packed):
     d, h = 24, 3  # K/V rows of the packed in_proj start at 24: not a panel boundary, so copied

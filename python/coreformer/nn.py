@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 
 from . import _core, ops
-from ._args import float_arg, int_arg
+from ._args import flag, float_arg, int_arg
 from . import safetensors as _st
 
 __all__ = [
@@ -371,7 +371,7 @@ class LayerNorm(Module):
     """LayerNorm over the last axis; ``forward(x, residual=None, return_sum=False)`` normalises
     ``x + residual`` in one pass and can hand back the sum (a pre-LN block's next residual)."""
 
-    def __init__(self, normalized_shape: int, eps: float = 1e-5, elementwise_affine: bool = True):
+    def __init__(self, normalized_shape: int, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True):
         super().__init__()
         if isinstance(normalized_shape, (tuple, list)):  # torch's (E,) form; over the last axis only
             if len(normalized_shape) != 1:
@@ -379,7 +379,7 @@ class LayerNorm(Module):
             normalized_shape = normalized_shape[0]
         self.normalized_shape, self.eps = int_arg("normalized_shape", normalized_shape), float_arg("eps", eps)
         self.weight = np.ones(self.normalized_shape, np.float32) if elementwise_affine else None
-        self.bias = np.zeros(self.normalized_shape, np.float32) if elementwise_affine else None
+        self.bias = np.zeros(self.normalized_shape, np.float32) if elementwise_affine and flag("bias", bias) else None
 
     def forward(self, x, residual=None, return_sum=False, out=None):
         return ops.layer_norm(x, self.weight, self.bias, self.eps, residual, return_sum=return_sum, out=out)
@@ -391,17 +391,25 @@ class LayerNorm(Module):
 class Embedding(Module):
     """Rows of ``weight (num_embeddings, embedding_dim)`` for integer ids of any shape."""
 
-    def __init__(self, num_embeddings: int, embedding_dim: int):
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None):
         super().__init__()
         self.num_embeddings = int_arg("num_embeddings", num_embeddings)
         self.embedding_dim = int_arg("embedding_dim", embedding_dim)
         self.weight = _normal((self.num_embeddings, self.embedding_dim))
+        self.padding_idx = None
+        if padding_idx is not None:  # as torch: a row of zeros at first (for inference nothing else differs)
+            p = int_arg("padding_idx", padding_idx)
+            if not -self.num_embeddings <= p < self.num_embeddings:
+                raise IndexError(f"padding_idx {p} is outside [-{self.num_embeddings}, {self.num_embeddings})")
+            self.padding_idx = p % self.num_embeddings
+            self.weight[self.padding_idx] = 0.0
 
     def forward(self, ids):
         return ops.embedding(ids, self.weight)
 
     def extra_repr(self):
-        return f"{self.num_embeddings}, {self.embedding_dim}"
+        pad = "" if self.padding_idx is None else f", padding_idx={self.padding_idx}"
+        return f"{self.num_embeddings}, {self.embedding_dim}{pad}"
 
 
 class SinusoidalPositionalEncoding(Module):
@@ -721,8 +729,8 @@ class TransformerEncoderLayer(Module):
         self.self_attn = MultiHeadAttention(d_model, nhead, bias=bias)
         self.linear1 = Linear(d_model, dim_feedforward, bias=bias, activation=activation)
         self.linear2 = Linear(dim_feedforward, d_model, bias=bias)
-        self.norm1 = LayerNorm(d_model, layer_norm_eps)
-        self.norm2 = LayerNorm(d_model, layer_norm_eps)
+        self.norm1 = LayerNorm(d_model, layer_norm_eps, bias=bias)
+        self.norm2 = LayerNorm(d_model, layer_norm_eps, bias=bias)
 
     def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False, out=None):
         """The whole layer is one core call (``ops.transformer_encoder_layer``); ``out`` may be src."""
@@ -754,9 +762,9 @@ class TransformerDecoderLayer(Module):
         self.multihead_attn = MultiHeadAttention(d_model, nhead, bias=bias)
         self.linear1 = Linear(d_model, dim_feedforward, bias=bias, activation=activation)
         self.linear2 = Linear(dim_feedforward, d_model, bias=bias)
-        self.norm1 = LayerNorm(d_model, layer_norm_eps)
-        self.norm2 = LayerNorm(d_model, layer_norm_eps)
-        self.norm3 = LayerNorm(d_model, layer_norm_eps)
+        self.norm1 = LayerNorm(d_model, layer_norm_eps, bias=bias)
+        self.norm2 = LayerNorm(d_model, layer_norm_eps, bias=bias)
+        self.norm3 = LayerNorm(d_model, layer_norm_eps, bias=bias)
 
     def new_cache(self, batch: int, capacity: int, memory_len: int = 0):
         return (self.self_attn.new_cache(batch, capacity), self.multihead_attn.new_cache(batch, memory_len))
@@ -808,7 +816,7 @@ class TransformerEncoder(Module):
         n = _count("num_layers", num_layers)
         self.layers = ModuleList(TransformerEncoderLayer(d_model, nhead, dim_feedforward, activation, layer_norm_eps,
                                                          norm_first, bias) for _ in range(n))
-        self.norm = LayerNorm(d_model, layer_norm_eps) if norm else None
+        self.norm = LayerNorm(d_model, layer_norm_eps, bias=bias) if norm else None
 
     def forward(self, src, mask=None, src_key_padding_mask=None, is_causal=False):
         x = src
@@ -831,7 +839,7 @@ class TransformerDecoder(Module):
         n = _count("num_layers", num_layers)
         self.layers = ModuleList(TransformerDecoderLayer(d_model, nhead, dim_feedforward, activation, layer_norm_eps,
                                                          norm_first, bias) for _ in range(n))
-        self.norm = LayerNorm(d_model, layer_norm_eps) if norm else None
+        self.norm = LayerNorm(d_model, layer_norm_eps, bias=bias) if norm else None
 
     def new_cache(self, batch: int, capacity: int, memory_len: int = 0):
         return [layer.new_cache(batch, capacity, memory_len) for layer in self.layers]
