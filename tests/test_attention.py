@@ -180,6 +180,29 @@ def test_sdpa_few_queries(isa, rng, sq, sk, kind):
         assert np.all(got[0, 0, 0] == 0)
 
 
+@pytest.mark.parametrize("sq,sk", [(1, 9), (2, 300), (7, 7), (65, 130)])  # few-queries and blocked paths
+@pytest.mark.parametrize("kv_shape", [(1, 6), (2, 1), (1, 1)])
+def test_sdpa_key_value_broadcast_and_grouped_query(isa, rng, sq, sk, kv_shape):
+    # as torch: key/value with size-1 batch or head axes broadcast (read in place, zero strides), and
+    # enable_gqa lets H_kv heads serve H / H_kv query heads each (repeat_interleave order)
+    q = randn(rng, 2, 6, sq, 16)
+    k, v = randn(rng, *kv_shape, sk, 16), randn(rng, *kv_shape, sk, 8)
+    mask = rng.random((2, 1, sq, sk)) > 0.3
+    for causal in (False, True):
+        want = ref.sdpa(q, np.broadcast_to(k, (2, 6, sk, 16)), np.broadcast_to(v, (2, 6, sk, 8)), mask, causal)
+        got = ops.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        assert_close(got, want, atol_scale=5e-6)
+    kg, vg = randn(rng, 2, 3, sk, 16), randn(rng, 2, 3, sk, 8)
+    want = ref.sdpa(q, np.repeat(kg, 2, axis=1), np.repeat(vg, 2, axis=1), is_causal=True)
+    assert_close(ops.scaled_dot_product_attention(q, kg, vg, is_causal=True, enable_gqa=True), want, atol_scale=5e-6)
+    with pytest.raises(ValueError, match="batch and head axes"):  # without enable_gqa, as torch
+        ops.scaled_dot_product_attention(q, kg, vg)
+    with pytest.raises(ValueError, match="query's 6 heads must be a multiple of key's 4"):
+        ops.scaled_dot_product_attention(q, randn(rng, 2, 4, sk, 16), randn(rng, 2, 4, sk, 8), enable_gqa=True)
+    with pytest.raises(TypeError, match="enable_gqa"):
+        ops.scaled_dot_product_attention(q, kg, vg, enable_gqa="yes")
+
+
 @pytest.mark.parametrize("sq,sk", [(1, 9), (7, 7), (65, 130)])
 def test_sdpa_strided_views_read_and_written_in_place(isa, rng, sq, sk):
     # heads split out of a packed (B, S, 3, H, Dh) projection, a prefix of a larger KV cache, and

@@ -95,12 +95,16 @@ def linear(x, weight, bias=None, activation=None, *, residual=None, out=None):
     return _core.linear(x, weight, bias, activation, residual, out)
 
 
-def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal=False, scale=None, *, out=None):
+def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal=False, scale=None, *, out=None,
+                                 enable_gqa=False):
     """``softmax(query @ key.T * scale + mask) @ value``, as ``torch.nn.functional.scaled_dot_product_attention``.
 
-    query ``(B, H, Sq, D)``, key ``(B, H, Sk, D)``, value ``(B, H, Sk, Dv)``, or the same without B.
-    ``attn_mask`` is bool (True = may attend) or float (added to the scores), broadcastable to
-    ``(B, H, Sq, Sk)``. ``scale`` defaults to ``1/sqrt(D)``.
+    query ``(B, H, Sq, D)``, key ``(B, H, Sk, D)``, value ``(B, H, Sk, Dv)``, or the same without B;
+    as in torch, key and value may have size 1 on the batch or head axis (broadcast, read without a
+    copy), and with ``enable_gqa=True`` fewer heads than the query (grouped-query attention: each
+    of their ``Hk`` heads serves ``H / Hk`` consecutive query heads). ``attn_mask`` is bool (True =
+    may attend) or float (added to the scores), broadcastable to ``(B, H, Sq, Sk)``. ``scale``
+    defaults to ``1/sqrt(D)``.
 
     Two deliberate differences from PyTorch: ``is_causal`` with ``Sq < Sk`` aligns to the bottom
     right (query i sees keys up to ``i + Sk - Sq``, what a KV cache needs), and a query row with
@@ -111,8 +115,34 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal=Fa
     packed QKV projection, a prefix of a preallocated KV cache), and ``out`` may be such a view
     too (a ``(B, S, H, Dv)`` buffer seen as ``(B, H, S, Dv)``, so heads merge without a copy).
     """
+    gqa = _flag("enable_gqa", enable_gqa)
+    if all(isinstance(a, np.ndarray) for a in (query, key, value)):
+        key, value = _broadcast_kv(query, key, value, gqa)
+    elif gqa:
+        raise ValueError("enable_gqa takes numpy arrays; for Tensors, repeat the key and value heads first")
     return _core.scaled_dot_product_attention(query, key, value, attn_mask, _flag("is_causal", is_causal),
                                              None if scale is None else _float("scale", scale), out)
+
+
+def _broadcast_kv(query, key, value, gqa):
+    """key and value with query's batch and head axes, where torch's attention would broadcast them:
+    a size-1 axis becomes a zero-stride view (the core reads it in place, no copy); with ``gqa``, each
+    of Hk heads is repeated for H / Hk query heads (torch's repeat_interleave). Shapes it cannot fit
+    are left for the core to report."""
+    if not 3 <= query.ndim == key.ndim == value.ndim <= 4:
+        return key, value
+    lead = query.shape[:-2]
+    out = []
+    for name, a in (("key", key), ("value", value)):
+        if gqa and a.shape[-3] != lead[-1]:
+            if a.shape[-3] == 0 or lead[-1] % a.shape[-3]:
+                raise ValueError(f"enable_gqa: query's {lead[-1]} heads must be a multiple of {name}'s "
+                                 f"{a.shape[-3]}, got shapes {query.shape} and {a.shape}")
+            a = np.repeat(a, lead[-1] // a.shape[-3], axis=-3)
+        if a.shape[:-2] != lead and all(x in (1, y) for x, y in zip(a.shape[:-2], lead)):
+            a = np.broadcast_to(a, lead + a.shape[-2:])
+        out.append(a)
+    return out[0], out[1]
 
 
 def multi_head_attention(query, key, value, num_heads, in_weight, in_bias, out_weight, out_bias,
