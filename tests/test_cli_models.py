@@ -12,10 +12,10 @@ transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
 
-def cli(*args):
+def cli(*args, stdin=""):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "coreformer", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=300)
+                          env=env, timeout=300, input=stdin)
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +34,12 @@ def test_embed_prints_and_saves(minilm_dir, tmp_path):
     r = cli("embed", "--model", minilm_dir, "--out", out, "hello world", "a second text")
     assert r.returncode == 0, r.stderr
     np.testing.assert_allclose(np.load(out), want, rtol=1e-5, atol=1e-6)
+    # "-": one text per line from stdin (a file of sentences)
+    r = cli("embed", "--model", minilm_dir, "--out", out, "-", stdin="hello world\r\na second text\n")
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_allclose(np.load(out), want, rtol=1e-5, atol=1e-6)
+    r = cli("embed", "--model", minilm_dir, "-", stdin="")
+    assert r.returncode == 1 and "no text on stdin" in r.stderr
 
 
 def test_generate_streams_the_greedy_continuation(tmp_path):

@@ -32,7 +32,7 @@ def main(argv=None) -> int:
 
     e = sub.add_parser("embed", help="sentence embeddings from a sentence-transformers (or BERT) folder")
     e.add_argument("--model", required=True, help="local model folder")
-    e.add_argument("text", nargs="+")
+    e.add_argument("text", nargs="+", help="texts to embed; - reads one text per line from stdin")
     e.add_argument("--out", help="write the (N, dim) float32 array to this .npy file instead of printing it")
     e.add_argument("--batch-size", type=int, default=32)
 
@@ -92,8 +92,13 @@ def main(argv=None) -> int:
 def _embed(args) -> int:
     import numpy as np
     from .models import SentenceEncoder
+    texts = args.text
+    if texts == ["-"]:  # one text per line (a file of sentences: embed --out v.npy - < sentences.txt)
+        texts = [line.rstrip("\r\n") for line in sys.stdin]
+        if not texts:
+            raise ValueError("no text on stdin")
     encoder = SentenceEncoder.from_pretrained(args.model).to(args.device, args.dtype)
-    vectors = encoder.encode(args.text, batch_size=args.batch_size)
+    vectors = encoder.encode(texts, batch_size=args.batch_size)
     if args.out:
         np.save(args.out, vectors)
         print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} float32 to {args.out}", file=sys.stderr)
