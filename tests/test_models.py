@@ -486,8 +486,9 @@ def test_gpt2_errors(gpt2, tmp_path):
 
 # ---------------------------------------------------------------- encoder-decoder
 
-def torch_transformer(d, h, ff, layers, norm_first):
-    tr = torch.nn.Transformer(d, h, layers, layers, ff, dropout=0.0, batch_first=True, norm_first=norm_first)
+def torch_transformer(d, h, ff, layers, norm_first, bias=True):
+    tr = torch.nn.Transformer(d, h, layers, layers, ff, dropout=0.0, batch_first=True, norm_first=norm_first,
+                              bias=bias)
     g = torch.Generator().manual_seed(4)
     with torch.no_grad():
         for p in tr.parameters():
@@ -495,12 +496,12 @@ def torch_transformer(d, h, ff, layers, norm_first):
     return tr.eval()
 
 
-@pytest.mark.parametrize("norm_first", [False, True])
-def test_transformer_matches_torch_nn_transformer(norm_first):
+@pytest.mark.parametrize("norm_first,bias", [(False, True), (True, True), (False, False)])
+def test_transformer_matches_torch_nn_transformer(norm_first, bias):
     d, h, ff, layers, vs, vt = 32, 4, 48, 2, 40, 45
-    tr = torch_transformer(d, h, ff, layers, norm_first)
+    tr = torch_transformer(d, h, ff, layers, norm_first, bias)
     nn.manual_seed(0)
-    model = Transformer(vs, vt, d, h, layers, layers, ff, norm_first=norm_first)
+    model = Transformer(vs, vt, d, h, layers, layers, ff, norm_first=norm_first, bias=bias)
     sd = {k: v for k, v in tr.state_dict().items()}
     model.encoder.load_state_dict({k[8:]: v for k, v in sd.items() if k.startswith("encoder.")})
     model.decoder.load_state_dict({k[8:]: v for k, v in sd.items() if k.startswith("decoder.")})

@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from .. import _core, nn, ops
-from .._args import float_arg, int_arg, is_int
+from .._args import flag, float_arg, int_arg, is_int
 from ._common import ModelOutput, as_ids, to_device
 from .generation import check_generation_args, eos_set
 
@@ -35,19 +35,19 @@ class Transformer(nn.Module):
     def __init__(self, src_vocab_size: int, tgt_vocab_size: int, d_model: int = 512, nhead: int = 8,
                  num_encoder_layers: int = 6, num_decoder_layers: int = 6, dim_feedforward: int = 2048,
                  activation="relu", norm_first: bool = False, layer_norm_eps: float = 1e-5,
-                 tie_embeddings: bool = False, max_len: int = 1024):
+                 tie_embeddings: bool = False, max_len: int = 1024, bias: bool = True):
         super().__init__()
-        self.d_model = int(d_model)
-        self.tie_embeddings = bool(tie_embeddings)
+        self.d_model = int_arg("d_model", d_model)
+        self.tie_embeddings = flag("tie_embeddings", tie_embeddings)
         self.src_embed = nn.Embedding(src_vocab_size, d_model)
         self.tgt_embed = nn.Embedding(tgt_vocab_size, d_model)
         for e in (self.src_embed, self.tgt_embed):
             e.weight *= d_model ** -0.5
         self.positions = nn.SinusoidalPositionalEncoding(d_model, max_len)
         self.encoder = nn.TransformerEncoder(num_encoder_layers, d_model, nhead, dim_feedforward, activation,
-                                             norm_first, layer_norm_eps)
+                                             norm_first, layer_norm_eps, bias=bias)
         self.decoder = nn.TransformerDecoder(num_decoder_layers, d_model, nhead, dim_feedforward, activation,
-                                             norm_first, layer_norm_eps)
+                                             norm_first, layer_norm_eps, bias=bias)
         self.generator = nn.Linear(d_model, tgt_vocab_size)
         if self.tie_embeddings:
             self.generator.weight = None
