@@ -138,18 +138,20 @@ def _generate(args) -> int:
 
 
 def _classify(args) -> int:
-    import json as _json
     import numpy as np
     from pathlib import Path
-    from .models import BertForSequenceClassification
+    from ._files import read_json
+    from .models import BertForSequenceClassification, RobertaForSequenceClassification
     from .tokenizer import Tokenizer
     tok = Tokenizer.from_pretrained(args.model)
-    model = BertForSequenceClassification.from_pretrained(args.model).to(args.device, args.dtype)
-    cfg = _json.loads((Path(args.model) / "config.json").read_text())
+    cfg = read_json(Path(args.model) / "config.json", default={})
+    kind = RobertaForSequenceClassification if cfg.get("model_type") in RobertaForSequenceClassification.model_types \
+        else BertForSequenceClassification
+    model = kind.from_pretrained(args.model).to(args.device, args.dtype)
     labels = cfg.get("id2label") or {}
     if args.pair is not None and len(args.pair) != len(args.text):
         raise ValueError(f"--pair takes one text per text: got {len(args.pair)} for {len(args.text)}")
-    batch = tok(args.text, args.pair, max_length=model.config.max_position_embeddings)
+    batch = tok(args.text, args.pair, max_length=model.max_tokens)
     logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).logits.astype(np.float64)
     p = np.exp(logits - logits.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)

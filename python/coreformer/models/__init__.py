@@ -1,4 +1,4 @@
-"""Models on coreformer's ops: BERT, GPT-2, the encoder-decoder Transformer and sentence encoders.
+"""Models on coreformer's ops: BERT, RoBERTa, GPT-2, the encoder-decoder Transformer and sentence encoders.
 
 Each ``from_pretrained(local_dir)`` reads a Hugging Face folder (``config.json`` and
 ``model.safetensors``, mapped rather than copied); nothing is downloaded.
@@ -7,8 +7,9 @@ from ._common import ModelOutput
 from .bert import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel
 from .generation import TokenStreamer
 from .gpt2 import GPT2Cache, GPT2Config, GPT2LMHeadModel
+from .roberta import RobertaConfig, RobertaForSequenceClassification, RobertaModel
 from .sentence import SentenceEncoder
 from .transformer import Transformer
 
 __all__ = ["ModelOutput", "BertConfig", "BertModel", "BertForSequenceClassification", "BertForMaskedLM",
-           "GPT2Config", "GPT2LMHeadModel", "GPT2Cache", "TokenStreamer", "SentenceEncoder", "Transformer"]
+           "RobertaConfig", "RobertaModel", "RobertaForSequenceClassification", "GPT2Config", "GPT2LMHeadModel", "GPT2Cache", "TokenStreamer", "SentenceEncoder", "Transformer"]

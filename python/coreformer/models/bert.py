@@ -8,6 +8,8 @@ it), so a layer runs one fused QKV GEMM; each layer is one core call (``ops.tran
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from .. import _core, nn, ops
@@ -18,6 +20,8 @@ __all__ = ["BertConfig", "BertModel", "BertForSequenceClassification", "BertForM
 
 class BertConfig(Config):
     """The fields of a Hugging Face BERT ``config.json`` that the forward uses, with its defaults."""
+
+    positions_from_ids = False  # RoBERTa numbers positions from the ids (padding_idx + 1 on), BERT from 0
 
     DEFAULTS = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                     intermediate_size=3072, hidden_act="gelu", max_position_embeddings=512, type_vocab_size=2,
@@ -52,14 +56,38 @@ class _Embeddings(nn.Module):
         self.position_embeddings = nn.Embedding(c.max_position_embeddings, c.hidden_size)
         self.token_type_embeddings = nn.Embedding(c.type_vocab_size, c.hidden_size)
         self.LayerNorm = nn.LayerNorm(c.hidden_size, c.layer_norm_eps)
+        self.padding_idx = c.pad_token_id if type(c).positions_from_ids else None
 
-    def forward(self, input_ids, token_type_ids, past_length=0):
-        s = input_ids.shape[1]
+    def position_ids(self, input_ids):
+        """BERT's positions, 0..S-1 (``(S,)``); RoBERTa's, as transformers numbers them from the ids
+        (``(B, S)``): padding_idx + 1 on for the tokens that are not padding, padding_idx for those
+        that are."""
+        s, n = input_ids.shape[1], self.position_embeddings.num_embeddings
+        if self.padding_idx is None:
+            pos = np.arange(s)
+        else:
+            real = input_ids != self.padding_idx
+            pos = np.cumsum(real, axis=1) * real + self.padding_idx
+        if pos.size and pos.max() >= n:
+            if self.padding_idx is None:
+                raise ValueError(f"input_ids has {s} positions but the model has {n} (max_position_embeddings)")
+            raise ValueError(f"input_ids has {s} positions but the model takes {self.max_tokens} "
+                             f"(max_position_embeddings {n}, numbered after padding_idx {self.padding_idx})")
+        return pos
+
+    @property
+    def max_tokens(self) -> int:
+        """The longest sequence the position table holds (RoBERTa's starts after padding_idx)."""
         n = self.position_embeddings.num_embeddings
-        if past_length + s > n:
-            raise ValueError(f"input_ids has {s} positions but the model has {n} (max_position_embeddings)")
+        return n if self.padding_idx is None else n - self.padding_idx - 1
+
+    def forward(self, input_ids, token_type_ids):
+        pos = self.position_ids(input_ids)
         x = ops.embedding(input_ids, self.word_embeddings.weight)
-        x += self.position_embeddings.weight[past_length:past_length + s]
+        if pos.ndim == 1:
+            x += self.position_embeddings.weight[:pos.size]
+        else:
+            x += ops.embedding(pos, self.position_embeddings.weight)
         if token_type_ids is None:
             x += self.token_type_embeddings.weight[0]
             return self.LayerNorm(x)
@@ -146,8 +174,9 @@ class _Pooler(nn.Module):
         return np.tanh(self.dense(np.ascontiguousarray(hidden[:, 0])))
 
 
-def _config_of(cfg):
-    return cfg if isinstance(cfg, BertConfig) else BertConfig(**cfg)
+def _config_of(cfg, cls=None):
+    cls = cls or BertConfig
+    return cfg if isinstance(cfg, cls) else cls(**cfg)
 
 
 class BertModel(nn.Module):
@@ -160,11 +189,14 @@ class BertModel(nn.Module):
     ``last_hidden_state`` are zeros (transformers fills them with values nothing should read).
     """
 
-    base_prefix = "bert."
+    base_prefix = "bert."        # where a task model's checkpoint keeps the encoder
+    model_types = ("bert",)     # config.json's model_type
+    config_class = BertConfig
+    is_task = False             # a task model holds the encoder as an attribute (bert / roberta)
 
     def __init__(self, config, add_pooling_layer: bool = True):
         super().__init__()
-        c = _config_of(config)
+        c = _config_of(config, self.config_class)
         object.__setattr__(self, "config", c)
         self.embeddings = _Embeddings(c)
         self.encoder = _Encoder(c)
@@ -176,11 +208,11 @@ class BertModel(nn.Module):
         mapped, not copied, except the fused QKV matrices). The weight matrices are then packed once
         for the GEMM (``pack_weights(dtype)``): ``"float32"``, ``"bfloat16"``, ``"int8"``, or ``None``
         to keep plain arrays."""
-        cfg = read_config(model_dir, ("bert",), cls.__name__)
-        config = BertConfig(**cfg)
+        cfg = read_config(model_dir, cls.model_types, cls.__name__)
+        config = cls.config_class(**cfg)
         weights = read_weights(model_dir)
-        check_layer_count(weights, r"(?:bert\.)?encoder\.layer\.(\d+)\.", config.num_hidden_layers,
-                          "num_hidden_layers", str(model_dir))
+        check_layer_count(weights, rf"(?:{re.escape(cls.base_prefix)})?encoder\.layer\.(\d+)\.",
+                          config.num_hidden_layers, "num_hidden_layers", str(model_dir))
         with nn.uninitialised():  # every parameter is loaded by _load_hf (check_names)
             model = cls(config, **kw)
         model._load_hf(weights, where=str(model_dir))
@@ -188,26 +220,33 @@ class BertModel(nn.Module):
             model.pack_weights(dtype)
         return model
 
+    @property
+    def max_tokens(self) -> int:
+        """The longest sequence the model takes: max_position_embeddings (RoBERTa: less its padding_idx + 1)."""
+        c = self.config
+        return c.max_position_embeddings - (c.pad_token_id + 1 if type(c).positions_from_ids else 0)
+
     def _load_hf(self, weights: dict, where: str):
         own = set(self.state_dict())
-        base = type(self) is BertModel
-        heads = ("cls.", "classifier.", "qa_outputs.")
+        base, pfx = not self.is_task, self.base_prefix
+        heads = ("cls.", "classifier.", "qa_outputs.", "lm_head.")
         mapped = {}
         for k, v in weights.items():
-            # a task model's checkpoint keeps the encoder under "bert.", a BertModel's without
-            if base and k.startswith("bert."):
-                k = k[5:]
-            elif not base and not k.startswith(("bert.",) + heads):
-                k = "bert." + k
+            # a task model's checkpoint keeps the encoder under "bert." (or "roberta."), a base model's without
+            if base and k.startswith(pfx):
+                k = k[len(pfx):]
+            elif not base and not k.startswith((pfx,) + heads):
+                k = pfx + k
             mapped[k] = v
         self._tie(mapped)
         # buffers, and heads or a pooler this model does not have, may be in the file
-        candidates = heads + ("pooler.", "bert.pooler.", "embeddings.position_ids", "bert.embeddings.position_ids")
+        candidates = heads + ("pooler.", pfx + "pooler.", "embeddings.position_ids", pfx + "embeddings.position_ids",
+                              "embeddings.token_type_ids", pfx + "embeddings.token_type_ids")
         ignorable = tuple(p for p in candidates if not any(k.startswith(p) for k in own))
-        pooler = {k for k in own if k.startswith("pooler.")}  # BertModel's own (task models: "bert.pooler.")
+        pooler = {k for k in own if k.startswith("pooler.")}  # a base model's own (task models: "bert.pooler.")
         hint = ""
         if pooler and not pooler & mapped.keys():
-            hint = ("the checkpoint has no pooler, as one saved from BertForMaskedLM: "
+            hint = ("the checkpoint has no pooler, as one saved from a masked-LM or classification model: "
                     "from_pretrained(..., add_pooling_layer=False) loads it without")
         check_names(mapped, own, ignorable, where=where, hint=hint)
         self.load_state_dict({k: v for k, v in mapped.items() if k in own})
@@ -262,7 +301,8 @@ class BertModel(nn.Module):
             raise IndexError(f"token_type_ids must lie in [0, {n_types}), got values in "
                              f"[{types.min()}, {types.max()}]")
         word = ops.embedding(_core.tensor(ids, dev), d["word"])
-        pt = ops.embedding(_core.tensor(types * d["positions"] + np.arange(s), dev), d["pos_type"])
+        pos = self.embeddings.position_ids(ids)
+        pt = ops.embedding(_core.tensor(types * d["positions"] + pos, dev), d["pos_type"])
         w, bias, eps = d["ln"]
         x = ops.layer_norm(word, w, bias, eps, residual=pt)
         kpm = None if mask is None or mask.all() else _core.tensor(~mask.astype(bool), dev)
@@ -328,6 +368,8 @@ class BertModel(nn.Module):
 class BertForSequenceClassification(BertModel):
     """BERT with the classification head: ``.logits (B, num_labels)`` from the pooled output."""
 
+    is_task = True
+
     def __init__(self, config):
         nn.Module.__init__(self)
         c = _config_of(config)
@@ -361,6 +403,8 @@ class _PredictionHead(nn.Module):
 
 class BertForMaskedLM(BertModel):
     """BERT with the masked-LM head (its decoder tied to the word embeddings): ``.logits (B, S, V)``."""
+
+    is_task = True
 
     def __init__(self, config):
         nn.Module.__init__(self)

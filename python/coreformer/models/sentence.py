@@ -8,12 +8,36 @@ import numpy as np
 from .._args import flag, is_int
 from .._files import read_json
 from .bert import BertModel
+from .roberta import RobertaModel
 
 __all__ = ["SentenceEncoder"]
 
-_MODES = ("pooling_mode_cls_token", "pooling_mode_max_tokens", "pooling_mode_mean_tokens",
-          "pooling_mode_mean_sqrt_len_tokens")
-_UNSUPPORTED = ("pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken")
+# sentence-transformers' pooling modes: the config's "pooling_mode" (a name or a list, in the order the
+# parts are concatenated; sentence-transformers >= 5) or, in older folders, one bool key per mode
+_LEGACY = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max", "pooling_mode_mean_tokens": "mean",
+           "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+           "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
+_SUPPORTED = ("cls", "max", "mean", "mean_sqrt_len_tokens")
+
+
+def _pooling_modes(cfg: dict, where) -> tuple[str, ...]:
+    """The pooling config's modes in concatenation order, as sentence-transformers reads either format
+    (legacy keys all false: mean)."""
+    if "pooling_mode" in cfg:
+        m = cfg["pooling_mode"]
+        modes = (m,) if isinstance(m, str) else tuple(m) if isinstance(m, list) else None
+        if not modes or not all(isinstance(x, str) for x in modes):
+            raise ValueError(f"{where}: pooling_mode must be a mode name or a list of them, got {m!r}")
+    elif any(k in cfg for k in _LEGACY):
+        modes = tuple(mode for key, mode in _LEGACY.items() if cfg.get(key)) or ("mean",)
+    else:
+        raise ValueError(f"{where}: the pooling config sets no pooling mode: {cfg}")
+    for mode in modes:
+        if mode not in _SUPPORTED:
+            known = mode in _LEGACY.values()
+            raise ValueError(f"{where}: pooling mode {mode!r} is " + ("not supported" if known else "unknown")
+                             + f" (supported: {', '.join(_SUPPORTED)})")
+    return modes
 
 
 class SentenceEncoder:
@@ -26,9 +50,10 @@ class SentenceEncoder:
     one string, as sentence-transformers does).
     """
 
-    def __init__(self, model: BertModel, tokenizer, pooling: dict, normalize: bool, max_seq_length: int):
+    def __init__(self, model: BertModel, tokenizer, pooling, normalize: bool, max_seq_length: int):
         self.model, self.tokenizer = model, tokenizer
-        self.pooling = pooling
+        # pooling: the modes in order (("mean",), ("cls", "max"), ...) or a pooling config dict
+        self.pooling = tuple(pooling) if isinstance(pooling, (tuple, list)) else _pooling_modes(pooling, "pooling")
         self.normalize = bool(normalize)
         self.max_seq_length = int(max_seq_length)
 
@@ -40,7 +65,7 @@ class SentenceEncoder:
         d = Path(model_dir)
         if not d.is_dir():
             raise FileNotFoundError(f"model folder not found: {d}")
-        pooling = {"pooling_mode_mean_tokens": True}
+        pooling = ("mean",)
         normalize = False
         tdir = d
         if (d / "modules.json").is_file():
@@ -54,20 +79,21 @@ class SentenceEncoder:
                 if kind.endswith(".Transformer"):
                     tdir = path
                 elif kind.endswith(".Pooling"):
-                    pooling = read_json(path / "config.json")
+                    pooling = _pooling_modes(read_json(path / "config.json"), path / "config.json")
                 elif kind.endswith(".Normalize"):
                     normalize = True
                 else:
                     raise ValueError(f"sentence-transformers module {kind!r} is not supported")
         st_cfg = read_json(tdir / "sentence_bert_config.json", default={})
-        for k in _UNSUPPORTED:
-            if pooling.get(k):
-                raise ValueError(f"pooling mode {k} is not supported")
-        if not any(pooling.get(k) for k in _MODES):
-            raise ValueError(f"the pooling config sets no pooling mode: {pooling}")
-        model = BertModel.from_pretrained(tdir, dtype=dtype, add_pooling_layer=False)
+        model_type = read_json(tdir / "config.json", default={}).get("model_type")
+        encoder = RobertaModel if model_type in RobertaModel.model_types else BertModel
+        if model_type is not None and model_type not in encoder.model_types:
+            raise ValueError(f"SentenceEncoder supports transformers of model_type "
+                             f"{', '.join(BertModel.model_types + RobertaModel.model_types)}; {tdir / 'config.json'} "
+                             f"has model_type {model_type!r}")
+        model = encoder.from_pretrained(tdir, dtype=dtype, add_pooling_layer=False)
         tok = Tokenizer.from_pretrained(tdir)
-        limit = model.config.max_position_embeddings
+        limit = model.max_tokens
         given = st_cfg.get("max_seq_length")
         if given is not None and (not is_int(given) or given < 1):
             raise ValueError(f"{tdir / 'sentence_bert_config.json'}: max_seq_length must be an integer >= 1, "
@@ -83,24 +109,15 @@ class SentenceEncoder:
 
     @property
     def dim(self) -> int:
-        return self.model.config.hidden_size * sum(bool(self.pooling.get(k)) for k in _MODES)
+        return self.model.config.hidden_size * len(self.pooling)
 
     def _pool(self, h: np.ndarray, mask: np.ndarray) -> np.ndarray:
         m = mask[:, :, None].astype(np.float32)
-        parts = []
-        p = self.pooling
-        if p.get("pooling_mode_cls_token"):
-            parts.append(h[:, 0])
-        if p.get("pooling_mode_max_tokens"):
-            parts.append(np.where(m > 0, h, -1e9).max(axis=1))
-        if p.get("pooling_mode_mean_tokens") or p.get("pooling_mode_mean_sqrt_len_tokens"):
-            s = np.einsum("bsh,bs->bh", h, mask.astype(np.float32))
-            n = np.maximum(mask.sum(axis=1, keepdims=True).astype(np.float32), 1e-9)
-            if p.get("pooling_mode_mean_tokens"):
-                parts.append(s / n)
-            if p.get("pooling_mode_mean_sqrt_len_tokens"):
-                parts.append(s / np.sqrt(n))
-        return np.concatenate(parts, axis=1).astype(np.float32, copy=False)
+        s = np.einsum("bsh,bs->bh", h, mask.astype(np.float32))
+        n = np.maximum(mask.sum(axis=1, keepdims=True).astype(np.float32), 1e-9)
+        parts = {"cls": lambda: h[:, 0], "max": lambda: np.where(m > 0, h, -1e9).max(axis=1),
+                 "mean": lambda: s / n, "mean_sqrt_len_tokens": lambda: s / np.sqrt(n)}
+        return np.concatenate([parts[mode]() for mode in self.pooling], axis=1).astype(np.float32, copy=False)
 
     def encode(self, sentences, batch_size: int = 32, normalize_embeddings: bool | None = None,
                show_progress_bar: bool = False) -> np.ndarray:

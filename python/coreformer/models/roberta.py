@@ -1,0 +1,78 @@
+"""RoBERTa (Liu et al. 2019; also XLM-RoBERTa and CamemBERT checkpoints, the same network): BERT's
+encoder with positions numbered from the ids (``padding_idx + 1`` on, as transformers numbers them) and
+its own classification head. ``RobertaModel`` and ``RobertaForSequenceClassification`` load Hugging Face
+folders; ``SentenceEncoder`` takes sentence-transformers folders built on them (all-distilroberta-v1).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import nn
+from .._args import is_int
+from ._common import ModelOutput
+from .bert import BertConfig, BertModel, _config_of
+
+__all__ = ["RobertaConfig", "RobertaModel", "RobertaForSequenceClassification"]
+
+
+class RobertaConfig(BertConfig):
+    """The fields of a Hugging Face RoBERTa ``config.json`` that the forward uses, with its defaults."""
+
+    DEFAULTS = dict(BertConfig.DEFAULTS, vocab_size=50265, max_position_embeddings=514, type_vocab_size=1,
+                    layer_norm_eps=1e-5, pad_token_id=1)
+    positions_from_ids = True
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        p = self["pad_token_id"]
+        if not (is_int(p) and 0 <= p < self["max_position_embeddings"] - 1):
+            raise ValueError(f"config: pad_token_id must be a position below max_position_embeddings - 1 "
+                             f"({self['max_position_embeddings'] - 1}): RoBERTa numbers positions after it, "
+                             f"got {self['pad_token_id']!r}")
+
+
+class RobertaModel(BertModel):
+    """The RoBERTa encoder (as ``BertModel``: ``.last_hidden_state``, ``.pooler_output``). Positions
+    count from ``pad_token_id + 1`` over the tokens that are not ``pad_token_id``, so pad with that id
+    (the Tokenizer does); token types are all 0."""
+
+    base_prefix = "roberta."
+    model_types = ("roberta", "xlm-roberta", "camembert")
+    config_class = RobertaConfig
+
+
+class _ClassificationHead(nn.Module):  # transformers' RobertaClassificationHead: on the <s> token
+    def __init__(self, c: RobertaConfig):
+        super().__init__()
+        self.dense = nn.Linear(c.hidden_size, c.hidden_size)
+        self.out_proj = nn.Linear(c.hidden_size, c.num_labels)
+
+    def forward(self, hidden):
+        return self.out_proj(np.tanh(self.dense(np.ascontiguousarray(hidden[:, 0]))))
+
+
+class RobertaForSequenceClassification(RobertaModel):
+    """RoBERTa with its classification head (dense, tanh, out_proj on the first token):
+    ``.logits (B, num_labels)``."""
+
+    is_task = True
+
+    def __init__(self, config):
+        nn.Module.__init__(self)
+        c = _config_of(config, RobertaConfig)
+        object.__setattr__(self, "config", c)
+        self.roberta = RobertaModel(c, add_pooling_layer=False)
+        self.classifier = _ClassificationHead(c)
+
+    def to(self, device: str = "cpu", dtype: str | None = None):
+        """The encoder on ``device`` (see ``BertModel.to``); the small head stays on the CPU."""
+        self.roberta.to(device, dtype)
+        return self
+
+    def _use_tensors(self, device, dtype):
+        self.roberta._use_tensors(device, dtype)
+        return self
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        out = self.roberta(input_ids, attention_mask, token_type_ids)
+        return ModelOutput(last_hidden_state=out.last_hidden_state, logits=self.classifier(out.last_hidden_state))
