@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import nn
 from .. import safetensors as st
 from .._args import is_int
 from .._files import read_json
@@ -124,9 +125,8 @@ def check_layer_count(weights: dict, pattern: str, n_layers: int, key: str, wher
 
 def check_activation(config, key: str) -> None:
     """ValueError naming the config field for an activation the layers do not have (silu, tanh, ...)."""
-    from ..nn import _ACTIVATIONS
-    if config[key] not in _ACTIVATIONS or config[key] is None:
-        supported = ", ".join(sorted(k for k in _ACTIVATIONS if k))
+    if config[key] not in nn._ACTIVATIONS or config[key] is None:
+        supported = ", ".join(sorted(k for k in nn._ACTIVATIONS if k))
         raise ValueError(f"config: {key} {config[key]!r} is not supported (supported: {supported})")
 
 

@@ -221,10 +221,14 @@ class BertModel(nn.Module):
         return model
 
     @property
+    def _encoder_model(self) -> "BertModel":
+        """The encoder: the model itself, or a task model's ``bert`` / ``roberta``."""
+        return getattr(self, self.base_prefix[:-1]) if self.is_task else self
+
+    @property
     def max_tokens(self) -> int:
         """The longest sequence the model takes: max_position_embeddings (RoBERTa: less its padding_idx + 1)."""
-        c = self.config
-        return c.max_position_embeddings - (c.pad_token_id + 1 if type(c).positions_from_ids else 0)
+        return self._encoder_model.embeddings.max_tokens
 
     def _load_hf(self, weights: dict, where: str):
         own = set(self.state_dict())
@@ -365,10 +369,23 @@ class BertModel(nn.Module):
         return ModelOutput(last_hidden_state=x, pooler_output=pooled)
 
 
-class BertForSequenceClassification(BertModel):
-    """BERT with the classification head: ``.logits (B, num_labels)`` from the pooled output."""
+class _Classifier:
+    """A task model whose encoder alone goes to a device; its small head stays on the CPU."""
 
     is_task = True
+
+    def to(self, device: str = "cpu", dtype: str | None = None):
+        """The encoder on ``device`` (see ``BertModel.to``); the small head stays on the CPU."""
+        self._encoder_model.to(device, dtype)
+        return self
+
+    def _use_tensors(self, device, dtype):
+        self._encoder_model._use_tensors(device, dtype)
+        return self
+
+
+class BertForSequenceClassification(_Classifier, BertModel):
+    """BERT with the classification head: ``.logits (B, num_labels)`` from the pooled output."""
 
     def __init__(self, config):
         nn.Module.__init__(self)
@@ -376,15 +393,6 @@ class BertForSequenceClassification(BertModel):
         object.__setattr__(self, "config", c)
         self.bert = BertModel(c)
         self.classifier = nn.Linear(c.hidden_size, c.num_labels)
-
-    def to(self, device: str = "cpu", dtype: str | None = None):
-        """The encoder on ``device`` (see ``BertModel.to``); the small head stays on the CPU."""
-        self.bert.to(device, dtype)
-        return self
-
-    def _use_tensors(self, device, dtype):
-        self.bert._use_tensors(device, dtype)
-        return self
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
         out = self.bert(input_ids, attention_mask, token_type_ids)

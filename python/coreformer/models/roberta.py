@@ -10,7 +10,7 @@ import numpy as np
 from .. import nn
 from .._args import is_int
 from ._common import ModelOutput
-from .bert import BertConfig, BertModel, _config_of
+from .bert import BertConfig, BertModel, _Classifier, _config_of
 
 __all__ = ["RobertaConfig", "RobertaModel", "RobertaForSequenceClassification"]
 
@@ -51,11 +51,9 @@ class _ClassificationHead(nn.Module):  # transformers' RobertaClassificationHead
         return self.out_proj(np.tanh(self.dense(np.ascontiguousarray(hidden[:, 0]))))
 
 
-class RobertaForSequenceClassification(RobertaModel):
+class RobertaForSequenceClassification(_Classifier, RobertaModel):
     """RoBERTa with its classification head (dense, tanh, out_proj on the first token):
     ``.logits (B, num_labels)``."""
-
-    is_task = True
 
     def __init__(self, config):
         nn.Module.__init__(self)
@@ -63,15 +61,6 @@ class RobertaForSequenceClassification(RobertaModel):
         object.__setattr__(self, "config", c)
         self.roberta = RobertaModel(c, add_pooling_layer=False)
         self.classifier = _ClassificationHead(c)
-
-    def to(self, device: str = "cpu", dtype: str | None = None):
-        """The encoder on ``device`` (see ``BertModel.to``); the small head stays on the CPU."""
-        self.roberta.to(device, dtype)
-        return self
-
-    def _use_tensors(self, device, dtype):
-        self.roberta._use_tensors(device, dtype)
-        return self
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
         out = self.roberta(input_ids, attention_mask, token_type_ids)

@@ -112,12 +112,20 @@ class SentenceEncoder:
         return self.model.config.hidden_size * len(self.pooling)
 
     def _pool(self, h: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        m = mask[:, :, None].astype(np.float32)
-        s = np.einsum("bsh,bs->bh", h, mask.astype(np.float32))
         n = np.maximum(mask.sum(axis=1, keepdims=True).astype(np.float32), 1e-9)
-        parts = {"cls": lambda: h[:, 0], "max": lambda: np.where(m > 0, h, -1e9).max(axis=1),
-                 "mean": lambda: s / n, "mean_sqrt_len_tokens": lambda: s / np.sqrt(n)}
-        return np.concatenate([parts[mode]() for mode in self.pooling], axis=1).astype(np.float32, copy=False)
+        total = None
+
+        def part(mode):
+            nonlocal total
+            if mode == "cls":
+                return h[:, 0]
+            if mode == "max":
+                return np.where(mask[:, :, None] > 0, h, -1e9).max(axis=1)
+            if total is None:  # the masked sum, once for mean and mean_sqrt_len_tokens
+                total = np.einsum("bsh,bs->bh", h, mask.astype(np.float32))
+            return total / (n if mode == "mean" else np.sqrt(n))
+
+        return np.concatenate([part(mode) for mode in self.pooling], axis=1).astype(np.float32, copy=False)
 
     def encode(self, sentences, batch_size: int = 32, normalize_embeddings: bool | None = None,
                show_progress_bar: bool = False) -> np.ndarray:
