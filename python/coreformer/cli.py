@@ -141,12 +141,13 @@ def _classify(args) -> int:
     import numpy as np
     from pathlib import Path
     from ._files import read_json
-    from .models import BertForSequenceClassification, RobertaForSequenceClassification
+    from .models import (BertForSequenceClassification, DistilBertForSequenceClassification,
+                         RobertaForSequenceClassification)
     from .tokenizer import Tokenizer
     tok = Tokenizer.from_pretrained(args.model)
     cfg = read_json(Path(args.model) / "config.json", default={})
-    kind = RobertaForSequenceClassification if cfg.get("model_type") in RobertaForSequenceClassification.model_types \
-        else BertForSequenceClassification
+    kind = next((k for k in (RobertaForSequenceClassification, DistilBertForSequenceClassification)
+                 if cfg.get("model_type") in k.model_types), BertForSequenceClassification)
     model = kind.from_pretrained(args.model).to(args.device, args.dtype)
     labels = cfg.get("id2label") or {}
     if args.pair is not None and len(args.pair) != len(args.text):

@@ -1,10 +1,11 @@
-"""Models on coreformer's ops: BERT, RoBERTa, GPT-2, the encoder-decoder Transformer and sentence encoders.
+"""Models on coreformer's ops: BERT, RoBERTa, DistilBERT, GPT-2, the encoder-decoder Transformer and sentence encoders.
 
 Each ``from_pretrained(local_dir)`` reads a Hugging Face folder (``config.json`` and
 ``model.safetensors``, mapped rather than copied); nothing is downloaded.
 """
 from ._common import ModelOutput
 from .bert import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel
+from .distilbert import DistilBertConfig, DistilBertForSequenceClassification, DistilBertModel
 from .generation import TokenStreamer
 from .gpt2 import GPT2Cache, GPT2Config, GPT2LMHeadModel
 from .roberta import RobertaConfig, RobertaForSequenceClassification, RobertaModel
@@ -12,4 +13,5 @@ from .sentence import SentenceEncoder
 from .transformer import Transformer
 
 __all__ = ["ModelOutput", "BertConfig", "BertModel", "BertForSequenceClassification", "BertForMaskedLM",
-           "RobertaConfig", "RobertaModel", "RobertaForSequenceClassification", "GPT2Config", "GPT2LMHeadModel", "GPT2Cache", "TokenStreamer", "SentenceEncoder", "Transformer"]
+           "RobertaConfig", "RobertaModel", "RobertaForSequenceClassification", "DistilBertConfig",
+           "DistilBertModel", "DistilBertForSequenceClassification", "GPT2Config", "GPT2LMHeadModel", "GPT2Cache", "TokenStreamer", "SentenceEncoder", "Transformer"]

@@ -193,6 +193,7 @@ class BertModel(nn.Module):
     model_types = ("bert",)     # config.json's model_type
     config_class = BertConfig
     is_task = False             # a task model holds the encoder as an attribute (bert / roberta)
+    layer_path = "encoder.layer"  # where the checkpoint keeps the layers
 
     def __init__(self, config, add_pooling_layer: bool = True):
         super().__init__()
@@ -211,7 +212,7 @@ class BertModel(nn.Module):
         cfg = read_config(model_dir, cls.model_types, cls.__name__)
         config = cls.config_class(**cfg)
         weights = read_weights(model_dir)
-        check_layer_count(weights, rf"(?:{re.escape(cls.base_prefix)})?encoder\.layer\.(\d+)\.",
+        check_layer_count(weights, rf"(?:{re.escape(cls.base_prefix)})?{re.escape(cls.layer_path)}\.(\d+)\.",
                           config.num_hidden_layers, "num_hidden_layers", str(model_dir))
         with nn.uninitialised():  # every parameter is loaded by _load_hf (check_names)
             model = cls(config, **kw)
@@ -233,7 +234,8 @@ class BertModel(nn.Module):
     def _load_hf(self, weights: dict, where: str):
         own = set(self.state_dict())
         base, pfx = not self.is_task, self.base_prefix
-        heads = ("cls.", "classifier.", "qa_outputs.", "lm_head.")
+        heads = ("cls.", "classifier.", "qa_outputs.", "lm_head.", "pre_classifier.", "vocab_transform.",
+                 "vocab_layer_norm.", "vocab_projector.")
         mapped = {}
         for k, v in weights.items():
             # a task model's checkpoint keeps the encoder under "bert." (or "roberta."), a base model's without

@@ -8,7 +8,10 @@ import numpy as np
 from .._args import flag, is_int
 from .._files import read_json
 from .bert import BertModel
+from .distilbert import DistilBertModel
 from .roberta import RobertaModel
+
+_ENCODERS = (BertModel, RobertaModel, DistilBertModel)
 
 __all__ = ["SentenceEncoder"]
 
@@ -86,10 +89,10 @@ class SentenceEncoder:
                     raise ValueError(f"sentence-transformers module {kind!r} is not supported")
         st_cfg = read_json(tdir / "sentence_bert_config.json", default={})
         model_type = read_json(tdir / "config.json", default={}).get("model_type")
-        encoder = RobertaModel if model_type in RobertaModel.model_types else BertModel
+        encoder = next((e for e in _ENCODERS if model_type in e.model_types), BertModel)
         if model_type is not None and model_type not in encoder.model_types:
             raise ValueError(f"SentenceEncoder supports transformers of model_type "
-                             f"{', '.join(BertModel.model_types + RobertaModel.model_types)}; {tdir / 'config.json'} "
+                             f"{', '.join(t for e in _ENCODERS for t in e.model_types)}; {tdir / 'config.json'} "
                              f"has model_type {model_type!r}")
         model = encoder.from_pretrained(tdir, dtype=dtype, add_pooling_layer=False)
         tok = Tokenizer.from_pretrained(tdir)

