@@ -57,8 +57,15 @@ def test_distilbert_matches_transformers(tmp_path, activation):
         DistilBertModel(ours.config, add_pooling_layer=True)
     cfg = json.loads((d / "config.json").read_text())
     (d / "config.json").write_text(json.dumps({**cfg, "n_layers": 3}))
-    with pytest.raises(ValueError, match=r"num_hidden_layers=3 but the weights hold 2 layers"):
+    with pytest.raises(ValueError, match=r"n_layers=3 but the weights hold 2 layers"):
         DistilBertModel.from_pretrained(d)
+    # config errors name DistilBERT's fields, as its config.json has them
+    for bad, match in (({"dim": "x"}, "config: dim must be an integer"), ({"n_heads": 0}, "config: n_heads must be"),
+                       ({"activation": "silu"}, "config: activation 'silu' is not supported"),
+                       ({"dim": 30}, r"dim \(30\) must be divisible by n_heads \(4\)")):
+        (d / "config.json").write_text(json.dumps({**cfg, **bad}))
+        with pytest.raises(ValueError, match=match):
+            DistilBertModel.from_pretrained(d)
 
 
 def test_distilbert_classifier_and_the_cli(tmp_path):

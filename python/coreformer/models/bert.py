@@ -22,6 +22,7 @@ class BertConfig(Config):
     """The fields of a Hugging Face BERT ``config.json`` that the forward uses, with its defaults."""
 
     positions_from_ids = False  # RoBERTa numbers positions from the ids (padding_idx + 1 on), BERT from 0
+    NAMES: dict = {}  # a field's name in config.json where it differs (DistilBERT's), for messages
 
     DEFAULTS = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                     intermediate_size=3072, hidden_act="gelu", max_position_embeddings=512, type_vocab_size=2,
@@ -212,8 +213,9 @@ class BertModel(nn.Module):
         cfg = read_config(model_dir, cls.model_types, cls.__name__)
         config = cls.config_class(**cfg)
         weights = read_weights(model_dir)
-        check_layer_count(weights, rf"(?:{re.escape(cls.base_prefix)})?{re.escape(cls.layer_path)}\.(\d+)\.",
-                          config.num_hidden_layers, "num_hidden_layers", str(model_dir))
+        layers = rf"(?:{re.escape(cls.base_prefix)})?{re.escape(cls.layer_path)}\.(\d+)\."
+        check_layer_count(weights, layers, config.num_hidden_layers,
+                          cls.config_class.NAMES.get("num_hidden_layers", "num_hidden_layers"), str(model_dir))
         with nn.uninitialised():  # every parameter is loaded by _load_hf (check_names)
             model = cls(config, **kw)
         model._load_hf(weights, where=str(model_dir))

@@ -31,9 +31,17 @@ class DistilBertConfig(BertConfig):
                "hidden_dim": "intermediate_size", "activation": "hidden_act"}
     DEFAULTS = dict(BertConfig.DEFAULTS, type_vocab_size=1, layer_norm_eps=1e-12)
 
+    NAMES = {bert: name for name, bert in RENAMES.items()}
+
     def __init__(self, **kw):
         kw = {self.RENAMES.get(k, k): v for k, v in kw.items() if k not in ("type_vocab_size", "layer_norm_eps")}
-        super().__init__(**kw)
+        try:
+            super().__init__(**kw)
+        except ValueError as e:  # name the fields as the file does
+            msg = str(e)
+            for bert, name in self.NAMES.items():
+                msg = re.sub(rf"\b{bert}\b", name, msg)
+            raise ValueError(msg) from None
 
 
 class DistilBertModel(BertModel):
