@@ -1,4 +1,5 @@
-"""``SentenceEncoder``: sentence-transformers folders (a BERT, pooling, optional normalisation)."""
+"""``SentenceEncoder``: sentence-transformers folders (a BERT, RoBERTa or DistilBERT; pooling; optional
+normalisation)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -48,8 +49,8 @@ class SentenceEncoder:
 
     ``SentenceEncoder.from_pretrained(dir)`` reads ``modules.json`` (a Transformer module, a Pooling
     module and optionally Normalize), ``sentence_bert_config.json`` (``max_seq_length``) and the
-    pooling config; a plain BERT folder without ``modules.json`` gets mean pooling and no
-    normalisation. ``encode(sentences)`` returns ``(N, dim)`` float32 in input order (``(dim,)`` for
+    pooling config; a plain BERT (RoBERTa, DistilBERT) folder without ``modules.json`` gets mean
+    pooling and no normalisation. ``encode(sentences)`` returns ``(N, dim)`` float32 in input order (``(dim,)`` for
     one string, as sentence-transformers does).
     """
 
