@@ -1,5 +1,5 @@
-"""DistilBERT against transformers on random small checkpoints, and a DistilBERT sentence-transformers
-folder against sentence-transformers."""
+"""DistilBERT against transformers on random small checkpoints, a DistilBERT sentence-transformers
+folder against sentence-transformers, and token classification for the three encoders."""
 import json
 import os
 import shutil
@@ -112,3 +112,33 @@ def test_distilbert_sentence_encoder(tmp_path):
     got, want = SentenceEncoder.from_pretrained(sd).encode(sents), ref.encode(sents)
     cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
     assert cos.min() > 0.99999 and rel_err(got, want) < 1e-4
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert"])
+def test_token_classification_matches_transformers(tmp_path, family):
+    # named entities / part of speech: a classifier on every token; padding positions are not compared
+    # (ours gives the classifier's bias there, transformers whatever its padded rows computed)
+    from coreformer import models
+    hf_cls, ours, cfg = {
+        "bert": (transformers.BertForTokenClassification, models.BertForTokenClassification,
+                 transformers.BertConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                         intermediate_size=40, max_position_embeddings=40, num_labels=5)),
+        "roberta": (transformers.RobertaForTokenClassification, models.RobertaForTokenClassification,
+                    transformers.RobertaConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2,
+                                               num_attention_heads=4, intermediate_size=40,
+                                               max_position_embeddings=40, num_labels=5)),
+        "distilbert": (transformers.DistilBertForTokenClassification, models.DistilBertForTokenClassification,
+                       config(num_labels=5))}[family]
+    ref = hf_cls(cfg)
+    d = saved(ref, tmp_path / family, seed=5)
+    rng = np.random.default_rng(1)
+    ids, mask = rng.integers(3, 97, (3, 11)), np.ones((3, 11), np.int64)
+    ids[2, 7:], mask[2, 7:] = cfg.pad_token_id, 0
+    with torch.no_grad():
+        want = ref(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    model = ours.from_pretrained(d)
+    got = model(ids, mask).logits
+    real = mask.astype(bool)
+    assert got.shape == (3, 11, 5) and rel_err(got[real], want[real]) < 1e-5
+    dev = ours.from_pretrained(d)._use_tensors("cpu", "float32")(ids, mask).logits
+    assert rel_err(dev[real], want[real]) < 1e-5

@@ -16,7 +16,8 @@ from .. import _core, nn, ops
 from ._common import (Config, ModelOutput, as_ids, as_mask, check_activation, check_layer_count, check_names,
                       read_config, read_weights, to_device)
 
-__all__ = ["BertConfig", "BertModel", "BertForSequenceClassification", "BertForMaskedLM"]
+__all__ = ["BertConfig", "BertModel", "BertForSequenceClassification", "BertForTokenClassification",
+           "BertForMaskedLM"]
 
 class BertConfig(Config):
     """The fields of a Hugging Face BERT ``config.json`` that the forward uses, with its defaults."""
@@ -402,6 +403,26 @@ class BertForSequenceClassification(_Classifier, BertModel):
         out = self.bert(input_ids, attention_mask, token_type_ids)
         out.logits = self.classifier(out.pooler_output)
         return out
+
+
+class _TokenClassifier(_Classifier):
+    """A linear classifier on every token: ``.logits (B, S, num_labels)`` (padding positions: the bias)."""
+
+    def __init__(self, config):
+        nn.Module.__init__(self)
+        c = _config_of(config, self.config_class)
+        object.__setattr__(self, "config", c)
+        encoder = next(k for k in type(self).__mro__ if issubclass(k, BertModel) and not k.is_task)
+        setattr(self, self.base_prefix[:-1], encoder(c, add_pooling_layer=False))
+        self.classifier = nn.Linear(c.hidden_size, c.num_labels)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        h = self._encoder_model(input_ids, attention_mask, token_type_ids).last_hidden_state
+        return ModelOutput(last_hidden_state=h, logits=self.classifier(h))
+
+
+class BertForTokenClassification(_TokenClassifier, BertModel):
+    """BERT with a classifier on every token (named entities, part of speech): ``.logits (B, S, num_labels)``."""
 
 
 class _PredictionHead(nn.Module):

@@ -11,9 +11,10 @@ import numpy as np
 
 from .. import nn
 from ._common import ModelOutput
-from .bert import BertConfig, BertModel, _Classifier, _config_of
+from .bert import BertConfig, BertModel, _Classifier, _config_of, _TokenClassifier
 
-__all__ = ["DistilBertConfig", "DistilBertModel", "DistilBertForSequenceClassification"]
+__all__ = ["DistilBertConfig", "DistilBertModel", "DistilBertForSequenceClassification",
+           "DistilBertForTokenClassification"]
 
 # DistilBERT's names inside a layer -> BERT's
 _LAYER_NAMES = {"attention.q_lin.": "attention.self.query.", "attention.k_lin.": "attention.self.key.",
@@ -89,3 +90,7 @@ class DistilBertForSequenceClassification(_Classifier, DistilBertModel):
         h = self.distilbert(input_ids, attention_mask).last_hidden_state
         logits = self.classifier(self.pre_classifier(np.ascontiguousarray(h[:, 0])))
         return ModelOutput(last_hidden_state=h, logits=logits)
+
+
+class DistilBertForTokenClassification(_TokenClassifier, DistilBertModel):
+    """DistilBERT with a classifier on every token: ``.logits (B, S, num_labels)``."""

@@ -10,9 +10,9 @@ import numpy as np
 from .. import nn
 from .._args import is_int
 from ._common import ModelOutput
-from .bert import BertConfig, BertModel, _Classifier, _config_of
+from .bert import BertConfig, BertModel, _Classifier, _config_of, _TokenClassifier
 
-__all__ = ["RobertaConfig", "RobertaModel", "RobertaForSequenceClassification"]
+__all__ = ["RobertaConfig", "RobertaModel", "RobertaForSequenceClassification", "RobertaForTokenClassification"]
 
 
 class RobertaConfig(BertConfig):
@@ -65,3 +65,7 @@ class RobertaForSequenceClassification(_Classifier, RobertaModel):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
         out = self.roberta(input_ids, attention_mask, token_type_ids)
         return ModelOutput(last_hidden_state=out.last_hidden_state, logits=self.classifier(out.last_hidden_state))
+
+
+class RobertaForTokenClassification(_TokenClassifier, RobertaModel):
+    """RoBERTa with a classifier on every token: ``.logits (B, S, num_labels)``."""
