@@ -1,4 +1,4 @@
-"""Models on coreformer's ops: BERT, RoBERTa, DistilBERT, GPT-2, the encoder-decoder Transformer and sentence encoders.
+"""Models on coreformer's ops: BERT, RoBERTa, DistilBERT, MPNet, GPT-2, the encoder-decoder Transformer and sentence encoders.
 
 Each ``from_pretrained(local_dir)`` reads a Hugging Face folder (``config.json`` and
 ``model.safetensors``, mapped rather than copied); nothing is downloaded.
@@ -9,6 +9,7 @@ from .distilbert import (DistilBertConfig, DistilBertForSequenceClassification, 
                          DistilBertModel)
 from .generation import TokenStreamer
 from .gpt2 import GPT2Cache, GPT2Config, GPT2LMHeadModel
+from .mpnet import MPNetConfig, MPNetModel
 from .roberta import RobertaConfig, RobertaForSequenceClassification, RobertaForTokenClassification, RobertaModel
 from .sentence import SentenceEncoder
 from .transformer import Transformer
@@ -16,5 +17,6 @@ from .transformer import Transformer
 __all__ = ["ModelOutput", "BertConfig", "BertModel", "BertForSequenceClassification", "BertForTokenClassification",
            "BertForMaskedLM", "RobertaConfig", "RobertaModel", "RobertaForSequenceClassification",
            "RobertaForTokenClassification", "DistilBertConfig", "DistilBertModel",
-           "DistilBertForSequenceClassification", "DistilBertForTokenClassification", "GPT2Config", "GPT2LMHeadModel",
+           "DistilBertForSequenceClassification", "DistilBertForTokenClassification", "MPNetConfig", "MPNetModel",
+           "GPT2Config", "GPT2LMHeadModel",
            "GPT2Cache", "TokenStreamer", "SentenceEncoder", "Transformer"]

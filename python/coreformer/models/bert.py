@@ -25,6 +25,10 @@ class BertConfig(Config):
     positions_from_ids = False  # RoBERTa numbers positions from the ids (padding_idx + 1 on), BERT from 0
     NAMES: dict = {}  # a field's name in config.json where it differs (DistilBERT's), for messages
 
+    def position_padding_idx(self):
+        """The id whose tokens are padding when positions are numbered from the ids (None: from 0)."""
+        return self["pad_token_id"] if self.positions_from_ids else None
+
     DEFAULTS = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                     intermediate_size=3072, hidden_act="gelu", max_position_embeddings=512, type_vocab_size=2,
                     layer_norm_eps=1e-12, pad_token_id=0, position_embedding_type="absolute", num_labels=None)
@@ -58,7 +62,7 @@ class _Embeddings(nn.Module):
         self.position_embeddings = nn.Embedding(c.max_position_embeddings, c.hidden_size)
         self.token_type_embeddings = nn.Embedding(c.type_vocab_size, c.hidden_size)
         self.LayerNorm = nn.LayerNorm(c.hidden_size, c.layer_norm_eps)
-        self.padding_idx = c.pad_token_id if type(c).positions_from_ids else None
+        self.padding_idx = c.position_padding_idx()
 
     def position_ids(self, input_ids):
         """BERT's positions, 0..S-1 (``(S,)``); RoBERTa's, as transformers numbers them from the ids
@@ -148,17 +152,18 @@ class _Layer(nn.Module):
         self.intermediate = _Intermediate(c)
         self.output = _Dense(c.intermediate_size, c.hidden_size, c.layer_norm_eps)
 
-    def forward(self, x, out=None, cu_seqlens=None):
+    def forward(self, x, out=None, cu_seqlens=None, attn_mask=None):
         """The whole post-LN layer in one core call (``ops.transformer_encoder_layer``): fused QKV,
         attention, output projection + residual, LayerNorm, FFN with its activation, + residual,
         LayerNorm. ``x (B, S, E)`` without padding, or ``(T, E)`` with ``cu_seqlens``: the batch's
-        real tokens one sequence after another, each attending within itself. ``out`` may be x."""
+        real tokens one sequence after another, each attending within itself. ``out`` may be x;
+        ``attn_mask`` (a float ``(B * heads, S, S)``) is added to the scores (MPNet's position bias)."""
         sa, ao, it, o = self.attention.self, self.attention.output, self.intermediate.dense, self.output
         return ops.transformer_encoder_layer(
             x, self.num_heads, sa._weight("in_proj_weight"), sa.in_proj_bias, ao.dense._weight("weight"),
             ao.dense.bias, it._weight("weight"), it.bias, o.dense._weight("weight"), o.dense.bias,
             ao.LayerNorm.weight, ao.LayerNorm.bias, o.LayerNorm.weight, o.LayerNorm.bias, activation=it.activation,
-            eps=(ao.LayerNorm.eps, o.LayerNorm.eps), cu_seqlens=cu_seqlens, out=out)
+            eps=(ao.LayerNorm.eps, o.LayerNorm.eps), cu_seqlens=cu_seqlens, attn_mask=attn_mask, out=out)
 
 
 class _Encoder(nn.Module):

@@ -1,5 +1,5 @@
-"""``SentenceEncoder``: sentence-transformers folders (a BERT, RoBERTa or DistilBERT; pooling; optional
-normalisation)."""
+"""``SentenceEncoder``: sentence-transformers folders (a BERT, RoBERTa, DistilBERT or MPNet; pooling;
+optional normalisation)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,9 +10,10 @@ from .._args import flag, is_int
 from .._files import read_json
 from .bert import BertModel
 from .distilbert import DistilBertModel
+from .mpnet import MPNetModel
 from .roberta import RobertaModel
 
-_ENCODERS = (BertModel, RobertaModel, DistilBertModel)
+_ENCODERS = (BertModel, RobertaModel, DistilBertModel, MPNetModel)
 
 __all__ = ["SentenceEncoder"]
 
