@@ -1,4 +1,4 @@
-"""RoBERTa-base- and DistilBERT-base-shaped encoders (random weights) against transformers on a padded
+"""RoBERTa-base-, DistilBERT-base- and MPNet-base-shaped encoders (random weights) against transformers on a padded
 batch of 8 x <= 128 tokens, 2 threads each, alternated for 5 rounds; prints the median times and the
 largest difference of the hidden states at real tokens.
 
@@ -14,7 +14,7 @@ import torch
 import transformers
 
 import coreformer
-from coreformer.models import DistilBertModel, RobertaModel
+from coreformer.models import DistilBertModel, MPNetModel, RobertaModel
 
 
 def main():
@@ -25,7 +25,8 @@ def main():
     for name, hf, ours_cls in (("roberta-base shape", transformers.RobertaModel(transformers.RobertaConfig()),
                                 RobertaModel),
                                ("distilbert-base shape", transformers.DistilBertModel(transformers.DistilBertConfig()),
-                                DistilBertModel)):
+                                DistilBertModel),
+                               ("mpnet-base shape", transformers.MPNetModel(transformers.MPNetConfig()), MPNetModel)):
         d = tempfile.mkdtemp()
         hf.eval().save_pretrained(d)
         ours = ours_cls.from_pretrained(d)
