@@ -179,6 +179,9 @@ def test_model_folder_files_of_the_wrong_shape_are_value_errors(minilm_dir, tmp_
              ("1_Pooling/config.json", "[]", "must hold a JSON object"),
              ("sentence_bert_config.json", '{"max_seq_length": -3}', "max_seq_length must be an integer >= 1"),
              ("config.json", "[1, 2]", "must hold a JSON object"),
+             ("config.json", '{"model_type": "xlnet"}',
+              "SentenceEncoder supports model_type bert, roberta, xlm-roberta, camembert, distilbert, mpnet; "
+              ".*has model_type 'xlnet'"),
              ("tokenizer.json", "{}", "not a valid tokenizer file"),
              ("tokenizer_config.json", '{"model_max_length": -5}', "model_max_length must be an integer >= 1")]
     for i, (rel, text, match) in enumerate(cases):

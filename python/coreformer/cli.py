@@ -143,11 +143,12 @@ def _classify(args) -> int:
     from ._files import read_json
     from .models import (BertForSequenceClassification, DistilBertForSequenceClassification,
                          RobertaForSequenceClassification)
+    from .models._common import class_for
     from .tokenizer import Tokenizer
     tok = Tokenizer.from_pretrained(args.model)
     cfg = read_json(Path(args.model) / "config.json", default={})
-    kind = next((k for k in (RobertaForSequenceClassification, DistilBertForSequenceClassification)
-                 if cfg.get("model_type") in k.model_types), BertForSequenceClassification)
+    kind = class_for(args.model, (BertForSequenceClassification, RobertaForSequenceClassification,
+                                  DistilBertForSequenceClassification), "coreformer classify")
     model = kind.from_pretrained(args.model).to(args.device, args.dtype)
     labels = cfg.get("id2label") or {}
     if args.pair is not None and len(args.pair) != len(args.text):

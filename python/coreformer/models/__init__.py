@@ -1,4 +1,5 @@
-"""Models on coreformer's ops: BERT, RoBERTa, DistilBERT, MPNet, GPT-2, the encoder-decoder Transformer and sentence encoders.
+"""Models on coreformer's ops: BERT, RoBERTa, DistilBERT, MPNet, GPT-2, the encoder-decoder Transformer
+and sentence encoders.
 
 Each ``from_pretrained(local_dir)`` reads a Hugging Face folder (``config.json`` and
 ``model.safetensors``, mapped rather than copied); nothing is downloaded.

@@ -89,6 +89,19 @@ def read_config(model_dir, expected_types: tuple[str, ...], what: str) -> dict:
     return cfg
 
 
+def class_for(model_dir, classes: tuple, what: str):
+    """Of ``classes``, the one whose ``model_types`` holds ``model_dir``'s config.json model_type (the
+    first when the config names none); ValueError listing every type they take otherwise."""
+    model_type = read_json(Path(model_dir) / "config.json", default={}).get("model_type")
+    if model_type is None:
+        return classes[0]
+    for cls in classes:
+        if model_type in cls.model_types:
+            return cls
+    raise ValueError(f"{what} supports model_type {', '.join(t for c in classes for t in c.model_types)}; "
+                     f"{Path(model_dir) / 'config.json'} has model_type {model_type!r}")
+
+
 def read_weights(model_dir) -> dict[str, np.ndarray]:
     """The tensors of ``model.safetensors`` (or the shards listed in ``model.safetensors.index.json``),
     mapped rather than read."""

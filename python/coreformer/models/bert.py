@@ -22,12 +22,12 @@ __all__ = ["BertConfig", "BertModel", "BertForSequenceClassification", "BertForT
 class BertConfig(Config):
     """The fields of a Hugging Face BERT ``config.json`` that the forward uses, with its defaults."""
 
-    positions_from_ids = False  # RoBERTa numbers positions from the ids (padding_idx + 1 on), BERT from 0
     NAMES: dict = {}  # a field's name in config.json where it differs (DistilBERT's), for messages
 
     def position_padding_idx(self):
-        """The id whose tokens are padding when positions are numbered from the ids (None: from 0)."""
-        return self["pad_token_id"] if self.positions_from_ids else None
+        """The id whose tokens are padding where positions are numbered from the ids, padding_idx + 1
+        on (RoBERTa, MPNet); None where they count from 0 (BERT)."""
+        return None
 
     DEFAULTS = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                     intermediate_size=3072, hidden_act="gelu", max_position_embeddings=512, type_vocab_size=2,
@@ -201,6 +201,8 @@ class BertModel(nn.Module):
     config_class = BertConfig
     is_task = False             # a task model holds the encoder as an attribute (bert / roberta)
     layer_path = "encoder.layer"  # where the checkpoint keeps the layers
+    layer_names: dict = {}      # another family's names inside a layer -> BERT's, mapped at load
+    token_types = True          # False: the checkpoint has none (a zero row stands in; token_type_ids ignored)
 
     def __init__(self, config, add_pooling_layer: bool = True):
         super().__init__()
@@ -239,7 +241,25 @@ class BertModel(nn.Module):
         """The longest sequence the model takes: max_position_embeddings (RoBERTa: less its padding_idx + 1)."""
         return self._encoder_model.embeddings.max_tokens
 
+    def _as_bert_names(self, weights: dict) -> dict:
+        """Another family's checkpoint under BERT's names (``layer_names`` inside each layer of
+        ``layer_path``), with a zero token-type row where it has no token types."""
+        names = self.layer_names
+        inside = "|".join(map(re.escape, names))
+        pattern = re.compile(rf"^(.*){re.escape(self.layer_path)}\.(\d+)\.({inside})(.*)$")
+        out = {}
+        for k, v in weights.items():
+            m = pattern.match(k) if names else None
+            if m:
+                k = f"{m.group(1)}encoder.layer.{m.group(2)}.{names[m.group(3)]}{m.group(4)}"
+            out[k] = v
+            if not self.token_types and k.endswith("embeddings.word_embeddings.weight"):  # one row, adding nothing
+                out[k.replace("word_embeddings", "token_type_embeddings")] = np.zeros((1, v.shape[1]), np.float32)
+        return out
+
     def _load_hf(self, weights: dict, where: str):
+        if self.layer_names or not self.token_types:
+            weights = self._as_bert_names(weights)
         own = set(self.state_dict())
         base, pfx = not self.is_task, self.base_prefix
         heads = ("cls.", "classifier.", "qa_outputs.", "lm_head.", "pre_classifier.", "vocab_transform.",
@@ -340,6 +360,8 @@ class BertModel(nn.Module):
         if ids.shape[1] == 0:
             raise ValueError(f"input_ids must hold at least one token per row, got shape {ids.shape}")
         mask = as_mask(attention_mask, ids.shape, "attention_mask")
+        if not self.token_types:  # the Tokenizer hands them out for every model; this one has none
+            token_type_ids = None
         tt = None if token_type_ids is None else as_ids(token_type_ids, "token_type_ids",
                                                          vocab=self.config.type_vocab_size, what="token types")
         if tt is not None and tt.shape != ids.shape:
@@ -380,9 +402,19 @@ class BertModel(nn.Module):
 
 
 class _Classifier:
-    """A task model whose encoder alone goes to a device; its small head stays on the CPU."""
+    """A task model: the encoder under its checkpoint prefix (``bert``, ``roberta``, ...) and a small
+    head built by ``_head(config)``; the encoder alone goes to a device, the head stays on the CPU."""
 
     is_task = True
+    encoder_pooler = False  # whether the encoder keeps its pooler (BERT's sequence classifier reads it)
+
+    def __init__(self, config):
+        nn.Module.__init__(self)
+        c = _config_of(config, self.config_class)
+        object.__setattr__(self, "config", c)
+        encoder = next(k for k in type(self).__mro__ if issubclass(k, BertModel) and not k.is_task)
+        setattr(self, self.base_prefix[:-1], encoder(c, add_pooling_layer=self.encoder_pooler))
+        self._head(c)
 
     def to(self, device: str = "cpu", dtype: str | None = None):
         """The encoder on ``device`` (see ``BertModel.to``); the small head stays on the CPU."""
@@ -397,11 +429,9 @@ class _Classifier:
 class BertForSequenceClassification(_Classifier, BertModel):
     """BERT with the classification head: ``.logits (B, num_labels)`` from the pooled output."""
 
-    def __init__(self, config):
-        nn.Module.__init__(self)
-        c = _config_of(config)
-        object.__setattr__(self, "config", c)
-        self.bert = BertModel(c)
+    encoder_pooler = True
+
+    def _head(self, c):
         self.classifier = nn.Linear(c.hidden_size, c.num_labels)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
@@ -413,12 +443,7 @@ class BertForSequenceClassification(_Classifier, BertModel):
 class _TokenClassifier(_Classifier):
     """A linear classifier on every token: ``.logits (B, S, num_labels)`` (padding positions: the bias)."""
 
-    def __init__(self, config):
-        nn.Module.__init__(self)
-        c = _config_of(config, self.config_class)
-        object.__setattr__(self, "config", c)
-        encoder = next(k for k in type(self).__mro__ if issubclass(k, BertModel) and not k.is_task)
-        setattr(self, self.base_prefix[:-1], encoder(c, add_pooling_layer=False))
+    def _head(self, c):
         self.classifier = nn.Linear(c.hidden_size, c.num_labels)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):

@@ -11,17 +11,10 @@ import numpy as np
 
 from .. import nn
 from ._common import ModelOutput
-from .bert import BertConfig, BertModel, _Classifier, _config_of, _TokenClassifier
+from .bert import BertConfig, BertModel, _Classifier, _TokenClassifier
 
 __all__ = ["DistilBertConfig", "DistilBertModel", "DistilBertForSequenceClassification",
            "DistilBertForTokenClassification"]
-
-# DistilBERT's names inside a layer -> BERT's
-_LAYER_NAMES = {"attention.q_lin.": "attention.self.query.", "attention.k_lin.": "attention.self.key.",
-                "attention.v_lin.": "attention.self.value.", "attention.out_lin.": "attention.output.dense.",
-                "sa_layer_norm.": "attention.output.LayerNorm.", "ffn.lin1.": "intermediate.dense.",
-                "ffn.lin2.": "output.dense.", "output_layer_norm.": "output.LayerNorm."}
-_LAYER = re.compile(r"^(.*)transformer\.layer\.(\d+)\.(" + "|".join(map(re.escape, _LAYER_NAMES)) + ")(.*)$")
 
 
 class DistilBertConfig(BertConfig):
@@ -53,36 +46,23 @@ class DistilBertModel(BertModel):
     model_types = ("distilbert",)
     config_class = DistilBertConfig
     layer_path = "transformer.layer"
+    layer_names = {"attention.q_lin.": "attention.self.query.", "attention.k_lin.": "attention.self.key.",
+                   "attention.v_lin.": "attention.self.value.", "attention.out_lin.": "attention.output.dense.",
+                   "sa_layer_norm.": "attention.output.LayerNorm.", "ffn.lin1.": "intermediate.dense.",
+                   "ffn.lin2.": "output.dense.", "output_layer_norm.": "output.LayerNorm."}
+    token_types = False
 
     def __init__(self, config, add_pooling_layer: bool = False):
         if add_pooling_layer:
             raise ValueError("DistilBERT has no pooler (add_pooling_layer must be False)")
         super().__init__(config, add_pooling_layer=False)
 
-    def _load_hf(self, weights: dict, where: str):
-        mapped = {}
-        for k, v in weights.items():
-            m = _LAYER.match(k)
-            if m:
-                k = f"{m.group(1)}encoder.layer.{m.group(2)}.{_LAYER_NAMES[m.group(3)]}{m.group(4)}"
-            mapped[k] = v
-            if k.endswith("embeddings.word_embeddings.weight"):  # the one token type, adding nothing
-                mapped[k.replace("word_embeddings", "token_type_embeddings")] = np.zeros((1, v.shape[1]), np.float32)
-        super()._load_hf(mapped, where)
-
-    def _checked_inputs(self, input_ids, attention_mask, token_type_ids):
-        return super()._checked_inputs(input_ids, attention_mask, None)
-
 
 class DistilBertForSequenceClassification(_Classifier, DistilBertModel):
     """DistilBERT with its classification head (pre_classifier, ReLU, classifier on the first token):
     ``.logits (B, num_labels)``."""
 
-    def __init__(self, config):
-        nn.Module.__init__(self)
-        c = _config_of(config, DistilBertConfig)
-        object.__setattr__(self, "config", c)
-        self.distilbert = DistilBertModel(c)
+    def _head(self, c):
         self.pre_classifier = nn.Linear(c.hidden_size, c.hidden_size, activation="relu")
         self.classifier = nn.Linear(c.hidden_size, c.num_labels)
 

@@ -7,20 +7,13 @@ takes sentence-transformers folders built on it. CPU only: the device path has n
 from __future__ import annotations
 
 import math
-import re
 
 import numpy as np
 
 from .. import nn
-from ._common import ModelOutput
 from .bert import BertConfig, BertModel
 
 __all__ = ["MPNetConfig", "MPNetModel"]
-
-_LAYER_NAMES = {"attention.attn.q.": "attention.self.query.", "attention.attn.k.": "attention.self.key.",
-                "attention.attn.v.": "attention.self.value.", "attention.attn.o.": "attention.output.dense.",
-                "attention.LayerNorm.": "attention.output.LayerNorm."}
-_LAYER = re.compile(r"^(.*encoder\.layer\.\d+\.)(" + "|".join(map(re.escape, _LAYER_NAMES)) + ")(.*)$")
 
 
 class MPNetConfig(BertConfig):
@@ -29,7 +22,6 @@ class MPNetConfig(BertConfig):
     DEFAULTS = dict(BertConfig.DEFAULTS, vocab_size=30527, max_position_embeddings=514, type_vocab_size=1,
                     pad_token_id=1, relative_attention_num_buckets=32)
     SIZES = dict(BertConfig.SIZES, relative_attention_num_buckets=2)
-    positions_from_ids = True
 
     def __init__(self, **kw):
         super().__init__(**{k: v for k, v in kw.items() if k != "type_vocab_size"})
@@ -59,22 +51,15 @@ class MPNetModel(BertModel):
     base_prefix = "mpnet."
     model_types = ("mpnet",)
     config_class = MPNetConfig
+    layer_names = {"attention.attn.q.": "attention.self.query.", "attention.attn.k.": "attention.self.key.",
+                   "attention.attn.v.": "attention.self.value.", "attention.attn.o.": "attention.output.dense.",
+                   "attention.LayerNorm.": "attention.output.LayerNorm."}
+    token_types = False
 
     def __init__(self, config, add_pooling_layer: bool = True):
         super().__init__(config, add_pooling_layer)
         c = self.config
         self.encoder.relative_attention_bias = nn.Embedding(c.relative_attention_num_buckets, c.num_attention_heads)
-
-    def _load_hf(self, weights: dict, where: str):
-        mapped = {}
-        for k, v in weights.items():
-            m = _LAYER.match(k)
-            if m:
-                k = m.group(1) + _LAYER_NAMES[m.group(2)] + m.group(3)
-            mapped[k] = v
-            if k.endswith("embeddings.word_embeddings.weight"):  # the one token type, adding nothing
-                mapped[k.replace("word_embeddings", "token_type_embeddings")] = np.zeros((1, v.shape[1]), np.float32)
-        super()._load_hf(mapped, where)
 
     def to(self, device: str = "cpu", dtype: str | None = None):
         if str(device) != "cpu":
@@ -91,7 +76,7 @@ class MPNetModel(BertModel):
         return np.ascontiguousarray(table[buckets].transpose(2, 0, 1))
 
     def encode(self, input_ids, attention_mask=None, token_type_ids=None):
-        ids, mask, _ = self._checked_inputs(input_ids, attention_mask, None)
+        ids, mask, _ = self._checked_inputs(input_ids, attention_mask, token_type_ids)
         x = self.embeddings(ids, None)  # positions from the whole padded rows, as transformers numbers them
         real = np.ones(ids.shape, bool) if mask is None else mask.astype(bool)
         out = np.zeros_like(x)
@@ -105,7 +90,3 @@ class MPNetModel(BertModel):
                 layer(h, out=h, attn_mask=bias)
             out[b, keep] = h[0]
         return out
-
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
-        x = self.encode(input_ids, attention_mask)
-        return ModelOutput(last_hidden_state=x, pooler_output=self.pooler(x) if self.pooler is not None else None)

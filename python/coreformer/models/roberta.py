@@ -10,7 +10,7 @@ import numpy as np
 from .. import nn
 from .._args import is_int
 from ._common import ModelOutput
-from .bert import BertConfig, BertModel, _Classifier, _config_of, _TokenClassifier
+from .bert import BertConfig, BertModel, _Classifier, _TokenClassifier
 
 __all__ = ["RobertaConfig", "RobertaModel", "RobertaForSequenceClassification", "RobertaForTokenClassification"]
 
@@ -20,7 +20,9 @@ class RobertaConfig(BertConfig):
 
     DEFAULTS = dict(BertConfig.DEFAULTS, vocab_size=50265, max_position_embeddings=514, type_vocab_size=1,
                     layer_norm_eps=1e-5, pad_token_id=1)
-    positions_from_ids = True
+
+    def position_padding_idx(self):
+        return self["pad_token_id"]
 
     def __init__(self, **kw):
         super().__init__(**kw)
@@ -55,11 +57,7 @@ class RobertaForSequenceClassification(_Classifier, RobertaModel):
     """RoBERTa with its classification head (dense, tanh, out_proj on the first token):
     ``.logits (B, num_labels)``."""
 
-    def __init__(self, config):
-        nn.Module.__init__(self)
-        c = _config_of(config, RobertaConfig)
-        object.__setattr__(self, "config", c)
-        self.roberta = RobertaModel(c, add_pooling_layer=False)
+    def _head(self, c):
         self.classifier = _ClassificationHead(c)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):

@@ -8,6 +8,7 @@ import numpy as np
 
 from .._args import flag, is_int
 from .._files import read_json
+from ._common import class_for
 from .bert import BertModel
 from .distilbert import DistilBertModel
 from .mpnet import MPNetModel
@@ -50,8 +51,8 @@ class SentenceEncoder:
 
     ``SentenceEncoder.from_pretrained(dir)`` reads ``modules.json`` (a Transformer module, a Pooling
     module and optionally Normalize), ``sentence_bert_config.json`` (``max_seq_length``) and the
-    pooling config; a plain BERT (RoBERTa, DistilBERT) folder without ``modules.json`` gets mean
-    pooling and no normalisation. ``encode(sentences)`` returns ``(N, dim)`` float32 in input order (``(dim,)`` for
+    pooling config; a plain BERT (RoBERTa, DistilBERT, MPNet) folder without ``modules.json`` gets
+    mean pooling and no normalisation. ``encode(sentences)`` returns ``(N, dim)`` float32 in input order (``(dim,)`` for
     one string, as sentence-transformers does).
     """
 
@@ -90,12 +91,7 @@ class SentenceEncoder:
                 else:
                     raise ValueError(f"sentence-transformers module {kind!r} is not supported")
         st_cfg = read_json(tdir / "sentence_bert_config.json", default={})
-        model_type = read_json(tdir / "config.json", default={}).get("model_type")
-        encoder = next((e for e in _ENCODERS if model_type in e.model_types), BertModel)
-        if model_type is not None and model_type not in encoder.model_types:
-            raise ValueError(f"SentenceEncoder supports transformers of model_type "
-                             f"{', '.join(t for e in _ENCODERS for t in e.model_types)}; {tdir / 'config.json'} "
-                             f"has model_type {model_type!r}")
+        encoder = class_for(tdir, _ENCODERS, "SentenceEncoder")
         model = encoder.from_pretrained(tdir, dtype=dtype, add_pooling_layer=False)
         tok = Tokenizer.from_pretrained(tdir)
         limit = model.max_tokens
