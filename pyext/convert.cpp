@@ -63,12 +63,44 @@ bool elements_distinct(const TensorView& v) {
   return true;
 }
 
+bool is_aligned(const py::array& a) {
+  return a.size() == 0 || reinterpret_cast<uintptr_t>(a.data()) % static_cast<uintptr_t>(a.itemsize()) == 0;
+}
+
 // An exact numpy.ndarray as it is; anything else (lists, scalars, subclasses, objects with
-// __array__) through numpy.asarray.
+// __array__) through numpy.asarray. An array whose data is not aligned to its dtype (a view at an odd
+// byte offset of a buffer) is copied: the kernels load whole elements, and a misaligned float or
+// int64 load is undefined behaviour (UBSan reports it; some instructions fault on it).
 py::array as_array(py::handle obj, const char* name) {
   if (obj.is_none()) raise<TypeError>(name, " must be an array, got None");
-  if (Py_TYPE(obj.ptr()) == reinterpret_cast<PyTypeObject*>(g_ndarray)) return py::reinterpret_borrow<py::array>(obj);
-  return py::reinterpret_steal<py::array>(py::handle(g_asarray)(obj).release());
+  py::array a;
+  if (Py_TYPE(obj.ptr()) == reinterpret_cast<PyTypeObject*>(g_ndarray)) {
+    a = py::reinterpret_borrow<py::array>(obj);
+  } else {
+    try {
+      a = py::reinterpret_steal<py::array>(py::handle(g_asarray)(obj).release());
+    } catch (py::error_already_set& e) {
+      // numpy's own verdicts (ValueError for ragged lists, MemoryError, ...) stand; anything else an
+      // object's __array__ raised (a torch tensor that requires grad: RuntimeError) is a TypeError
+      // naming the argument, with the original as its cause
+      if (e.matches(PyExc_ValueError) || e.matches(PyExc_TypeError) || e.matches(PyExc_MemoryError) ||
+          e.matches(PyExc_IndexError))
+        throw;
+      const std::string type = py::str(py::type::of(obj).attr("__name__"));
+      py::raise_from(e, PyExc_TypeError, (std::string(name) + ": cannot convert a " + type + " to a numpy array").c_str());
+      throw py::error_already_set();
+    }
+  }
+  if (!is_aligned(a)) a = py::reinterpret_steal<py::array>(a.attr("copy")().release());
+  return a;
+}
+
+// `a` as a C-contiguous array of T: itself when it already is one, else numpy's conversion. A
+// conversion that fails keeps numpy's exception -- a MemoryError for a copy larger than memory --
+// where pybind11's array_t::ensure would swallow it and hand back a null array.
+template <class T>
+py::array_t<T, py::array::c_style | py::array::forcecast> c_array(const py::array& a) {
+  return py::array_t<T, py::array::c_style | py::array::forcecast>(a);
 }
 
 char kind_of(const py::array& a) { return a.dtype().kind(); }
@@ -95,8 +127,7 @@ Arg float_arg(py::handle obj, const char* name) {
   if (is_tensor(obj)) return tensor_arg(obj);
   py::array a = as_array(obj, name);
   expect_real(a, name);
-  auto f = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(a);
-  if (!f) throw py::error_already_set();
+  auto f = c_array<float>(a);
   return {f, view_of(f, DType::f32)};
 }
 
@@ -131,7 +162,7 @@ OptionalView optional_mask(py::handle obj, const char* name, Arg& holder) {
   py::array a = as_array(obj, name);
   const char k = kind_of(a);
   if (k == 'b') {
-    auto b = py::array_t<bool, py::array::c_style | py::array::forcecast>::ensure(a);
+    auto b = c_array<bool>(a);
     holder = {b, view_of(b, DType::boolean)};
     return holder.view;
   }
@@ -150,7 +181,7 @@ OptionalView optional_bool(py::handle obj, const char* name, Arg& holder) {
   py::array a = as_array(obj, name);
   expect_real(a, name);
   if (kind_of(a) != 'b') a = py::reinterpret_steal<py::array>(a.attr("__ne__")(0).release());
-  auto b = py::array_t<bool, py::array::c_style | py::array::forcecast>::ensure(a);
+  auto b = c_array<bool>(a);
   holder = {b, view_of(b, DType::boolean)};
   return holder.view;
 }
@@ -172,10 +203,10 @@ Arg ids_arg(py::handle obj, const char* name) {
       raise<IndexError>(name, "[", at, "] (flat index) is ", big, ", outside any table's rows");
   }
   if (k == 'i' && a.itemsize() == 4) {
-    auto i = py::array_t<int32_t, py::array::c_style | py::array::forcecast>::ensure(a);
+    auto i = c_array<int32_t>(a);
     return {i, view_of(i, DType::i32)};
   }
-  auto i = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(a);
+  auto i = c_array<int64_t>(a);
   return {i, view_of(i, DType::i64)};
 }
 
@@ -188,6 +219,7 @@ Arg inout_float_arg(py::handle obj, const char* name) {
     raise<TypeError>(name, " must be a float32 array, got dtype ", dt);
   }
   if (!(a.flags() & py::array::c_style)) raise<ValueError>(name, " must be C-contiguous");
+  if (!is_aligned(a)) raise<ValueError>(name, " must be aligned to 4 bytes (it is a view at an odd byte offset)");
   if (!a.writeable()) raise<ValueError>(name, " is read-only");
   return {a, view_of(a, DType::f32)};
 }

@@ -64,6 +64,40 @@ cf::ops::PackedWeight pack_weight(py::handle weight, py::handle dtype, bool tran
   return cf::ops::pack_weight(wa.view, t, transposed);
 }
 
+// A PackedWeight as pickle keeps it: (version 1, rows, cols, panel width, dtype, panels, scales) -- the
+// stored bytes, exact whatever the dtype. packed_from_state reads it back, refusing (ValueError) a
+// state whose sizes do not fit its shape (corrupt, or from a version that stores something else).
+py::tuple packed_state(const cf::ops::PackedWeight& w) {
+  const auto* panels = static_cast<const char*>(w.ptr());
+  const float* sc = w.scales();
+  return py::make_tuple(1, w.rows, w.cols, w.nr, std::string(cf::dtype_name(w.dtype)),
+                        py::bytes(panels, static_cast<size_t>(cf::ops::packed_panel_bytes(w))),
+                        py::bytes(reinterpret_cast<const char*>(sc), sc ? static_cast<size_t>(w.rows) * 4 : 0));
+}
+
+cf::ops::PackedWeight packed_from_state(const py::tuple& t) {
+  CF_CHECK(t.size() == 7 && py::isinstance<py::int_>(t[0]) && t[0].cast<py::int_>().equal(py::int_(1)), ValueError,
+           "not a PackedWeight state this version of coreformer reads");
+  for (int i = 1; i < 4; ++i)
+    CF_CHECK(py::isinstance<py::int_>(t[i]), ValueError, "a PackedWeight state holds integers in 1..3");
+  CF_CHECK(py::isinstance<py::bytes>(t[5]) && py::isinstance<py::bytes>(t[6]), ValueError,
+           "a PackedWeight state holds its panels and scales as bytes");
+  const std::string panels = t[5].cast<std::string>(), scales = t[6].cast<std::string>();
+  CF_CHECK(scales.size() % 4 == 0, ValueError, "a PackedWeight state's scales are float32");
+  auto count = [](py::handle h) {
+    try {
+      return h.cast<int64_t>();
+    } catch (const py::cast_error&) {
+      cf::raise<cf::ValueError>("a PackedWeight state's sizes are beyond any weight: ", std::string(py::repr(h)));
+    }
+  };
+  const int64_t rows = count(t[1]), cols = count(t[2]), nr = count(t[3]);
+  CF_CHECK(nr >= 1 && nr <= 1024, ValueError, "a PackedWeight state's panel width is ", nr);
+  return cf::ops::packed_from_bytes(rows, cols, static_cast<int>(nr), pack_dtype(t[4]), panels.data(),
+                                    static_cast<int64_t>(panels.size()), scales.data(),
+                                    static_cast<int64_t>(scales.size() / 4));
+}
+
 py::object unpack_weight(const cf::ops::PackedWeight& w) {
   Arg oa = cf::pyext::output(py::none(), {w.rows, w.cols}, {});
   {
@@ -423,6 +457,8 @@ PYBIND11_MODULE(_core, m) {
       PyErr_SetString(PyExc_IndexError, e.what());
     } catch (const cf::RuntimeError& e) {
       PyErr_SetString(PyExc_RuntimeError, e.what());
+    } catch (const cf::MemoryError& e) {
+      PyErr_SetString(PyExc_MemoryError, e.what());
     }
   });
 
@@ -466,32 +502,18 @@ PYBIND11_MODULE(_core, m) {
              return cf::ops::slice_rows(w, start, stop);
            },
            "Rows start:stop (out features), sharing memory when the slice starts a panel.")
-      .def(py::pickle(
-          [](const cf::ops::PackedWeight& w) {  // the stored bytes: exact, whatever the dtype
-            const auto* panels = static_cast<const char*>(w.ptr());
-            const float* sc = w.scales();
-            return py::make_tuple(1, w.rows, w.cols, w.nr, std::string(cf::dtype_name(w.dtype)),
-                                  py::bytes(panels, static_cast<size_t>(cf::ops::packed_panel_bytes(w))),
-                                  py::bytes(reinterpret_cast<const char*>(sc), sc ? static_cast<size_t>(w.rows) * 4 : 0));
-          },
-          [](const py::tuple& t) {
-            CF_CHECK(t.size() == 7 && py::isinstance<py::int_>(t[0]) && t[0].cast<int>() == 1, ValueError,
-                     "not a PackedWeight state this version of coreformer reads");
-            for (int i = 1; i < 4; ++i)
-              CF_CHECK(py::isinstance<py::int_>(t[i]), ValueError, "a PackedWeight state holds integers in 1..3");
-            CF_CHECK(py::isinstance<py::bytes>(t[5]) && py::isinstance<py::bytes>(t[6]), ValueError,
-                     "a PackedWeight state holds its panels and scales as bytes");
-            const std::string panels = t[5].cast<std::string>(), scales = t[6].cast<std::string>();
-            CF_CHECK(scales.size() % 4 == 0, ValueError, "a PackedWeight state's scales are float32");
-            return cf::ops::packed_from_bytes(t[1].cast<int64_t>(), t[2].cast<int64_t>(), t[3].cast<int>(),
-                                              pack_dtype(t[4]), panels.data(), static_cast<int64_t>(panels.size()),
-                                              scales.data(),
-                                              static_cast<int64_t>(scales.size() / 4));
-          }))
+      .def("__reduce__",
+           [](const cf::ops::PackedWeight& w) {  // pickle and copy, by every protocol: the stored bytes
+             return py::make_tuple(py::module_::import("coreformer._core").attr("_packed_weight_from_state"),
+                                   py::make_tuple(packed_state(w)));
+           })
       .def("__repr__", [](const cf::ops::PackedWeight& w) {
         return "PackedWeight(shape=(" + std::to_string(w.rows) + ", " + std::to_string(w.cols) + "), dtype=" +
                cf::dtype_name(w.dtype) + ")";
       });
+  cf::pyext::refuse_direct_construction(m.attr("PackedWeight"), "use coreformer.ops.pack_weight(weight)");
+  m.def("_packed_weight_from_state", &packed_from_state, py::arg("state"),
+        "The PackedWeight whose __reduce__ gave `state` (pickle's reconstructor).");
   m.def("pack_weight", &pack_weight, py::arg("weight"), py::arg("dtype") = "float32", py::arg("transposed") = false);
   m.def("linear", &linear, py::arg("x"), py::arg("weight"), py::arg("bias") = none, py::arg("activation") = none,
         py::arg("residual") = none, py::arg("out") = none);

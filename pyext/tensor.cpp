@@ -22,8 +22,10 @@ Device parse_device(py::handle obj) {
   const std::string s = obj.cast<std::string>();
   if (s == "cpu") return {};
   if (s == "cuda") return {DeviceType::cuda, 0};
-  if (s.rfind("cuda:", 0) == 0 && s.size() > 5 && s.find_first_not_of("0123456789", 5) == std::string::npos)
+  if (s.rfind("cuda:", 0) == 0 && s.size() > 5 && s.find_first_not_of("0123456789", 5) == std::string::npos) {
+    CF_CHECK(s.size() <= 5 + 9, ValueError, "device index ", s.substr(5), " is out of range");  // fits an int
     return {DeviceType::cuda, std::stoi(s.substr(5))};
+  }
   raise<ValueError>("device must be 'cpu', 'cuda' or 'cuda:N', got '", s, "'");
 }
 
@@ -251,6 +253,14 @@ py::object from_dlpack(py::handle obj) {
   TensorView v(static_cast<char*>(d->data) + d->byte_offset, dt, d->ndim, d->shape, dev);
   if (d->strides)
     for (int i = 0; i < d->ndim; ++i) v.strides[i] = d->strides[i];
+  int64_t numel = 1;
+  for (int i = 0; i < d->ndim; ++i) {
+    CF_CHECK(d->shape[i] >= 0, ValueError, "from_dlpack: negative dimension ", d->shape[i]);
+    numel = checked_mul(numel, d->shape[i], "from_dlpack: the element count");
+  }
+  // The kernels load whole elements: a view at an odd byte offset of a buffer would be undefined behaviour.
+  CF_CHECK(numel == 0 || reinterpret_cast<uintptr_t>(v.data) % dtype_size(dt) == 0, ValueError,
+           "from_dlpack: the data is not aligned to its ", dtype_size(dt), "-byte elements (copy it first)");
   if (v.is_contiguous()) {
     v.set_contiguous_strides();
     t.view = v;
@@ -260,11 +270,12 @@ py::object from_dlpack(py::handle obj) {
   return r;
 }
 
+// The element count of a shape; ValueError for a negative dimension or a count past int64.
 int64_t checked_numel(const std::vector<int64_t>& shape) {
   int64_t n = 1;
   for (int64_t d : shape) {
     CF_CHECK(d >= 0, ValueError, "negative dimension ", d);
-    n *= d;
+    n = checked_mul(n, d, "the element count of the shape");
   }
   return n;
 }
@@ -285,7 +296,7 @@ py::object reshape(const Tensor& t, py::args args) {
       infer = static_cast<int>(i);
     } else {
       CF_CHECK(shape[i] >= 0, ValueError, "reshape: negative dimension ", shape[i]);
-      known *= shape[i];
+      known = checked_mul(known, shape[i], "reshape: the element count of the new shape");
     }
   }
   const int64_t n = t.view.numel();
@@ -320,8 +331,7 @@ py::object tensor_from(py::handle data, py::handle device, py::handle dtype) {
     const Tensor& t = tensor_of(data);
     return converted(t.view, dtype.is_none() ? t.view.dtype : parse_dtype(dtype), dev);
   }
-  py::array a = py::array::ensure(data);
-  if (!a) throw py::error_already_set();
+  py::array a = py::module_::import("numpy").attr("asarray")(data);  // numpy's own error when it cannot
   const char k = a.dtype().kind();
   CF_CHECK(k == 'f' || k == 'i' || k == 'u' || k == 'b', TypeError, "data must be a real numeric array, got dtype ",
            std::string(py::str(a.dtype())));
@@ -337,8 +347,7 @@ py::object tensor_from(py::handle data, py::handle device, py::handle dtype) {
   DType stage = want == DType::bf16 ? DType::f32 : want;
   if (k == 'f' && a.itemsize() == 8 && (want == DType::f32 || want == DType::f16 || want == DType::bf16))
     stage = DType::f64;  // round once, from the float64 values
-  py::array h = py::array::ensure(a.attr("astype")(numpy_name(stage)), py::array::c_style);
-  if (!h) throw py::error_already_set();
+  py::array h = a.attr("astype")(numpy_name(stage), py::arg("order") = "C");  // a new, aligned, C-contiguous copy
   CF_CHECK(h.ndim() <= kMaxDims, ValueError, "at most ", kMaxDims, " dimensions are supported, got ", h.ndim());
   std::vector<int64_t> shape(h.shape(), h.shape() + h.ndim());
   checked_numel(shape);
@@ -357,10 +366,18 @@ Tensor& tensor_of(py::handle obj) { return obj.cast<Tensor&>(); }
 py::object new_tensor(const std::vector<int64_t>& shape, DType dtype, Device device) {
   CF_CHECK(static_cast<int>(shape.size()) <= kMaxDims, ValueError, "at most ", kMaxDims, " dimensions are supported");
   Tensor t;
-  const size_t bytes = static_cast<size_t>(checked_numel(shape)) * dtype_size(dtype);
+  const auto bytes = static_cast<size_t>(
+      checked_mul(checked_numel(shape), static_cast<int64_t>(dtype_size(dtype)), "the tensor's byte count"));
   t.owner = allocate(bytes, device);
   t.view = TensorView(t.owner.get(), dtype, static_cast<int>(shape.size()), shape.data(), device);
   return make(std::move(t));
+}
+
+void refuse_direct_construction(py::handle cls, const char* how) {
+  const std::string message = std::string(py::str(cls.attr("__name__"))) + " objects cannot be created directly: " + how;
+  py::setattr(cls, "__new__", py::cpp_function([message](const py::args&, const py::kwargs&) -> py::object {
+                raise<TypeError>(message);
+              }));
 }
 
 void register_tensor(py::module_& m) {
@@ -416,6 +433,7 @@ CuPy, JAX or numpy without a copy.)doc");
         return "Tensor(shape=" + t.view.shape_str() + ", dtype=" + dtype_name(t.view.dtype) + ", device='" +
                device_str(t.view.device) + "')";
       });
+  refuse_direct_construction(cls, "use coreformer.tensor(data, device, dtype) or coreformer.from_dlpack(x)");
   g_tensor_type = cls.inc_ref().ptr();
   m.def("tensor", &tensor_from, py::arg("data"), py::arg("device") = "cpu", py::arg("dtype") = py::none());
   m.def("from_dlpack", &from_dlpack, py::arg("x"));

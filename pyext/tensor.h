@@ -24,4 +24,11 @@ Tensor& tensor_of(py::handle obj);
 // A new, uninitialised C-contiguous tensor, as a Python object.
 py::object new_tensor(const std::vector<int64_t>& shape, DType dtype, Device device);
 
+// Objects of a bound class that only the core makes (Tensor, PackedWeight): `Cls()` and
+// `Cls.__new__(Cls)` raise TypeError saying `how` to make one. Without this they handed out an object
+// whose C++ value was never constructed (its methods read garbage), and pickle's protocols 0 and 1
+// (copyreg's object.__new__) aborted the interpreter. pybind11 builds the objects it returns without
+// calling __new__, so those are unaffected.
+void refuse_direct_construction(py::handle cls, const char* how);
+
 }  // namespace cf::pyext

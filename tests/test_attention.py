@@ -273,3 +273,39 @@ def test_sdpa_strided_out_errors(rng):
         ro = buf.transpose(0, 2, 1, 3)
         ro.flags.writeable = False
         ops.scaled_dot_product_attention(q, q, q, out=ro)
+
+
+@pytest.mark.parametrize("sq", [1, 2, 3, 50, 300])
+@pytest.mark.parametrize("sk", [5, 300, 700])
+@pytest.mark.parametrize("mask_kind", ["bool", "float", "causal"])
+def test_sdpa_masked_keys_contribute_nothing(isa, rng, sq, sk, mask_kind):
+    # One rule on every path: a masked key adds nothing, whatever its key and value rows hold. A NaN in
+    # a masked value row was ignored with <= 2 queries and made every row NaN with >= 3 (the tiled
+    # path's P.V GEMM computed 0 * NaN).
+    q, k, v = randn(rng, 2, 2, sq, 16), randn(rng, 2, 2, sk, 16), randn(rng, 2, 2, sk, 16)
+    bad = [1, 2, sk - 1]
+    keep = np.ones((sq, sk), bool)
+    if mask_kind == "causal":  # the last keys are in every query's future (bottom-right: query i sees i + sk - sq)
+        bad = [sk - 1] if sq > 1 else []
+        keep = np.tril(np.ones((sq, sk), bool), sk - sq)
+        kwargs = {"is_causal": True}
+    else:
+        keep[:, bad] = False
+        kwargs = {"attn_mask": keep if mask_kind == "bool" else np.where(keep, 0, -np.inf).astype(np.float32)}
+    clean_k, clean_v = k.copy(), v.copy()
+    k[:, :, bad[:1]] = np.nan
+    v[:, :, bad[1:2]] = np.nan
+    v[:, :, bad[2:]] = np.inf
+    v[:, :, bad[:1]] = -np.inf
+    got = ops.scaled_dot_product_attention(q, k, v, **kwargs)
+    # causal: the rows that see the bad key do see it (NaN), the others must not
+    rows_clean = ~keep[:, bad].any(1) if bad else np.ones(sq, bool)
+    want = ops.scaled_dot_product_attention(q, clean_k, clean_v, **kwargs)
+    assert_close(got[:, :, rows_clean], want[:, :, rows_clean], atol_scale=1e-6)
+    assert_close(want, ref.sdpa(q, clean_k, clean_v, keep), atol_scale=5e-6)
+    # a visible NaN value still reaches every row that attends to it
+    v2 = clean_v.copy()
+    v2[0, 1, 0, 3] = np.nan
+    out = ops.scaled_dot_product_attention(q, clean_k, v2, **kwargs)
+    sees0 = keep[:, 0]
+    assert np.isnan(out[0, 1, sees0, 3]).all() and np.isnan(out).sum() == sees0.sum()

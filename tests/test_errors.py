@@ -225,3 +225,92 @@ def test_scalar_arguments_are_typed():
                                   ops.scaled_dot_product_attention(Q, Q, Q, is_causal=True, scale=0.5))
     np.testing.assert_array_equal(ops.multi_head_attention(x, x, x, np.int64(2), iw, None, ow, None),
                                   ops.multi_head_attention(x, x, x, 2, iw, None, ow, None))
+
+
+HUGE_BOOL = np.broadcast_to(True, (2 ** 31, 2 ** 31))  # 4 EiB once copied: numpy cannot allocate it
+HUGE_FLOAT = np.broadcast_to(np.float64(1), (2 ** 29, 2 ** 30))  # 2 EiB as float32
+HUGE_IDS = np.broadcast_to(np.int64(0), (2 ** 31, 8))  # int64 zero-strided: the int32/64 copy is 128 GiB+
+
+
+@pytest.mark.parametrize("call", [
+    lambda: ops.scaled_dot_product_attention(Q, Q, Q, HUGE_BOOL),
+    lambda: ops.multi_head_attention(X[None], X[None], X[None], 2, randn(rng, 24, 8), None, randn(rng, 8, 8), None,
+                                     attn_mask=HUGE_BOOL),
+    lambda: ops.multi_head_attention(X[None], X[None], X[None], 2, randn(rng, 24, 8), None, randn(rng, 8, 8), None,
+                                     key_padding_mask=HUGE_BOOL),
+    lambda: ops.additive_attention(X[None], X[None], X[None], W, W, randn(rng, 5), mask=HUGE_BOOL),
+    lambda: ops.additive_attention(X[None], X[None], X[None], W, W, randn(rng, 5),
+                                   mask=np.broadcast_to(np.int8(1), (2 ** 31, 2 ** 31))),
+    lambda: ops.embedding(HUGE_IDS.astype(np.int64, copy=False), randn(rng, 3, 4)),
+    lambda: ops.embedding(np.broadcast_to(np.int16(0), (2 ** 28, 2 ** 31)), randn(rng, 3, 4)),
+    lambda: ops.linear(HUGE_FLOAT, W),
+    lambda: ops.linear(X, HUGE_FLOAT),
+    lambda: ops.gelu(HUGE_FLOAT),
+    lambda: ops.softmax(HUGE_FLOAT),
+    lambda: ops.layer_norm(HUGE_FLOAT),
+    lambda: ops.embedding([0], HUGE_FLOAT),
+    lambda: ops.pack_weight(HUGE_FLOAT.astype(np.float32, copy=False)[::-1]),
+    lambda: ops.transformer_encoder_layer(X[None], 2, HUGE_FLOAT, None, W, None, W, None, W, None, None, None, None,
+                                          None),
+], ids=["sdpa-mask", "mha-mask", "mha-padding", "additive-mask", "additive-int-mask", "embedding-ids",
+        "embedding-int16-ids", "linear-x", "linear-weight", "gelu", "softmax", "layer_norm", "embedding-table",
+        "pack_weight", "encoder-layer"])
+def test_arrays_that_cannot_be_copied_raise_memory_error(call):
+    # The copy (to C order, float32, bool or int64) does not fit in memory: MemoryError, as numpy says.
+    # Masks and ids segfaulted (pybind11's array_t::ensure swallows numpy's error and returns null,
+    # which was then read); floats raised "RuntimeError: Internal error: error_already_set called while
+    # Python error indicator not set".
+    with pytest.raises(MemoryError):
+        call()
+
+
+def test_misaligned_arrays_are_copied_not_read_in_place():
+    # A float32 or int64 view at an odd byte offset reached the kernels as it was: misaligned loads
+    # (undefined behaviour; UBSan in pack_a, pack_b_transposed, the GEMM store, softmax). Now copied.
+    def odd(a):
+        raw = bytearray(a.nbytes + 1)
+        b = np.ndarray(a.shape, a.dtype, raw, offset=1)
+        b[...] = a
+        assert b.ctypes.data % a.itemsize
+        return b
+    x, w, b = randn(rng, 9, 33), randn(rng, 17, 33), randn(rng, 17)
+    np.testing.assert_array_equal(ops.linear(odd(x), odd(w), odd(b)), ops.linear(x, w, b))
+    np.testing.assert_array_equal(ops.softmax(odd(x)), ops.softmax(x))
+    np.testing.assert_array_equal(ops.layer_norm(odd(x), odd(x[0]), odd(x[1])), ops.layer_norm(x, x[0], x[1]))
+    q = randn(rng, 1, 2, 5, 8)
+    np.testing.assert_array_equal(ops.scaled_dot_product_attention(odd(q), odd(q), odd(q)),
+                                  ops.scaled_dot_product_attention(q, q, q))
+    ids = np.array([[2, 0, 1]], np.int64)
+    np.testing.assert_array_equal(ops.embedding(odd(ids), odd(w)), ops.embedding(ids, w))
+    np.testing.assert_array_equal(ops.pack_weight(odd(w)).unpack(), w)
+    with pytest.raises(ValueError, match="out must be aligned"):  # written in place: cannot be copied
+        ops.relu(x, out=odd(np.zeros_like(x)))
+
+
+def test_objects_numpy_cannot_convert_are_type_errors():
+    # A torch tensor that requires grad refuses numpy(): a TypeError naming the argument, the cause kept.
+    torch = pytest.importorskip("torch")
+    w = torch.nn.Parameter(torch.ones(5, 8))
+    with pytest.raises(TypeError, match="weight: cannot convert a Parameter") as info:
+        ops.linear(X, w)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    with pytest.raises(TypeError, match="bias"):
+        ops.linear(X, W, torch.nn.Parameter(torch.ones(5)))
+    # the plain torch tensors convert, and give what numpy arrays give
+    np.testing.assert_array_equal(ops.linear(torch.from_numpy(X), torch.from_numpy(W), torch.from_numpy(B)),
+                                  ops.linear(X, W, B))
+
+
+def test_num_heads_beyond_the_features():
+    # E = 0 divides by any head count: B * num_heads overflowed int64 in the mask checks (UBSan)
+    x = np.zeros((2, 3, 0), np.float32)
+    e = np.zeros((0, 0), np.float32)
+    with pytest.raises(ValueError, match="num_heads"):
+        ops.multi_head_attention(x, x, x, 2 ** 62, e, None, e, None, attn_mask=np.ones((6, 3, 3), bool))
+    with pytest.raises(ValueError, match="must not exceed"):
+        ops.multi_head_attention(X[None], X[None], X[None], 16, randn(rng, 24, 8), None, randn(rng, 8, 8), None)
+
+
+def test_device_index_out_of_range():
+    with pytest.raises(ValueError, match="out of range"):
+        coreformer.tensor(np.ones(3), device="cuda:99999999999")  # IndexError: stoi before

@@ -43,3 +43,17 @@ def test_layer_norm_matches_torch(rng):
     x, w, b = randn(rng, 64, 768), randn(rng, 768), randn(rng, 768)
     t = torch.nn.functional.layer_norm(torch.from_numpy(x), (768,), torch.from_numpy(w), torch.from_numpy(b))
     np.testing.assert_allclose(ops.layer_norm(x, w, b), t.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("value", [0.1, 3.3, -7.77, 1000.1, 10000.3, 1e30])
+@pytest.mark.parametrize("n", [1, 7, 768, 4096])
+def test_layer_norm_constant_row_is_exactly_centred(isa, value, n):
+    # A constant row normalises to exactly 0 (the output is the bias), as torch's does. The mean was a
+    # float32 sum: off by up to ~n/2 ulps, which the normalisation scaled to 6e-4 (3.3 over 4096
+    # features) or 0.9 (10000.3). With eps=0 the variance is exactly 0, so 0/0: NaN, as in torch.
+    x = np.full((3, n), value, np.float32)
+    b = np.linspace(-1, 1, n, dtype=np.float32)
+    np.testing.assert_array_equal(ops.layer_norm(x), np.zeros_like(x))
+    np.testing.assert_array_equal(ops.layer_norm(x, np.full(n, 2.0, np.float32), b), np.broadcast_to(b, x.shape))
+    np.testing.assert_array_equal(ops.layer_norm(x - 1, residual=np.ones_like(x)), ops.layer_norm(x - 1 + 1))
+    assert np.isnan(ops.layer_norm(x, eps=0.0)).all()

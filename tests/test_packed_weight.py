@@ -223,16 +223,30 @@ def test_packed_weight_pickles_exactly(rng, dtype):
         np.testing.assert_array_equal(back.unpack(), sl.unpack())
         np.testing.assert_array_equal(ops.linear(x, back), ops.linear(x, sl))
         np.testing.assert_array_equal(copy.deepcopy(sl).unpack(), sl.unpack())
+    # every pickle protocol: 0 and 1 aborted the interpreter (pybind11's pickling needs protocol 2)
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        np.testing.assert_array_equal(pickle.loads(pickle.dumps(pw, protocol=protocol)).unpack(), pw.unpack())
     # a state that does not fit its shape is refused, not read past its end
-    state = pw.__getstate__()
-    bad = type(pw).__new__(type(pw))
+    rebuild, (state,) = pw.__reduce__()
     with pytest.raises(ValueError, match="bytes of panels"):
-        bad.__setstate__((*state[:5], state[5][:-1], state[6]))
+        rebuild((*state[:5], state[5][:-1], state[6]))
     with pytest.raises(ValueError, match="version"):
-        bad.__setstate__((2, *state[1:]))
+        rebuild((2, *state[1:]))
     if dtype == "int8":
         with pytest.raises(ValueError, match="scales"):
-            bad.__setstate__((*state[:6], state[6][:-4]))
+            rebuild((*state[:6], state[6][:-4]))
+    # sizes whose byte count overflows 64 bits (signed overflow before), or beyond any integer
+    for rows, cols in ((2 ** 31 - 1, 2 ** 31 - 1), (2 ** 70, 4), (-1, 4)):
+        with pytest.raises(ValueError):
+            rebuild((1, rows, cols, state[3], state[4], state[5], state[6]))
+
+
+def test_packed_weight_is_made_by_pack_weight_only():
+    # PackedWeight.__new__ without pack_weight handed out an object whose shape, nbytes and unpack()
+    # read uninitialised memory
+    for make in (lambda: ops.PackedWeight(), lambda: ops.PackedWeight.__new__(ops.PackedWeight)):
+        with pytest.raises(TypeError, match="pack_weight"):
+            make()
 
 
 def test_packed_weight_from_another_isa_unpickles(rng):
@@ -244,8 +258,8 @@ def test_packed_weight_from_another_isa_unpickles(rng):
     wp = np.zeros((padded, 20), np.float32)
     wp[:37] = w
     panels = wp.reshape(padded // nr, nr, 20).transpose(0, 2, 1).copy()  # panel p: [k][j] = w[p*nr + j, k]
-    pw = ops.PackedWeight.__new__(ops.PackedWeight)
-    pw.__setstate__((1, 37, 20, nr, "float32", panels.tobytes(), b""))
+    rebuild, _ = ops.pack_weight(w).__reduce__()
+    pw = rebuild((1, 37, 20, nr, "float32", panels.tobytes(), b""))
     np.testing.assert_array_equal(pw.unpack(), w)
     np.testing.assert_array_equal(pw[3:20].unpack(), w[3:20])
     for rows in (x, x[:1]):

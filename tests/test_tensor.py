@@ -262,3 +262,30 @@ def test_tensor_pickles_and_copies(dtype):
         assert (back.shape, back.dtype, back.device) == (t.shape, t.dtype, t.device)
         np.testing.assert_array_equal(back.numpy(), t.numpy())
         assert back is not t
+
+
+def test_tensor_sizes_that_overflow():
+    # reshape multiplied the dimensions without an overflow check: 2**62 + 3 rows of 4 "matched" 12
+    # elements, and softmax on the result read far out of bounds
+    t = cf.tensor(np.ones(12, np.float32))
+    for shape in ((2 ** 62 + 3, 4), (2 ** 32, 2 ** 32, 2), (-1, 2 ** 63 - 1, 2)):
+        with pytest.raises(ValueError, match="overflows|reshape"):
+            t.reshape(*shape)
+    assert t.reshape(3, -1).shape == (3, 4)
+
+
+def test_tensor_is_made_by_its_functions_only():
+    for make in (lambda: cf.Tensor(), lambda: cf.Tensor.__new__(cf.Tensor)):
+        with pytest.raises(TypeError, match="coreformer.tensor"):
+            make()
+    import pickle
+    t = cf.tensor(np.arange(6, dtype=np.float32).reshape(2, 3))
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        np.testing.assert_array_equal(pickle.loads(pickle.dumps(t, protocol=protocol)).numpy(), t.numpy())
+
+
+def test_from_dlpack_of_misaligned_memory():
+    raw = bytearray(4 * 6 + 1)
+    a = np.ndarray((6,), np.float32, raw, offset=1)
+    with pytest.raises(ValueError, match="aligned"):
+        cf.from_dlpack(a)

@@ -1,6 +1,7 @@
 // Typed errors raised by the core. The binding maps them to Python's ValueError, TypeError, IndexError,
 // RuntimeError.
 #pragma once
+#include <cstdint>
 #include <cstdio>
 #include <stdexcept>
 #include <string>
@@ -11,8 +12,10 @@ namespace cf {
 struct ValueError : std::invalid_argument { using std::invalid_argument::invalid_argument; };
 struct TypeError : std::invalid_argument { using std::invalid_argument::invalid_argument; };
 struct IndexError : std::out_of_range { using std::out_of_range::out_of_range; };
-// An environment failure rather than a bad argument: no CUDA device, a CUDA error, out of memory.
+// An environment failure rather than a bad argument: no CUDA device, a CUDA error.
 struct RuntimeError : std::runtime_error { using std::runtime_error::runtime_error; };
+// Host memory could not be allocated (Python's MemoryError).
+struct MemoryError : std::runtime_error { using std::runtime_error::runtime_error; };
 
 namespace detail {
 // Messages are built with std::string and std::to_string, not an ostringstream: iostream formatting in
@@ -43,6 +46,14 @@ std::string cat(const Args&... args) {
 template <class E, class... Args>
 [[noreturn]] void raise(const Args&... args) {
   throw E(cat(args...));
+}
+
+// a * b for sizes and byte counts (both >= 0): ValueError naming `what` where the product does not fit
+// in int64 -- a shape whose element or byte count overflows is refused before anything is allocated.
+inline int64_t checked_mul(int64_t a, int64_t b, const char* what) {
+  int64_t r;
+  if (__builtin_mul_overflow(a, b, &r)) raise<ValueError>(what, " overflows a 64-bit count (", a, " * ", b, ")");
+  return r;
 }
 
 }  // namespace cf

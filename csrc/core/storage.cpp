@@ -1,5 +1,6 @@
 #include "core/storage.h"
 
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -89,9 +90,10 @@ std::string device_str(Device d) {
 
 std::shared_ptr<void> allocate(size_t bytes, Device device) {
   if (device.type == DeviceType::cpu) {
+    CF_CHECK(bytes <= SIZE_MAX - 63, MemoryError, "could not allocate ", bytes, " bytes");
     const size_t n = (bytes + 63) / 64 * 64;
     void* p = std::aligned_alloc(64, n ? n : 64);
-    if (!p) raise<RuntimeError>("out of memory: could not allocate ", bytes, " bytes");
+    if (!p) raise<MemoryError>("could not allocate ", bytes, " bytes of host memory");
     return std::shared_ptr<void>(p, [](void* q) { std::free(q); });
   }
   cuda::require_device(device.index);

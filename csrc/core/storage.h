@@ -8,7 +8,8 @@
 
 namespace cf {
 
-// RuntimeError when the device cannot be used (no GPU, a build without CUDA) or is out of memory.
+// RuntimeError when the device cannot be used (no GPU, a build without CUDA) or is out of memory;
+// MemoryError when host memory is.
 std::shared_ptr<void> allocate(size_t bytes, Device device);
 // Copies bytes between any two devices (a GPU copy waits for the kernels before it).
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes);

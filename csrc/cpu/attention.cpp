@@ -8,10 +8,16 @@
 // and sum l, and O += P V. The full Sq x Sk score matrix never exists. With is_causal, key blocks
 // past the diagonal are skipped and the mask is computed only on the blocks the diagonal crosses.
 // A row with no key to attend keeps l = 0 and is written as zeros.
+//
+// One rule on every path: a key with zero weight -- masked (bool mask, causal, or -inf in a float mask)
+// or with a weight that underflows -- contributes nothing, so inf/NaN in its key or value row never
+// reaches the output (0 * NaN would make the row NaN in a GEMM). A NaN among a row's visible scores
+// still makes that row NaN: bad input is not hidden.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -51,15 +57,19 @@ inline void apply_mask(const MaskArgs& mk, int64_t b, int64_t h, int64_t i, int6
     } else {
       for (int64_t j = 0; j < n; ++j) if ((p[j * mk.sk] != 0) != keep) s[j] = kNegInf;
     }
-  } else {
+  } else {  // added; -inf masks the key whatever its score (a NaN score there must not leak through)
     const float* p = static_cast<const float*>(mk.data) + base;
+    auto add = [unit](float sj, float pj) { return pj == kNegInf ? kNegInf : sj + pj * unit; };
     if (mk.sk == 1) {
       int64_t j = 0;
-      const Vec u = Vec::set1(unit);
-      for (; j + Vec::W <= n; j += Vec::W) (Vec::load(s + j) + Vec::load(p + j) * u).store(s + j);
-      for (; j < n; ++j) s[j] += p[j] * unit;
+      const Vec u = Vec::set1(unit), lowest = Vec::set1(std::numeric_limits<float>::lowest());
+      for (; j + Vec::W <= n; j += Vec::W) {
+        const Vec pj = Vec::load(p + j);
+        select_lt(pj, lowest, ninf, Vec::load(s + j) + pj * u).store(s + j);
+      }
+      for (; j < n; ++j) s[j] = add(s[j], p[j]);
     } else {
-      for (int64_t j = 0; j < n; ++j) s[j] += p[j * mk.sk] * unit;
+      for (int64_t j = 0; j < n; ++j) s[j] = add(s[j], p[j * mk.sk]);
     }
   }
 }
@@ -184,9 +194,10 @@ struct BlockScratch {
 };
 
 // Query rows [i0, i0 + mq) of head (b, h) against its packed K^T (kp) and V (vp): the online softmax
-// over key blocks of kBK, then out = O / l.
+// over key blocks of kBK, then out = O / l. v_nonfinite[block]: that key block's values hold inf or NaN.
 void attend_block(const AttentionArgs& a, int64_t b, int64_t h, int64_t i0, int64_t mq, const float* kp,
-                  const float* vp, const BlockScratch& w, HeadPrefetch* next = nullptr, int64_t lines_per_row = 0) {
+                  const float* vp, const uint8_t* v_nonfinite, const BlockScratch& w, HeadPrefetch* next = nullptr,
+                  int64_t lines_per_row = 0) {
   const int64_t Sk = a.Sk, D = a.D, Dv = a.Dv;
   const int64_t dvp = ceil_div(Dv, kNR) * kNR;
   const int64_t causal_off = Sk - a.Sq;  // query i sees keys j <= i + causal_off
@@ -234,6 +245,15 @@ void attend_block(const AttentionArgs& a, int64_t b, int64_t h, int64_t i0, int6
       l[r] = l[r] * corr + sum;
       m[r] = m_new;
     }
+    if (v_nonfinite[j0 / kBK]) {
+      // inf or NaN among this block's values: only the keys a row gives weight to are added (the GEMM
+      // would add 0 * NaN for the others). Rare, so row by row from V itself.
+      const float* v = a.v + b * a.v_sb + h * a.v_sh + j0 * a.v_ss;
+      for (int64_t r = 0; r < mq; ++r)
+        for (int64_t j = 0; j < nk; ++j)
+          if (s[r * kBK + j] != 0.0f) axpy(s[r * kBK + j], v + j * a.v_ss, o + r * Dv, Dv);
+      continue;
+    }
     for (int64_t ir = 0; ir < mq; ir += kMR)
       for (int64_t jv = 0; jv < Dv; jv += kNR)
         microkernel<kBK, float, false>(nk, s + ir * kBK, vp + j0 * dvp + jv * packed_rows, o + ir * Dv + jv, Dv,
@@ -252,12 +272,17 @@ void attend_block(const AttentionArgs& a, int64_t b, int64_t h, int64_t i0, int6
   }
 }
 
-// K^T and V of head (b, h) into microkernel panels: kp (ceil(Sk / kNR) * kNR * D), then vp (Sk * dvp).
-void pack_head(const AttentionArgs& a, int64_t b, int64_t h, float* kp, float* vp) {
+// K^T and V of head (b, h) into microkernel panels: kp (ceil(Sk / kNR) * kNR * D), then vp (Sk * dvp);
+// v_nonfinite[block] says whether key block `block`'s values hold inf or NaN (checked on the packed
+// panels while they are in L1).
+void pack_head(const AttentionArgs& a, int64_t b, int64_t h, float* kp, float* vp, uint8_t* v_nonfinite) {
   const int64_t dvp = ceil_div(a.Dv, kNR) * kNR;
   pack_b_transposed(a.k + b * a.k_sb + h * a.k_sh, a.k_ss, a.Sk, a.D, kp);
-  for (int64_t j0 = 0; j0 < a.Sk; j0 += kBK)
-    pack_b(a.v + b * a.v_sb + h * a.v_sh + j0 * a.v_ss, a.v_ss, imin(kBK, a.Sk - j0), a.Dv, vp + j0 * dvp);
+  for (int64_t j0 = 0; j0 < a.Sk; j0 += kBK) {
+    const int64_t rows = imin(kBK, a.Sk - j0);
+    pack_b(a.v + b * a.v_sb + h * a.v_sh + j0 * a.v_ss, a.v_ss, rows, a.Dv, vp + j0 * dvp);
+    v_nonfinite[j0 / kBK] = any_nonfinite(vp + j0 * dvp, rows * dvp);
+  }
 }
 
 }  // namespace
@@ -279,6 +304,7 @@ void attention(const AttentionArgs& a) {
   const int64_t vp_head = Sk * dvp;                       // packed V of one head
   const int64_t head_floats = kp_head + vp_head;
   const int64_t nqb = ceil_div(Sq, kBQ);
+  const int64_t nkb = ceil_div(Sk, kBK);  // key blocks of a head
   const int nt = threads_for(BH * Sq * Sk * (D + Dv), 1 << 18);
   const int64_t per_thread = BlockScratch::floats(D, Dv);
 
@@ -287,6 +313,7 @@ void attention(const AttentionArgs& a) {
   // shared K/V buffer, no barrier between packing and attending.
   if (BH >= 4 * nt && head_floats <= (int64_t(1) << 16)) {
     Buffer scratch(static_cast<size_t>(nt * (per_thread + head_floats)));
+    std::unique_ptr<uint8_t[]> flags(new uint8_t[static_cast<size_t>(nt * nkb)]);
 #pragma omp parallel num_threads(nt)
     {
       int tid = 0;
@@ -298,18 +325,19 @@ void attention(const AttentionArgs& a) {
       w.clear_scores();
       float* kp = mine + per_thread;
       float* vp = kp + kp_head;
+      uint8_t* v_nonfinite = flags.get() + tid * nkb;
       // Heads in contiguous ranges per thread, so each knows its next head and fetches it meanwhile
       // ((8,12,128,64): pack_head was 12% of the time, stalled on memory).
       const auto [bh_begin, bh_end] = thread_share(BH);
-      const int64_t nkb = ceil_div(a.causal ? imin(Sk, Sq) : Sk, kBK);
+      const int64_t blocks_read = ceil_div(a.causal ? imin(Sk, Sq) : Sk, kBK);
       for (int64_t bh = bh_begin; bh < bh_end; ++bh) {
         const int64_t b = bh / H, h = bh % H;
         HeadPrefetch next;
         if (bh + 1 < bh_end) next = HeadPrefetch(a, (bh + 1) / H, (bh + 1) % H);
-        const int64_t per_row = ceil_div(next.lines(), Sq * nkb);
-        pack_head(a, b, h, kp, vp);
+        const int64_t per_row = ceil_div(next.lines(), Sq * blocks_read);
+        pack_head(a, b, h, kp, vp, v_nonfinite);
         for (int64_t i0 = 0; i0 < Sq; i0 += kBQ)
-          attend_block(a, b, h, i0, imin(kBQ, Sq - i0), kp, vp, w, &next, per_row);
+          attend_block(a, b, h, i0, imin(kBQ, Sq - i0), kp, vp, v_nonfinite, w, &next, per_row);
       }
     }
     return;
@@ -318,13 +346,14 @@ void attention(const AttentionArgs& a) {
   static thread_local ThreadCache kv_cache;  // packed K and V of every head
   float* const kv = kv_cache.get(static_cast<size_t>(BH * head_floats));
   Buffer scratch(static_cast<size_t>(nt * per_thread));
+  std::unique_ptr<uint8_t[]> flags(new uint8_t[static_cast<size_t>(BH * nkb)]);
 
 #pragma omp parallel num_threads(nt)
   {
 #pragma omp for schedule(static)
     for (int64_t bh = 0; bh < BH; ++bh) {
       float* kp = kv + bh * head_floats;
-      pack_head(a, bh / H, bh % H, kp, kp + kp_head);
+      pack_head(a, bh / H, bh % H, kp, kp + kp_head, flags.get() + bh * nkb);
     }
 
     int tid = 0;
@@ -338,7 +367,7 @@ void attention(const AttentionArgs& a) {
     for (int64_t task = 0; task < BH * nqb; ++task) {
       const int64_t bh = task / nqb, i0 = (task % nqb) * kBQ;
       const float* kp = kv + bh * head_floats;
-      attend_block(a, bh / H, bh % H, i0, imin(kBQ, Sq - i0), kp, kp + kp_head, w);
+      attend_block(a, bh / H, bh % H, i0, imin(kBQ, Sq - i0), kp, kp + kp_head, flags.get() + bh * nkb, w);
     }
   }
   kv_cache.release();

@@ -1,7 +1,7 @@
 // LayerNorm over the last axis, optionally of x + residual in the same pass (a post-LN block's
 // add & norm; sum_out hands the sum back for a pre-LN block). One row per step, three sweeps
-// over a row held in L1: sum, centred sum of squares (two-pass, so no cancellation), normalise;
-// the first two with four accumulators each (row.h).
+// over a row held in L1: sum (in float64, so a constant row centres to exactly 0), centred sum of
+// squares (two-pass, so no cancellation), normalise; the first two with four accumulators each (row.h).
 #include <cmath>
 
 #include "core/threading.h"
@@ -31,7 +31,7 @@ void layer_norm(const LayerNormArgs& a) {
       }
       s = dst;
     }
-    const float mean = row_sum(s, n) / static_cast<float>(n);
+    const auto mean = static_cast<float>(row_sum_f64(s, n) / static_cast<double>(n));
     const Vec vm = Vec::set1(mean);
     const float rstd = 1.0f / std::sqrt(row_sq_dev(s, n, mean) / static_cast<float>(n) + a.eps);
     const Vec vr = Vec::set1(rstd);

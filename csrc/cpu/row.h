@@ -48,18 +48,49 @@ inline float row_max(const float* x, int64_t n) {
   return r;
 }
 
-inline float row_sum(const float* x, int64_t n) {
-  Vec a0 = Vec::zero(), a1 = Vec::zero(), a2 = Vec::zero(), a3 = Vec::zero();
+// Whether any of x[0, n) is inf or NaN (x - x is NaN exactly there, 0 elsewhere).
+inline bool any_nonfinite(const float* x, int64_t n) {
+  Vec acc = Vec::zero();
   int64_t j = 0;
-  for (; j + 4 * Vec::W <= n; j += 4 * Vec::W) {
-    a0 = a0 + Vec::load(x + j);
-    a1 = a1 + Vec::load(x + j + Vec::W);
-    a2 = a2 + Vec::load(x + j + 2 * Vec::W);
-    a3 = a3 + Vec::load(x + j + 3 * Vec::W);
+  for (; j + Vec::W <= n; j += Vec::W) {
+    const Vec v = Vec::load(x + j);
+    acc = acc + (v - v);
   }
-  for (; j + Vec::W <= n; j += Vec::W) a0 = a0 + Vec::load(x + j);
-  if (j < n) a1 = a1 + Vec::load_partial(x + j, static_cast<int>(n - j));
-  return reduce_add((a0 + a1) + (a2 + a3));
+  float r = reduce_add(acc);
+  for (; j < n; ++j) r += x[j] - x[j];
+  return r != r;
+}
+
+// The sum of x[0, n) accumulated in float64. Exact for a row of one repeated value c (n * c needs at most
+// 24 + log2(n) bits), so a constant row's mean is c itself and layer_norm centres it to exactly 0: a float32
+// sum is off by up to ~n/2 ulps of c, which the normalisation then scales up to O(1) (10000.3 repeated
+// over 4096 features normalised to 0.9, not 0). Widening costs a conversion per 4-8 floats of a row in L1.
+inline double row_sum_f64(const float* x, int64_t n) {
+  int64_t j = 0;
+  double s = 0.0;
+#if defined(CF_ISA_AVX512)
+  __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd(), a2 = _mm512_setzero_pd(), a3 = _mm512_setzero_pd();
+  for (; j + 32 <= n; j += 32) {
+    a0 = _mm512_add_pd(a0, _mm512_cvtps_pd(_mm256_loadu_ps(x + j)));
+    a1 = _mm512_add_pd(a1, _mm512_cvtps_pd(_mm256_loadu_ps(x + j + 8)));
+    a2 = _mm512_add_pd(a2, _mm512_cvtps_pd(_mm256_loadu_ps(x + j + 16)));
+    a3 = _mm512_add_pd(a3, _mm512_cvtps_pd(_mm256_loadu_ps(x + j + 24)));
+  }
+  s = _mm512_reduce_add_pd(_mm512_add_pd(_mm512_add_pd(a0, a1), _mm512_add_pd(a2, a3)));
+#elif defined(CF_ISA_AVX2)
+  __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd(), a2 = _mm256_setzero_pd(), a3 = _mm256_setzero_pd();
+  for (; j + 16 <= n; j += 16) {
+    a0 = _mm256_add_pd(a0, _mm256_cvtps_pd(_mm_loadu_ps(x + j)));
+    a1 = _mm256_add_pd(a1, _mm256_cvtps_pd(_mm_loadu_ps(x + j + 4)));
+    a2 = _mm256_add_pd(a2, _mm256_cvtps_pd(_mm_loadu_ps(x + j + 8)));
+    a3 = _mm256_add_pd(a3, _mm256_cvtps_pd(_mm_loadu_ps(x + j + 12)));
+  }
+  const __m256d t = _mm256_add_pd(_mm256_add_pd(a0, a1), _mm256_add_pd(a2, a3));
+  const __m128d h = _mm_add_pd(_mm256_castpd256_pd128(t), _mm256_extractf128_pd(t, 1));
+  s = _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+#endif
+  for (; j < n; ++j) s += x[j];
+  return s;
 }
 
 // sum over j of (x[j] - c)^2

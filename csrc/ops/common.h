@@ -63,6 +63,14 @@ inline void expect_ndim(const TensorView& t, int ndim, const char* name) {
   CF_CHECK(t.ndim == ndim, ValueError, name, " must have ", ndim, " dimensions, got shape ", t.shape_str());
 }
 
+// num_heads heads of E / num_heads features each: at least one head, at most E (one feature each), E
+// divisible by it. `what` names E in the message ("embed_dim", "x's last axis").
+inline void expect_num_heads(int64_t E, int64_t num_heads, const char* what) {
+  CF_CHECK(num_heads >= 1, ValueError, "num_heads must be >= 1, got ", num_heads);
+  CF_CHECK(num_heads <= (E > 0 ? E : 1), ValueError, "num_heads (", num_heads, ") must not exceed ", what, " (", E, ")");
+  CF_CHECK(E % num_heads == 0, ValueError, what, " (", E, ") must be divisible by num_heads (", num_heads, ")");
+}
+
 inline void expect_vector(const OptionalView& t, int64_t n, const char* name, const char* what) {
   if (!t) return;
   expect_float(*t, name);

@@ -77,8 +77,7 @@ Shape transformer_decoder_layer_shape(const TensorView& x, const OptionalView& m
   expect_float(x, "x");
   expect_ndim(x, 3, "x");
   const int64_t B = x.shape[0], T = x.shape[1], E = x.shape[2], F = w.linear1.rows();
-  CF_CHECK(num_heads >= 1, ValueError, "num_heads must be >= 1, got ", num_heads);
-  CF_CHECK(E % num_heads == 0, ValueError, "x's last axis (", E, ") must be divisible by num_heads (", num_heads, ")");
+  expect_num_heads(E, num_heads, "x's last axis");
   const int64_t Dh = E / num_heads;
   expect_matrix(w.self_in, 3 * E, E, "self_in_weight");
   expect_matrix(w.self_out, E, E, "self_out_weight");

@@ -65,8 +65,7 @@ Shape transformer_encoder_layer_shape(const TensorView& x, const EncoderLayerWei
   CF_CHECK(x.ndim == (cu_seqlens ? 2 : 3), ValueError, "x must be ",
            cu_seqlens ? "(T, E) with cu_seqlens" : "(B, S, E)", ", got shape ", x.shape_str());
   const int64_t E = x.size(-1), F = w.linear1_weight.rows();
-  CF_CHECK(num_heads >= 1, ValueError, "num_heads must be >= 1, got ", num_heads);
-  CF_CHECK(E % num_heads == 0, ValueError, "x's last axis (", E, ") must be divisible by num_heads (", num_heads, ")");
+  expect_num_heads(E, num_heads, "x's last axis");
   expect_matrix(w.in_weight, 3 * E, E, "in_weight");
   expect_matrix(w.out_weight, E, E, "out_weight");
   expect_matrix(w.linear1_weight, F, E, "linear1_weight");

@@ -28,8 +28,7 @@ Shape multi_head_attention_shape(const TensorView& query, const TensorView& key,
   expect_ndim(key, 3, "key");
   expect_ndim(value, 3, "value");
   const int64_t B = query.shape[0], Sq = query.shape[1], E = query.shape[2], Sk = key.shape[1];
-  CF_CHECK(num_heads >= 1, ValueError, "num_heads must be >= 1, got ", num_heads);
-  CF_CHECK(E % num_heads == 0, ValueError, "embed_dim (", E, ") must be divisible by num_heads (", num_heads, ")");
+  expect_num_heads(E, num_heads, "embed_dim");
   CF_CHECK(key.shape[0] == B && value.shape[0] == B, ValueError, "query, key and value must have the same batch size, "
            "got shapes ", query.shape_str(), ", ", key.shape_str(), ", ", value.shape_str());
   CF_CHECK(key.shape[2] == E && value.shape[2] == E, ValueError, "key and value must have embed_dim ", E,

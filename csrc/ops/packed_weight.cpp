@@ -185,7 +185,9 @@ PackedWeight slice_rows(const PackedWeight& w, int64_t start, int64_t stop) {
 }
 
 int64_t packed_panel_bytes(const PackedWeight& w) {
-  return (w.rows + w.nr - 1) / w.nr * w.nr * w.cols * elem_size(w.dtype);
+  const int64_t padded_rows = (w.rows + w.nr - 1) / w.nr * w.nr;
+  return checked_mul(checked_mul(padded_rows, w.cols, "a packed weight's element count"), elem_size(w.dtype),
+                     "a packed weight's byte count");
 }
 
 PackedWeight packed_from_bytes(int64_t rows, int64_t cols, int nr, DType dtype, const void* panels, int64_t panel_bytes,
