@@ -4,14 +4,29 @@
 #pragma once
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/typing.h>
 
 #include <vector>
 
 #include "core/tensor.h"
+#include "tensor.h"
 
 namespace cf::pyext {
 
 namespace py = pybind11;
+
+// Any object, named numpy.typing.ArrayLike in signatures: the argument types below exist only so that
+// the stub generated from the module (python/coreformer/_core.pyi, tools/gen_stubs.py) says what each
+// argument takes; they accept any object, and the functions of this file convert or refuse it.
+class ArrayLike : public py::object {
+  PYBIND11_OBJECT_DEFAULT(ArrayLike, object, PyObject_Type)
+  using object::object;
+};
+using ArrayIn = py::typing::Union<ArrayLike, Tensor>;                   // an array (converted) or a Tensor
+using OptionalArrayIn = py::typing::Optional<ArrayIn>;
+using FloatArray = py::array_t<float>;                                   // NDArray[numpy.float32]
+using ArrayOut = py::typing::Union<FloatArray, Tensor>;                  // a result: on the inputs' side
+using OptionalOut = py::typing::Optional<ArrayOut>;                      // an `out=` argument
 
 // Looks numpy.ndarray and numpy.asarray up once, at module import (single-threaded, under the GIL),
 // so that a call converts its arguments without an import or an attribute lookup per array.
@@ -58,3 +73,10 @@ Arg output(py::handle out, const std::vector<int64_t>& shape, const std::vector<
 Arg strided_output(py::handle out, const std::vector<int64_t>& shape, const std::vector<const Arg*>& inputs);
 
 }  // namespace cf::pyext
+
+namespace pybind11::detail {
+template <>
+struct handle_type_name<cf::pyext::ArrayLike> {
+  static constexpr auto name = const_name("numpy.typing.ArrayLike");
+};
+}  // namespace pybind11::detail

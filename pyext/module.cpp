@@ -35,6 +35,7 @@ cf::ops::Activation activation_arg(py::handle act) {
 }
 
 // A Linear weight argument: a PackedWeight (used as it is) or anything float_arg converts.
+using WeightIn = py::typing::Union<cf::pyext::ArrayLike, cf::pyext::Tensor, cf::ops::PackedWeight>;
 struct WeightArg {
   Arg arg;
   const cf::ops::PackedWeight* packed = nullptr;
@@ -57,7 +58,7 @@ cf::DType pack_dtype(py::handle dtype) {
   cf::raise<cf::ValueError>("dtype must be 'float32', 'bfloat16' or 'int8', got '", name, "'");
 }
 
-cf::ops::PackedWeight pack_weight(py::handle weight, py::handle dtype, bool transposed) {
+cf::ops::PackedWeight pack_weight(const cf::pyext::ArrayIn& weight, py::handle dtype, bool transposed) {
   const cf::DType t = pack_dtype(dtype);
   Arg wa = cf::pyext::any_strided_float_arg(weight, "weight");  // w.T of a mapped (in, out) file: no copy
   py::gil_scoped_release nogil;
@@ -98,7 +99,7 @@ cf::ops::PackedWeight packed_from_state(const py::tuple& t) {
                                     static_cast<int64_t>(scales.size() / 4));
 }
 
-py::object unpack_weight(const cf::ops::PackedWeight& w) {
+cf::pyext::FloatArray unpack_weight(const cf::ops::PackedWeight& w) {
   Arg oa = cf::pyext::output(py::none(), {w.rows, w.cols}, {});
   {
     py::gil_scoped_release nogil;
@@ -121,8 +122,8 @@ py::dict info() {
   return d;
 }
 
-py::object linear(py::handle x, py::handle weight, py::handle bias, py::handle activation, py::handle residual,
-                  py::handle out) {
+cf::pyext::ArrayOut linear(const cf::pyext::ArrayIn& x, const WeightIn& weight, const cf::pyext::OptionalArrayIn& bias, const py::typing::Optional<py::str>& activation, const cf::pyext::OptionalArrayIn& residual,
+                  const cf::pyext::OptionalOut& out) {
   Arg xa = cf::pyext::float_arg(x, "x"), ba, ra;
   WeightArg wa = weight_arg(weight, "weight");
   OptionalView b = cf::pyext::optional_float(bias, "bias", ba);
@@ -136,8 +137,8 @@ py::object linear(py::handle x, py::handle weight, py::handle bias, py::handle a
   return oa.result();
 }
 
-py::object sdpa(py::handle q, py::handle k, py::handle v, py::handle attn_mask, bool is_causal, py::handle scale,
-                py::handle out) {
+cf::pyext::ArrayOut sdpa(const cf::pyext::ArrayIn& q, const cf::pyext::ArrayIn& k, const cf::pyext::ArrayIn& v, const cf::pyext::OptionalArrayIn& attn_mask, bool is_causal, const py::typing::Optional<py::float_>& scale,
+                const cf::pyext::OptionalOut& out) {
   Arg qa = cf::pyext::strided_float_arg(q, "query"), ka = cf::pyext::strided_float_arg(k, "key"),
       va = cf::pyext::strided_float_arg(v, "value"), ma;
   OptionalView m = cf::pyext::optional_mask(attn_mask, "attn_mask", ma);
@@ -154,9 +155,9 @@ py::object sdpa(py::handle q, py::handle k, py::handle v, py::handle attn_mask, 
   return oa.result();
 }
 
-py::object mha(py::handle query, py::handle key, py::handle value, int64_t num_heads, py::handle in_weight,
-               py::handle in_bias, py::handle out_weight, py::handle out_bias, py::handle attn_mask,
-               py::handle key_padding_mask, bool is_causal) {
+cf::pyext::ArrayOut mha(const cf::pyext::ArrayIn& query, const cf::pyext::ArrayIn& key, const cf::pyext::ArrayIn& value, int64_t num_heads, const WeightIn& in_weight,
+               const cf::pyext::OptionalArrayIn& in_bias, const WeightIn& out_weight, const cf::pyext::OptionalArrayIn& out_bias, const cf::pyext::OptionalArrayIn& attn_mask,
+               const cf::pyext::OptionalArrayIn& key_padding_mask, bool is_causal) {
   // The same object passed as query/key/value is converted once, so the core sees one array and
   // runs the fused QKV projection.
   Arg qa = cf::pyext::float_arg(query, "query");
@@ -193,13 +194,13 @@ bool cache_args(py::handle k, py::handle v, const char* k_name, const char* v_na
   return true;
 }
 
-py::object encoder_layer(py::handle x, int64_t num_heads, py::handle in_weight, py::handle in_bias,
-                         py::handle out_weight, py::handle out_bias, py::handle linear1_weight, py::handle linear1_bias,
-                         py::handle linear2_weight, py::handle linear2_bias, py::handle norm1_weight,
-                         py::handle norm1_bias, py::handle norm2_weight, py::handle norm2_bias, py::handle activation,
-                         bool norm_first, float norm1_eps, float norm2_eps, py::handle attn_mask, py::handle key_padding_mask, bool is_causal,
-                         py::handle cu_seqlens, py::handle scale, py::handle k_cache, py::handle v_cache,
-                         int64_t cache_length, py::handle out) {
+cf::pyext::ArrayOut encoder_layer(const cf::pyext::ArrayIn& x, int64_t num_heads, const WeightIn& in_weight, const cf::pyext::OptionalArrayIn& in_bias,
+                         const WeightIn& out_weight, const cf::pyext::OptionalArrayIn& out_bias, const WeightIn& linear1_weight, const cf::pyext::OptionalArrayIn& linear1_bias,
+                         const WeightIn& linear2_weight, const cf::pyext::OptionalArrayIn& linear2_bias, const cf::pyext::OptionalArrayIn& norm1_weight,
+                         const cf::pyext::OptionalArrayIn& norm1_bias, const cf::pyext::OptionalArrayIn& norm2_weight, const cf::pyext::OptionalArrayIn& norm2_bias, const py::typing::Optional<py::str>& activation,
+                         bool norm_first, float norm1_eps, float norm2_eps, const cf::pyext::OptionalArrayIn& attn_mask, const cf::pyext::OptionalArrayIn& key_padding_mask, bool is_causal,
+                         const cf::pyext::OptionalArrayIn& cu_seqlens, const py::typing::Optional<py::float_>& scale, const cf::pyext::OptionalArrayIn& k_cache, const cf::pyext::OptionalArrayIn& v_cache,
+                         int64_t cache_length, const cf::pyext::OptionalOut& out) {
   Arg xa = cf::pyext::float_arg(x, "x");
   WeightArg iwa = weight_arg(in_weight, "in_weight"), owa = weight_arg(out_weight, "out_weight"),
             l1a = weight_arg(linear1_weight, "linear1_weight"), l2a = weight_arg(linear2_weight, "linear2_weight");
@@ -254,17 +255,17 @@ py::object encoder_layer(py::handle x, int64_t num_heads, py::handle in_weight, 
   return oa.result();
 }
 
-py::object decoder_layer(py::handle x, py::handle memory, int64_t num_heads, py::handle self_in_weight,
-                         py::handle self_in_bias, py::handle self_out_weight, py::handle self_out_bias,
-                         py::handle cross_in_weight, py::handle cross_in_bias, py::handle cross_out_weight,
-                         py::handle cross_out_bias, py::handle linear1_weight, py::handle linear1_bias,
-                         py::handle linear2_weight, py::handle linear2_bias, py::handle norm1_weight,
-                         py::handle norm1_bias, py::handle norm2_weight, py::handle norm2_bias, py::handle norm3_weight,
-                         py::handle norm3_bias, py::handle activation, bool norm_first, float eps1, float eps2,
-                         float eps3, py::handle tgt_mask, py::handle tgt_key_padding_mask, py::handle memory_mask,
-                         py::handle memory_key_padding_mask, bool tgt_is_causal, bool memory_is_causal, py::handle k_cache,
-                         py::handle v_cache, int64_t cache_length, py::handle memory_k, py::handle memory_v,
-                         int64_t memory_length, py::handle out) {
+cf::pyext::ArrayOut decoder_layer(const cf::pyext::ArrayIn& x, const cf::pyext::OptionalArrayIn& memory, int64_t num_heads, const WeightIn& self_in_weight,
+                         const cf::pyext::OptionalArrayIn& self_in_bias, const WeightIn& self_out_weight, const cf::pyext::OptionalArrayIn& self_out_bias,
+                         const WeightIn& cross_in_weight, const cf::pyext::OptionalArrayIn& cross_in_bias, const WeightIn& cross_out_weight,
+                         const cf::pyext::OptionalArrayIn& cross_out_bias, const WeightIn& linear1_weight, const cf::pyext::OptionalArrayIn& linear1_bias,
+                         const WeightIn& linear2_weight, const cf::pyext::OptionalArrayIn& linear2_bias, const cf::pyext::OptionalArrayIn& norm1_weight,
+                         const cf::pyext::OptionalArrayIn& norm1_bias, const cf::pyext::OptionalArrayIn& norm2_weight, const cf::pyext::OptionalArrayIn& norm2_bias, const cf::pyext::OptionalArrayIn& norm3_weight,
+                         const cf::pyext::OptionalArrayIn& norm3_bias, const py::typing::Optional<py::str>& activation, bool norm_first, float eps1, float eps2,
+                         float eps3, const cf::pyext::OptionalArrayIn& tgt_mask, const cf::pyext::OptionalArrayIn& tgt_key_padding_mask, const cf::pyext::OptionalArrayIn& memory_mask,
+                         const cf::pyext::OptionalArrayIn& memory_key_padding_mask, bool tgt_is_causal, bool memory_is_causal, const cf::pyext::OptionalArrayIn& k_cache,
+                         const cf::pyext::OptionalArrayIn& v_cache, int64_t cache_length, const cf::pyext::OptionalArrayIn& memory_k, const cf::pyext::OptionalArrayIn& memory_v,
+                         int64_t memory_length, const cf::pyext::OptionalOut& out) {
   Arg xa = cf::pyext::float_arg(x, "x"), ma;
   OptionalView mem = cf::pyext::optional_float(memory, "memory", ma);
   WeightArg siw = weight_arg(self_in_weight, "self_in_weight"), sow = weight_arg(self_out_weight, "self_out_weight"),
@@ -327,8 +328,8 @@ py::object decoder_layer(py::handle x, py::handle memory, int64_t num_heads, py:
   return oa.result();
 }
 
-py::object additive(py::handle query, py::handle keys, py::handle values, py::handle w_query, py::handle w_key,
-                    py::handle v, py::handle mask, bool return_weights) {
+py::object additive(const cf::pyext::ArrayIn& query, const cf::pyext::ArrayIn& keys, const cf::pyext::ArrayIn& values, const cf::pyext::ArrayIn& w_query, const cf::pyext::ArrayIn& w_key,
+                    const cf::pyext::ArrayIn& v, const cf::pyext::OptionalArrayIn& mask, bool return_weights) {
   Arg qa = cf::pyext::float_arg(query, "query"), ka = cf::pyext::float_arg(keys, "keys"),
       va = cf::pyext::float_arg(values, "values"), wqa = cf::pyext::float_arg(w_query, "w_query"),
       wka = cf::pyext::float_arg(w_key, "w_key"), vva = cf::pyext::float_arg(v, "v"), ma;
@@ -349,8 +350,8 @@ py::object additive(py::handle query, py::handle keys, py::handle values, py::ha
   return oa.result();
 }
 
-py::object layer_norm(py::handle x, py::handle weight, py::handle bias, float eps, py::handle residual,
-                      bool return_sum, py::handle out) {
+py::object layer_norm(const cf::pyext::ArrayIn& x, const cf::pyext::OptionalArrayIn& weight, const cf::pyext::OptionalArrayIn& bias, float eps, const cf::pyext::OptionalArrayIn& residual,
+                      bool return_sum, const cf::pyext::OptionalOut& out) {
   Arg xa = cf::pyext::float_arg(x, "x"), wa, ba, ra;
   OptionalView w = cf::pyext::optional_float(weight, "weight", wa);
   OptionalView b = cf::pyext::optional_float(bias, "bias", ba);
@@ -372,7 +373,7 @@ py::object layer_norm(py::handle x, py::handle weight, py::handle bias, float ep
   return oa.result();
 }
 
-py::object softmax(py::handle x, int64_t axis, py::handle out) {
+cf::pyext::ArrayOut softmax(const cf::pyext::ArrayIn& x, int64_t axis, const cf::pyext::OptionalOut& out) {
   Arg xa = cf::pyext::float_arg(x, "x");
   cf::ops::softmax_axis(xa.view, axis);
   Arg oa = cf::pyext::output(out, {xa.view.shape, xa.view.shape + xa.view.ndim}, {&xa}, true);
@@ -383,7 +384,7 @@ py::object softmax(py::handle x, int64_t axis, py::handle out) {
   return oa.result();
 }
 
-py::object activation(py::handle x, cf::ops::Activation act, py::handle out) {
+cf::pyext::ArrayOut activation(const cf::pyext::ArrayIn& x, cf::ops::Activation act, const cf::pyext::OptionalOut& out) {
   Arg xa = cf::pyext::float_arg(x, "x");
   Arg oa = cf::pyext::output(out, {xa.view.shape, xa.view.shape + xa.view.ndim}, {&xa}, true);
   {
@@ -393,13 +394,13 @@ py::object activation(py::handle x, cf::ops::Activation act, py::handle out) {
   return oa.result();
 }
 
-py::object gelu(py::handle x, const std::string& approximate, py::handle out) {
+cf::pyext::ArrayOut gelu(const cf::pyext::ArrayIn& x, const std::string& approximate, const cf::pyext::OptionalOut& out) {
   if (approximate == "none") return activation(x, cf::ops::Activation::gelu, out);
   if (approximate == "tanh") return activation(x, cf::ops::Activation::gelu_tanh, out);
   cf::raise<cf::ValueError>("approximate must be 'none' or 'tanh', got '", approximate, "'");
 }
 
-py::object embedding(py::handle ids, py::handle table) {
+cf::pyext::ArrayOut embedding(const cf::pyext::ArrayIn& ids, const cf::pyext::ArrayIn& table) {
   Arg ia = cf::pyext::ids_arg(ids, "ids"), ta = cf::pyext::float_arg(table, "table");
   Arg oa = cf::pyext::output(py::none(), cf::ops::embedding_shape(ia.view, ta.view), {}, false, &ta);
   {
@@ -409,7 +410,7 @@ py::object embedding(py::handle ids, py::handle table) {
   return oa.result();
 }
 
-py::object argmax(py::handle x) {
+py::typing::Union<py::array_t<int64_t>, cf::pyext::Tensor> argmax(const cf::pyext::ArrayIn& x) {
   Arg xa = cf::pyext::float_arg(x, "x");
   CF_CHECK(xa.view.ndim >= 1, ValueError, "argmax: x must have at least 1 dimension, got a scalar");
   const std::vector<int64_t> shape(xa.view.shape, xa.view.shape + xa.view.ndim - 1);
@@ -430,7 +431,7 @@ py::object argmax(py::handle x) {
   return result;
 }
 
-py::object sinusoidal(int64_t n, int64_t dim) {
+cf::pyext::FloatArray sinusoidal(int64_t n, int64_t dim) {
   CF_CHECK(n >= 0, ValueError, "num_positions must be >= 0, got ", n);
   CF_CHECK(dim >= 1, ValueError, "dim must be >= 1, got ", dim);
   Arg oa = cf::pyext::output(py::none(), {n, dim}, {});
@@ -503,7 +504,7 @@ PYBIND11_MODULE(_core, m) {
            },
            "Rows start:stop (out features), sharing memory when the slice starts a panel.")
       .def("__reduce__",
-           [](const cf::ops::PackedWeight& w) {  // pickle and copy, by every protocol: the stored bytes
+           [](const cf::ops::PackedWeight& w) -> py::tuple {  // pickle and copy, by every protocol: the stored bytes
              return py::make_tuple(py::module_::import("coreformer._core").attr("_packed_weight_from_state"),
                                    py::make_tuple(packed_state(w)));
            })
@@ -526,7 +527,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("in_bias"), py::arg("out_weight"), py::arg("out_bias"), py::arg("linear1_weight"),
         py::arg("linear1_bias"), py::arg("linear2_weight"), py::arg("linear2_bias"), py::arg("norm1_weight"),
         py::arg("norm1_bias"), py::arg("norm2_weight"), py::arg("norm2_bias"), py::arg("activation") = "relu",
-        py::arg("norm_first") = false, py::arg("norm1_eps") = 1e-5f, py::arg("norm2_eps") = 1e-5f,
+        py::arg("norm_first") = false, py::arg("norm1_eps") = 1e-5, py::arg("norm2_eps") = 1e-5,
         py::arg("attn_mask") = none,
         py::arg("key_padding_mask") = none, py::arg("is_causal") = false, py::arg("cu_seqlens") = none,
         py::arg("scale") = none, py::arg("k_cache") = none, py::arg("v_cache") = none, py::arg("cache_length") = 0,
@@ -537,7 +538,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("linear1_weight"), py::arg("linear1_bias"), py::arg("linear2_weight"), py::arg("linear2_bias"),
         py::arg("norm1_weight"), py::arg("norm1_bias"), py::arg("norm2_weight"), py::arg("norm2_bias"),
         py::arg("norm3_weight"), py::arg("norm3_bias"), py::arg("activation") = "relu", py::arg("norm_first") = false,
-        py::arg("eps1") = 1e-5f, py::arg("eps2") = 1e-5f, py::arg("eps3") = 1e-5f, py::arg("tgt_mask") = none,
+        py::arg("eps1") = 1e-5, py::arg("eps2") = 1e-5, py::arg("eps3") = 1e-5, py::arg("tgt_mask") = none,
         py::arg("tgt_key_padding_mask") = none, py::arg("memory_mask") = none,
         py::arg("memory_key_padding_mask") = none, py::arg("tgt_is_causal") = false,
         py::arg("memory_is_causal") = false, py::arg("k_cache") = none,
@@ -546,10 +547,13 @@ PYBIND11_MODULE(_core, m) {
   m.def("additive_attention", &additive, py::arg("query"), py::arg("keys"), py::arg("values"), py::arg("w_query"),
         py::arg("w_key"), py::arg("v"), py::arg("mask") = none, py::arg("return_weights") = false);
   m.def("layer_norm", &layer_norm, py::arg("x"), py::arg("weight") = none, py::arg("bias") = none,
-        py::arg("eps") = 1e-5f, py::arg("residual") = none, py::arg("return_sum") = false, py::arg("out") = none);
+        py::arg("eps") = 1e-5, py::arg("residual") = none, py::arg("return_sum") = false, py::arg("out") = none);
   m.def("softmax", &softmax, py::arg("x"), py::arg("axis") = -1, py::arg("out") = none);
   m.def("gelu", &gelu, py::arg("x"), py::arg("approximate") = "none", py::arg("out") = none);
-  m.def("relu", [](py::handle x, py::handle out) { return activation(x, cf::ops::Activation::relu, out); },
+  m.def("relu",
+        [](const cf::pyext::ArrayIn& x, const cf::pyext::OptionalOut& out) {
+          return activation(x, cf::ops::Activation::relu, out);
+        },
         py::arg("x"), py::arg("out") = none);
   m.def("embedding", &embedding, py::arg("ids"), py::arg("table"));
   m.def("argmax", &argmax, py::arg("x"));

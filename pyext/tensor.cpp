@@ -209,7 +209,7 @@ std::shared_ptr<void> foreign_owner(M* m) {
   });
 }
 
-py::object from_dlpack(py::handle obj) {
+TensorObject from_dlpack(py::handle obj) {
   if (is_tensor(obj)) return py::reinterpret_borrow<py::object>(obj);
   CF_CHECK(py::hasattr(obj, "__dlpack__"), TypeError, "from_dlpack: ",
            std::string(py::str(py::type::of(obj).attr("__name__"))), " does not implement __dlpack__");
@@ -280,7 +280,7 @@ int64_t checked_numel(const std::vector<int64_t>& shape) {
   return n;
 }
 
-py::object reshape(const Tensor& t, py::args args) {
+TensorObject reshape(const Tensor& t, const py::args& args) {
   std::vector<int64_t> shape;
   if (args.size() == 1 && !py::isinstance<py::int_>(args[0])) {
     for (py::handle h : args[0]) shape.push_back(h.cast<int64_t>());
@@ -313,7 +313,7 @@ py::object reshape(const Tensor& t, py::args args) {
   return make(std::move(r));
 }
 
-py::object to_numpy(const Tensor& t) {
+py::array to_numpy(const Tensor& t) {
   const DType host = t.view.dtype == DType::bf16 ? DType::f32 : t.view.dtype;
   py::array a(py::dtype(numpy_name(host)), shape_vec(t.view));
   const TensorView dst(a.mutable_data(), host, t.view.ndim, t.view.shape);
@@ -324,7 +324,7 @@ py::object to_numpy(const Tensor& t) {
   return std::move(a);
 }
 
-py::object tensor_from(py::handle data, py::handle device, py::handle dtype) {
+TensorObject tensor_from(py::handle data, py::handle device, py::handle dtype) {
   const Device dev = parse_device(device);
   if (dev.type == DeviceType::cuda) cuda::require_device(dev.index);
   if (is_tensor(data)) {
@@ -408,7 +408,7 @@ CuPy, JAX or numpy without a copy.)doc");
            },
            py::arg("dtype") = py::none(), py::arg("copy") = py::none())
       .def("to",
-           [](py::object self, py::handle device, py::handle dtype) -> py::object {
+           [](py::object self, py::handle device, py::handle dtype) -> TensorObject {
              const Tensor& t = tensor_of(self);
              const Device dev = device.is_none() ? t.view.device : parse_device(device);
              const DType dt = dtype.is_none() ? t.view.dtype : parse_dtype(dtype);
@@ -419,7 +419,7 @@ CuPy, JAX or numpy without a copy.)doc");
            py::arg("device") = py::none(), py::arg("dtype") = py::none(),
            "This tensor on `device` ('cpu', 'cuda', 'cuda:N') as `dtype`: itself when both already match, else a copy.")
       .def("__reduce__",
-           [](const Tensor& t) {  // pickle and copy: the values through host memory, back onto the same device
+           [](const Tensor& t) -> py::tuple {  // pickle and copy: the values through host memory, back onto the same device
              return py::make_tuple(py::module_::import("coreformer._core").attr("tensor"),
                                    py::make_tuple(to_numpy(t), device_str(t.view.device), std::string(dtype_name(t.view.dtype))));
            })

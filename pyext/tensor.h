@@ -3,6 +3,7 @@
 // DLPack both ways (zero-copy with PyTorch, CuPy, JAX, numpy).
 #pragma once
 #include <pybind11/pybind11.h>
+#include <pybind11/typing.h>
 
 #include <memory>
 #include <vector>
@@ -17,6 +18,9 @@ struct Tensor {
   std::shared_ptr<void> owner;  // keeps the memory alive: our allocation, or a DLPack producer's tensor
   TensorView view;              // always C-contiguous
 };
+
+// A Python object holding a Tensor: named coreformer._core.Tensor in the generated stub.
+using TensorObject = py::typing::Union<Tensor>;
 
 void register_tensor(py::module_& m);
 bool is_tensor(py::handle obj);

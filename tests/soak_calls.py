@@ -7,12 +7,14 @@ Run as a script, it is the child process of the soak tests (a fresh interpreter,
     python soak_calls.py leak-selfcheck CALLS_PER_OP 0   (the same with one call that leaks 1 KiB a call)
     python soak_calls.py threads SECONDS THREADS [MODEL_DIR...]
 and prints one JSON line of what it measured."""
+import functools
 import json
 import os
 import pickle
 import sys
 import threading
 import time
+from typing import Any, Callable
 
 import numpy as np
 
@@ -20,7 +22,7 @@ import coreformer
 from coreformer import nn, ops
 
 
-def op_calls(seed=0):
+def op_calls(seed: int = 0) -> dict[str, Callable[[], Any]]:
     rng = np.random.default_rng(seed)
 
     def r(*shape):
@@ -133,7 +135,7 @@ def r_rows(x, n):
 def model_calls(dirs):
     """Whole-model calls on the checkpoints in `dirs` (folders of config.json + model.safetensors)."""
     from coreformer.models import BertModel, GPT2LMHeadModel, Transformer
-    calls = {}
+    calls: dict[str, Callable[[], Any]] = {}
     rng = np.random.default_rng(5)
     for d in dirs:
         kind = json.load(open(os.path.join(d, "config.json")))["model_type"]
@@ -142,11 +144,11 @@ def model_calls(dirs):
             ids = rng.integers(0, bert.config.vocab_size, (3, 12))
             am = np.ones((3, 12), np.int64)
             am[1, 7:] = 0
-            calls["bert"] = lambda bert=bert, ids=ids, am=am: bert(ids, am).last_hidden_state
+            calls["bert"] = functools.partial(lambda m, i, a: m(i, a).last_hidden_state, bert, ids, am)
         elif kind == "gpt2":
             gpt = GPT2LMHeadModel.from_pretrained(d)
             ids = rng.integers(0, gpt.config.vocab_size, (2, 5))
-            calls["gpt2_generate"] = lambda gpt=gpt, ids=ids: gpt.generate(ids, max_new_tokens=6)
+            calls["gpt2_generate"] = functools.partial(gpt.generate, ids, max_new_tokens=6)
     tr = Transformer(30, 31, d_model=32, nhead=4, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=40)
     src = rng.integers(3, 30, (2, 7))
     calls["transformer_beams"] = lambda: tr.generate(src, 5, bos_token_id=1, eos_token_id=2, num_beams=3)

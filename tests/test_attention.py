@@ -1,3 +1,5 @@
+from typing import Any
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -200,7 +202,7 @@ def test_sdpa_key_value_broadcast_and_grouped_query(isa, rng, sq, sk, kv_shape):
     with pytest.raises(ValueError, match="query's 6 heads must be a multiple of key's 4"):
         ops.scaled_dot_product_attention(q, randn(rng, 2, 4, sk, 16), randn(rng, 2, 4, sk, 8), enable_gqa=True)
     with pytest.raises(TypeError, match="enable_gqa"):
-        ops.scaled_dot_product_attention(q, kg, vg, enable_gqa="yes")
+        ops.scaled_dot_product_attention(q, kg, vg, enable_gqa="yes")  # type: ignore[call-overload]
 
 
 @pytest.mark.parametrize("sq,sk", [(1, 9), (7, 7), (65, 130)])
@@ -285,6 +287,7 @@ def test_sdpa_masked_keys_contribute_nothing(isa, rng, sq, sk, mask_kind):
     q, k, v = randn(rng, 2, 2, sq, 16), randn(rng, 2, 2, sk, 16), randn(rng, 2, 2, sk, 16)
     bad = [1, 2, sk - 1]
     keep = np.ones((sq, sk), bool)
+    kwargs: dict[str, Any]
     if mask_kind == "causal":  # the last keys are in every query's future (bottom-right: query i sees i + sk - sq)
         bad = [sk - 1] if sq > 1 else []
         keep = np.tril(np.ones((sq, sk), bool), sk - sq)

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.skipif(CXX is None or platform.machine() != "x86_64" or
 @pytest.mark.parametrize("harness", ["gemm_driver_harness.cpp", "gelu_cycles.cpp"])
 def test_harness_compiles(harness):
     src = ROOT / "bench" / harness
+    assert CXX is not None
     cmd = [CXX, "-fsyntax-only", "-std=c++17", "-mavx2", "-mfma", "-DCF_ISA_AVX2=1", "-DCF_ISA_NS=avx2",
            f"-I{ROOT / 'csrc'}", str(src)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

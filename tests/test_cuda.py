@@ -261,9 +261,11 @@ def test_additive_attention(dtype, mask_kind, rng):
     elif mask_kind == "3d":
         m = rng.random((B, Sq, Sk)) > 0.3
         m[0, 0] = False
-    args = [gpu(a, dtype) for a in (q, k, v, wq, wk, vv)]
-    o, w = ops.additive_attention(*args, mask=None if m is None else gpu(m, "bool"), return_weights=True)
-    ro, rw = ref.additive(*(seen(a, dtype) for a in (q, k, v, wq, wk, vv)), m)
+    gq, gk, gv, gwq, gwk, gvv = (gpu(a, dtype) for a in (q, k, v, wq, wk, vv))
+    o, w = ops.additive_attention(gq, gk, gv, gwq, gwk, gvv, mask=None if m is None else gpu(m, "bool"),
+                                  return_weights=True)
+    sq_, sk_, sv_, swq, swk, svv = (seen(a, dtype) for a in (q, k, v, wq, wk, vv))
+    ro, rw = ref.additive(sq_, sk_, sv_, swq, swk, svv, m)
     close(o, ro, dtype, scale=2.0)
     close(w, rw, dtype, scale=2.0)
 

@@ -95,7 +95,7 @@ def test_bad_inputs(rng):
     with pytest.raises(ValueError, match="memory must be"):
         ops.transformer_decoder_layer(x, randn(rng, 3, 5, E), H, *p)
     with pytest.raises(ValueError, match="cross_in_weight must have shape"):
-        ops.transformer_decoder_layer(x, mem, H, *p[:4], p[4][:-1], *p[5:])
+        ops.transformer_decoder_layer(x, mem, H, *p[:4], p[4][:-1], *p[5:])  # type: ignore[call-overload]
     with pytest.raises(ValueError, match="divisible"):
         ops.transformer_decoder_layer(x, mem, 5, *p)
     kc = np.zeros((2, H, 4, E // H), np.float32)
@@ -114,6 +114,6 @@ def test_bad_inputs(rng):
     with pytest.raises(ValueError, match="memory_mask must have shape"):
         ops.transformer_decoder_layer(x, mem, H, *p, memory_mask=np.zeros((3, 4), bool))
     with pytest.raises(ValueError, match="eps"):
-        ops.transformer_decoder_layer(x, mem, H, *p, eps=(1e-5, 1e-5))
+        ops.transformer_decoder_layer(x, mem, H, *p, eps=(1e-5, 1e-5))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="activation"):
         ops.transformer_decoder_layer(x, mem, H, *p, activation="swish")

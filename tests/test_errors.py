@@ -60,14 +60,14 @@ def test_linear_activation():
     with pytest.raises(ValueError, match="swish"):
         ops.linear(X, W, activation="swish")
     with pytest.raises(TypeError, match="activation"):
-        ops.linear(X, W, activation=3)
+        ops.linear(X, W, activation=3)  # type: ignore[call-overload]
 
 
 def test_out_checks():
     with pytest.raises(ValueError, match=r"out has shape \(4, 4\).*\(4, 5\)"):
         ops.linear(X, W, out=np.empty((4, 4), np.float32))
     with pytest.raises(TypeError, match="float32"):
-        ops.linear(X, W, out=np.empty((4, 5)))
+        ops.linear(X, W, out=np.empty((4, 5)))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="C-contiguous"):
         ops.linear(X, W, out=np.empty((5, 4), np.float32).T)
     ro = np.empty((4, 5), np.float32)
@@ -184,7 +184,7 @@ def test_threads_errors():
         coreformer._core.set_num_threads(4097)  # the core checks too
     assert coreformer.get_num_threads() == before
     with pytest.raises(TypeError):
-        coreformer.set_num_threads("2")
+        coreformer.set_num_threads("2")  # type: ignore[arg-type]
 
 
 def test_scalar_arguments_are_typed():
@@ -194,34 +194,34 @@ def test_scalar_arguments_are_typed():
     x = randn(rng, 2, 5, 8)
     iw, ow = randn(rng, 24, 8), randn(rng, 8, 8)
     with pytest.raises(TypeError, match="num_heads must be an integer.*2.5"):
-        ops.multi_head_attention(x, x, x, 2.5, iw, None, ow, None)
+        ops.multi_head_attention(x, x, x, 2.5, iw, None, ow, None)  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="axis must be an integer"):
-        ops.softmax(X, axis=1.0)
+        ops.softmax(X, axis=1.0)  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="num_positions must be an integer"):
-        ops.sinusoidal_positions(4.5, 8)
+        ops.sinusoidal_positions(4.5, 8)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="dim must be an integer"):
-        ops.sinusoidal_positions(4, "8")
+        ops.sinusoidal_positions(4, "8")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="is_causal must be a bool.*'no'"):
-        ops.scaled_dot_product_attention(Q, Q, Q, is_causal="no")
+        ops.scaled_dot_product_attention(Q, Q, Q, is_causal="no")  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="scale must be a real number"):
-        ops.scaled_dot_product_attention(Q, Q, Q, scale="0.5")
+        ops.scaled_dot_product_attention(Q, Q, Q, scale="0.5")  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="scale must be a real number"):
-        ops.scaled_dot_product_attention(Q, Q, Q, scale=np.ones(2))
+        ops.scaled_dot_product_attention(Q, Q, Q, scale=np.ones(2))  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="eps must be a real number"):
-        ops.layer_norm(X, eps="a")
+        ops.layer_norm(X, eps="a")  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="return_weights must be a bool"):
-        ops.additive_attention(x, x, x, iw, iw, randn(rng, 24), return_weights="yes")
+        ops.additive_attention(x, x, x, iw, iw, randn(rng, 24), return_weights="yes")  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="approximate must be 'none' or 'tanh'"):
-        ops.gelu(X, approximate=None)
+        ops.gelu(X, approximate=None)  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="dtype must be"):
-        ops.pack_weight(W, np.float32)
+        ops.pack_weight(W, np.float32)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="cache_length must be an integer"):
-        ops.transformer_encoder_layer(x, 2, iw, None, ow, None, randn(rng, 16, 8), None, randn(rng, 8, 16), None,
+        ops.transformer_encoder_layer(x, 2, iw, None, ow, None, randn(rng, 16, 8), None, randn(rng, 8, 16), None,  # type: ignore[call-overload]
                                       None, None, None, None, cache_length=1.5)
     # numpy scalars and bools are what they say
     np.testing.assert_array_equal(ops.softmax(X, axis=np.int64(0)), ops.softmax(X, axis=0))
     np.testing.assert_array_equal(ops.sinusoidal_positions(np.int32(3), np.int64(8)), ops.sinusoidal_positions(3, 8))
-    np.testing.assert_array_equal(ops.scaled_dot_product_attention(Q, Q, Q, is_causal=np.bool_(True), scale=np.float32(0.5)),
+    np.testing.assert_array_equal(ops.scaled_dot_product_attention(Q, Q, Q, is_causal=np.bool_(True), scale=np.float32(0.5)),  # type: ignore[call-overload]
                                   ops.scaled_dot_product_attention(Q, Q, Q, is_causal=True, scale=0.5))
     np.testing.assert_array_equal(ops.multi_head_attention(x, x, x, np.int64(2), iw, None, ow, None),
                                   ops.multi_head_attention(x, x, x, 2, iw, None, ow, None))

@@ -5,6 +5,7 @@ never a crash (a crash fails the whole run). The checks of each case's numbers a
 import json
 import random
 import struct
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,9 +21,9 @@ DTYPES = [np.float32, np.float64, np.float16, np.int32, np.int64, np.uint8, np.b
 def test_ops_on_random_inputs(seed):
     rng, pick = np.random.default_rng(seed), random.Random(seed)
 
-    def arr():
+    def arr() -> Any:
         shape = tuple(pick.choice([0, 1, 2, 3, 4, 7, 8, 16]) for _ in range(pick.randint(0, 5)))
-        a = (rng.standard_normal(shape) * 3).astype(pick.choice(DTYPES))
+        a: Any = (rng.standard_normal(shape) * 3).astype(pick.choice(DTYPES))
         r = pick.random()
         if a.ndim and r < 0.15:
             a = a[..., ::-1]
@@ -35,7 +36,7 @@ def test_ops_on_random_inputs(seed):
     def maybe():
         return None if pick.random() < 0.4 else arr()
 
-    def same3():
+    def same3() -> tuple[Any, Any, Any]:
         x = arr()
         return x, x, x
 
@@ -43,7 +44,7 @@ def test_ops_on_random_inputs(seed):
         lambda: ops.linear(arr(), arr(), maybe(), pick.choice([None, "relu", "gelu", "gelu_tanh"])),
         lambda: ops.scaled_dot_product_attention(arr(), arr(), arr(), maybe(), pick.random() < 0.5),
         lambda: ops.multi_head_attention(*same3(), pick.choice([1, 2, 4]), arr(), maybe(), arr(), maybe(), maybe(),
-                                         maybe(), pick.random() < 0.5),
+                                         maybe(), is_causal=pick.random() < 0.5),
         lambda: ops.additive_attention(arr(), arr(), arr(), arr(), arr(), arr(), maybe(), pick.random() < 0.5),
         lambda: ops.layer_norm(arr(), maybe(), maybe(), 1e-5, maybe(), return_sum=pick.random() < 0.5),
         lambda: ops.softmax(arr(), pick.randint(-3, 3)),
@@ -77,6 +78,7 @@ def test_safetensors_with_random_damage(tmp_path):
         for _ in range(pick.randint(1, 4)):
             b[pick.randrange(len(b))] = pick.randrange(256)
         blobs.append(bytes(b))
+    value: Any
     for value in (None, True, -1, 2 ** 70, 0.5, "0", [], [1], [0, 48], [[0]], {}, ["0", "48"], [48, 0], [0, 1e30]):
         for key in ("dtype", "shape", "data_offsets"):
             h = json.loads(json.dumps(header))

@@ -5,6 +5,7 @@ import json
 import shutil
 import threading
 import warnings
+from typing import Any
 
 import numpy as np
 import pytest
@@ -394,7 +395,7 @@ def test_gpt2_rows_stop_at_eos_and_streamers_see_every_token(gpt2):
     free = model.generate(ids, mask, max_new_tokens=30, eos_token_id=[])
     p = ids.shape[1]
     eos = int(free[0, p + 4])  # row 0 makes this token at step 5: make it the EOS
-    seen = []
+    seen: list[Any] = []
     got = model.generate(ids, mask, max_new_tokens=30, eos_token_id=eos, pad_token_id=7, streamer=seen.append)
     with torch.no_grad():
         want = ref.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), max_new_tokens=30,
@@ -430,7 +431,7 @@ def test_gpt2_pad_token_that_is_no_token(gpt2, tmp_path):
     for kw in (dict(), dict(repetition_penalty=1.3)):
         want = model.generate(right, rmask, max_new_tokens=12, eos_token_id=eos, pad_token_id=5, **kw)
         for pad in (-1, 211, 50256):
-            seen = []
+            seen: list[Any] = []
             got = model.generate(right, rmask, max_new_tokens=12, eos_token_id=eos, pad_token_id=pad,
                                  streamer=seen.append, **kw)
             np.testing.assert_array_equal(got != pad, want != 5)
@@ -456,18 +457,21 @@ def test_gpt2_errors(gpt2, tmp_path):
     with pytest.raises(IndexError, match=r"input_ids\[0, 1\] is 300, outside the vocabulary"):
         model.generate(np.array([[5, 300]]), max_new_tokens=2)
     # typed before any work: a string where a number or a flag goes, a streamer that cannot take ids
-    for kw, match in [(dict(temperature="hot"), "temperature must be a real number"),
+    typed: list[tuple[dict[str, Any], str]] = [(dict(temperature="hot"), "temperature must be a real number"),
                       (dict(do_sample="no"), "do_sample must be a bool"),
                       (dict(streamer=5), "streamer must be None, a callable"),
-                      (dict(pad_token_id=2.5), "pad_token_id must be an integer")]:
+                      (dict(pad_token_id=2.5), "pad_token_id must be an integer")]
+    for kw, match in typed:
         with pytest.raises(TypeError, match=match):
             model.generate(np.array([[1, 2]]), **{"max_new_tokens": 3, **kw})
     with pytest.raises(ValueError, match="n_positions"):
         model.generate(np.arange(150)[None] % 200, max_new_tokens=20)
     with pytest.raises(ValueError, match="n_positions"):
         model(np.zeros((1, 161), np.int64))
-    for kw, match in [(dict(temperature=0), "temperature"), (dict(top_k=0), "top_k"), (dict(top_p=1.5), "top_p"),
-                      (dict(max_new_tokens=-1), "max_new_tokens"), (dict(repetition_penalty=0), "repetition")]:
+    ranged: list[tuple[dict[str, Any], str]] = [
+        (dict(temperature=0), "temperature"), (dict(top_k=0), "top_k"), (dict(top_p=1.5), "top_p"),
+        (dict(max_new_tokens=-1), "max_new_tokens"), (dict(repetition_penalty=0), "repetition")]
+    for kw, match in ranged:
         with pytest.raises(ValueError, match=match):
             model.generate(np.array([[1, 2]]), **{"max_new_tokens": 3, **kw})
     with pytest.raises(ValueError, match="no tokens"):
@@ -517,6 +521,7 @@ def test_transformer_matches_torch_nn_transformer(norm_first, bias):
         hid = tr(emb(model.src_embed.weight, src), emb(model.tgt_embed.weight, tgt),
                  tgt_mask=torch.nn.Transformer.generate_square_subsequent_mask(7), tgt_is_causal=True,
                  src_key_padding_mask=torch.tensor(spad), memory_key_padding_mask=torch.tensor(spad)).numpy()
+    assert model.generator.weight is not None
     want = hid @ model.generator.weight.T.astype(np.float64) + model.generator.bias
     got = model(src, tgt, src_padding_mask=spad).logits
     assert rel_err(got, want) < 1e-5

@@ -128,7 +128,7 @@ def test_layers_without_bias_match_torch(rng):
     with pytest.raises(IndexError, match="padding_idx 10"):
         nn.Embedding(10, 4, padding_idx=10)
     with pytest.raises(TypeError, match="bias"):
-        nn.LayerNorm(d, bias="no")
+        nn.LayerNorm(d, bias="no")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("packed", [False, True])
@@ -206,7 +206,7 @@ def test_state_dict_errors_and_safetensors_round_trip(tmp_path, rng):
 
 def test_safetensors_reads_what_the_reference_writes_and_rejects_corrupt_files(tmp_path):
     safetensors_numpy = pytest.importorskip("safetensors.numpy")
-    tensors = {"a": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.arange(5, dtype=np.int64),
+    tensors: dict[str, np.ndarray] = {"a": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.arange(5, dtype=np.int64),
                "h": np.linspace(-2, 2, 7).astype(np.float16)}
     path = tmp_path / "x.safetensors"
     safetensors_numpy.save_file(tensors, str(path))
@@ -321,17 +321,17 @@ def test_members_mirror_survives_bulk_edits(rng):
 def test_layer_sizes_are_integers(rng):
     # A float size was truncated silently (Linear(8.5, 4) built an 8-input layer); torch refuses it too.
     with pytest.raises(TypeError, match="in_features must be an integer"):
-        nn.Linear(8.5, 4)
+        nn.Linear(8.5, 4)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="num_heads must be an integer"):
-        nn.MultiHeadAttention(8, 2.0)
+        nn.MultiHeadAttention(8, 2.0)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="eps must be a real number"):
-        nn.LayerNorm(8, eps="small")
+        nn.LayerNorm(8, eps="small")  # type: ignore[arg-type]
     # torch's LayerNorm((E,)) form is the same layer; several sizes are not supported
     x = randn(rng, 3, 8)
     np.testing.assert_array_equal(nn.LayerNorm((8,))(x), nn.LayerNorm(8)(x))
     assert nn.LayerNorm([np.int64(8)]).normalized_shape == 8
     with pytest.raises(ValueError, match="normalized_shape must be one size"):
-        nn.LayerNorm((2, 8))
+        nn.LayerNorm((2, 8))  # type: ignore[arg-type]
 
 
 def test_kv_cache_and_stack_arguments(rng):
@@ -349,7 +349,7 @@ def test_kv_cache_and_stack_arguments(rng):
     with pytest.raises(ValueError, match="num_layers must be >= 0, got -1"):
         nn.TransformerEncoder(-1, 8, 2)
     with pytest.raises(TypeError, match="num_layers must be an integer"):
-        nn.TransformerDecoder(2.0, 8, 2)
+        nn.TransformerDecoder(2.0, 8, 2)  # type: ignore[arg-type]
     c = nn.KVCache(2, 2, 4, 3)  # the right cache still grows past its capacity
     mha(x[:, :2], cache=c)
     mha(x[:, 2:], cache=c)
@@ -414,7 +414,7 @@ def test_assigning_a_parameter_keeps_it_a_float32_parameter(rng, tmp_path):
     assert isinstance(lin.weight, np.ndarray) and lin.weight.dtype == np.float32
     assert lin.state_dict()["weight"] is lin.weight
     np.testing.assert_allclose(lin(x), x.sum(1, keepdims=True) + lin.bias, rtol=1e-6)
-    lin.bias = [0.0, 1.0, 2.0]
+    lin.bias = [0.0, 1.0, 2.0]  # type: ignore[assignment]
     np.testing.assert_array_equal(lin.state_dict()["bias"], np.array([0, 1, 2], np.float32))
     lin.weight = np.full((3, 4), 2.0)  # float64
     assert lin.weight.dtype == np.float32

@@ -16,8 +16,8 @@ from conftest import ISAS, assert_close, randn
 def bf16_round(w):
     """float32 -> bfloat16 -> float32, round to nearest even (the reference for bfloat16 packing)."""
     u = np.ascontiguousarray(w, np.float32).view(np.uint32).astype(np.uint64)
-    u = (u + 0x7FFF + ((u >> 16) & 1)) >> 16 << 16
-    return u.astype(np.uint32).view(np.float32)
+    rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16 << 16
+    return rounded.astype(np.uint32).view(np.float32)
 
 
 def int8_round(w):
@@ -171,7 +171,7 @@ def test_packed_threads(rng):
     pw = ops.pack_weight(pw_src)
     xs = [randn(rng, m, 128) for m in (1, 3, 40, 700, 1, 9, 64, 200)]
     want = [ops.linear(x, pw) for x in xs]
-    got = [None] * len(xs)
+    got: list[np.ndarray | None] = [None] * len(xs)
 
     def run(i):
         for _ in range(5):
@@ -183,7 +183,7 @@ def test_packed_threads(rng):
     for t in ts:
         t.join()
     for g, w in zip(got, want):
-        assert np.array_equal(g, w)
+        assert g is not None and np.array_equal(g, w)
 
 
 def test_packed_bad_input(rng):

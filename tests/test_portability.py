@@ -31,6 +31,7 @@ print(json.dumps({"isa": coreformer.info()["isa"],
 
 @pytest.mark.parametrize("cpu,isa", [("Nehalem", "scalar"), ("SandyBridge", "scalar"), ("Haswell", "avx2")])
 def test_runs_on_older_cpus(cpu, isa):
+    assert QEMU is not None
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENBLAS_")}  # a forced OpenBLAS core
     env.pop("COREFORMER_ISA", None)                                              # would SIGILL numpy itself
     r = subprocess.run([QEMU, "-cpu", cpu, sys.executable, "-c", CHILD], env=env, capture_output=True, text=True,

@@ -56,9 +56,9 @@ def test_minilm_matches_sentence_transformers(minilm_dir, reference):
     assert np.abs(np.linalg.norm(raw, axis=1) - 1).max() > 0.1
     assert ours.encode([]).shape == (0, 384)
     with pytest.raises(TypeError, match="normalize_embeddings must be a bool"):
-        ours.encode(SENTENCES[:1], normalize_embeddings="no")
+        ours.encode(SENTENCES[:1], normalize_embeddings="no")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="show_progress_bar must be a bool"):
-        ours.encode(SENTENCES[:1], show_progress_bar="no")
+        ours.encode(SENTENCES[:1], show_progress_bar="no")  # type: ignore[arg-type]
 
 
 def test_minilm_tokenizer_ids_match(minilm_dir, reference):
@@ -120,9 +120,9 @@ def test_tokenizer_pairs_match_transformers(minilm_dir):
     with pytest.raises(ValueError, match="max_length must be >= 3"):
         tok("a", "b", max_length=2)
     with pytest.raises(TypeError, match="text_pair must be a str"):
-        tok(["a"], [3])
+        tok(["a"], [3])  # type: ignore[list-item]
     with pytest.raises(TypeError, match="add_special_tokens must be a bool"):
-        tok.encode("a", add_special_tokens="no")
+        tok.encode("a", add_special_tokens="no")  # type: ignore[arg-type]
 
 
 def test_tokenizer_from_vocab_txt_and_bpe_files(minilm_dir, tmp_path):
@@ -155,13 +155,13 @@ def test_tokenizer_from_vocab_txt_and_bpe_files(minilm_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="no tokenizer"):
         Tokenizer.from_pretrained(tmp_path)
     with pytest.raises(TypeError):
-        a.encode(3)
+        a.encode(3)  # type: ignore[arg-type]
 
 
 def test_sentence_encoder_errors_and_progress_bar(minilm_dir, capsys):
     ours = SentenceEncoder.from_pretrained(minilm_dir)
     with pytest.raises(TypeError, match="strings"):
-        ours.encode(["a", 3])
+        ours.encode(["a", 3])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="batch_size"):
         ours.encode(["a"], batch_size=0)
     pytest.importorskip("tqdm")

@@ -190,7 +190,7 @@ def test_tensor_errors():
     with pytest.raises(ValueError, match="device must be"):
         cf.tensor([1.0], device="tpu")
     with pytest.raises(TypeError, match="device must be a str"):
-        cf.tensor([1.0], device=0)
+        cf.tensor([1.0], device=0)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="dtype must be"):
         cf.tensor([1.0], dtype="complex64")
     with pytest.raises(TypeError, match="real numeric"):
@@ -249,7 +249,7 @@ def test_synchronize_device_argument():
     with pytest.raises(ValueError, match="'cuda:x'"):
         cf.synchronize("cuda:x")
     with pytest.raises(TypeError, match="device must be a str"):
-        cf.synchronize(0)
+        cf.synchronize(0)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "int64", "int32", "bool"])

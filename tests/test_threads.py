@@ -108,7 +108,7 @@ print(os.read(r, 100).decode())
 """
 
 
-@pytest.mark.skipif(not coreformer.info()["openmp"] or os.cpu_count() < 2, reason="needs OpenMP and two cores")
+@pytest.mark.skipif(not coreformer.info()["openmp"] or (os.cpu_count() or 1) < 2, reason="needs OpenMP and two cores")
 @pytest.mark.parametrize("parent", ["team", "idle"])
 def test_fork_after_threads_runs_on_one_thread(parent):
     # multiprocessing's default on Linux forks; after the parent ran a team, GNU OpenMP's next parallel

@@ -10,6 +10,9 @@
 from __future__ import annotations
 
 import warnings
+from typing import Any
+
+from numpy.typing import ArrayLike, DTypeLike
 
 from . import _core, nn, ops
 from ._args import is_int
@@ -44,14 +47,14 @@ __all__ = ["info", "get_num_threads", "set_num_threads", "Tensor", "tensor", "fr
            "empty_cache", "ops", "nn", "models", "Tokenizer", "__version__"]
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     if name == "models":  # imported on first use: it is the heaviest part of the package
         import importlib
         return importlib.import_module(".models", __name__)
     raise AttributeError(f"module 'coreformer' has no attribute {name!r}")
 
 
-def info() -> dict:
+def info() -> dict[str, Any]:
     """What this build runs on: ``version``, ``isa`` (the SIMD path in use: scalar, avx2 or avx512),
     ``isa_supported``, ``num_threads``, ``openmp``, ``cuda_built``, ``cuda_devices`` and, with a GPU,
     ``cuda_gemm`` (cuBLAS, loaded at run time where it is installed, or coreformer's own kernels;
@@ -92,7 +95,7 @@ def set_num_threads(n: int) -> None:
                       RuntimeWarning, stacklevel=2)
 
 
-def tensor(data, device="cpu", dtype=None) -> Tensor:
+def tensor(data: ArrayLike | Tensor, device: str = "cpu", dtype: str | DTypeLike | None = None) -> Tensor:
     """A new ``Tensor`` on ``device`` (``"cpu"``, ``"cuda"`` or ``"cuda:N"``) holding a copy of ``data``.
 
     ``data`` is anything numpy converts (or a Tensor). ``dtype`` (``"float32"``, ``"float16"``,
@@ -103,7 +106,7 @@ def tensor(data, device="cpu", dtype=None) -> Tensor:
     return _core.tensor(data, device, dtype)
 
 
-def synchronize(device="cuda") -> None:
+def synchronize(device: str = "cuda") -> None:
     """Wait until the GPU work queued by coreformer on ``device`` (``"cuda"`` or ``"cuda:N"``) is done
     (``"cpu"``: nothing to wait for, CPU ops return when done).
 
@@ -131,7 +134,7 @@ def empty_cache() -> int:
     return int(_core.empty_cache(-1))
 
 
-def from_dlpack(x) -> Tensor:
+def from_dlpack(x: Any) -> Tensor:
     """A ``Tensor`` sharing the memory of any DLPack producer (a PyTorch, CuPy or JAX tensor, a numpy
     array), CPU or CUDA: zero-copy when it is C-contiguous, one contiguous copy otherwise. The
     other way, ``torch.from_dlpack(t)`` / ``np.from_dlpack(t)`` take a Tensor without a copy.

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 
-def read_json(path, default=None, expect: type = dict):
+def read_json(path: str | os.PathLike[str], default: Any = None, expect: type = dict) -> Any:
     """The JSON in ``path``, which must be an ``expect`` (a JSON object unless told otherwise);
     ``default`` when it does not exist (FileNotFoundError naming it when no default is given);
     ValueError naming the file when it is not valid JSON or not an ``expect`` (a list where a config's
@@ -20,6 +22,7 @@ def read_json(path, default=None, expect: type = dict):
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(value, expect):
-        kind = {dict: "a JSON object", list: "a JSON list"}.get(expect, expect.__name__)
+        kinds: dict[type, str] = {dict: "a JSON object", list: "a JSON list"}
+        kind = kinds.get(expect, expect.__name__)
         raise ValueError(f"{path} must hold {kind}, not {type(value).__name__}")
     return value

@@ -29,7 +29,7 @@ class Case:
     shape: str
     work: float          # flops (unit GFLOP/s) or bytes moved (unit GB/s)
     unit: str
-    impls: dict[str, Callable[[], object]] = field(default_factory=dict)
+    impls: dict[str, Callable[..., object]] = field(default_factory=dict)  # each called with no argument
     scale: float = 1e9   # rate = work / seconds / scale (1e9 for GFLOP/s and GB/s)
 
 
@@ -68,7 +68,7 @@ def _linear_cases(rng, torch, F, quick):
     for m, k, n, act in shapes:
         x, w, b = _rand(rng, m, k), _rand(rng, n, k, scale=0.05), _rand(rng, n)
         wt = np.ascontiguousarray(w.T)
-        impls = {"coreformer": (lambda x=x, w=w, b=b, act=act: ops.linear(x, w, b, act))}
+        impls: dict[str, Callable[..., object]] = {"coreformer": (lambda x=x, w=w, b=b, act=act: ops.linear(x, w, b, act))}
         # numpy: the plain GEMM (no bias, no activation) -- the most favourable time for the peer.
         impls["numpy"] = lambda x=x, wt=wt: x @ wt
         if torch is not None:
@@ -113,7 +113,7 @@ def _attention_cases(rng, torch, F, quick):
         q, k, v = (_rand(rng, b, h, s, d) for _ in range(3))
         # causal: count the half of the score matrix that is computed
         flops = 4.0 * b * h * s * s * d * (0.5 if causal else 1.0)
-        impls = {"coreformer": lambda q=q, k=k, v=v, c=causal: ops.scaled_dot_product_attention(q, k, v, is_causal=c)}
+        impls: dict[str, Callable[..., object]] = {"coreformer": lambda q=q, k=k, v=v, c=causal: ops.scaled_dot_product_attention(q, k, v, is_causal=c)}
         if not causal and s <= 512:
             impls["numpy"] = lambda q=q, k=k, v=v, d=d: _np_softmax(q @ k.transpose(0, 1, 3, 2) / math.sqrt(d)) @ v
         if torch is not None:
@@ -136,7 +136,7 @@ def _mha_cases(rng, torch, F, quick):
     x = _rand(rng, b, s, e)
     iw, ib, ow, ob = _rand(rng, 3 * e, e, scale=0.03), _rand(rng, 3 * e), _rand(rng, e, e, scale=0.03), _rand(rng, e)
     flops = 2.0 * b * s * e * 3 * e + 4.0 * b * s * s * e + 2.0 * b * s * e * e
-    impls = {"coreformer": lambda: ops.multi_head_attention(x, x, x, nh, iw, ib, ow, ob)}
+    impls: dict[str, Callable[..., object]] = {"coreformer": lambda: ops.multi_head_attention(x, x, x, nh, iw, ib, ow, ob)}
     if torch is not None:
         m = torch.nn.MultiheadAttention(e, nh, batch_first=True).eval()
         with torch.no_grad():
@@ -170,7 +170,7 @@ def _encoder_layer_cases(rng, torch, F, quick):
         args = [ops.pack_weight(v) if k.endswith("weight") and not k.startswith("norm") else v for k, v in w.items()]
         t = b * s
         flops = 2.0 * t * e * 4 * e + 4.0 * b * s * s * e + 4.0 * t * e * f
-        impls = {"coreformer": lambda x=x, args=args, nh=nh: ops.transformer_encoder_layer(x, nh, *args,
+        impls: dict[str, Callable[..., object]] = {"coreformer": lambda x=x, args=args, nh=nh: ops.transformer_encoder_layer(x, nh, *args,
                                                                                            activation="gelu",
                                                                                            eps=1e-12)}
         if torch is not None:
@@ -228,7 +228,7 @@ def _layer_norm_cases(rng, torch, F, quick):
 
 def _softmax_cases(rng, torch, F, quick):
     x = _rand(rng, ROWS, COLS)
-    impls = {"coreformer": lambda: ops.softmax(x), "numpy": lambda: _np_softmax(x)}
+    impls: dict[str, Callable[..., object]] = {"coreformer": lambda: ops.softmax(x), "numpy": lambda: _np_softmax(x)}
     if torch is not None:
         tx = torch.from_numpy(x)
         impls["torch"] = lambda: torch.softmax(tx, -1)
@@ -240,7 +240,7 @@ def _gelu_cases(rng, torch, F, quick):
     tx = torch.from_numpy(x) if torch is not None else None
     cases = []
     for approx in ("none", "tanh"):
-        impls = {"coreformer": lambda a=approx: ops.gelu(x, a)}
+        impls: dict[str, Callable[..., object]] = {"coreformer": lambda a=approx: ops.gelu(x, a)}
         if approx == "tanh":
             impls["numpy"] = lambda: 0.5 * x * (1 + np.tanh(0.7978845608 * (x + 0.044715 * x ** 3)))
         if torch is not None:
@@ -252,7 +252,7 @@ def _gelu_cases(rng, torch, F, quick):
 
 def _relu_cases(rng, torch, F, quick):
     x = _rand(rng, ROWS, COLS)
-    impls = {"coreformer": lambda: ops.relu(x), "numpy": lambda: np.maximum(x, 0)}
+    impls: dict[str, Callable[..., object]] = {"coreformer": lambda: ops.relu(x), "numpy": lambda: np.maximum(x, 0)}
     if torch is not None:
         tx = torch.from_numpy(x)
         impls["torch"] = lambda: torch.relu(tx)
@@ -262,7 +262,7 @@ def _relu_cases(rng, torch, F, quick):
 def _embedding_cases(rng, torch, F, quick):
     table = _rand(rng, 30522, 768)
     ids = rng.integers(0, 30522, size=(32, 512)).astype(np.int64)
-    impls = {"coreformer": lambda: ops.embedding(ids, table), "numpy": lambda: table[ids]}
+    impls: dict[str, Callable[..., object]] = {"coreformer": lambda: ops.embedding(ids, table), "numpy": lambda: table[ids]}
     if torch is not None:
         tt, ti = torch.from_numpy(table), torch.from_numpy(ids)
         impls["torch"] = lambda: F.embedding(ti, tt)

@@ -146,20 +146,20 @@ def model_cases(quick: bool, tmp) -> list[Case]:
     transformers.GPT2LMHeadModel(transformers.GPT2Config()).save_pretrained(gd)
     prompt = rng.integers(0, 50000, (1, 32))
     for dt in ("float32", "float16"):
-        ours = GPT2LMHeadModel.from_pretrained(gd, dtype=None).to("cuda", dt)
+        gpt = GPT2LMHeadModel.from_pretrained(gd, dtype=None).to("cuda", dt)
         ref = _hf_load(transformers.GPT2LMHeadModel, gd, tdt[dt])
         tp = torch.tensor(prompt, device="cuda")
 
-        def theirs(ref=ref, tp=tp):
+        def theirs_decode(ref=ref, tp=tp):
             with torch.no_grad():
                 return ref.generate(tp, max_new_tokens=new, min_new_tokens=new, do_sample=False,
                                     pad_token_id=0).cpu().numpy()
 
         cases.append(Case("GPT-2 small decode", f"greedy, 32-token prompt + {new} new, batch 1, {dt}", float(new),
                           "tok/s", {
-                              "coreformer": ours_sync(lambda ours=ours: ours.generate(prompt, max_new_tokens=new,
-                                                                                      eos_token_id=[])),
-                              "torch": theirs_sync(theirs)}, scale=1.0))
+                              "coreformer": ours_sync(lambda gpt=gpt: gpt.generate(prompt, max_new_tokens=new,
+                                                                                   eos_token_id=[])),
+                              "torch": theirs_sync(theirs_decode)}, scale=1.0))
     return cases
 
 

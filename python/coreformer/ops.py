@@ -14,10 +14,13 @@ argument and the shapes; out-of-range ids raise ``IndexError``.
 """
 from __future__ import annotations
 
+from typing import Any, Literal, overload
+
 import numpy as np
 
 from . import _core
 from ._args import flag as _flag, float_arg as _float, int_arg as _int
+from ._typing import ArrayIn, ArrayLike, FloatArray, IntArray, Result, WeightIn
 
 __all__ = [
     "PackedWeight",
@@ -43,16 +46,20 @@ PackedWeight = _core.PackedWeight
 Tensor = _core.Tensor
 
 
-def _ndim(x):
+def _ndim(x: Any) -> int:
     return x.ndim if isinstance(x, Tensor) else np.ndim(x)
 
 
-def _batched(x):
+def _shape(x: Any) -> tuple[int, ...]:
+    return tuple(x.shape) if isinstance(x, Tensor) else np.shape(x)
+
+
+def _batched(x: Any) -> Any:
     """x with a leading batch axis of 1 (a view: no copy, on whatever device x is)."""
     return x.reshape(1, *x.shape) if isinstance(x, Tensor) else np.asarray(x)[None]
 
 
-def _norm_eps(eps, n):
+def _norm_eps(eps: Any, n: int) -> tuple[float, ...]:
     """A fused layer's eps: one float for its n norms, or one each."""
     if np.ndim(eps) == 0:
         return (_float("eps", eps),) * n
@@ -62,11 +69,11 @@ def _norm_eps(eps, n):
     raise ValueError(f"eps must be a float or {which}, got {eps!r}")
 
 
-def _unbatched(r):
+def _unbatched(r: Any) -> Any:
     return r.reshape(*r.shape[1:]) if isinstance(r, Tensor) else r[0]
 
 
-def pack_weight(weight, dtype="float32", *, transposed=False) -> PackedWeight:
+def pack_weight(weight: ArrayIn, dtype: str = "float32", *, transposed: bool = False) -> PackedWeight:
     """Pack a Linear weight ``(out, in)`` once for ``linear`` / ``multi_head_attention``.
 
     ``linear`` with a plain array repacks the weight into the GEMM's panel layout on every call
@@ -85,7 +92,17 @@ def pack_weight(weight, dtype="float32", *, transposed=False) -> PackedWeight:
     return _core.pack_weight(weight, dtype, _flag("transposed", transposed))
 
 
-def linear(x, weight, bias=None, activation=None, *, residual=None, out=None):
+@overload
+def linear(x: Tensor, weight: WeightIn, bias: ArrayIn | None = ..., activation: str | None = ..., *,
+           residual: ArrayIn | None = ..., out: Tensor | None = ...) -> Tensor: ...
+@overload
+def linear(x: ArrayLike, weight: WeightIn, bias: ArrayIn | None = ..., activation: str | None = ..., *,
+           residual: ArrayIn | None = ..., out: FloatArray | None = ...) -> FloatArray: ...
+@overload
+def linear(x: ArrayIn, weight: WeightIn, bias: ArrayIn | None = ..., activation: str | None = ..., *,
+           residual: ArrayIn | None = ..., out: Result | None = ...) -> Result: ...
+def linear(x: ArrayIn, weight: WeightIn, bias: ArrayIn | None = None, activation: str | None = None, *,
+           residual: ArrayIn | None = None, out: Result | None = None) -> Result:
     """``activation(x @ weight.T + bias) + residual`` in one GEMM with a fused epilogue.
 
     x ``(..., in)``, weight ``(out, in)`` (PyTorch's layout) or a ``PackedWeight``, bias
@@ -95,8 +112,21 @@ def linear(x, weight, bias=None, activation=None, *, residual=None, out=None):
     return _core.linear(x, weight, bias, activation, residual, out)
 
 
-def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal=False, scale=None, *, out=None,
-                                 enable_gqa=False):
+@overload
+def scaled_dot_product_attention(query: Tensor, key: ArrayIn, value: ArrayIn, attn_mask: ArrayIn | None = ...,
+                                 is_causal: bool = ..., scale: float | None = ..., *, out: Tensor | None = ...,
+                                 enable_gqa: bool = ...) -> Tensor: ...
+@overload
+def scaled_dot_product_attention(query: ArrayLike, key: ArrayIn, value: ArrayIn, attn_mask: ArrayIn | None = ...,
+                                 is_causal: bool = ..., scale: float | None = ..., *, out: FloatArray | None = ...,
+                                 enable_gqa: bool = ...) -> FloatArray: ...
+@overload
+def scaled_dot_product_attention(query: ArrayIn, key: ArrayIn, value: ArrayIn, attn_mask: ArrayIn | None = ...,
+                                 is_causal: bool = ..., scale: float | None = ..., *, out: Result | None = ...,
+                                 enable_gqa: bool = ...) -> Result: ...
+def scaled_dot_product_attention(query: ArrayIn, key: ArrayIn, value: ArrayIn, attn_mask: ArrayIn | None = None,
+                                 is_causal: bool = False, scale: float | None = None, *, out: Result | None = None,
+                                 enable_gqa: bool = False) -> Result:
     """``softmax(query @ key.T * scale + mask) @ value``, as ``torch.nn.functional.scaled_dot_product_attention``.
 
     query ``(B, H, Sq, D)``, key ``(B, H, Sk, D)``, value ``(B, H, Sk, Dv)``, or the same without B;
@@ -116,7 +146,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal=Fa
     too (a ``(B, S, H, Dv)`` buffer seen as ``(B, H, S, Dv)``, so heads merge without a copy).
     """
     gqa = _flag("enable_gqa", enable_gqa)
-    if all(isinstance(a, np.ndarray) for a in (query, key, value)):
+    if isinstance(query, np.ndarray) and isinstance(key, np.ndarray) and isinstance(value, np.ndarray):
         key, value = _broadcast_kv(query, key, value, gqa)
     elif gqa:
         raise ValueError("enable_gqa takes numpy arrays; for Tensors, repeat the key and value heads first")
@@ -124,7 +154,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, is_causal=Fa
                                              None if scale is None else _float("scale", scale), out)
 
 
-def _broadcast_kv(query, key, value, gqa):
+def _broadcast_kv(query: np.ndarray, key: np.ndarray, value: np.ndarray, gqa: bool) -> tuple[np.ndarray, np.ndarray]:
     """key and value with query's batch and head axes, where torch's attention would broadcast them:
     a size-1 axis becomes a zero-stride view (the core reads it in place, no copy); with ``gqa``, each
     of Hk heads is repeated for H / Hk query heads (torch's repeat_interleave). Shapes it cannot fit
@@ -145,8 +175,25 @@ def _broadcast_kv(query, key, value, gqa):
     return out[0], out[1]
 
 
-def multi_head_attention(query, key, value, num_heads, in_weight, in_bias, out_weight, out_bias,
-                         attn_mask=None, key_padding_mask=None, is_causal=False):
+@overload
+def multi_head_attention(query: Tensor, key: ArrayIn, value: ArrayIn, num_heads: int, in_weight: WeightIn,
+                         in_bias: ArrayIn | None, out_weight: WeightIn, out_bias: ArrayIn | None,
+                         attn_mask: ArrayIn | None = ..., key_padding_mask: ArrayIn | None = ...,
+                         is_causal: bool = ...) -> Tensor: ...
+@overload
+def multi_head_attention(query: ArrayLike, key: ArrayIn, value: ArrayIn, num_heads: int, in_weight: WeightIn,
+                         in_bias: ArrayIn | None, out_weight: WeightIn, out_bias: ArrayIn | None,
+                         attn_mask: ArrayIn | None = ..., key_padding_mask: ArrayIn | None = ...,
+                         is_causal: bool = ...) -> FloatArray: ...
+@overload
+def multi_head_attention(query: ArrayIn, key: ArrayIn, value: ArrayIn, num_heads: int, in_weight: WeightIn,
+                         in_bias: ArrayIn | None, out_weight: WeightIn, out_bias: ArrayIn | None,
+                         attn_mask: ArrayIn | None = ..., key_padding_mask: ArrayIn | None = ...,
+                         is_causal: bool = ...) -> Result: ...
+def multi_head_attention(query: ArrayIn, key: ArrayIn, value: ArrayIn, num_heads: int, in_weight: WeightIn,
+                         in_bias: ArrayIn | None, out_weight: WeightIn, out_bias: ArrayIn | None,
+                         attn_mask: ArrayIn | None = None, key_padding_mask: ArrayIn | None = None,
+                         is_causal: bool = False) -> Result:
     """The forward of ``torch.nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)`` (inference).
 
     query ``(B, Sq, E)``, key and value ``(B, Sk, E)`` (or unbatched ``(S, E)``); ``in_weight``
@@ -163,7 +210,7 @@ def multi_head_attention(query, key, value, num_heads, in_weight, in_bias, out_w
     if unbatched:
         # add the batch axis once per distinct object, so query is key (is value) stays true and the
         # core still runs the fused projection
-        batched = {}
+        batched: dict[int, Any] = {}
         query, key, value = (batched.setdefault(id(t), _batched(t)) for t in (query, key, value))
         if key_padding_mask is not None:
             key_padding_mask = _batched(key_padding_mask)
@@ -172,11 +219,44 @@ def multi_head_attention(query, key, value, num_heads, in_weight, in_bias, out_w
     return _unbatched(r) if unbatched else r
 
 
-def transformer_encoder_layer(x, num_heads, in_weight, in_bias, out_weight, out_bias, linear1_weight, linear1_bias,
-                              linear2_weight, linear2_bias, norm1_weight, norm1_bias, norm2_weight, norm2_bias, *,
-                              activation="relu", norm_first=False, eps=1e-5, attn_mask=None, key_padding_mask=None,
-                              is_causal=False, scale=None, cu_seqlens=None, k_cache=None, v_cache=None,
-                              cache_length=0, out=None):
+_Opt = ArrayIn | None  # an optional bias, norm parameter, mask or cache of the fused layers
+
+
+@overload
+def transformer_encoder_layer(x: Tensor, num_heads: int, in_weight: WeightIn, in_bias: _Opt, out_weight: WeightIn,
+                              out_bias: _Opt, linear1_weight: WeightIn, linear1_bias: _Opt,
+                              linear2_weight: WeightIn, linear2_bias: _Opt, norm1_weight: _Opt, norm1_bias: _Opt,
+                              norm2_weight: _Opt, norm2_bias: _Opt, *, activation: str | None = ...,
+                              norm_first: bool = ..., eps: float | tuple[float, float] = ..., attn_mask: _Opt = ...,
+                              key_padding_mask: _Opt = ..., is_causal: bool = ..., scale: float | None = ...,
+                              cu_seqlens: _Opt = ..., k_cache: _Opt = ..., v_cache: _Opt = ...,
+                              cache_length: int = ..., out: Tensor | None = ...) -> Tensor: ...
+@overload
+def transformer_encoder_layer(x: ArrayLike, num_heads: int, in_weight: WeightIn, in_bias: _Opt,
+                              out_weight: WeightIn, out_bias: _Opt, linear1_weight: WeightIn, linear1_bias: _Opt,
+                              linear2_weight: WeightIn, linear2_bias: _Opt, norm1_weight: _Opt, norm1_bias: _Opt,
+                              norm2_weight: _Opt, norm2_bias: _Opt, *, activation: str | None = ...,
+                              norm_first: bool = ..., eps: float | tuple[float, float] = ..., attn_mask: _Opt = ...,
+                              key_padding_mask: _Opt = ..., is_causal: bool = ..., scale: float | None = ...,
+                              cu_seqlens: _Opt = ..., k_cache: _Opt = ..., v_cache: _Opt = ...,
+                              cache_length: int = ..., out: FloatArray | None = ...) -> FloatArray: ...
+@overload
+def transformer_encoder_layer(x: ArrayIn, num_heads: int, in_weight: WeightIn, in_bias: _Opt, out_weight: WeightIn,
+                              out_bias: _Opt, linear1_weight: WeightIn, linear1_bias: _Opt,
+                              linear2_weight: WeightIn, linear2_bias: _Opt, norm1_weight: _Opt, norm1_bias: _Opt,
+                              norm2_weight: _Opt, norm2_bias: _Opt, *, activation: str | None = ...,
+                              norm_first: bool = ..., eps: float | tuple[float, float] = ..., attn_mask: _Opt = ...,
+                              key_padding_mask: _Opt = ..., is_causal: bool = ..., scale: float | None = ...,
+                              cu_seqlens: _Opt = ..., k_cache: _Opt = ..., v_cache: _Opt = ...,
+                              cache_length: int = ..., out: Result | None = ...) -> Result: ...
+def transformer_encoder_layer(x: ArrayIn, num_heads: int, in_weight: WeightIn, in_bias: _Opt, out_weight: WeightIn,
+                              out_bias: _Opt, linear1_weight: WeightIn, linear1_bias: _Opt,
+                              linear2_weight: WeightIn, linear2_bias: _Opt, norm1_weight: _Opt, norm1_bias: _Opt,
+                              norm2_weight: _Opt, norm2_bias: _Opt, *, activation: str | None = "relu",
+                              norm_first: bool = False, eps: float | tuple[float, float] = 1e-5,
+                              attn_mask: _Opt = None, key_padding_mask: _Opt = None, is_causal: bool = False,
+                              scale: float | None = None, cu_seqlens: _Opt = None, k_cache: _Opt = None,
+                              v_cache: _Opt = None, cache_length: int = 0, out: Result | None = None) -> Result:
     """The forward of ``torch.nn.TransformerEncoderLayer(batch_first=True)`` (inference) in one call.
 
     Post-LN (``norm_first=False``, Vaswani, BERT): ``x1 = norm1(x + self_attn(x))``,
@@ -203,7 +283,7 @@ def transformer_encoder_layer(x, num_heads, in_weight, in_bias, out_weight, out_
     unbatched = cu_seqlens is None and _ndim(x) == 2
     if unbatched:
         if k_cache is not None:
-            raise ValueError(f"x must be (B, S, E) with a KV cache, got shape {tuple(x.shape)}")
+            raise ValueError(f"x must be (B, S, E) with a KV cache, got shape {_shape(x)}")
         x = _batched(x)
         if key_padding_mask is not None:
             key_padding_mask = _batched(key_padding_mask)
@@ -218,14 +298,61 @@ def transformer_encoder_layer(x, num_heads, in_weight, in_bias, out_weight, out_
     return _unbatched(r) if unbatched else r
 
 
-def transformer_decoder_layer(x, memory, num_heads, self_in_weight, self_in_bias, self_out_weight, self_out_bias,
-                              cross_in_weight, cross_in_bias, cross_out_weight, cross_out_bias, linear1_weight,
-                              linear1_bias, linear2_weight, linear2_bias, norm1_weight, norm1_bias, norm2_weight,
-                              norm2_bias, norm3_weight, norm3_bias, *, activation="relu", norm_first=False, eps=1e-5,
-                              tgt_mask=None, tgt_key_padding_mask=None, memory_mask=None,
-                              memory_key_padding_mask=None, tgt_is_causal=False, memory_is_causal=False,
-                              k_cache=None, v_cache=None,
-                              cache_length=0, memory_k=None, memory_v=None, memory_length=0, out=None):
+@overload
+def transformer_decoder_layer(x: Tensor, memory: _Opt, num_heads: int, self_in_weight: WeightIn, self_in_bias: _Opt,
+                              self_out_weight: WeightIn, self_out_bias: _Opt, cross_in_weight: WeightIn,
+                              cross_in_bias: _Opt, cross_out_weight: WeightIn, cross_out_bias: _Opt,
+                              linear1_weight: WeightIn, linear1_bias: _Opt, linear2_weight: WeightIn,
+                              linear2_bias: _Opt, norm1_weight: _Opt, norm1_bias: _Opt, norm2_weight: _Opt,
+                              norm2_bias: _Opt, norm3_weight: _Opt, norm3_bias: _Opt, *,
+                              activation: str | None = ..., norm_first: bool = ...,
+                              eps: float | tuple[float, float, float] = ..., tgt_mask: _Opt = ...,
+                              tgt_key_padding_mask: _Opt = ..., memory_mask: _Opt = ...,
+                              memory_key_padding_mask: _Opt = ..., tgt_is_causal: bool | None = ...,
+                              memory_is_causal: bool | None = ..., k_cache: _Opt = ..., v_cache: _Opt = ...,
+                              cache_length: int = ..., memory_k: _Opt = ..., memory_v: _Opt = ...,
+                              memory_length: int = ..., out: Tensor | None = ...) -> Tensor: ...
+@overload
+def transformer_decoder_layer(x: ArrayLike, memory: _Opt, num_heads: int, self_in_weight: WeightIn,
+                              self_in_bias: _Opt, self_out_weight: WeightIn, self_out_bias: _Opt,
+                              cross_in_weight: WeightIn, cross_in_bias: _Opt, cross_out_weight: WeightIn,
+                              cross_out_bias: _Opt, linear1_weight: WeightIn, linear1_bias: _Opt,
+                              linear2_weight: WeightIn, linear2_bias: _Opt, norm1_weight: _Opt, norm1_bias: _Opt,
+                              norm2_weight: _Opt, norm2_bias: _Opt, norm3_weight: _Opt, norm3_bias: _Opt, *,
+                              activation: str | None = ..., norm_first: bool = ...,
+                              eps: float | tuple[float, float, float] = ..., tgt_mask: _Opt = ...,
+                              tgt_key_padding_mask: _Opt = ..., memory_mask: _Opt = ...,
+                              memory_key_padding_mask: _Opt = ..., tgt_is_causal: bool | None = ...,
+                              memory_is_causal: bool | None = ..., k_cache: _Opt = ..., v_cache: _Opt = ...,
+                              cache_length: int = ..., memory_k: _Opt = ..., memory_v: _Opt = ...,
+                              memory_length: int = ..., out: FloatArray | None = ...) -> FloatArray: ...
+@overload
+def transformer_decoder_layer(x: ArrayIn, memory: _Opt, num_heads: int, self_in_weight: WeightIn,
+                              self_in_bias: _Opt, self_out_weight: WeightIn, self_out_bias: _Opt,
+                              cross_in_weight: WeightIn, cross_in_bias: _Opt, cross_out_weight: WeightIn,
+                              cross_out_bias: _Opt, linear1_weight: WeightIn, linear1_bias: _Opt,
+                              linear2_weight: WeightIn, linear2_bias: _Opt, norm1_weight: _Opt, norm1_bias: _Opt,
+                              norm2_weight: _Opt, norm2_bias: _Opt, norm3_weight: _Opt, norm3_bias: _Opt, *,
+                              activation: str | None = ..., norm_first: bool = ...,
+                              eps: float | tuple[float, float, float] = ..., tgt_mask: _Opt = ...,
+                              tgt_key_padding_mask: _Opt = ..., memory_mask: _Opt = ...,
+                              memory_key_padding_mask: _Opt = ..., tgt_is_causal: bool | None = ...,
+                              memory_is_causal: bool | None = ..., k_cache: _Opt = ..., v_cache: _Opt = ...,
+                              cache_length: int = ..., memory_k: _Opt = ..., memory_v: _Opt = ...,
+                              memory_length: int = ..., out: Result | None = ...) -> Result: ...
+def transformer_decoder_layer(x: ArrayIn, memory: _Opt, num_heads: int, self_in_weight: WeightIn,
+                              self_in_bias: _Opt, self_out_weight: WeightIn, self_out_bias: _Opt,
+                              cross_in_weight: WeightIn, cross_in_bias: _Opt, cross_out_weight: WeightIn,
+                              cross_out_bias: _Opt, linear1_weight: WeightIn, linear1_bias: _Opt,
+                              linear2_weight: WeightIn, linear2_bias: _Opt, norm1_weight: _Opt, norm1_bias: _Opt,
+                              norm2_weight: _Opt, norm2_bias: _Opt, norm3_weight: _Opt, norm3_bias: _Opt, *,
+                              activation: str | None = "relu", norm_first: bool = False,
+                              eps: float | tuple[float, float, float] = 1e-5, tgt_mask: _Opt = None,
+                              tgt_key_padding_mask: _Opt = None, memory_mask: _Opt = None,
+                              memory_key_padding_mask: _Opt = None, tgt_is_causal: bool | None = False,
+                              memory_is_causal: bool | None = False, k_cache: _Opt = None, v_cache: _Opt = None,
+                              cache_length: int = 0, memory_k: _Opt = None, memory_v: _Opt = None,
+                              memory_length: int = 0, out: Result | None = None) -> Result:
     """The forward of ``torch.nn.TransformerDecoderLayer(batch_first=True)`` (inference) in one call.
 
     Post-LN: ``x1 = norm1(x + self_attn(x))``, ``x2 = norm2(x1 + cross_attn(x1, memory))``,
@@ -249,7 +376,7 @@ def transformer_decoder_layer(x, memory, num_heads, self_in_weight, self_in_bias
     unbatched = _ndim(x) == 2
     if unbatched:
         if k_cache is not None or memory_k is not None:
-            raise ValueError(f"x must be (B, T, E) with a cache, got shape {tuple(x.shape)}")
+            raise ValueError(f"x must be (B, T, E) with a cache, got shape {_shape(x)}")
         x = _batched(x)
         if memory is not None and _ndim(memory) == 2:
             memory = _batched(memory)
@@ -272,7 +399,24 @@ def transformer_decoder_layer(x, memory, num_heads, self_in_weight, self_in_bias
     return _unbatched(r) if unbatched else r
 
 
-def additive_attention(query, keys, values, w_query, w_key, v, mask=None, return_weights=False):
+@overload
+def additive_attention(query: ArrayIn, keys: ArrayIn, values: ArrayIn, w_query: ArrayIn, w_key: ArrayIn, v: ArrayIn,
+                       mask: ArrayIn | None = ..., *, return_weights: Literal[True]) -> tuple[Any, Any]: ...
+@overload
+def additive_attention(query: Tensor, keys: ArrayIn, values: ArrayIn, w_query: ArrayIn, w_key: ArrayIn, v: ArrayIn,
+                       mask: ArrayIn | None = ..., return_weights: Literal[False] = ...) -> Tensor: ...
+@overload
+def additive_attention(query: ArrayLike, keys: ArrayIn, values: ArrayIn, w_query: ArrayIn, w_key: ArrayIn,
+                       v: ArrayIn, mask: ArrayIn | None = ...,
+                       return_weights: Literal[False] = ...) -> FloatArray: ...
+@overload
+def additive_attention(query: ArrayIn, keys: ArrayIn, values: ArrayIn, w_query: ArrayIn, w_key: ArrayIn, v: ArrayIn,
+                       mask: ArrayIn | None = ..., return_weights: Literal[False] = ...) -> Result: ...
+@overload
+def additive_attention(query: ArrayIn, keys: ArrayIn, values: ArrayIn, w_query: ArrayIn, w_key: ArrayIn, v: ArrayIn,
+                       mask: ArrayIn | None = ..., return_weights: bool = ...) -> Any: ...
+def additive_attention(query: ArrayIn, keys: ArrayIn, values: ArrayIn, w_query: ArrayIn, w_key: ArrayIn, v: ArrayIn,
+                       mask: ArrayIn | None = None, return_weights: bool = False) -> Any:
     """Additive (Bahdanau, "weighted-sum") attention.
 
     ``score[b, i, j] = v . tanh(w_query @ query[b, i] + w_key @ keys[b, j])``, softmax over j where
@@ -285,7 +429,26 @@ def additive_attention(query, keys, values, w_query, w_key, v, mask=None, return
                                     _flag("return_weights", return_weights))
 
 
-def layer_norm(x, weight=None, bias=None, eps=1e-5, residual=None, *, return_sum=False, out=None):
+@overload
+def layer_norm(x: ArrayIn, weight: ArrayIn | None = ..., bias: ArrayIn | None = ..., eps: float = ...,
+               residual: ArrayIn | None = ..., *, return_sum: Literal[True], out: Result | None = ...) -> tuple[Any, Any]: ...
+@overload
+def layer_norm(x: Tensor, weight: ArrayIn | None = ..., bias: ArrayIn | None = ..., eps: float = ...,
+               residual: ArrayIn | None = ..., *, return_sum: Literal[False] = ...,
+               out: Tensor | None = ...) -> Tensor: ...
+@overload
+def layer_norm(x: ArrayLike, weight: ArrayIn | None = ..., bias: ArrayIn | None = ..., eps: float = ...,
+               residual: ArrayIn | None = ..., *, return_sum: Literal[False] = ...,
+               out: FloatArray | None = ...) -> FloatArray: ...
+@overload
+def layer_norm(x: ArrayIn, weight: ArrayIn | None = ..., bias: ArrayIn | None = ..., eps: float = ...,
+               residual: ArrayIn | None = ..., *, return_sum: Literal[False] = ...,
+               out: Result | None = ...) -> Result: ...
+@overload
+def layer_norm(x: ArrayIn, weight: ArrayIn | None = ..., bias: ArrayIn | None = ..., eps: float = ...,
+               residual: ArrayIn | None = ..., *, return_sum: bool = ..., out: Result | None = ...) -> Any: ...
+def layer_norm(x: ArrayIn, weight: ArrayIn | None = None, bias: ArrayIn | None = None, eps: float = 1e-5,
+               residual: ArrayIn | None = None, *, return_sum: bool = False, out: Result | None = None) -> Any:
     """LayerNorm over the last axis: ``(s - mean) / sqrt(var + eps) * weight + bias`` with ``s = x (+ residual)``.
 
     With ``residual`` the sum is normalised in the same pass (a post-LN block's add & norm);
@@ -295,24 +458,48 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5, residual=None, *, return_sum
     return _core.layer_norm(x, weight, bias, _float("eps", eps), residual, _flag("return_sum", return_sum), out)
 
 
-def softmax(x, axis=-1, *, out=None):
+@overload
+def softmax(x: Tensor, axis: int = ..., *, out: Tensor | None = ...) -> Tensor: ...
+@overload
+def softmax(x: ArrayLike, axis: int = ..., *, out: FloatArray | None = ...) -> FloatArray: ...
+@overload
+def softmax(x: ArrayIn, axis: int = ..., *, out: Result | None = ...) -> Result: ...
+def softmax(x: ArrayIn, axis: int = -1, *, out: Result | None = None) -> Result:
     """Softmax along ``axis``. A slice whose every element is -inf gives zeros (as attention does)."""
     return _core.softmax(x, _int("axis", axis), out)
 
 
-def gelu(x, approximate="none", *, out=None):
+@overload
+def gelu(x: Tensor, approximate: str = ..., *, out: Tensor | None = ...) -> Tensor: ...
+@overload
+def gelu(x: ArrayLike, approximate: str = ..., *, out: FloatArray | None = ...) -> FloatArray: ...
+@overload
+def gelu(x: ArrayIn, approximate: str = ..., *, out: Result | None = ...) -> Result: ...
+def gelu(x: ArrayIn, approximate: str = "none", *, out: Result | None = None) -> Result:
     """GELU: ``x * Phi(x)`` (``approximate="none"``, erf) or the tanh approximation (``"tanh"``)."""
     if not isinstance(approximate, str):
         raise TypeError(f"approximate must be 'none' or 'tanh', got {type(approximate).__name__} {approximate!r}")
     return _core.gelu(x, approximate, out)
 
 
-def relu(x, *, out=None):
+@overload
+def relu(x: Tensor, *, out: Tensor | None = ...) -> Tensor: ...
+@overload
+def relu(x: ArrayLike, *, out: FloatArray | None = ...) -> FloatArray: ...
+@overload
+def relu(x: ArrayIn, *, out: Result | None = ...) -> Result: ...
+def relu(x: ArrayIn, *, out: Result | None = None) -> Result:
     """``max(x, 0)``; NaN stays NaN."""
     return _core.relu(x, out)
 
 
-def embedding(ids, table):
+@overload
+def embedding(ids: ArrayIn, table: Tensor) -> Tensor: ...
+@overload
+def embedding(ids: ArrayIn, table: ArrayLike) -> FloatArray: ...
+@overload
+def embedding(ids: ArrayIn, table: ArrayIn) -> Result: ...
+def embedding(ids: ArrayIn, table: ArrayIn) -> Result:
     """Rows of ``table`` ``(V, D)`` for integer ``ids`` of any shape: ``(*ids.shape, D)``.
 
     Ids outside ``[0, V)`` (negative ones too) raise ``IndexError``.
@@ -320,13 +507,19 @@ def embedding(ids, table):
     return _core.embedding(ids, table)
 
 
-def sinusoidal_positions(num_positions, dim):
+def sinusoidal_positions(num_positions: int, dim: int) -> FloatArray:
     """Sinusoidal positional encodings ``(num_positions, dim)``: sin on even columns, cos on odd
     (Vaswani et al. 2017): ``pe[p, 2i] = sin(p / 10000**(2i/dim))``, ``pe[p, 2i+1] = cos(...)``."""
     return _core.sinusoidal_positions(_int("num_positions", num_positions), _int("dim", dim))
 
 
-def argmax(x):
+@overload
+def argmax(x: Tensor) -> Tensor: ...
+@overload
+def argmax(x: ArrayLike) -> IntArray: ...
+@overload
+def argmax(x: ArrayIn) -> IntArray | Tensor: ...
+def argmax(x: ArrayIn) -> IntArray | Tensor:
     """The index of the largest value along the last axis, int64 of x's shape without that axis (the
     first index on ties; NaN counts as the largest, as ``numpy.argmax``). On a Tensor the result stays
     on its device: greedy decoding on a GPU brings back only the chosen ids."""

@@ -15,6 +15,7 @@ import json
 import mmap
 import os
 import struct
+from typing import Any, Mapping, TypeGuard
 
 import numpy as np
 
@@ -22,7 +23,7 @@ from ._args import is_int
 
 __all__ = ["load_file", "save_file", "SafetensorsError"]
 
-_DTYPES = {
+_DTYPES: dict[str, Any] = {  # numpy's type for each dtype name (BF16: none, widened by hand)
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": None,
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
 }
@@ -34,7 +35,7 @@ class SafetensorsError(ValueError):
     """A file that is not a valid safetensors file."""
 
 
-def _ints(v) -> bool:
+def _ints(v: Any) -> TypeGuard[list[int]]:
     """A JSON list of integers (not floats, bools or strings)."""
     return isinstance(v, list) and all(is_int(d) for d in v)
 
@@ -43,7 +44,7 @@ def _bf16_to_f32(raw: np.ndarray) -> np.ndarray:
     return (raw.astype(np.uint32) << 16).view(np.float32)
 
 
-def load_file(path, *, widen: bool = True) -> dict[str, np.ndarray]:
+def load_file(path: str | os.PathLike[str], *, widen: bool = True) -> dict[str, np.ndarray]:
     """Map ``path`` and return ``{name: array}``: views into the mapping (read-only), except F16/BF16
     tensors, widened to float32 when ``widen`` (the default)."""
     path = os.fspath(path)
@@ -66,7 +67,7 @@ def load_file(path, *, widen: bool = True) -> dict[str, np.ndarray]:
     base = 8 + n
     data_len = size - base
     buf = np.frombuffer(mm, dtype=np.uint8) if mm is not None else np.empty(0, np.uint8)
-    out = {}
+    out: dict[str, np.ndarray] = {}
     for name, meta in header.items():
         if name == "__metadata__":
             continue
@@ -101,9 +102,9 @@ def load_file(path, *, widen: bool = True) -> dict[str, np.ndarray]:
     return out
 
 
-def save_file(tensors: dict, path, metadata: dict | None = None) -> None:
+def save_file(tensors: Mapping[str, Any], path: str | os.PathLike[str], metadata: Mapping[str, Any] | None = None) -> None:
     """Write ``{name: array}`` to ``path`` (arrays are stored C-contiguous in their own dtype)."""
-    header = {}
+    header: dict[str, Any] = {}
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     arrays = []

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ._args import is_int
 from ._files import read_json
+from ._typing import ArrayLike, IntArray, PathLike
 
 __all__ = ["Tokenizer"]
 
@@ -29,14 +31,14 @@ class Tokenizer:
     ``merges.txt`` (byte-level BPE, GPT-2-style).
     """
 
-    def __init__(self, tokenizer, pad_token: str | None = None, model_max_length: int | None = None):
+    def __init__(self, tokenizer: Any, pad_token: str | None = None, model_max_length: int | None = None):
         self._tok = tokenizer
         self.pad_token = pad_token
         self.model_max_length = model_max_length
-        self._truncating = {}  # max_length -> a copy of the tokenizer that truncates there
+        self._truncating: dict[int, Any] = {}  # max_length -> a copy of the tokenizer that truncates there
 
     @classmethod
-    def from_pretrained(cls, model_dir) -> "Tokenizer":
+    def from_pretrained(cls, model_dir: PathLike) -> Tokenizer:
         tk = _tokenizers()
         d = Path(model_dir)
         if not d.is_dir():
@@ -129,7 +131,7 @@ class Tokenizer:
         inputs = list(texts) if pairs is None else list(zip(texts, pairs))
         return tok.encode_batch(inputs, add_special_tokens=add_special_tokens)
 
-    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+    def decode(self, ids: ArrayLike, skip_special_tokens: bool = True) -> str:
         ids = np.asarray(ids)
         if ids.size and ids.dtype.kind not in "iu":
             raise TypeError(f"ids must be integers, got dtype {ids.dtype}")
@@ -143,11 +145,11 @@ class Tokenizer:
             raise IndexError(f"id {bad[0]} is outside the vocabulary [0, {v})")
         return self._tok.decode(ids.tolist(), skip_special_tokens=skip_special_tokens)
 
-    def batch_decode(self, ids, skip_special_tokens: bool = True) -> list[str]:
+    def batch_decode(self, ids: ArrayLike, skip_special_tokens: bool = True) -> list[str]:
         return [self.decode(row, skip_special_tokens) for row in np.asarray(ids)]
 
-    def __call__(self, texts, text_pair=None, padding_side: str = "right", max_length: int | None = None,
-                 add_special_tokens: bool = True) -> dict:
+    def __call__(self, texts: str | list[str], text_pair: str | list[str] | None = None, padding_side: str = "right",
+                 max_length: int | None = None, add_special_tokens: bool = True) -> dict[str, IntArray]:
         """Encode a batch and pad it: ``{"input_ids", "attention_mask", "token_type_ids"}`` as ``(N, L)``
         int64 arrays (L the longest row after truncation to ``max_length``). ``text_pair`` (a str, or
         one per text) makes each row a pair, its second segment of token type 1, as BERT classifiers

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -13,20 +14,20 @@ from .._args import is_int
 from .._files import read_json
 
 
-class ModelOutput(dict):
+class ModelOutput(dict[str, Any]):
     """A dict whose keys are also attributes (``out.logits`` or ``out["logits"]``), as in transformers."""
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         try:
             return self[name]
         except KeyError:
             raise AttributeError(f"this output has no {name!r}; it has {', '.join(self)}") from None
 
-    def __setattr__(self, name, value):
+    def __setattr__(self, name: str, value: Any) -> None:
         self[name] = value
 
 
-class Config(dict):
+class Config(dict[str, Any]):
     """A model's settings (``config.json`` over defaults) as a dict whose keys also read as attributes
     (``config.n_embd``); a missing one is an AttributeError, as ``getattr``, ``hasattr`` and ``copy``
     expect (a KeyError there broke ``copy.deepcopy`` of a model).
@@ -36,11 +37,11 @@ class Config(dict):
     ValueError naming the field, where it surfaced as a TypeError or ZeroDivisionError from deep in
     the layers' construction."""
 
-    SIZES: dict = {}
-    REALS: tuple = ()
-    STRS: tuple = ()
-    FLAGS: tuple = ()
-    IDS: tuple = ()
+    SIZES: dict[str, int] = {}
+    REALS: tuple[str, ...] = ()
+    STRS: tuple[str, ...] = ()
+    FLAGS: tuple[str, ...] = ()
+    IDS: tuple[str, ...] = ()
 
     def check(self) -> None:
         def bad(key, what):

@@ -9,12 +9,17 @@ it), so a layer runs one fused QKV GEMM; each layer is one core call (``ops.tran
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import _core, nn, ops
+from .._typing import ArrayLike, FloatArray, PathLike
 from ._common import (Config, ModelOutput, as_ids, as_mask, check_activation, check_layer_count, check_names,
                       read_config, read_weights, to_device)
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["BertConfig", "BertModel", "BertForSequenceClassification", "BertForTokenClassification",
            "BertForMaskedLM"]
@@ -24,7 +29,7 @@ class BertConfig(Config):
 
     NAMES: dict = {}  # a field's name in config.json where it differs (DistilBERT's), for messages
 
-    def position_padding_idx(self):
+    def position_padding_idx(self) -> int | None:
         """The id whose tokens are padding where positions are numbered from the ids, padding_idx + 1
         on (RoBERTa, MPNet); None where they count from 0 (BERT)."""
         return None
@@ -38,7 +43,7 @@ class BertConfig(Config):
     STRS = ("hidden_act", "position_embedding_type")
     IDS = ("pad_token_id",)
 
-    def __init__(self, **kw):
+    def __init__(self, **kw: Any):
         super().__init__({**self.DEFAULTS, **kw})
         self.check()
         if self.get("num_labels") is None:
@@ -116,7 +121,7 @@ class _SelfAttention(nn.Module):
         # one (3H, H) matrix; the three weights become views of it so no second copy stays alive
         w = np.concatenate([self.query.weight, self.key.weight, self.value.weight])
         b = np.concatenate([self.query.bias, self.key.bias, self.value.bias])
-        h = self.query.weight.shape[0]
+        h = w.shape[0] // 3
         for i, m in enumerate((self.query, self.key, self.value)):
             m._params["weight"], m._params["bias"] = w[i * h:(i + 1) * h], b[i * h:(i + 1) * h]
         object.__setattr__(self, "in_proj_weight", w)
@@ -197,14 +202,14 @@ class BertModel(nn.Module):
     """
 
     base_prefix = "bert."        # where a task model's checkpoint keeps the encoder
-    model_types = ("bert",)     # config.json's model_type
+    model_types: tuple[str, ...] = ("bert",)     # config.json's model_type
     config_class = BertConfig
     is_task = False             # a task model holds the encoder as an attribute (bert / roberta)
     layer_path = "encoder.layer"  # where the checkpoint keeps the layers
     layer_names: dict = {}      # another family's names inside a layer -> BERT's, mapped at load
     token_types = True          # False: the checkpoint has none (a zero row stands in; token_type_ids ignored)
 
-    def __init__(self, config, add_pooling_layer: bool = True):
+    def __init__(self, config: BertConfig | dict[str, Any], add_pooling_layer: bool = True):
         super().__init__()
         c = _config_of(config, self.config_class)
         object.__setattr__(self, "config", c)
@@ -213,7 +218,7 @@ class BertModel(nn.Module):
         self.pooler = _Pooler(c) if add_pooling_layer else None
 
     @classmethod
-    def from_pretrained(cls, model_dir, dtype: str | None = "float32", **kw):
+    def from_pretrained(cls, model_dir: PathLike, dtype: str | None = "float32", **kw: Any) -> Self:
         """Load a Hugging Face BERT folder (``config.json`` + ``model.safetensors``; the weights are
         mapped, not copied, except the fused QKV matrices). The weight matrices are then packed once
         for the GEMM (``pack_weights(dtype)``): ``"float32"``, ``"bfloat16"``, ``"int8"``, or ``None``
@@ -290,7 +295,7 @@ class BertModel(nn.Module):
 
     # ---- on a device: the weights as coreformer.Tensors, each layer one fused call ----
 
-    def to(self, device: str = "cpu", dtype: str | None = None):
+    def to(self, device: str = "cpu", dtype: str | None = None) -> Self:
         """Run the encoder on ``device`` (``"cuda"``, ``"cuda:N"``) with its weights there in ``dtype``
         (``"float32"`` by default, ``"float16"``, ``"bfloat16"``; arithmetic is float32 inside every
         kernel). ``"cpu"`` goes back to the CPU's numpy path. The outputs stay numpy arrays (float32):
@@ -368,7 +373,7 @@ class BertModel(nn.Module):
             raise ValueError(f"token_type_ids must have the shape of input_ids {ids.shape}, got {tt.shape}")
         return ids, mask, tt
 
-    def encode(self, input_ids, attention_mask=None, token_type_ids=None):
+    def encode(self, input_ids: ArrayLike, attention_mask: ArrayLike | None = None, token_type_ids: ArrayLike | None = None) -> FloatArray:
         ids, mask, tt = self._checked_inputs(input_ids, attention_mask, token_type_ids)
         if self.__dict__.get("_device"):
             return self._host(self._encode_tensor(ids, mask, tt), mask)
@@ -395,20 +400,26 @@ class BertModel(nn.Module):
         out.reshape(b * s, e)[keep] = xt
         return out
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+    def forward(self, input_ids: ArrayLike, attention_mask: ArrayLike | None = None, token_type_ids: ArrayLike | None = None) -> ModelOutput:
         x = self.encode(input_ids, attention_mask, token_type_ids)
         pooled = self.pooler(x) if self.pooler is not None else None
         return ModelOutput(last_hidden_state=x, pooler_output=pooled)
 
 
-class _Classifier:
+if TYPE_CHECKING:  # a mixin over BertModel (or a subclass): the type checker reads it as one
+    _ClassifierBase = BertModel
+else:
+    _ClassifierBase = object
+
+
+class _Classifier(_ClassifierBase):
     """A task model: the encoder under its checkpoint prefix (``bert``, ``roberta``, ...) and a small
     head built by ``_head(config)``; the encoder alone goes to a device, the head stays on the CPU."""
 
     is_task = True
     encoder_pooler = False  # whether the encoder keeps its pooler (BERT's sequence classifier reads it)
 
-    def __init__(self, config):
+    def __init__(self, config: BertConfig | dict[str, Any]):
         nn.Module.__init__(self)
         c = _config_of(config, self.config_class)
         object.__setattr__(self, "config", c)
@@ -416,7 +427,7 @@ class _Classifier:
         setattr(self, self.base_prefix[:-1], encoder(c, add_pooling_layer=self.encoder_pooler))
         self._head(c)
 
-    def to(self, device: str = "cpu", dtype: str | None = None):
+    def to(self, device: str = "cpu", dtype: str | None = None) -> Self:
         """The encoder on ``device`` (see ``BertModel.to``); the small head stays on the CPU."""
         self._encoder_model.to(device, dtype)
         return self
@@ -434,7 +445,7 @@ class BertForSequenceClassification(_Classifier, BertModel):
     def _head(self, c):
         self.classifier = nn.Linear(c.hidden_size, c.num_labels)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+    def forward(self, input_ids: ArrayLike, attention_mask: ArrayLike | None = None, token_type_ids: ArrayLike | None = None) -> ModelOutput:
         out = self.bert(input_ids, attention_mask, token_type_ids)
         out.logits = self.classifier(out.pooler_output)
         return out
@@ -446,7 +457,7 @@ class _TokenClassifier(_Classifier):
     def _head(self, c):
         self.classifier = nn.Linear(c.hidden_size, c.num_labels)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+    def forward(self, input_ids: ArrayLike, attention_mask: ArrayLike | None = None, token_type_ids: ArrayLike | None = None) -> ModelOutput:
         h = self._encoder_model(input_ids, attention_mask, token_type_ids).last_hidden_state
         return ModelOutput(last_hidden_state=h, logits=self.classifier(h))
 
@@ -469,7 +480,7 @@ class BertForMaskedLM(BertModel):
 
     is_task = True
 
-    def __init__(self, config):
+    def __init__(self, config: BertConfig | dict[str, Any]):
         nn.Module.__init__(self)
         c = _config_of(config)
         object.__setattr__(self, "config", c)
@@ -484,11 +495,11 @@ class BertForMaskedLM(BertModel):
     _packable = ("decoder_weight",)
 
     @property
-    def decoder_weight(self):
+    def decoder_weight(self) -> FloatArray:
         """The MLM decoder's weight: the word embeddings (tied)."""
         return self.bert.embeddings.word_embeddings.weight
 
-    def to(self, device: str = "cpu", dtype: str | None = None):
+    def to(self, device: str = "cpu", dtype: str | None = None) -> Self:
         """The encoder and the MLM head (its vocabulary-sized product included) on ``device`` (see
         ``BertModel.to``)."""
         self.bert.to(device, dtype)
@@ -507,7 +518,7 @@ class BertForMaskedLM(BertModel):
                     "bias": t(self.cls.predictions.bias)}
         return self
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+    def forward(self, input_ids: ArrayLike, attention_mask: ArrayLike | None = None, token_type_ids: ArrayLike | None = None) -> ModelOutput:
         d = self.bert.__dict__.get("_device")
         if d:
             ids, mask, tt = self.bert._checked_inputs(input_ids, attention_mask, token_type_ids)

@@ -6,10 +6,12 @@ names are mapped to BERT's at load, so ``state_dict()`` uses BERT's, with a zero
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import numpy as np
 
 from .. import nn
+from .._typing import ArrayLike
 from ._common import ModelOutput
 from .bert import BertConfig, BertModel, _Classifier, _TokenClassifier
 
@@ -27,7 +29,7 @@ class DistilBertConfig(BertConfig):
 
     NAMES = {bert: name for name, bert in RENAMES.items()}
 
-    def __init__(self, **kw):
+    def __init__(self, **kw: Any):
         kw = {self.RENAMES.get(k, k): v for k, v in kw.items() if k not in ("type_vocab_size", "layer_norm_eps")}
         try:
             super().__init__(**kw)
@@ -52,7 +54,7 @@ class DistilBertModel(BertModel):
                    "ffn.lin2.": "output.dense.", "output_layer_norm.": "output.LayerNorm."}
     token_types = False
 
-    def __init__(self, config, add_pooling_layer: bool = False):
+    def __init__(self, config: DistilBertConfig | dict[str, Any], add_pooling_layer: bool = False):
         if add_pooling_layer:
             raise ValueError("DistilBERT has no pooler (add_pooling_layer must be False)")
         super().__init__(config, add_pooling_layer=False)
@@ -66,7 +68,7 @@ class DistilBertForSequenceClassification(_Classifier, DistilBertModel):
         self.pre_classifier = nn.Linear(c.hidden_size, c.hidden_size, activation="relu")
         self.classifier = nn.Linear(c.hidden_size, c.num_labels)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+    def forward(self, input_ids: ArrayLike, attention_mask: ArrayLike | None = None, token_type_ids: ArrayLike | None = None) -> ModelOutput:
         h = self.distilbert(input_ids, attention_mask).last_hidden_state
         logits = self.classifier(self.pre_classifier(np.ascontiguousarray(h[:, 0])))
         return ModelOutput(last_hidden_state=h, logits=logits)

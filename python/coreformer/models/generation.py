@@ -3,12 +3,14 @@ temperature, top-k, top-p, in that order), greedy and seeded sampling, and strea
 from __future__ import annotations
 
 import queue
+from typing import Any, Callable, Union
 
 import numpy as np
 
 from .._args import flag, float_arg, is_int
+from .._typing import ArrayLike
 
-__all__ = ["TokenStreamer", "NextToken", "check_generation_args"]
+__all__ = ["TokenStreamer", "Streamer", "NextToken", "check_generation_args"]
 
 
 def check_generation_args(max_new_tokens, temperature, top_k, top_p, repetition_penalty, num_beams=1):
@@ -122,7 +124,7 @@ class TokenStreamer:
         self._q: queue.Queue = queue.Queue()
         self.timeout = timeout
 
-    def put(self, ids) -> None:
+    def put(self, ids: ArrayLike) -> None:
         self._q.put(np.asarray(ids))
 
     def end(self) -> None:
@@ -134,6 +136,10 @@ class TokenStreamer:
             if item is self._END:
                 return
             yield item
+
+
+# What generate's streamer may be: a callable of each step's new ids (B,), or a TokenStreamer.
+Streamer = Union[Callable[[np.ndarray], Any], TokenStreamer]
 
 
 def check_streamer(streamer):

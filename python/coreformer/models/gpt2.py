@@ -8,6 +8,7 @@ they are transposed once, at load. The LM head is tied to ``transformer.wte``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -16,7 +17,11 @@ from .._args import int_arg
 from .._files import read_json
 from ._common import (Config, ModelOutput, as_ids, as_mask, check_activation, check_layer_count, check_names,
                       read_config, read_weights, to_device)
-from .generation import NextToken, check_generation_args, check_streamer, eos_set, stream_end, stream_put
+from .._typing import ArrayLike, FloatArray, IntArray, PathLike
+from .generation import NextToken, Streamer, check_generation_args, check_streamer, eos_set, stream_end, stream_put
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["GPT2Config", "GPT2LMHeadModel", "GPT2Cache"]
 
@@ -34,7 +39,7 @@ class GPT2Config(Config):
     FLAGS = ("tie_word_embeddings", "scale_attn_weights", "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn")
     IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
-    def __init__(self, **kw):
+    def __init__(self, **kw: Any):
         super().__init__({**self.DEFAULTS, **kw})
         self.check()
         if self["n_inner"] is None:
@@ -56,6 +61,7 @@ class GPT2Cache:
     def __init__(self, config: GPT2Config, batch: int, capacity: int, device: str | None = None,
                  dtype: str = "float32"):
         dh = config.n_embd // config.n_head
+        self.layers: list[Any]
         if device is None:
             self.layers = [nn.KVCache(batch, config.n_head, dh, capacity) for _ in range(config.n_layer)]
         else:
@@ -132,7 +138,7 @@ class GPT2LMHeadModel(nn.Module):
     would see alone.
     """
 
-    def __init__(self, config):
+    def __init__(self, config: GPT2Config | dict[str, Any]):
         super().__init__()
         c = config if isinstance(config, GPT2Config) else GPT2Config(**config)
         object.__setattr__(self, "config", c)
@@ -143,12 +149,12 @@ class GPT2LMHeadModel(nn.Module):
     _packable = ("tied_head_weight",)
 
     @property
-    def tied_head_weight(self):
+    def tied_head_weight(self) -> FloatArray | None:
         """The LM head's weight when it is tied to ``transformer.wte`` (else ``None``)."""
         return self.transformer.wte.weight if self.lm_head is None else None
 
     @classmethod
-    def from_pretrained(cls, model_dir, dtype: str | None = "float32"):
+    def from_pretrained(cls, model_dir: PathLike, dtype: str | None = "float32") -> Self:
         """Load a Hugging Face GPT-2 folder (``config.json`` + ``model.safetensors``).
 
         The weight matrices are packed once for the GEMM (``pack_weights(dtype)``): ``"float32"``,
@@ -193,7 +199,7 @@ class GPT2LMHeadModel(nn.Module):
 
     # ---- on a device: the weights and the KV cache as coreformer.Tensors ----
 
-    def to(self, device: str = "cpu", dtype: str | None = None):
+    def to(self, device: str = "cpu", dtype: str | None = None) -> Self:
         """Run on ``device`` (``"cuda"``, ``"cuda:N"``) with the weights there in ``dtype`` (``"float32"``
         by default, ``"float16"``, ``"bfloat16"``; float32 arithmetic in every kernel). The KV cache is
         made on the device and grows in place there; each step sends the new ids up and brings the last
@@ -207,7 +213,7 @@ class GPT2LMHeadModel(nn.Module):
         t = lambda a: _core.tensor(a, device, dtype)
         tr = self.transformer
         head = tr.wte.weight if self.lm_head is None else self.lm_head.weight
-        d = {"device": device, "dtype": dtype, "wte": t(tr.wte.weight), "wpe": t(tr.wpe.weight),
+        d: dict[str, Any] = {"device": device, "dtype": dtype, "wte": t(tr.wte.weight), "wpe": t(tr.wpe.weight),
              "ln_f": (t(tr.ln_f.weight), t(tr.ln_f.bias), tr.ln_f.eps), "blocks": []}
         d["head"] = d["wte"] if self.lm_head is None else t(head)
         for blk in tr.h:
@@ -248,8 +254,9 @@ class GPT2LMHeadModel(nn.Module):
         h = ops.layer_norm(x, *d["ln_f"])
         return ops.linear(h, d["head"])  # a Tensor on the device
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, cache: GPT2Cache | None = None,
-                logits_to_keep: int = 0):
+    def forward(self, input_ids: ArrayLike, attention_mask: ArrayLike | None = None,
+                position_ids: ArrayLike | None = None, cache: GPT2Cache | None = None,
+                logits_to_keep: int = 0) -> ModelOutput:
         ids, mask, position_ids = self._inputs(input_ids, attention_mask, position_ids, cache)
         if self.__dict__.get("_device"):
             logits = self._forward_device(ids, mask, position_ids, cache, logits_to_keep)
@@ -285,9 +292,11 @@ class GPT2LMHeadModel(nn.Module):
                              f"{c.n_positions} (n_positions)")
         return ids, mask, position_ids
 
-    def generate(self, input_ids, attention_mask=None, max_new_tokens: int = 20, do_sample: bool = False,
-                 temperature: float = 1.0, top_k=None, top_p=None, repetition_penalty: float = 1.0,
-                 eos_token_id=None, pad_token_id=None, seed=None, streamer=None) -> np.ndarray:
+    def generate(self, input_ids: ArrayLike, attention_mask: ArrayLike | None = None, max_new_tokens: int = 20,
+                 do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, repetition_penalty: float = 1.0,
+                 eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None, seed: int | None = None,
+                 streamer: Streamer | None = None) -> IntArray:
         """Continue each prompt by up to ``max_new_tokens`` tokens; returns ``(B, prompt + new)`` ids.
 
         Greedy by default (the most probable token at every step); ``do_sample=True`` draws from the

@@ -7,11 +7,16 @@ takes sentence-transformers folders built on it. CPU only: the device path has n
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import nn
+from .._typing import ArrayLike, FloatArray
 from .bert import BertConfig, BertModel
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["MPNetConfig", "MPNetModel"]
 
@@ -23,10 +28,10 @@ class MPNetConfig(BertConfig):
                     pad_token_id=1, relative_attention_num_buckets=32)
     SIZES = dict(BertConfig.SIZES, relative_attention_num_buckets=2)
 
-    def __init__(self, **kw):
+    def __init__(self, **kw: Any):
         super().__init__(**{k: v for k, v in kw.items() if k != "type_vocab_size"})
 
-    def position_padding_idx(self):
+    def position_padding_idx(self) -> int | None:
         return 1  # transformers' MPNetEmbeddings: 1, whatever pad_token_id says
 
 
@@ -56,12 +61,12 @@ class MPNetModel(BertModel):
                    "attention.LayerNorm.": "attention.output.LayerNorm."}
     token_types = False
 
-    def __init__(self, config, add_pooling_layer: bool = True):
+    def __init__(self, config: MPNetConfig | dict[str, Any], add_pooling_layer: bool = True):
         super().__init__(config, add_pooling_layer)
         c = self.config
         self.encoder.relative_attention_bias = nn.Embedding(c.relative_attention_num_buckets, c.num_attention_heads)
 
-    def to(self, device: str = "cpu", dtype: str | None = None):
+    def to(self, device: str = "cpu", dtype: str | None = None) -> Self:
         if str(device) != "cpu":
             raise ValueError("MPNet runs on the CPU only (the GPU path has no relative position bias yet)")
         return self
@@ -69,13 +74,13 @@ class MPNetModel(BertModel):
     def _use_tensors(self, device, dtype):
         raise ValueError("MPNet runs on the CPU only (the GPU path has no relative position bias yet)")
 
-    def position_bias(self, positions):
+    def position_bias(self, positions: np.ndarray) -> FloatArray:
         """The ``(heads, L, L)`` bias between tokens at ``positions`` (their columns in the padded row)."""
         table = self.encoder.relative_attention_bias.weight
         buckets = relative_position_bucket(positions[None, :] - positions[:, None], table.shape[0])
         return np.ascontiguousarray(table[buckets].transpose(2, 0, 1))
 
-    def encode(self, input_ids, attention_mask=None, token_type_ids=None):
+    def encode(self, input_ids: ArrayLike, attention_mask: ArrayLike | None = None, token_type_ids: ArrayLike | None = None) -> FloatArray:
         ids, mask, _ = self._checked_inputs(input_ids, attention_mask, token_type_ids)
         x = self.embeddings(ids, None)  # positions from the whole padded rows, as transformers numbers them
         real = np.ones(ids.shape, bool) if mask is None else mask.astype(bool)

@@ -5,10 +5,13 @@ folders; ``SentenceEncoder`` takes sentence-transformers folders built on them (
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .. import nn
 from .._args import is_int
+from .._typing import ArrayLike
 from ._common import ModelOutput
 from .bert import BertConfig, BertModel, _Classifier, _TokenClassifier
 
@@ -21,10 +24,10 @@ class RobertaConfig(BertConfig):
     DEFAULTS = dict(BertConfig.DEFAULTS, vocab_size=50265, max_position_embeddings=514, type_vocab_size=1,
                     layer_norm_eps=1e-5, pad_token_id=1)
 
-    def position_padding_idx(self):
+    def position_padding_idx(self) -> int | None:
         return self["pad_token_id"]
 
-    def __init__(self, **kw):
+    def __init__(self, **kw: Any):
         super().__init__(**kw)
         p = self["pad_token_id"]
         if not (is_int(p) and 0 <= p < self["max_position_embeddings"] - 1):
@@ -60,7 +63,7 @@ class RobertaForSequenceClassification(_Classifier, RobertaModel):
     def _head(self, c):
         self.classifier = _ClassificationHead(c)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+    def forward(self, input_ids: ArrayLike, attention_mask: ArrayLike | None = None, token_type_ids: ArrayLike | None = None) -> ModelOutput:
         out = self.roberta(input_ids, attention_mask, token_type_ids)
         return ModelOutput(last_hidden_state=out.last_hidden_state, logits=self.classifier(out.last_hidden_state))
 

@@ -3,16 +3,21 @@ optional normalisation)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .._args import flag, is_int
 from .._files import read_json
+from .._typing import PathLike
 from ._common import class_for
 from .bert import BertModel
 from .distilbert import DistilBertModel
 from .mpnet import MPNetModel
 from .roberta import RobertaModel
+
+if TYPE_CHECKING:
+    from ..tokenizer import Tokenizer
 
 _ENCODERS = (BertModel, RobertaModel, DistilBertModel, MPNetModel)
 
@@ -56,7 +61,8 @@ class SentenceEncoder:
     one string, as sentence-transformers does).
     """
 
-    def __init__(self, model: BertModel, tokenizer, pooling, normalize: bool, max_seq_length: int):
+    def __init__(self, model: BertModel, tokenizer: Tokenizer, pooling: tuple[str, ...] | list[str] | dict[str, Any],
+                 normalize: bool, max_seq_length: int):
         self.model, self.tokenizer = model, tokenizer
         # pooling: the modes in order (("mean",), ("cls", "max"), ...) or a pooling config dict
         self.pooling = tuple(pooling) if isinstance(pooling, (tuple, list)) else _pooling_modes(pooling, "pooling")
@@ -64,14 +70,14 @@ class SentenceEncoder:
         self.max_seq_length = int(max_seq_length)
 
     @classmethod
-    def from_pretrained(cls, model_dir, dtype: str | None = "float32") -> "SentenceEncoder":
+    def from_pretrained(cls, model_dir: PathLike, dtype: str | None = "float32") -> SentenceEncoder:
         """Load a sentence-transformers folder; ``dtype`` is how the weight matrices are packed
         (see ``BertModel.from_pretrained``)."""
         from ..tokenizer import Tokenizer
         d = Path(model_dir)
         if not d.is_dir():
             raise FileNotFoundError(f"model folder not found: {d}")
-        pooling = ("mean",)
+        pooling: tuple[str, ...] = ("mean",)
         normalize = False
         tdir = d
         if (d / "modules.json").is_file():
@@ -102,7 +108,7 @@ class SentenceEncoder:
         max_len = min(int(given or tok.model_max_length or limit), limit)
         return cls(model, tok, pooling, normalize, max_len)
 
-    def to(self, device: str = "cpu", dtype: str | None = None) -> "SentenceEncoder":
+    def to(self, device: str = "cpu", dtype: str | None = None) -> SentenceEncoder:
         """Run the encoder on ``device`` (``"cuda"``) in ``dtype`` (see ``BertModel.to``); tokenizing and
         pooling stay on the CPU. Returns self."""
         self.model.to(device, dtype)
@@ -128,16 +134,14 @@ class SentenceEncoder:
 
         return np.concatenate([part(mode) for mode in self.pooling], axis=1).astype(np.float32, copy=False)
 
-    def encode(self, sentences, batch_size: int = 32, normalize_embeddings: bool | None = None,
+    def encode(self, sentences: str | list[str], batch_size: int = 32, normalize_embeddings: bool | None = None,
                show_progress_bar: bool = False) -> np.ndarray:
         """Embed ``sentences`` (a string or a list of strings). Batches are formed from sentences of
         similar length (longest first) to save padding; the result is in input order.
         ``normalize_embeddings`` overrides the folder's Normalize module; ``show_progress_bar``
         draws a tqdm bar over the batches."""
         single = isinstance(sentences, str)
-        if single:
-            sentences = [sentences]
-        sentences = list(sentences)
+        sentences = [sentences] if isinstance(sentences, str) else list(sentences)
         for s in sentences:
             if not isinstance(s, str):
                 raise TypeError(f"sentences must be strings, got {type(s).__name__}")

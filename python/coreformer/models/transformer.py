@@ -4,10 +4,12 @@ cross-attention's are projected once."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
 from .. import _core, nn, ops
+from .._typing import ArrayIn, ArrayLike, FloatArray, IntArray
 from .._args import flag, float_arg, int_arg, is_int
 from ._common import ModelOutput, as_ids, to_device
 from .generation import check_generation_args, eos_set
@@ -34,7 +36,7 @@ class Transformer(nn.Module):
 
     def __init__(self, src_vocab_size: int, tgt_vocab_size: int, d_model: int = 512, nhead: int = 8,
                  num_encoder_layers: int = 6, num_decoder_layers: int = 6, dim_feedforward: int = 2048,
-                 activation="relu", norm_first: bool = False, layer_norm_eps: float = 1e-5,
+                 activation: str | None = "relu", norm_first: bool = False, layer_norm_eps: float = 1e-5,
                  tie_embeddings: bool = False, max_len: int = 1024, bias: bool = True):
         super().__init__()
         self.d_model = int_arg("d_model", d_model)
@@ -50,7 +52,7 @@ class Transformer(nn.Module):
                                              norm_first, layer_norm_eps, bias=bias)
         self.generator = nn.Linear(d_model, tgt_vocab_size)
         if self.tie_embeddings:
-            self.generator.weight = None
+            self.generator.weight = None  # type: ignore[assignment]  # tied: the head reads tgt_embed's
 
     def _embed(self, table, ids, offset=0):
         x = ops.embedding(ids, table.weight)
@@ -60,7 +62,7 @@ class Transformer(nn.Module):
 
     # ---- on a device: the weights, memory and caches as coreformer.Tensors ----
 
-    def to(self, device: str = "cpu", dtype: str | None = None):
+    def to(self, device: str = "cpu", dtype: str | None = None) -> Transformer:
         """Run on ``device`` (``"cuda"``, ``"cuda:N"``) with the weights there in ``dtype`` (``"float32"`` by
         default, ``"float16"``, ``"bfloat16"``; float32 arithmetic in every kernel): the encoder's output
         stays on the device, the decoder's caches live there, each step brings back the last logits.
@@ -177,14 +179,15 @@ class Transformer(nn.Module):
         rows = ops.embedding(_core.tensor(np.repeat(np.arange(b), k), d["device"]), memory.reshape(b, s * e))
         return rows.reshape(b * k, s, e)
 
-    def encode(self, src_ids, src_padding_mask=None) -> np.ndarray:
+    def encode(self, src_ids: ArrayLike, src_padding_mask: ArrayLike | None = None) -> FloatArray:
         """The encoder's output ``(B, S, d_model)`` for source ids ``(B, S)`` (float32, on the host)."""
         src = as_ids(src_ids, "src_ids", vocab=self.src_embed.num_embeddings)
         m = self._encode(src, src_padding_mask)
         return m if isinstance(m, np.ndarray) else m.numpy().astype(np.float32, copy=False)
 
-    def decode(self, tgt_ids, memory, memory_padding_mask=None, tgt_padding_mask=None, cache=None,
-               offset: int = 0) -> np.ndarray:
+    def decode(self, tgt_ids: ArrayLike, memory: ArrayIn | None, memory_padding_mask: ArrayLike | None = None,
+               tgt_padding_mask: ArrayLike | None = None, cache: list[tuple[nn.KVCache, nn.KVCache]] | None = None,
+               offset: int = 0) -> FloatArray:
         """Logits ``(B, T, V)`` of the target positions ``offset .. offset + T - 1`` (causal)."""
         tgt = as_ids(tgt_ids, "tgt_ids", vocab=self.tgt_embed.num_embeddings)
         if self.__dict__.get("_device"):
@@ -198,11 +201,12 @@ class Transformer(nn.Module):
     _packable = ("tied_head_weight",)
 
     @property
-    def tied_head_weight(self):
+    def tied_head_weight(self) -> FloatArray | None:
         """The output projection's weight when it is tied to the target embeddings (else ``None``)."""
         return self.tgt_embed.weight if self.tie_embeddings else None
 
-    def forward(self, src_ids, tgt_ids, src_padding_mask=None, tgt_padding_mask=None):
+    def forward(self, src_ids: ArrayLike, tgt_ids: ArrayLike, src_padding_mask: ArrayLike | None = None,
+                tgt_padding_mask: ArrayLike | None = None) -> ModelOutput:
         """Teacher-forced logits ``(B, T, V)``."""
         memory = self._encode(as_ids(src_ids, "src_ids", vocab=self.src_embed.num_embeddings), src_padding_mask)
         logits = self.decode(tgt_ids, memory, src_padding_mask, tgt_padding_mask)
@@ -210,8 +214,9 @@ class Transformer(nn.Module):
             memory = memory.numpy().astype(np.float32, copy=False)
         return ModelOutput(logits=logits, encoder_last_hidden_state=memory)
 
-    def generate(self, src_ids, max_new_tokens: int, bos_token_id: int, eos_token_id=None, num_beams: int = 1,
-                 length_penalty: float = 1.0, src_padding_mask=None, pad_token_id=None) -> np.ndarray:
+    def generate(self, src_ids: ArrayLike, max_new_tokens: int, bos_token_id: int,
+                 eos_token_id: int | list[int] | None = None, num_beams: int = 1, length_penalty: float = 1.0,
+                 src_padding_mask: ArrayLike | None = None, pad_token_id: int | None = None) -> IntArray:
         """Translate: ``(B, 1 + n)`` target ids starting with ``bos_token_id``, at most
         ``max_new_tokens`` new ones per row, a row ending at ``eos_token_id`` and padded with
         ``pad_token_id`` (default: the EOS) after.
@@ -278,7 +283,7 @@ class Transformer(nn.Module):
         seqs = np.full((b * k, max_new + 1), bos, np.int64)
         scores = np.zeros((b, k))
         scores[:, 1:] = -np.inf  # at the start every beam is the same: only the first counts
-        finished = [[] for _ in range(b)]  # (normalised score, tokens)
+        finished: list[list[tuple[float, Any]]] = [[] for _ in range(b)]  # (normalised score, tokens)
         row_done = np.zeros(b, bool)
         n = 1
         for step in range(max_new):
