@@ -182,7 +182,7 @@ def test_model_folder_files_of_the_wrong_shape_are_value_errors(minilm_dir, tmp_
              ("config.json", '{"model_type": "xlnet"}',
               "SentenceEncoder supports model_type bert, roberta, xlm-roberta, camembert, distilbert, mpnet; "
               ".*has model_type 'xlnet'"),
-             ("tokenizer.json", "{}", "not a valid tokenizer file"),
+             ("tokenizer.json", "{}", "not a tokenizer this library can read"),
              ("tokenizer_config.json", '{"model_max_length": -5}', "model_max_length must be an integer >= 1")]
     for i, (rel, text, match) in enumerate(cases):
         d = tmp_path / str(i)

@@ -11,6 +11,7 @@ Masks follow PyTorch's ``nn`` modules: a bool ``attn_mask`` is True where attend
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import threading
@@ -20,6 +21,7 @@ import numpy as np
 
 from . import _core, ops
 from ._args import flag, float_arg, int_arg
+from ._log import logger
 from ._typing import ArrayIn, ArrayLike, FloatArray, PackedWeight, Result
 from . import safetensors as _st
 
@@ -44,9 +46,12 @@ _init = threading.local()
 
 @contextlib.contextmanager
 def uninitialised() -> Iterator[None]:
-    """Layers made inside (in this thread) get uninitialised parameters instead of random ones: for
+    """Layers made inside (in this thread) get placeholder parameters instead of random ones: for
     loaders that overwrite every parameter (``from_pretrained``), where drawing GPT-2 small's 124M
-    random weights cost 1.6 s and 500 MB that were thrown away. ``np.empty`` pages are not even touched."""
+    random weights cost 1.6 s and 500 MB that were thrown away. A placeholder is a read-only zero-stride
+    view of one zero, whatever its shape: it allocates nothing, so a ``config.json`` whose sizes the
+    weights file does not back (``hidden_size`` 10**8 beside a 1 KB checkpoint) is refused by the
+    shape check at load instead of first allocating what the sizes say."""
     before = getattr(_init, "skip", False)
     _init.skip = True
     try:
@@ -55,16 +60,35 @@ def uninitialised() -> Iterator[None]:
         _init.skip = before
 
 
+def initialising() -> bool:
+    """Whether layers made now get their initial values (outside ``uninitialised()``); inside it,
+    work on the parameters waits for the loaded ones."""
+    return not getattr(_init, "skip", False)
+
+
+def _placeholder(shape: tuple[int, ...]) -> FloatArray | None:
+    """A parameter that will be loaded (inside ``uninitialised()``), or None outside it."""
+    if initialising():
+        return None
+    try:
+        return np.broadcast_to(np.float32(0), shape)
+    except ValueError:  # numpy's own limit on a shape's element count
+        raise ValueError(f"a parameter of shape {shape} is beyond any array") from None
+
+
 def _uniform(shape: tuple[int, ...], bound: float) -> FloatArray:
-    if getattr(_init, "skip", False):
-        return np.empty(shape, np.float32)
-    return _rng.uniform(-bound, bound, size=shape).astype(np.float32)
+    p = _placeholder(shape)
+    return p if p is not None else _rng.uniform(-bound, bound, size=shape).astype(np.float32)
 
 
 def _normal(shape: tuple[int, ...], std: float = 1.0) -> FloatArray:
-    if getattr(_init, "skip", False):
-        return np.empty(shape, np.float32)
-    return (_rng.standard_normal(shape) * std).astype(np.float32)
+    p = _placeholder(shape)
+    return p if p is not None else (_rng.standard_normal(shape) * std).astype(np.float32)
+
+
+def _filled(shape: tuple[int, ...], value: float) -> FloatArray:
+    p = _placeholder(shape)
+    return p if p is not None else np.full(shape, value, np.float32)
 
 
 def _as_f32(name: str, value: Any, contiguous: bool = True) -> FloatArray:
@@ -74,6 +98,8 @@ def _as_f32(name: str, value: Any, contiguous: bool = True) -> FloatArray:
     if a.dtype.kind not in "fiub":
         raise TypeError(f"{name} must be a real numeric array, got dtype {a.dtype}")
     if a.dtype != np.float32 or (contiguous and not a.flags.c_contiguous):
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("parameter %r, %s %s, copied as float32, C-contiguous", name, a.dtype, a.shape)
         a = np.ascontiguousarray(a, dtype=np.float32)
     return a
 
@@ -392,8 +418,8 @@ class LayerNorm(Module):
                 raise ValueError(f"normalized_shape must be one size (the last axis), got {tuple(normalized_shape)}")
             normalized_shape = normalized_shape[0]
         self.normalized_shape, self.eps = int_arg("normalized_shape", normalized_shape), float_arg("eps", eps)
-        self.weight = np.ones(self.normalized_shape, np.float32) if elementwise_affine else None
-        self.bias = np.zeros(self.normalized_shape, np.float32) if elementwise_affine and flag("bias", bias) else None
+        self.weight = _filled((self.normalized_shape,), 1.0) if elementwise_affine else None
+        self.bias = _filled((self.normalized_shape,), 0.0) if elementwise_affine and flag("bias", bias) else None
 
     def forward(self, x: ArrayIn, residual: ArrayIn | None = None, return_sum: bool = False,
                 out: Result | None = None) -> Any:
@@ -417,7 +443,8 @@ class Embedding(Module):
             if not -self.num_embeddings <= p < self.num_embeddings:
                 raise IndexError(f"padding_idx {p} is outside [-{self.num_embeddings}, {self.num_embeddings})")
             self.padding_idx = p % self.num_embeddings
-            self.weight[self.padding_idx] = 0.0
+            if initialising():
+                self.weight[self.padding_idx] = 0.0
 
     def forward(self, ids: ArrayIn) -> FloatArray:
         return ops.embedding(ids, self.weight)
@@ -499,6 +526,10 @@ class KVCache:
     def capacity(self) -> int:
         return self.k.shape[2]
 
+    def __repr__(self) -> str:
+        b, h, _, dh = self.k.shape
+        return f"KVCache(batch={b}, num_heads={h}, head_dim={dh}, length={self.length}, capacity={self.capacity})"
+
     def reserve(self, n: int) -> None:
         """Make room for n more positions (doubling the capacity, one copy, when they do not fit)."""
         if self.length + n > self.capacity:
@@ -558,6 +589,11 @@ class DeviceKVCache:
     @property
     def capacity(self) -> int:
         return self.k.shape[2]
+
+    def __repr__(self) -> str:
+        b, h, _, dh = self.k.shape
+        return (f"DeviceKVCache(batch={b}, num_heads={h}, head_dim={dh}, length={self.length}, "
+                f"capacity={self.capacity}, device={self.device!r}, dtype={self.dtype!r})")
 
     def reserve(self, n: int) -> None:
         if self.length + n <= self.capacity:
@@ -645,10 +681,10 @@ class MultiHeadAttention(Module):
         self.head_dim = self.embed_dim // self.num_heads
         e = self.embed_dim
         self.in_proj_weight = _uniform((3 * e, e), math.sqrt(6.0 / (4 * e)))
-        self.in_proj_bias = np.zeros(3 * e, np.float32) if bias else None
+        self.in_proj_bias = _filled((3 * e,), 0.0) if bias else None
         self.out_proj = Linear(e, e, bias=bias)
         if bias:
-            self.out_proj.bias = np.zeros(e, np.float32)
+            self.out_proj.bias = _filled((e,), 0.0)
 
     _packable = ("in_proj_weight",)
 

@@ -1,9 +1,10 @@
 """``coreformer.Tokenizer``: Hugging Face ``tokenizers`` behind a small API that returns numpy arrays."""
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -23,6 +24,18 @@ def _tokenizers():
     return tokenizers
 
 
+@contextlib.contextmanager
+def _no_panic(source: str) -> Iterator[None]:
+    """The Rust tokenizer panics (pyo3's PanicException, a BaseException) on files whose parts disagree,
+    e.g. a post-processor's special token missing from the vocabulary: a ValueError naming the files."""
+    try:
+        yield
+    except BaseException as e:
+        if type(e).__name__ != "PanicException":
+            raise
+        raise ValueError(f"{source}: the tokenizer failed ({e}); its files do not fit together"[:2000]) from None
+
+
 class Tokenizer:
     """Text to ids and back, over a Hugging Face ``tokenizers.Tokenizer``.
 
@@ -31,8 +44,10 @@ class Tokenizer:
     ``merges.txt`` (byte-level BPE, GPT-2-style).
     """
 
-    def __init__(self, tokenizer: Any, pad_token: str | None = None, model_max_length: int | None = None):
+    def __init__(self, tokenizer: Any, pad_token: str | None = None, model_max_length: int | None = None,
+                 source: str = "the tokenizer"):
         self._tok = tokenizer
+        self.source = source  # what errors name: the files it was read from
         self.pad_token = pad_token
         self.model_max_length = model_max_length
         self._truncating: dict[int, Any] = {}  # max_length -> a copy of the tokenizer that truncates there
@@ -46,28 +61,43 @@ class Tokenizer:
         cfg = read_json(d / "tokenizer_config.json", default={})
         special = read_json(d / "special_tokens_map.json", default={})
 
-        def token(name):
+        def token(name: str) -> str | None:
             t = cfg.get(name, special.get(name))
-            return t.get("content") if isinstance(t, dict) else t
+            t = t.get("content") if isinstance(t, dict) else t
+            if t is not None and not isinstance(t, str):
+                where = "tokenizer_config.json" if name in cfg else "special_tokens_map.json"
+                raise ValueError(f"{d / where}: {name} must be a token (a string), got {t!r}"[:500])
+            return t
 
+        if not isinstance(cfg.get("do_lower_case", True), bool):
+            raise ValueError(f"{d / 'tokenizer_config.json'}: do_lower_case must be true or false, "
+                             f"got {cfg['do_lower_case']!r}"[:500])
+
+        # tokenizers raises a bare Exception (or a TypeError for a config value of the wrong kind) for
+        # files it cannot read: a ValueError naming them
         if (d / "tokenizer.json").is_file():
-            try:
-                tok = tk.Tokenizer.from_file(str(d / "tokenizer.json"))
-            except Exception as e:  # tokenizers raises a bare Exception for a file it cannot read
-                raise ValueError(f"{d / 'tokenizer.json'} is not a valid tokenizer file: {e}") from None
+            sources = [d / "tokenizer.json"]
+            make = lambda: tk.Tokenizer.from_file(str(d / "tokenizer.json"))  # noqa: E731
         elif (d / "vocab.txt").is_file():
             from tokenizers.implementations import BertWordPieceTokenizer
-            tok = BertWordPieceTokenizer(str(d / "vocab.txt"), lowercase=cfg.get("do_lower_case", True),
-                                         unk_token=token("unk_token") or "[UNK]", sep_token=token("sep_token") or
-                                         "[SEP]", cls_token=token("cls_token") or "[CLS]",
-                                         pad_token=token("pad_token") or "[PAD]",
-                                         mask_token=token("mask_token") or "[MASK]")._tokenizer
+            sources = [d / "vocab.txt", d / "tokenizer_config.json", d / "special_tokens_map.json"]
+            make = lambda: BertWordPieceTokenizer(  # noqa: E731
+                str(d / "vocab.txt"), lowercase=cfg.get("do_lower_case", True),
+                unk_token=token("unk_token") or "[UNK]", sep_token=token("sep_token") or "[SEP]",
+                cls_token=token("cls_token") or "[CLS]", pad_token=token("pad_token") or "[PAD]",
+                mask_token=token("mask_token") or "[MASK]")._tokenizer
         elif (d / "vocab.json").is_file() and (d / "merges.txt").is_file():
             from tokenizers.implementations import ByteLevelBPETokenizer
-            tok = ByteLevelBPETokenizer(str(d / "vocab.json"), str(d / "merges.txt"))._tokenizer
+            sources = [d / "vocab.json", d / "merges.txt"]
+            make = lambda: ByteLevelBPETokenizer(str(d / "vocab.json"), str(d / "merges.txt"))._tokenizer  # noqa: E731
         else:
             raise FileNotFoundError(f"no tokenizer in {d}: expected tokenizer.json, vocab.txt, or vocab.json and "
                                     "merges.txt")
+        names = " / ".join(str(f) for f in sources if f.is_file())
+        try:
+            tok = make()
+        except Exception as e:
+            raise ValueError(f"{names}: not a tokenizer this library can read: {e}"[:2000]) from None
         pad = token("pad_token")
         if pad is None and tok.padding:
             pad = tok.padding.get("pad_token")
@@ -82,7 +112,13 @@ class Tokenizer:
                 raise ValueError(f"{d / 'tokenizer_config.json'}: model_max_length must be an integer >= 1, "
                                  f"got {mml!r}")
             mml = int(mml) if mml < 1e9 else None
-        return cls(tok, pad_token=pad, model_max_length=mml)
+        out = cls(tok, pad_token=pad, model_max_length=mml, source=names)
+        out.encode("a", "b")  # files that disagree (a special token the vocabulary lacks) fail here, by name
+        return out
+
+    def __repr__(self) -> str:
+        return (f"Tokenizer(vocab_size={self.vocab_size}, pad_token={self.pad_token!r}, "
+                f"model_max_length={self.model_max_length!r}, source={self.source!r})")
 
     @property
     def vocab_size(self) -> int:
@@ -126,10 +162,12 @@ class Tokenizer:
                 if len(self._truncating) >= 16:
                     self._truncating.clear()
                 self._truncating[int(max_length)] = tok
-        if len(texts) == 1:
-            return [tok.encode(texts[0], None if pairs is None else pairs[0], add_special_tokens=add_special_tokens)]
-        inputs = list(texts) if pairs is None else list(zip(texts, pairs))
-        return tok.encode_batch(inputs, add_special_tokens=add_special_tokens)
+        with _no_panic(self.source):
+            if len(texts) == 1:
+                return [tok.encode(texts[0], None if pairs is None else pairs[0],
+                                   add_special_tokens=add_special_tokens)]
+            inputs = list(texts) if pairs is None else list(zip(texts, pairs))
+            return tok.encode_batch(inputs, add_special_tokens=add_special_tokens)
 
     def decode(self, ids: ArrayLike, skip_special_tokens: bool = True) -> str:
         ids = np.asarray(ids)
@@ -143,7 +181,8 @@ class Tokenizer:
         bad = ids[(ids < 0) | (ids >= v)] if ids.size else ids
         if bad.size:
             raise IndexError(f"id {bad[0]} is outside the vocabulary [0, {v})")
-        return self._tok.decode(ids.tolist(), skip_special_tokens=skip_special_tokens)
+        with _no_panic(self.source):
+            return self._tok.decode(ids.tolist(), skip_special_tokens=skip_special_tokens)
 
     def batch_decode(self, ids: ArrayLike, skip_special_tokens: bool = True) -> list[str]:
         return [self.decode(row, skip_special_tokens) for row in np.asarray(ids)]

@@ -26,6 +26,18 @@ class ModelOutput(dict[str, Any]):
     def __setattr__(self, name: str, value: Any) -> None:
         self[name] = value
 
+    def __repr__(self) -> str:  # arrays by dtype and shape: printing an output should not print its numbers
+        def short(v: Any) -> str:
+            return f"{v.dtype} {tuple(v.shape)}" if hasattr(v, "shape") and hasattr(v, "dtype") else repr(v)
+        return f"{type(self).__name__}({', '.join(f'{k}: {short(v)}' for k, v in self.items())})"
+
+
+def is_token_ids(v: Any, key: str) -> bool:
+    """None or a token id (an integer >= 0) -- for eos_token_id also a list of them, the stop tokens:
+    what config.json and generation_config.json give for bos/eos/pad."""
+    ids = v if isinstance(v, list) and key == "eos_token_id" else [v]
+    return v is None or all(is_int(i) and 0 <= i < 2 ** 62 for i in ids)
+
 
 class Config(dict[str, Any]):
     """A model's settings (``config.json`` over defaults) as a dict whose keys also read as attributes
@@ -42,6 +54,9 @@ class Config(dict[str, Any]):
     STRS: tuple[str, ...] = ()
     FLAGS: tuple[str, ...] = ()
     IDS: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.items())})"
 
     def check(self) -> None:
         def bad(key, what):
@@ -62,10 +77,9 @@ class Config(dict[str, Any]):
             if key in self and not isinstance(self[key], bool):
                 raise bad(key, "true or false")
         for key in self.IDS:
-            v = self.get(key)
-            ids = v if isinstance(v, list) else [v]
-            if key in self and v is not None and not all(is_int(i) and 0 <= i < 2 ** 62 for i in ids):
-                raise bad(key, "a token id (an integer >= 0), a list of them, or null")
+            if key in self and not is_token_ids(self[key], key):
+                raise bad(key, "a token id (an integer >= 0)" + (", a list of them," if key == "eos_token_id" else "")
+                          + " or null")
 
     def __getattr__(self, name):
         try:

@@ -113,7 +113,8 @@ class _SelfAttention(nn.Module):
         self.value = nn.Linear(c.hidden_size, c.hidden_size)
         for m in (self.query, self.key, self.value):
             object.__setattr__(m, "_packable", ())  # only the fused matrix is multiplied by
-        self._after_load()
+        if nn.initialising():  # placeholders (from_pretrained) are fused after they are loaded
+            self._after_load()
 
     _packable = ("in_proj_weight",)
 
@@ -472,7 +473,7 @@ class _PredictionHead(nn.Module):
         self.transform = nn.Module()
         self.transform.dense = nn.Linear(c.hidden_size, c.hidden_size, activation=c.hidden_act)
         self.transform.LayerNorm = nn.LayerNorm(c.hidden_size, c.layer_norm_eps)
-        self.bias = np.zeros(c.vocab_size, np.float32)
+        self.bias = nn._filled((c.vocab_size,), 0.0)
 
 
 class BertForMaskedLM(BertModel):

@@ -15,9 +15,9 @@ import numpy as np
 from .. import _core, nn, ops
 from .._args import int_arg
 from .._files import read_json
-from ._common import (Config, ModelOutput, as_ids, as_mask, check_activation, check_layer_count, check_names,
-                      read_config, read_weights, to_device)
 from .._typing import ArrayLike, FloatArray, IntArray, PathLike
+from ._common import (Config, ModelOutput, as_ids, as_mask, check_activation, check_layer_count, check_names,
+                      is_token_ids, read_config, read_weights, to_device)
 from .generation import NextToken, Streamer, check_generation_args, check_streamer, eos_set, stream_end, stream_put
 
 if TYPE_CHECKING:
@@ -71,6 +71,12 @@ class GPT2Cache:
     @property
     def length(self) -> int:
         return self.layers[0].length
+
+    def __repr__(self) -> str:
+        first = self.layers[0]
+        where = f", device={first.device!r}, dtype={first.dtype!r}" if isinstance(first, nn.DeviceKVCache) else ""
+        return (f"GPT2Cache(layers={len(self.layers)}, batch={first.k.shape[0]}, length={self.length}, "
+                f"capacity={first.capacity}{where})")
 
 
 class _Attention(nn.Module):
@@ -188,7 +194,14 @@ class GPT2LMHeadModel(nn.Module):
         model.load_state_dict({k: v for k, v in sd.items() if k in own}, contiguous=dtype is None)
         if dtype is not None:
             model.pack_weights(dtype)
-        model.generation_defaults.update(read_json(Path(model_dir) / "generation_config.json", default={}))
+        gen_path = Path(model_dir) / "generation_config.json"
+        gen = read_json(gen_path, default={})
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            if not is_token_ids(gen.get(key), key):
+                many = ", a list of them," if key == "eos_token_id" else ""
+                raise ValueError(f"{gen_path}: {key} must be a token id (an integer >= 0){many} or null, "
+                                 f"got {gen[key]!r}"[:500])
+        model.generation_defaults.update(gen)
         return model
 
     def new_cache(self, batch: int, capacity: int) -> GPT2Cache:
