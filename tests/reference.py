@@ -35,7 +35,7 @@ def act(y, activation):
 def gelu(x):
     # x * Phi(x) with Phi(x) = erfc(-x / sqrt 2) / 2: no cancellation in the negative tail
     x = f64(x)
-    return 0.5 * x * _erfc(-x / math.sqrt(2.0)).astype(np.float64)
+    return 0.5 * x * np.asarray(_erfc(-x / math.sqrt(2.0)), np.float64)
 
 
 def gelu_tanh(x):
@@ -152,3 +152,32 @@ def encoder_layer(x, num_heads, p, activation="relu", norm_first=False, eps=1e-5
         return x1 + ff(n2(x1))
     x1 = n1(x + sa(x))
     return n2(x1 + ff(x1))
+
+
+def decoder_layer(x, memory, num_heads, p, activation="relu", norm_first=False, eps=1e-5, tgt_is_causal=False,
+                  memory_key_padding_mask=None):
+    """torch.nn.TransformerDecoderLayer(batch_first=True) in float64; p holds the weights by the names of
+    ops.transformer_decoder_layer (self_in_weight, ..., norm3_bias)."""
+    def sa(h):
+        return mha(h, h, h, num_heads, p["self_in_weight"], p["self_in_bias"], p["self_out_weight"],
+                   p["self_out_bias"], is_causal=tgt_is_causal)
+
+    def ca(h):
+        return mha(h, memory, memory, num_heads, p["cross_in_weight"], p["cross_in_bias"], p["cross_out_weight"],
+                   p["cross_out_bias"], key_padding_mask=memory_key_padding_mask)
+
+    def ff(h):
+        return linear(linear(h, p["linear1_weight"], p["linear1_bias"], activation), p["linear2_weight"],
+                      p["linear2_bias"])
+
+    def n(i, h):
+        return layer_norm(h, p[f"norm{i}_weight"], p[f"norm{i}_bias"], eps)[0]
+
+    x = f64(x)
+    if norm_first:
+        x1 = x + sa(n(1, x))
+        x2 = x1 + ca(n(2, x1))
+        return x2 + ff(n(3, x2))
+    x1 = n(1, x + sa(x))
+    x2 = n(2, x1 + ca(x1))
+    return n(3, x2 + ff(x2))
