@@ -63,6 +63,34 @@ bool elements_distinct(const TensorView& v) {
   return true;
 }
 
+// A conversion that copies an argument (another dtype, a strided or misaligned layout): handed to
+// coreformer._log.copied, which logs it at DEBUG when the "coreformer" logger wants that (the check is
+// in Python: this path already pays for a whole copy). Logging never fails an op.
+void log_copy(const char* name, const py::array& from, const char* to) {
+  static PyObject* copied = [] {
+    try {
+      return py::object(py::module_::import("coreformer._log").attr("copied")).release().ptr();
+    } catch (py::error_already_set&) {  // the core imported on its own, without the package
+      return static_cast<PyObject*>(nullptr);
+    }
+  }();
+  if (!copied) return;
+  try {
+    py::tuple shape(from.ndim());
+    for (py::ssize_t i = 0; i < from.ndim(); ++i) shape[i] = py::int_(from.shape(i));
+    const py::handle log(copied);
+    log(name, py::str(from.dtype()), shape, to);
+  } catch (py::error_already_set&) {
+  }
+}
+
+// c_array's result, logged when it is a copy.
+template <class A>
+A logged(A converted, const py::array& from, const char* name, const char* to) {
+  if (converted.ptr() != from.ptr()) log_copy(name, from, to);
+  return converted;
+}
+
 bool is_aligned(const py::array& a) {
   return a.size() == 0 || reinterpret_cast<uintptr_t>(a.data()) % static_cast<uintptr_t>(a.itemsize()) == 0;
 }
@@ -91,7 +119,10 @@ py::array as_array(py::handle obj, const char* name) {
       throw py::error_already_set();
     }
   }
-  if (!is_aligned(a)) a = py::reinterpret_steal<py::array>(a.attr("copy")().release());
+  if (!is_aligned(a)) {
+    log_copy(name, a, "an aligned array (the data started at an odd byte offset)");
+    a = py::reinterpret_steal<py::array>(a.attr("copy")().release());
+  }
   return a;
 }
 
@@ -127,7 +158,7 @@ Arg float_arg(py::handle obj, const char* name) {
   if (is_tensor(obj)) return tensor_arg(obj);
   py::array a = as_array(obj, name);
   expect_real(a, name);
-  auto f = c_array<float>(a);
+  auto f = logged(c_array<float>(a), a, name, "float32, C-contiguous");
   return {f, view_of(f, DType::f32)};
 }
 
@@ -162,7 +193,7 @@ OptionalView optional_mask(py::handle obj, const char* name, Arg& holder) {
   py::array a = as_array(obj, name);
   const char k = kind_of(a);
   if (k == 'b') {
-    auto b = c_array<bool>(a);
+    auto b = logged(c_array<bool>(a), a, name, "bool, C-contiguous");
     holder = {b, view_of(b, DType::boolean)};
     return holder.view;
   }
@@ -180,8 +211,11 @@ OptionalView optional_bool(py::handle obj, const char* name, Arg& holder) {
   }
   py::array a = as_array(obj, name);
   expect_real(a, name);
-  if (kind_of(a) != 'b') a = py::reinterpret_steal<py::array>(a.attr("__ne__")(0).release());
-  auto b = c_array<bool>(a);
+  if (kind_of(a) != 'b') {
+    log_copy(name, a, "bool (nonzero: True)");
+    a = as_array(a.attr("__ne__")(0), name);  // a 0-d array's != gives a numpy scalar, not an array
+  }
+  auto b = logged(c_array<bool>(a), a, name, "bool, C-contiguous");
   holder = {b, view_of(b, DType::boolean)};
   return holder.view;
 }
@@ -203,10 +237,10 @@ Arg ids_arg(py::handle obj, const char* name) {
       raise<IndexError>(name, "[", at, "] (flat index) is ", big, ", outside any table's rows");
   }
   if (k == 'i' && a.itemsize() == 4) {
-    auto i = c_array<int32_t>(a);
+    auto i = logged(c_array<int32_t>(a), a, name, "int32, C-contiguous");
     return {i, view_of(i, DType::i32)};
   }
-  auto i = c_array<int64_t>(a);
+  auto i = logged(c_array<int64_t>(a), a, name, "int64, C-contiguous");
   return {i, view_of(i, DType::i64)};
 }
 

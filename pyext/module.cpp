@@ -11,6 +11,7 @@
 #include "tensor.h"
 #include "core/dispatch.h"
 #include "core/error.h"
+#include "core/notes.h"
 #include "core/threading.h"
 #include "ops/ops.h"
 #include "cuda/blas.h"
@@ -482,6 +483,9 @@ PYBIND11_MODULE(_core, m) {
           cf::cuda::synchronize(device);
         }, py::arg("device") = 0, "Waits for the GPU work coreformer queued on cuda:device.");
   m.def("get_num_threads", &cf::get_num_threads);
+  m.def("_gemm_panel_width", [] { return cf::kernels().gemm_nr; }, "The active ISA's GEMM panel width.");
+  m.def("_startup_notes", &cf::take_notes, "What the core noticed at start-up (environment variables it could "
+        "not follow), once: coreformer logs them.");
   m.def("set_num_threads", &cf::set_num_threads, py::arg("n"));
   m.def("_threads_lost_to_fork", &cf::threads_lost_to_fork);
   m.def("_set_isa", [](const std::string& name) { cf::set_active_isa(cf::isa_from_name(name)); }, py::arg("name"));
@@ -492,6 +496,8 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("shape", [](const cf::ops::PackedWeight& w) { return py::make_tuple(w.rows, w.cols); })
       .def_property_readonly("dtype", [](const cf::ops::PackedWeight& w) { return std::string(cf::dtype_name(w.dtype)); })
       .def_property_readonly("nbytes", &cf::ops::PackedWeight::nbytes)
+      .def_property_readonly("panel_width", [](const cf::ops::PackedWeight& w) { return w.nr; },
+                             "Columns per GEMM panel it was packed for (the ISA's; another width is unpacked at use).")
       .def("unpack", &unpack_weight, "The weight as a new float32 (out, in) array (bfloat16 widened exactly).")
       .def("__len__", [](const cf::ops::PackedWeight& w) { return w.rows; })
       .def("__getitem__",
@@ -505,7 +511,7 @@ PYBIND11_MODULE(_core, m) {
            "Rows start:stop (out features), sharing memory when the slice starts a panel.")
       .def("__reduce__",
            [](const cf::ops::PackedWeight& w) -> py::tuple {  // pickle and copy, by every protocol: the stored bytes
-             return py::make_tuple(py::module_::import("coreformer._core").attr("_packed_weight_from_state"),
+             return py::make_tuple(py::module_::import("coreformer.ops").attr("_packed_weight_from_state"),
                                    py::make_tuple(packed_state(w)));
            })
       .def("__repr__", [](const cf::ops::PackedWeight& w) {

@@ -30,8 +30,10 @@ isolation=()
   -C cmake.define.COREFORMER_SANITIZE=address,undefined -C cmake.define.COREFORMER_CUDA=OFF \
   -C build-dir="$out/cmake" "$root"
 so=$(ls "$site"/coreformer/_core*.so)
-ldd "$so" | grep -q libasan || { echo "sanitize: $so is not linked with libasan"; exit 1; }
-ldd "$so" | grep -q libubsan || { echo "sanitize: $so is not linked with libubsan"; exit 1; }
+libs=$(ldd "$so")  # not piped into grep -q: under pipefail, ldd's SIGPIPE would fail the check
+for lib in libasan libubsan; do
+  [[ $libs == *"$lib"* ]] || { echo "sanitize: $so is not linked with $lib"; exit 1; }
+done
 
 # libasan first; libstdc++ beside it, or ASan's __cxa_throw interceptor finds no real __cxa_throw (the
 # interpreter does not link libstdc++) and the first C++ exception aborts
@@ -48,7 +50,8 @@ export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
 # measurements (test_memory, the leak soak: ASan's shadow memory and quarantine are what they would see),
 # and the type checks (no C++ of ours runs in them).
 status=0
-"$python" -m pytest -q -p no:cacheprovider "${@:-tests}" \
+# -p no:faulthandler: pytest's SIGSEGV handler would print a Python stack and abort before ASan's report
+"$python" -m pytest -q -p no:cacheprovider -p no:faulthandler "${@:-tests}" \
   --deselect tests/test_portability.py --deselect tests/test_memory.py \
   --deselect tests/test_soak.py::test_rss_stays_flat_over_every_op_and_model \
   --deselect tests/test_soak.py::test_the_leak_measurement_sees_a_leak \

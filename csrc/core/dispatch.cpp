@@ -1,10 +1,10 @@
 #include "core/dispatch.h"
 
 #include <atomic>
-#include <cstdio>
 #include <cstdlib>
 
 #include "core/error.h"
+#include "core/notes.h"
 #if defined(__x86_64__) || defined(_M_X64)
 #include <cpuid.h>
 #endif
@@ -57,10 +57,9 @@ Isa initial_isa() {
     try {
       Isa want = isa_from_name(env);
       if (static_cast<int>(want) <= static_cast<int>(best)) return want;
-      std::fprintf(stderr, "coreformer: COREFORMER_ISA=%s is not supported on this CPU; using %s\n", env,
-                   isa_name(best));
+      note(cat("COREFORMER_ISA=", env, " is not supported on this CPU; using ", isa_name(best)));
     } catch (const ValueError& e) {
-      std::fprintf(stderr, "coreformer: ignoring COREFORMER_ISA: %s\n", e.what());
+      note(cat("ignoring COREFORMER_ISA: ", e.what()));
     }
   }
   return best;

@@ -2,10 +2,10 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstdio>
 #include <cstdlib>
 
 #include "core/error.h"
+#include "core/notes.h"
 #ifdef CF_HAVE_OPENMP
 #include <omp.h>
 #include <pthread.h>
@@ -19,7 +19,7 @@ int initial_threads() {
     char* end = nullptr;
     long n = std::strtol(env, &end, 10);
     if (end != env && *end == '\0' && n >= 1 && n <= kMaxThreads) return static_cast<int>(n);
-    std::fprintf(stderr, "coreformer: ignoring COREFORMER_NUM_THREADS=%s (an integer from 1 to %d)\n", env, kMaxThreads);
+    note(cat("ignoring COREFORMER_NUM_THREADS=", env, " (an integer from 1 to ", kMaxThreads, ")"));
   }
 #ifdef CF_HAVE_OPENMP
   return std::max(1, omp_get_max_threads());

@@ -43,6 +43,24 @@ if _core.info()["cuda_built"]:
 
 Tensor = _core.Tensor
 
+
+def _log_startup() -> None:
+    """What the core chose and what it could not follow, to the "coreformer" logger (see _log.py)."""
+    import os
+    from ._log import logger
+    d = _core.info()
+    for message in _core._startup_notes():
+        logger.warning(message)
+    forced = os.environ.get("COREFORMER_ISA")
+    if forced and forced == d["isa"] and d["isa"] != d["isa_supported"][-1]:
+        logger.info("COREFORMER_ISA=%s: the %s kernels run (this CPU has %s)", forced, d["isa"], d["isa_supported"][-1])
+    logger.debug("coreformer %s: %s kernels (this CPU runs %s), %d threads, OpenMP %s, CUDA %s", d["version"],
+                 d["isa"], ", ".join(d["isa_supported"]), d["num_threads"], "on" if d["openmp"] else "off",
+                 f"built, {d['cuda_devices']} device(s)" if d["cuda_built"] else "not built")
+
+
+_log_startup()
+
 __all__ = ["info", "get_num_threads", "set_num_threads", "Tensor", "tensor", "from_dlpack", "synchronize",
            "empty_cache", "ops", "nn", "models", "Tokenizer", "__version__"]
 

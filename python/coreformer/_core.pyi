@@ -93,12 +93,21 @@ class PackedWeight:
     def nbytes(self) -> int:
         ...
     @property
+    def panel_width(self) -> int:
+        """
+        Columns per GEMM panel it was packed for (the ISA's; another width is unpacked at use).
+        """
+    @property
     def shape(self) -> tuple[int, int]:
         ...
 def _cublas_search_dirs(dirs: collections.abc.Sequence[str]) -> None:
     ...
 def _cuda_gemm() -> str:
     ...
+def _gemm_panel_width() -> int:
+    """
+    The active ISA's GEMM panel width.
+    """
 def _packed_weight_from_state(state: tuple) -> PackedWeight:
     """
     The PackedWeight whose __reduce__ gave `state` (pickle's reconstructor).
@@ -109,6 +118,10 @@ def _set_cublas(enabled: bool) -> bool:
     """
 def _set_isa(name: str) -> None:
     ...
+def _startup_notes() -> list[str]:
+    """
+    What the core noticed at start-up (environment variables it could not follow), once: coreformer logs them.
+    """
 def _threads_lost_to_fork() -> bool:
     ...
 def additive_attention(query: numpy.typing.ArrayLike | Tensor, keys: numpy.typing.ArrayLike | Tensor, values: numpy.typing.ArrayLike | Tensor, w_query: numpy.typing.ArrayLike | Tensor, w_key: numpy.typing.ArrayLike | Tensor, v: numpy.typing.ArrayLike | Tensor, mask: numpy.typing.ArrayLike | Tensor | None = None, return_weights: bool = False) -> typing.Any:

@@ -20,6 +20,7 @@ import numpy as np
 
 from . import _core
 from ._args import flag as _flag, float_arg as _float, int_arg as _int
+from ._log import logger
 from ._typing import ArrayIn, ArrayLike, FloatArray, IntArray, Result, WeightIn
 
 __all__ = [
@@ -71,6 +72,16 @@ def _norm_eps(eps: Any, n: int) -> tuple[float, ...]:
 
 def _unbatched(r: Any) -> Any:
     return r.reshape(*r.shape[1:]) if isinstance(r, Tensor) else r[0]
+
+
+def _packed_weight_from_state(state: tuple) -> PackedWeight:
+    """pickle's reconstructor of a PackedWeight (its ``__reduce__``): the stored bytes, as they were."""
+    w = _core._packed_weight_from_state(state)
+    if w.panel_width != _core._gemm_panel_width():
+        logger.warning("a PackedWeight %s was packed for GEMM panels of %d columns (another CPU's ISA); this one "
+                       "uses %d, so it is unpacked at every use: ops.pack_weight(w.unpack(), w.dtype) packs it for "
+                       "full speed", w.shape, w.panel_width, _core._gemm_panel_width())
+    return w
 
 
 def pack_weight(weight: ArrayIn, dtype: str = "float32", *, transposed: bool = False) -> PackedWeight:

@@ -124,6 +124,9 @@ class TokenStreamer:
         self._q: queue.Queue = queue.Queue()
         self.timeout = timeout
 
+    def __repr__(self) -> str:
+        return f"TokenStreamer(timeout={self.timeout!r})"
+
     def put(self, ids: ArrayLike) -> None:
         self._q.put(np.asarray(ids))
 

@@ -114,6 +114,12 @@ class SentenceEncoder:
         self.model.to(device, dtype)
         return self
 
+    def __repr__(self) -> str:
+        c = self.model.config
+        return (f"SentenceEncoder({type(self.model).__name__} with {c.num_hidden_layers} layers, dim={self.dim}, "
+                f"pooling={self.pooling!r}, normalize={self.normalize}, max_seq_length={self.max_seq_length}, "
+                f"tokenizer={self.tokenizer!r})")
+
     @property
     def dim(self) -> int:
         return self.model.config.hidden_size * len(self.pooling)
