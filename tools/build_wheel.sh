@@ -27,6 +27,8 @@ wheel=$(ls "$raw"/coreformer-*.whl)
 # --plat auto: the oldest (most compatible) manylinux policy the wheel's symbols meet; --strip drops the
 # debug symbols (1.4 MB of 2 MB)
 "$tools/bin/auditwheel" repair --plat auto --strip -w "$out" "$wheel" >&2
-repaired=$(ls -t "$out"/coreformer-*manylinux*.whl | head -1)
-unzip -l "$repaired" | grep -q "coreformer.libs/libgomp" || { echo "build_wheel: libgomp is not bundled" >&2; exit 1; }
+repaired=$(ls -t "$out"/coreformer-*manylinux*.whl)
+repaired=${repaired%%$'\n'*}  # the newest (not `| head`: under pipefail, ls's SIGPIPE would fail the script)
+contents=$(unzip -l "$repaired")
+[[ $contents == *coreformer.libs/libgomp* ]] || { echo "build_wheel: libgomp is not bundled" >&2; exit 1; }
 echo "$repaired"

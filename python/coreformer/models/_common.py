@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import nn
+from .. import _core, nn
+from .._log import logger
 from .. import safetensors as st
 from .._args import is_int
 from .._files import read_json
@@ -211,4 +212,12 @@ def to_device(model, device, dtype):
                              "weights there: pack_weights('bfloat16') or 'int8')")
         object.__setattr__(model, "_device", None)
         return model
-    return model._use_tensors(str(device), dtype or "float32")
+    model = model._use_tensors(str(device), dtype or "float32")
+    gemm = _core._cuda_gemm()  # loads cuBLAS now, where it is installed
+    if gemm.startswith("cublas") or "disabled" in gemm:  # disabled: by COREFORMER_CUBLAS=0, on purpose
+        logger.debug("%s on %s: linear runs through %s", type(model).__name__, device, gemm)
+    else:
+        logger.warning("%s on %s: linear runs coreformer's own GPU kernels, slower than cuBLAS (%s); install "
+                       "NVIDIA's cuBLAS (PyTorch's CUDA build brings it) or set CUDA_HOME", type(model).__name__,
+                       device, gemm)
+    return model
