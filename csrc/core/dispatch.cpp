@@ -71,19 +71,13 @@ std::atomic<int>& active() {
 }
 
 const cpu::Kernels& table(Isa isa) {
-  static const cpu::Kernels scalar_k = {cpu::scalar::gemm_nr, cpu::scalar::gemm, cpu::scalar::attention, cpu::scalar::additive_attention,
-                                        cpu::scalar::layer_norm, cpu::scalar::softmax, cpu::scalar::activation};
 #ifdef CF_HAVE_AVX2
-  static const cpu::Kernels avx2_k = {cpu::avx2::gemm_nr, cpu::avx2::gemm, cpu::avx2::attention, cpu::avx2::additive_attention,
-                                      cpu::avx2::layer_norm, cpu::avx2::softmax, cpu::avx2::activation};
-  if (isa == Isa::avx2) return avx2_k;
+  if (isa == Isa::avx2) return cpu::avx2::kernel_table();
 #endif
 #ifdef CF_HAVE_AVX512
-  static const cpu::Kernels avx512_k = {cpu::avx512::gemm_nr, cpu::avx512::gemm, cpu::avx512::attention, cpu::avx512::additive_attention,
-                                        cpu::avx512::layer_norm, cpu::avx512::softmax, cpu::avx512::activation};
-  if (isa == Isa::avx512) return avx512_k;
+  if (isa == Isa::avx512) return cpu::avx512::kernel_table();
 #endif
-  return scalar_k;
+  return cpu::scalar::kernel_table();
 }
 
 }  // namespace

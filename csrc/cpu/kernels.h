@@ -88,29 +88,35 @@ struct ActivationArgs {
   Activation act = Activation::none;
 };
 
+// Every kernel of the table, once: X(name, Args) for each `void name(const Args&)`. The struct below, the
+// per-ISA declarations and each ISA's table (csrc/cpu/table.cpp, compiled once per ISA) are made from it,
+// so a new kernel is one line here and its definition beside its forward.
+#define CF_CPU_KERNELS(X)                 \
+  X(gemm, GemmArgs)                       \
+  X(attention, AttentionArgs)             \
+  X(additive_attention, AdditiveArgs)     \
+  X(layer_norm, LayerNormArgs)            \
+  X(softmax, SoftmaxArgs)                 \
+  X(activation, ActivationArgs)
+
 struct Kernels {
   int gemm_nr;  // the panel width GemmArgs::wp must be packed with
-  void (*gemm)(const GemmArgs&);
-  void (*attention)(const AttentionArgs&);
-  void (*additive_attention)(const AdditiveArgs&);
-  void (*layer_norm)(const LayerNormArgs&);
-  void (*softmax)(const SoftmaxArgs&);
-  void (*activation)(const ActivationArgs&);
+#define CF_KERNEL_POINTER(name, Args) void (*name)(const Args&);
+  CF_CPU_KERNELS(CF_KERNEL_POINTER)
+#undef CF_KERNEL_POINTER
 };
 
-#define CF_DECLARE_KERNELS(ns)                                   \
-  namespace ns {                                                 \
-  extern const int gemm_nr;                                      \
-  void gemm(const GemmArgs&);                                    \
-  void attention(const AttentionArgs&);                          \
-  void additive_attention(const AdditiveArgs&);                  \
-  void layer_norm(const LayerNormArgs&);                         \
-  void softmax(const SoftmaxArgs&);                              \
-  void activation(const ActivationArgs&);                        \
+#define CF_KERNEL_DECLARATION(name, Args) void name(const Args&);
+#define CF_DECLARE_KERNELS(ns)          \
+  namespace ns {                        \
+  extern const int gemm_nr;             \
+  CF_CPU_KERNELS(CF_KERNEL_DECLARATION) \
+  const Kernels& kernel_table();        \
   }
 CF_DECLARE_KERNELS(scalar)
 CF_DECLARE_KERNELS(avx2)
 CF_DECLARE_KERNELS(avx512)
 #undef CF_DECLARE_KERNELS
+#undef CF_KERNEL_DECLARATION
 
 }  // namespace cf::cpu
