@@ -9,6 +9,7 @@
 
 #include "convert.h"
 #include "tensor.h"
+#include "train.h"
 #include "core/dispatch.h"
 #include "core/error.h"
 #include "core/notes.h"
@@ -564,4 +565,5 @@ PYBIND11_MODULE(_core, m) {
   m.def("embedding", &embedding, py::arg("ids"), py::arg("table"));
   m.def("argmax", &argmax, py::arg("x"));
   m.def("sinusoidal_positions", &sinusoidal, py::arg("num_positions"), py::arg("dim"));
+  cf::pyext::register_train(m);
 }

@@ -88,6 +88,24 @@ struct ActivationArgs {
   Activation act = Activation::none;
 };
 
+// dx = dy * act'(x), elementwise over n (x the activation's input).
+struct ActivationBackwardArgs {
+  int64_t n = 0;
+  const float* x = nullptr;
+  const float* dy = nullptr;
+  float* dx = nullptr;
+  Activation act = Activation::none;
+};
+
+// Softmax's backward over the middle axis of (outer, n, inner): dx = y * (dy - sum_j(dy_j * y_j)), y the
+// forward's output.
+struct SoftmaxBackwardArgs {
+  int64_t outer = 0, n = 0, inner = 0;
+  const float* y = nullptr;
+  const float* dy = nullptr;
+  float* dx = nullptr;
+};
+
 // Every kernel of the table, once: X(name, Args) for each `void name(const Args&)`. The struct below, the
 // per-ISA declarations and each ISA's table (csrc/cpu/table.cpp, compiled once per ISA) are made from it,
 // so a new kernel is one line here and its definition beside its forward.
@@ -97,7 +115,9 @@ struct ActivationArgs {
   X(additive_attention, AdditiveArgs)     \
   X(layer_norm, LayerNormArgs)            \
   X(softmax, SoftmaxArgs)                 \
-  X(activation, ActivationArgs)
+  X(activation, ActivationArgs)           \
+  X(activation_backward, ActivationBackwardArgs) \
+  X(softmax_backward, SoftmaxBackwardArgs)
 
 struct Kernels {
   int gemm_nr;  // the panel width GemmArgs::wp must be packed with

@@ -93,6 +93,32 @@ inline double row_sum_f64(const float* x, int64_t n) {
   return s;
 }
 
+// sum over j of x[j] * y[j], accumulated in float64 (the softmax backward's <dy, y>: its terms cancel).
+inline double row_dot_f64(const float* x, const float* y, int64_t n) {
+  int64_t j = 0;
+  double s = 0.0;
+#if defined(CF_ISA_AVX512)
+  __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd();
+  for (; j + 16 <= n; j += 16) {
+    a0 = _mm512_fmadd_pd(_mm512_cvtps_pd(_mm256_loadu_ps(x + j)), _mm512_cvtps_pd(_mm256_loadu_ps(y + j)), a0);
+    a1 = _mm512_fmadd_pd(_mm512_cvtps_pd(_mm256_loadu_ps(x + j + 8)), _mm512_cvtps_pd(_mm256_loadu_ps(y + j + 8)),
+                         a1);
+  }
+  s = _mm512_reduce_add_pd(_mm512_add_pd(a0, a1));
+#elif defined(CF_ISA_AVX2)
+  __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+  for (; j + 8 <= n; j += 8) {
+    a0 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + j)), _mm256_cvtps_pd(_mm_loadu_ps(y + j)), a0);
+    a1 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + j + 4)), _mm256_cvtps_pd(_mm_loadu_ps(y + j + 4)), a1);
+  }
+  const __m256d t = _mm256_add_pd(a0, a1);
+  const __m128d h = _mm_add_pd(_mm256_castpd256_pd128(t), _mm256_extractf128_pd(t, 1));
+  s = _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+#endif
+  for (; j < n; ++j) s += static_cast<double>(x[j]) * y[j];
+  return s;
+}
+
 // sum over j of (x[j] - c)^2
 inline float row_sq_dev(const float* x, int64_t n, float c) {
   const Vec vc = Vec::set1(c);

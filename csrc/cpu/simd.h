@@ -435,4 +435,30 @@ inline Vec gelu_tanh(Vec x) {
 
 inline Vec relu(Vec x) { return max(Vec::zero(), x); }  // NaN stays NaN
 
+// The activations' derivatives, for their backward (x the forward's input). Beyond |x| = 20 both GELUs
+// are 0 or x in float32, so x is clamped there where it multiplies a density (inf * 0 would be NaN).
+
+// gelu'(x) = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi); Phi from the same tails as gelu.
+inline Vec gelu_grad(Vec x) {
+  const Vec ax = min(Vec::set1(20.0f), abs(x));
+  const Vec tail = all_le(ax, Vec::set1(13.0f)) ? normal_tail_fast(ax) : normal_tail(ax);  // Phi(-|x|)
+  const Vec cdf = select_lt(x, Vec::zero(), tail, Vec::set1(1.0f) - tail);
+  const Vec xc = max(Vec::set1(-20.0f), min(Vec::set1(20.0f), x));  // NaN kept
+  const Vec pdf = exp(xc * xc * Vec::set1(-0.5f)) * Vec::set1(0.3989422804014327f);
+  return fma(xc, pdf, cdf);
+}
+
+// gelu_tanh'(x) = s + x s (1 - s) v', s = sigmoid(v), v = 2 sqrt(2/pi) (x + 0.044715 x^3).
+inline Vec gelu_tanh_grad(Vec x) {
+  constexpr float c = 2.0f * 0.7978845608028654f;
+  const Vec xc = max(Vec::set1(-20.0f), min(Vec::set1(20.0f), x));
+  const Vec x2 = xc * xc;
+  const Vec v = xc * fma(Vec::set1(c * 0.044715f), x2, Vec::set1(c));
+  const Vec s = Vec::set1(1.0f) / (Vec::set1(1.0f) + exp(min(Vec::set1(88.0f), Vec::zero() - v)));
+  const Vec dv = fma(Vec::set1(3.0f * c * 0.044715f), x2, Vec::set1(c));
+  return fma(xc * s * (Vec::set1(1.0f) - s), dv, s);
+}
+
+inline Vec relu_grad(Vec x) { return select_lt(Vec::zero(), x, Vec::set1(1.0f), Vec::zero()); }
+
 }  // namespace cf::cpu::CF_ISA_NS

@@ -57,7 +57,52 @@ void softmax_strided(const SoftmaxArgs& a) {
   }
 }
 
+// dx = y (dy - <dy, y>) along each row, the dot in float64 (deterministic: one thread per row).
+void softmax_backward_rows(const SoftmaxBackwardArgs& a) {
+  const int64_t n = a.n;
+  const int nt = threads_for(a.outer * n, 1 << 15);
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t r = 0; r < a.outer; ++r) {
+    const float* y = a.y + r * n;
+    const float* dy = a.dy + r * n;
+    float* dx = a.dx + r * n;
+    const auto dot_yd = static_cast<float>(row_dot_f64(y, dy, n));
+    const Vec d = Vec::set1(dot_yd);
+    int64_t j = 0;
+    for (; j + Vec::W <= n; j += Vec::W) (Vec::load(y + j) * (Vec::load(dy + j) - d)).store(dx + j);
+    if (j < n) {
+      const int t = static_cast<int>(n - j);
+      (Vec::load_partial(y + j, t) * (Vec::load_partial(dy + j, t) - d)).store_partial(dx + j, t);
+    }
+  }
+}
+
+void softmax_backward_strided(const SoftmaxBackwardArgs& a) {
+  const int64_t n = a.n, inner = a.inner;
+  const int64_t chunks = ceil_div(inner, Vec::W);
+  const int nt = threads_for(a.outer * n * inner, 1 << 15);
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t t = 0; t < a.outer * chunks; ++t) {
+    const int64_t o = t / chunks, c0 = (t % chunks) * Vec::W;
+    const int w = static_cast<int>(imin(Vec::W, inner - c0));
+    const int64_t base = o * n * inner + c0;
+    Vec s = Vec::zero();
+    for (int64_t j = 0; j < n; ++j)
+      s = fma(Vec::load_partial(a.y + base + j * inner, w), Vec::load_partial(a.dy + base + j * inner, w), s);
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t at = base + j * inner;
+      (Vec::load_partial(a.y + at, w) * (Vec::load_partial(a.dy + at, w) - s)).store_partial(a.dx + at, w);
+    }
+  }
+}
+
 }  // namespace
+
+void softmax_backward(const SoftmaxBackwardArgs& a) {
+  if (a.outer == 0 || a.n == 0 || a.inner == 0) return;
+  if (a.inner == 1) softmax_backward_rows(a);
+  else softmax_backward_strided(a);
+}
 
 void softmax(const SoftmaxArgs& a) {
   if (a.outer == 0 || a.n == 0 || a.inner == 0) return;

@@ -27,4 +27,20 @@ void activation(const TensorView& x, Activation act, const TensorView& out) {
   kernels().activation(a);
 }
 
+void activation_backward(const TensorView& x, const TensorView& grad_output, Activation act, const TensorView& out) {
+  expect_float(x, "x");
+  expect_float(grad_output, "grad_output");
+  CF_CHECK(shape_of(grad_output) == shape_of(x), ValueError, "grad_output has shape ", grad_output.shape_str(),
+           " but x has shape ", x.shape_str());
+  expect_out(out, shape_of(x), "activation_backward");
+  cpu_only(common_device({{"x", &x}, {"grad_output", &grad_output}, {"out", &out}}), "the activations' backward");
+  cpu::ActivationBackwardArgs a;
+  a.n = x.numel();
+  a.x = x.ptr<float>();
+  a.dy = grad_output.ptr<float>();
+  a.dx = out.ptr<float>();
+  a.act = act;
+  kernels().activation_backward(a);
+}
+
 }  // namespace cf::ops

@@ -58,6 +58,11 @@ Device common_device(std::initializer_list<Named> args);
 // On a GPU the float arguments of one call share a dtype: TypeError naming the first that differs.
 void expect_same_dtype(std::initializer_list<Named> args, DType dtype);
 inline bool on_gpu(Device d) { return d.type == DeviceType::cuda; }
+// The backward ops run on the CPU so far: RuntimeError naming `what` for Tensors on a GPU.
+inline void cpu_only(Device d, const char* what) {
+  CF_CHECK(!on_gpu(d), RuntimeError, what, " runs on the CPU only in this version (the arguments are on ",
+           device_str(d), ")");
+}
 
 inline void expect_ndim(const TensorView& t, int ndim, const char* name) {
   CF_CHECK(t.ndim == ndim, ValueError, name, " must have ", ndim, " dimensions, got shape ", t.shape_str());

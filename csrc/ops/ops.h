@@ -186,6 +186,12 @@ void softmax(const TensorView& x, int64_t axis, const TensorView& out);
 
 void activation(const TensorView& x, Activation act, const TensorView& out);
 
+// ---- backward (training) ----
+// out = grad_output * act'(x), x the activation's input.
+void activation_backward(const TensorView& x, const TensorView& grad_output, Activation act, const TensorView& out);
+// out = output * (grad_output - sum(grad_output * output)) along `axis`, output the softmax's result.
+void softmax_backward(const TensorView& output, const TensorView& grad_output, int64_t axis, const TensorView& out);
+
 // ids int32/int64 of any shape, table (V, D) -> out (*ids.shape, D); IndexError outside [0, V).
 Shape embedding_shape(const TensorView& ids, const TensorView& table);
 void embedding(const TensorView& ids, const TensorView& table, const TensorView& out);

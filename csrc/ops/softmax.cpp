@@ -29,6 +29,24 @@ void softmax(const TensorView& x, int64_t axis, const TensorView& out) {
   kernels().softmax(a);
 }
 
+void softmax_backward(const TensorView& output, const TensorView& grad_output, int64_t axis, const TensorView& out) {
+  const int ax = softmax_axis(output, axis);
+  expect_float(grad_output, "grad_output");
+  CF_CHECK(shape_of(grad_output) == shape_of(output), ValueError, "grad_output has shape ", grad_output.shape_str(),
+           " but output has shape ", output.shape_str());
+  expect_out(out, shape_of(output), "softmax_backward");
+  cpu_only(common_device({{"output", &output}, {"grad_output", &grad_output}, {"out", &out}}), "softmax's backward");
+  cpu::SoftmaxBackwardArgs a;
+  a.outer = 1; a.inner = 1;
+  for (int i = 0; i < ax; ++i) a.outer *= output.shape[i];
+  for (int i = ax + 1; i < output.ndim; ++i) a.inner *= output.shape[i];
+  a.n = output.shape[ax];
+  a.y = output.ptr<float>();
+  a.dy = grad_output.ptr<float>();
+  a.dx = out.ptr<float>();
+  kernels().softmax_backward(a);
+}
+
 }  // namespace cf::ops
 
 namespace cf::ops {

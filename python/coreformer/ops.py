@@ -40,6 +40,9 @@ __all__ = [
     "embedding",
     "sinusoidal_positions",
     "argmax",
+    "gelu_backward",
+    "relu_backward",
+    "softmax_backward",
 ]
 
 
@@ -535,3 +538,44 @@ def argmax(x: ArrayIn) -> IntArray | Tensor:
     first index on ties; NaN counts as the largest, as ``numpy.argmax``). On a Tensor the result stays
     on its device: greedy decoding on a GPU brings back only the chosen ids."""
     return _core.argmax(x)
+
+
+# ---- backward (training): the gradient of each forward's input, given the gradient of its output ----
+
+
+@overload
+def gelu_backward(grad_output: Tensor, x: ArrayIn, approximate: str = ...) -> Tensor: ...
+@overload
+def gelu_backward(grad_output: ArrayLike, x: ArrayIn, approximate: str = ...) -> FloatArray: ...
+@overload
+def gelu_backward(grad_output: ArrayIn, x: ArrayIn, approximate: str = ...) -> Result: ...
+def gelu_backward(grad_output: ArrayIn, x: ArrayIn, approximate: str = "none") -> Result:
+    """``grad_output * gelu'(x)``: the gradient of ``gelu(x, approximate)`` with respect to its input x
+    (torch's ``gelu_backward``). CPU only so far."""
+    if not isinstance(approximate, str):
+        raise TypeError(f"approximate must be 'none' or 'tanh', got {type(approximate).__name__} {approximate!r}")
+    return _core.gelu_backward(grad_output, x, approximate)
+
+
+@overload
+def relu_backward(grad_output: Tensor, x: ArrayIn) -> Tensor: ...
+@overload
+def relu_backward(grad_output: ArrayLike, x: ArrayIn) -> FloatArray: ...
+@overload
+def relu_backward(grad_output: ArrayIn, x: ArrayIn) -> Result: ...
+def relu_backward(grad_output: ArrayIn, x: ArrayIn) -> Result:
+    """``grad_output`` where ``x > 0``, else 0: the gradient of ``relu(x)``. CPU only so far."""
+    return _core.relu_backward(grad_output, x)
+
+
+@overload
+def softmax_backward(grad_output: Tensor, output: ArrayIn, axis: int = ...) -> Tensor: ...
+@overload
+def softmax_backward(grad_output: ArrayLike, output: ArrayIn, axis: int = ...) -> FloatArray: ...
+@overload
+def softmax_backward(grad_output: ArrayIn, output: ArrayIn, axis: int = ...) -> Result: ...
+def softmax_backward(grad_output: ArrayIn, output: ArrayIn, axis: int = -1) -> Result:
+    """``output * (grad_output - sum(grad_output * output, axis))``: the gradient of ``y = softmax(x, axis)``
+    with respect to x, from y itself (torch's ``_softmax_backward_data``). The sum is accumulated in float64.
+    CPU only so far."""
+    return _core.softmax_backward(grad_output, output, _int("axis", axis))
