@@ -40,9 +40,33 @@ ArrayOut softmax_backward(const ArrayIn& grad_output, const ArrayIn& output_, in
   return oa.result();
 }
 
+// (dx, dweight or None, dbias)
+py::tuple layer_norm_backward(const ArrayIn& grad_output, const ArrayIn& x, const OptionalArrayIn& weight, float eps,
+                              const OptionalArrayIn& residual) {
+  Arg ga = float_arg(grad_output, "grad_output"), xa = float_arg(x, "x"), wa, ra;
+  OptionalView w = optional_float(weight, "weight", wa);
+  OptionalView r = optional_float(residual, "residual", ra);
+  cf::ops::layer_norm_check(xa.view, w, OptionalView(), r, eps, false);
+  const int64_t n = xa.view.size(-1);
+  Arg dx = output(py::none(), {xa.view.shape, xa.view.shape + xa.view.ndim}, {}, false, &xa);
+  Arg db = output(py::none(), {n}, {}, false, &xa), dw;
+  OptionalView dwv;
+  if (w) {
+    dw = output(py::none(), {n}, {}, false, &xa);
+    dwv = dw.view;
+  }
+  {
+    py::gil_scoped_release nogil;
+    cf::ops::layer_norm_backward(ga.view, xa.view, w, r, eps, dx.view, dwv, db.view);
+  }
+  return py::make_tuple(dx.result(), w ? dw.result() : py::object(py::none()), db.result());
+}
+
 }  // namespace
 
 void register_train(py::module_& m) {
+  m.def("layer_norm_backward", &layer_norm_backward, py::arg("grad_output"), py::arg("x"),
+        py::arg("weight") = py::none(), py::arg("eps") = 1e-5, py::arg("residual") = py::none());
   m.def("gelu_backward", &gelu_backward, py::arg("grad_output"), py::arg("x"), py::arg("approximate") = "none");
   m.def("relu_backward",
         [](const ArrayIn& grad_output, const ArrayIn& x) { return activation_backward(grad_output, x, Activation::relu); },

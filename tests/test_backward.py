@@ -106,3 +106,72 @@ def test_backward_inputs_converted_and_checked(rng):
         ops.softmax_backward(dy, ops.softmax(x), 2)
     with pytest.raises(TypeError, match="x"):
         ops.relu_backward(dy, np.array([["a"]]))
+
+
+def layer_norm_grads_f64(x, w, dy, eps, residual=None):
+    """float64 gradients of layer_norm: dx by the closed form, dweight and dbias by their sums."""
+    s = np.asarray(x, np.float64) + (0 if residual is None else np.asarray(residual, np.float64))
+    mu = s.mean(-1, keepdims=True)
+    rstd = 1 / np.sqrt(((s - mu) ** 2).mean(-1, keepdims=True) + eps)
+    xhat = (s - mu) * rstd
+    g = dy * (1.0 if w is None else np.asarray(w, np.float64))
+    dx = rstd * (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))
+    lead = tuple(range(dy.ndim - 1))
+    return dx, (dy * xhat).sum(lead), dy.sum(lead)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (5, 63), (4, 65), (70, 768), (2, 3, 1000), (200, 33)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_layer_norm_backward(isa, rng, shape, affine):
+    x, dy = randn(rng, *shape, scale=2) + 1, randn(rng, *shape).astype(np.float64)
+    w = randn(rng, shape[-1]) + 1 if affine else None
+    dx, dw, db = ops.layer_norm_backward(dy, x, w, 1e-5)
+    want_dx, want_dw, want_db = layer_norm_grads_f64(x, w, dy, 1e-5)
+    assert norm_rel(dx, want_dx) < 1e-5
+    assert norm_rel(db, want_db) < 1e-6
+    if affine:
+        assert norm_rel(dw, want_dw) < 1e-5
+    else:
+        assert dw is None
+
+
+def test_layer_norm_backward_with_residual_and_torch(rng):
+    torch = pytest.importorskip("torch")
+    x, r, dy = randn(rng, 9, 40), randn(rng, 9, 40), randn(rng, 9, 40)
+    w, b = randn(rng, 40) + 1, randn(rng, 40)
+    tx, tr = (torch.tensor(a.astype(np.float64), requires_grad=True) for a in (x, r))
+    tw, tb = (torch.tensor(a.astype(np.float64), requires_grad=True) for a in (w, b))
+    torch.nn.functional.layer_norm(tx + tr, (40,), tw, tb, 1e-6).backward(torch.tensor(dy.astype(np.float64)))
+    dx, dw, db = ops.layer_norm_backward(dy, x, w, 1e-6, residual=r)
+    for got, want in ((dx, tx.grad), (dx, tr.grad), (dw, tw.grad), (db, tb.grad)):
+        assert norm_rel(got, want.numpy()) < 1e-5
+
+
+def test_layer_norm_backward_is_the_same_on_any_thread_count(rng):
+    import coreformer
+    x, dy, w = randn(rng, 300, 96), randn(rng, 300, 96), randn(rng, 96)
+    before = coreformer.get_num_threads()
+    try:
+        got = []
+        for n in (1, 2, 3):
+            coreformer.set_num_threads(n)
+            got.append(ops.layer_norm_backward(dy, x, w))
+    finally:
+        coreformer.set_num_threads(before)
+    for other in got[1:]:
+        for a, b in zip(got[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_layer_norm_backward_bad_input(rng):
+    x, dy = randn(rng, 4, 8), randn(rng, 4, 8)
+    with pytest.raises(ValueError, match=r"grad_output has shape \(4, 7\) but x has shape \(4, 8\)"):
+        ops.layer_norm_backward(dy[:, 1:], x)
+    with pytest.raises(ValueError, match=r"weight must have shape \(8,\)"):
+        ops.layer_norm_backward(dy, x, randn(rng, 7))
+    with pytest.raises(ValueError, match="residual has shape"):
+        ops.layer_norm_backward(dy, x, residual=x[:2])
+    with pytest.raises(ValueError, match="eps"):
+        ops.layer_norm_backward(dy, x, eps=-1.0)
+    empty = ops.layer_norm_backward(np.zeros((0, 5), np.float32), np.zeros((0, 5), np.float32), np.ones(5))
+    assert empty[0].shape == (0, 5) and not empty[1].any() and not empty[2].any()

@@ -74,6 +74,22 @@ struct LayerNormArgs {
   float eps = 1e-5f;
 };
 
+// LayerNorm's backward over rows of length n, s = x (+ residual) the normalised input: with
+// xhat = (s - mean) * rstd and g = dy * weight, dx = rstd * (g - mean(g) - xhat * mean(g * xhat));
+// dweight = sum over rows of dy * xhat, dbias = sum of dy (either may be null). mean and rstd are
+// recomputed from s exactly as the forward computes them.
+struct LayerNormBackwardArgs {
+  int64_t rows = 0, n = 0;
+  const float* x = nullptr;
+  const float* residual = nullptr;  // optional
+  const float* weight = nullptr;    // optional (ones)
+  const float* dy = nullptr;
+  float* dx = nullptr;
+  float* dweight = nullptr;         // optional
+  float* dbias = nullptr;           // optional
+  float eps = 1e-5f;
+};
+
 // Softmax over the middle axis of (outer, n, inner).
 struct SoftmaxArgs {
   int64_t outer = 0, n = 0, inner = 0;
@@ -117,7 +133,8 @@ struct SoftmaxBackwardArgs {
   X(softmax, SoftmaxArgs)                 \
   X(activation, ActivationArgs)           \
   X(activation_backward, ActivationBackwardArgs) \
-  X(softmax_backward, SoftmaxBackwardArgs)
+  X(softmax_backward, SoftmaxBackwardArgs)      \
+  X(layer_norm_backward, LayerNormBackwardArgs)
 
 struct Kernels {
   int gemm_nr;  // the panel width GemmArgs::wp must be packed with

@@ -34,4 +34,32 @@ void layer_norm(const TensorView& x, const OptionalView& weight, const OptionalV
                              sum_out ? sum_out->data : nullptr);
 }
 
+void layer_norm_backward(const TensorView& grad_output, const TensorView& x, const OptionalView& weight,
+                         const OptionalView& residual, float eps, const TensorView& dx, const OptionalView& dweight,
+                         const TensorView& dbias) {
+  layer_norm_check(x, weight, OptionalView(), residual, eps, false);
+  expect_float(grad_output, "grad_output");
+  CF_CHECK(shape_of(grad_output) == shape_of(x), ValueError, "grad_output has shape ", grad_output.shape_str(),
+           " but x has shape ", x.shape_str());
+  const int64_t n = x.size(-1), rows = n == 0 ? 0 : x.numel() / n;
+  expect_out(dx, shape_of(x), "layer_norm_backward");
+  expect_out(dbias, {n}, "layer_norm_backward (dbias)");
+  if (dweight) expect_out(*dweight, {n}, "layer_norm_backward (dweight)");
+  cpu_only(common_device({{"grad_output", &grad_output}, {"x", &x}, {"weight", opt(weight)},
+                          {"residual", opt(residual)}, {"dx", &dx}}),
+           "layer_norm's backward");
+  cpu::LayerNormBackwardArgs a;
+  a.rows = rows;
+  a.n = n;
+  a.x = x.ptr<float>();
+  a.residual = residual ? residual->ptr<float>() : nullptr;
+  a.weight = weight ? weight->ptr<float>() : nullptr;
+  a.dy = grad_output.ptr<float>();
+  a.dx = dx.ptr<float>();
+  a.dweight = dweight ? dweight->ptr<float>() : nullptr;
+  a.dbias = dbias.ptr<float>();
+  a.eps = eps;
+  kernels().layer_norm_backward(a);
+}
+
 }  // namespace cf::ops

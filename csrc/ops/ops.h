@@ -189,6 +189,11 @@ void activation(const TensorView& x, Activation act, const TensorView& out);
 // ---- backward (training) ----
 // out = grad_output * act'(x), x the activation's input.
 void activation_backward(const TensorView& x, const TensorView& grad_output, Activation act, const TensorView& out);
+// LayerNorm's backward over the last axis of x (+ residual: then dx is the gradient of both): dx, and
+// the weight's (when there is one) and the bias's gradients (n,). The statistics are recomputed from x.
+void layer_norm_backward(const TensorView& grad_output, const TensorView& x, const OptionalView& weight,
+                         const OptionalView& residual, float eps, const TensorView& dx, const OptionalView& dweight,
+                         const TensorView& dbias);
 // out = output * (grad_output - sum(grad_output * output)) along `axis`, output the softmax's result.
 void softmax_backward(const TensorView& output, const TensorView& grad_output, int64_t axis, const TensorView& out);
 

@@ -6,7 +6,7 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['PackedWeight', 'Tensor', 'additive_attention', 'argmax', 'embedding', 'empty_cache', 'from_dlpack', 'gelu', 'gelu_backward', 'get_num_threads', 'info', 'layer_norm', 'linear', 'multi_head_attention', 'pack_weight', 'relu', 'relu_backward', 'scaled_dot_product_attention', 'set_num_threads', 'sinusoidal_positions', 'softmax', 'softmax_backward', 'synchronize', 'tensor', 'transformer_decoder_layer', 'transformer_encoder_layer']
+__all__: list[str] = ['PackedWeight', 'Tensor', 'additive_attention', 'argmax', 'embedding', 'empty_cache', 'from_dlpack', 'gelu', 'gelu_backward', 'get_num_threads', 'info', 'layer_norm', 'layer_norm_backward', 'linear', 'multi_head_attention', 'pack_weight', 'relu', 'relu_backward', 'scaled_dot_product_attention', 'set_num_threads', 'sinusoidal_positions', 'softmax', 'softmax_backward', 'synchronize', 'tensor', 'transformer_decoder_layer', 'transformer_encoder_layer']
 class Tensor:
     """
     Memory on a device (shape, dtype, device) that stays there across op calls.
@@ -143,6 +143,8 @@ def get_num_threads() -> int:
 def info() -> dict:
     ...
 def layer_norm(x: numpy.typing.ArrayLike | Tensor, weight: numpy.typing.ArrayLike | Tensor | None = None, bias: numpy.typing.ArrayLike | Tensor | None = None, eps: typing.SupportsFloat | typing.SupportsIndex = 1e-05, residual: numpy.typing.ArrayLike | Tensor | None = None, return_sum: bool = False, out: typing.Annotated[numpy.typing.ArrayLike, numpy.float32] | Tensor | None = None) -> typing.Any:
+    ...
+def layer_norm_backward(grad_output: numpy.typing.ArrayLike | Tensor, x: numpy.typing.ArrayLike | Tensor, weight: numpy.typing.ArrayLike | Tensor | None = None, eps: typing.SupportsFloat | typing.SupportsIndex = 1e-05, residual: numpy.typing.ArrayLike | Tensor | None = None) -> tuple:
     ...
 def linear(x: numpy.typing.ArrayLike | Tensor, weight: numpy.typing.ArrayLike | Tensor | PackedWeight, bias: numpy.typing.ArrayLike | Tensor | None = None, activation: str | None = None, residual: numpy.typing.ArrayLike | Tensor | None = None, out: typing.Annotated[numpy.typing.ArrayLike, numpy.float32] | Tensor | None = None) -> numpy.typing.NDArray[numpy.float32] | Tensor:
     ...

@@ -43,6 +43,7 @@ __all__ = [
     "gelu_backward",
     "relu_backward",
     "softmax_backward",
+    "layer_norm_backward",
 ]
 
 
@@ -579,3 +580,13 @@ def softmax_backward(grad_output: ArrayIn, output: ArrayIn, axis: int = -1) -> R
     with respect to x, from y itself (torch's ``_softmax_backward_data``). The sum is accumulated in float64.
     CPU only so far."""
     return _core.softmax_backward(grad_output, output, _int("axis", axis))
+
+
+def layer_norm_backward(grad_output: ArrayIn, x: ArrayIn, weight: ArrayIn | None = None, eps: float = 1e-5,
+                        residual: ArrayIn | None = None) -> tuple[Any, Any, Any]:
+    """The gradients of ``layer_norm(x, weight, bias, eps, residual)``: ``(dx, dweight, dbias)`` --
+    dx of x's shape (with a residual, the gradient of the residual too: the norm reads their sum),
+    dweight ``(n,)`` (None without a weight) and dbias ``(n,)``. The row statistics are recomputed from
+    x exactly as the forward computes them (nothing needs saving); the weight and bias gradients are
+    summed over rows in fixed blocks, in order, so they do not depend on the thread count. CPU only so far."""
+    return _core.layer_norm_backward(grad_output, x, weight, _float("eps", eps), residual)
