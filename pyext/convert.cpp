@@ -220,7 +220,7 @@ OptionalView optional_bool(py::handle obj, const char* name, Arg& holder) {
   return holder.view;
 }
 
-Arg ids_arg(py::handle obj, const char* name) {
+Arg ids_arg(py::handle obj, const char* name, bool int32_ok) {
   if (is_tensor(obj)) return tensor_arg(obj);
   py::array a = as_array(obj, name);
   const char k = kind_of(a);
@@ -236,7 +236,7 @@ Arg ids_arg(py::handle obj, const char* name) {
     if (big > static_cast<uint64_t>(INT64_MAX))
       raise<IndexError>(name, "[", at, "] (flat index) is ", big, ", outside any table's rows");
   }
-  if (k == 'i' && a.itemsize() == 4) {
+  if (k == 'i' && a.itemsize() == 4 && int32_ok) {
     auto i = logged(c_array<int32_t>(a), a, name, "int32, C-contiguous");
     return {i, view_of(i, DType::i32)};
   }

@@ -54,7 +54,8 @@ OptionalView optional_float(py::handle obj, const char* name, Arg& holder);
 OptionalView optional_mask(py::handle obj, const char* name, Arg& holder);
 // bool only; other real dtypes are converted with != 0
 OptionalView optional_bool(py::handle obj, const char* name, Arg& holder);
-Arg ids_arg(py::handle obj, const char* name);  // int32 or int64
+// int32 or int64 (int32_ok: int32 arrays as they are; else converted to int64 too)
+Arg ids_arg(py::handle obj, const char* name, bool int32_ok = true);
 // A float32, C-contiguous, writeable numpy array the op writes (a KV cache, `out`); anything else is
 // a TypeError or ValueError naming the argument.
 Arg inout_float_arg(py::handle obj, const char* name);

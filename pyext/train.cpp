@@ -62,9 +62,64 @@ py::tuple layer_norm_backward(const ArrayIn& grad_output, const ArrayIn& x, cons
   return py::make_tuple(dx.result(), w ? dw.result() : py::object(py::none()), db.result());
 }
 
+ArrayOut embedding_backward(const ArrayIn& grad_output, const ArrayIn& ids, int64_t num_embeddings,
+                            const py::typing::Optional<py::int_>& padding_idx) {
+  Arg ia = ids_arg(ids, "ids"), ga = float_arg(grad_output, "grad_output");
+  CF_CHECK(num_embeddings >= 0, ValueError, "num_embeddings must be >= 0, got ", num_embeddings);
+  CF_CHECK(ga.view.ndim >= 1, ValueError, "grad_output must have at least 1 dimension, got a scalar");
+  int64_t pad = -1;
+  if (!padding_idx.is_none()) {
+    pad = padding_idx.cast<int64_t>();
+    CF_CHECK(pad >= -num_embeddings && pad < num_embeddings, IndexError, "padding_idx ", pad, " is outside [-",
+             num_embeddings, ", ", num_embeddings, ")");
+    if (pad < 0) pad += num_embeddings;  // torch's negative index
+  }
+  Arg oa = output(py::none(), {num_embeddings, ga.view.size(-1)}, {}, false, &ga);
+  {
+    py::gil_scoped_release nogil;
+    cf::ops::embedding_backward(ia.view, ga.view, num_embeddings, pad, oa.view);
+  }
+  return oa.result();
+}
+
+cf::ops::Reduction reduction_arg(const std::string& r) {
+  if (r == "mean") return cf::ops::Reduction::mean;
+  if (r == "sum") return cf::ops::Reduction::sum;
+  if (r == "none") return cf::ops::Reduction::none;
+  raise<ValueError>("reduction must be 'mean', 'sum' or 'none', got '", r, "'");
+}
+
+// (loss: float, or the per-row losses for "none"; dlogits or None)
+py::tuple cross_entropy(const ArrayIn& logits, const ArrayIn& labels, int64_t ignore_index, float label_smoothing,
+                        const std::string& reduction, bool return_grad) {
+  const cf::ops::Reduction red = reduction_arg(reduction);
+  Arg xa = float_arg(logits, "logits"), la = ids_arg(labels, "labels", /*int32_ok=*/false), ra, ga;
+  OptionalView per_row, grad;
+  if (red == cf::ops::Reduction::none) {
+    CF_CHECK(xa.view.ndim >= 1, ValueError, "logits must have at least 1 dimension (the classes), got a scalar");
+    ra = output(py::none(), {xa.view.shape, xa.view.shape + xa.view.ndim - 1}, {}, false, &xa);
+    per_row = ra.view;
+  }
+  if (return_grad) {
+    ga = output(py::none(), {xa.view.shape, xa.view.shape + xa.view.ndim}, {}, false, &xa);
+    grad = ga.view;
+  }
+  cf::ops::CrossEntropyResult r;
+  {
+    py::gil_scoped_release nogil;
+    r = cf::ops::cross_entropy(xa.view, la.view, ignore_index, label_smoothing, red, per_row, grad);
+  }
+  py::object loss = red == cf::ops::Reduction::none ? ra.result() : py::object(py::float_(r.loss));
+  return py::make_tuple(loss, return_grad ? ga.result() : py::object(py::none()));
+}
+
 }  // namespace
 
 void register_train(py::module_& m) {
+  m.def("embedding_backward", &embedding_backward, py::arg("grad_output"), py::arg("ids"), py::arg("num_embeddings"),
+        py::arg("padding_idx") = py::none());
+  m.def("cross_entropy", &cross_entropy, py::arg("logits"), py::arg("labels"), py::arg("ignore_index") = -100,
+        py::arg("label_smoothing") = 0.0, py::arg("reduction") = "mean", py::arg("return_grad") = false);
   m.def("layer_norm_backward", &layer_norm_backward, py::arg("grad_output"), py::arg("x"),
         py::arg("weight") = py::none(), py::arg("eps") = 1e-5, py::arg("residual") = py::none());
   m.def("gelu_backward", &gelu_backward, py::arg("grad_output"), py::arg("x"), py::arg("approximate") = "none");

@@ -175,3 +175,129 @@ def test_layer_norm_backward_bad_input(rng):
         ops.layer_norm_backward(dy, x, eps=-1.0)
     empty = ops.layer_norm_backward(np.zeros((0, 5), np.float32), np.zeros((0, 5), np.float32), np.ones(5))
     assert empty[0].shape == (0, 5) and not empty[1].any() and not empty[2].any()
+
+
+@pytest.mark.parametrize("ids_shape,V,D", [((1,), 1, 1), ((7,), 5, 7), ((3, 21), 10, 63), ((4, 65), 300, 65),
+                                           ((2, 500), 1000, 33)])
+def test_embedding_backward(rng, ids_shape, V, D):
+    ids = rng.integers(0, V, ids_shape)
+    dy = randn(rng, *ids_shape, D)
+    want = np.zeros((V, D))
+    np.add.at(want, ids.reshape(-1), dy.reshape(-1, D).astype(np.float64))
+    got = ops.embedding_backward(dy, ids, V)
+    assert got.shape == (V, D) and norm_rel(got, want) < 1e-6
+    np.testing.assert_array_equal(ops.embedding_backward(dy, ids.astype(np.int32), V), got)
+    pad = int(ids.reshape(-1)[0])
+    padded = ops.embedding_backward(dy, ids, V, padding_idx=pad)
+    assert not padded[pad].any()
+    np.testing.assert_array_equal(np.delete(padded, pad, 0), np.delete(got, pad, 0))
+    np.testing.assert_array_equal(ops.embedding_backward(dy, ids, V, padding_idx=pad - V), padded)  # torch's negative
+
+
+def test_embedding_backward_matches_torch_and_any_thread_count(rng):
+    torch = pytest.importorskip("torch")
+    import coreformer
+    ids = rng.integers(0, 50, (8, 40))
+    ids[:, :5] = 7  # many repeats of one row
+    dy = randn(rng, 8, 40, 24)
+    table = torch.zeros(50, 24, dtype=torch.float64, requires_grad=True)
+    torch.nn.functional.embedding(torch.tensor(ids), table, padding_idx=3).backward(torch.tensor(dy.astype(np.float64)))
+    assert norm_rel(ops.embedding_backward(dy, ids, 50, padding_idx=3), table.grad.numpy()) < 1e-6
+    before = coreformer.get_num_threads()
+    try:
+        runs = []
+        for n in (1, 2, 3):
+            coreformer.set_num_threads(n)
+            runs.append(ops.embedding_backward(dy, ids, 50))
+    finally:
+        coreformer.set_num_threads(before)
+    for other in runs[1:]:
+        np.testing.assert_array_equal(other, runs[0])
+
+
+def test_embedding_backward_bad_input(rng):
+    dy = randn(rng, 2, 3, 4)
+    with pytest.raises(IndexError, match=r"ids\[4\] \(flat index\) is 9, outside the table's 5 rows"):
+        ops.embedding_backward(dy, np.array([[0, 1, 2], [3, 9, 0]]), 5)
+    with pytest.raises(ValueError, match="grad_output must have shape ids.shape"):
+        ops.embedding_backward(dy[:, :2], np.zeros((2, 3), np.int64), 5)
+    with pytest.raises(TypeError, match="ids must be an integer array"):
+        ops.embedding_backward(dy, np.zeros((2, 3)), 5)
+    with pytest.raises(IndexError, match="padding_idx 5"):
+        ops.embedding_backward(dy, np.zeros((2, 3), np.int64), 5, padding_idx=5)
+    with pytest.raises(ValueError, match="num_embeddings must be >= 0"):
+        ops.embedding_backward(dy, np.zeros((2, 3), np.int64), -1)
+
+
+def cross_entropy_f64(logits, labels, ignore_index=-100, smoothing=0.0):
+    """(per-row losses, dlogits of their sum) in float64."""
+    x = np.asarray(logits, np.float64).reshape(-1, logits.shape[-1])
+    y = np.asarray(labels).reshape(-1)
+    C = x.shape[1]
+    lse = np.log(np.exp(x - x.max(1, keepdims=True)).sum(1)) + x.max(1)
+    keep = y != ignore_index
+    target = np.full_like(x, smoothing / C)
+    target[np.arange(len(y))[keep], y[keep]] += 1 - smoothing
+    losses = np.where(keep, lse - (target * x).sum(1), 0.0)
+    grad = np.where(keep[:, None], np.exp(x - lse[:, None]) - target, 0.0)
+    return losses.reshape(labels.shape), grad.reshape(logits.shape)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (5, 63), (2, 9, 65), (4, 1000), (2, 3, 50257)])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_cross_entropy(isa, rng, shape, smoothing):
+    logits = randn(rng, *shape, scale=3)
+    labels = rng.integers(0, shape[-1], shape[:-1])
+    labels.reshape(-1)[::3] = -100  # ignored rows
+    losses, grad = cross_entropy_f64(logits, labels, smoothing=smoothing)
+    counted = (labels != -100).sum()
+    loss, dlogits = ops.cross_entropy(logits, labels, label_smoothing=smoothing, return_grad=True)
+    if counted:
+        assert abs(loss - losses.sum() / counted) <= 1e-6 * max(1.0, abs(loss))
+        assert norm_rel(dlogits, grad / counted) < 1e-5
+    else:
+        assert np.isnan(loss) and not dlogits.any()
+    total, dsum = ops.cross_entropy(logits, labels, label_smoothing=smoothing, reduction="sum", return_grad=True)
+    assert abs(total - losses.sum()) <= 1e-6 * max(1.0, abs(total))
+    assert norm_rel(dsum, grad) < 1e-5
+    per_row = ops.cross_entropy(logits, labels, label_smoothing=smoothing, reduction="none")
+    assert per_row.shape == labels.shape and norm_rel(per_row, losses) < 1e-6
+    assert isinstance(ops.cross_entropy(logits, labels), float)
+
+
+def test_cross_entropy_matches_torch(rng):
+    torch = pytest.importorskip("torch")
+    logits, labels = randn(rng, 6, 11, 37, scale=2), rng.integers(0, 37, (6, 11))
+    labels[0, :4] = 5
+    labels[2, 3] = -1
+    cases: list[dict] = [dict(), dict(ignore_index=5), dict(label_smoothing=0.2),
+                         dict(ignore_index=-1, label_smoothing=0.05)]
+    for kw in cases:
+        ignore = kw.get("ignore_index", -100)
+        y = np.where(labels == -1, ignore, labels)  # the one odd label is ignored in every case
+        t = torch.tensor(logits.astype(np.float64), requires_grad=True)
+        want = torch.nn.functional.cross_entropy(t.reshape(-1, 37), torch.tensor(y.reshape(-1)), ignore_index=ignore,
+                                                 label_smoothing=kw.get("label_smoothing", 0.0))
+        want.backward()
+        loss, grad = ops.cross_entropy(logits, y, return_grad=True, **kw)
+        assert abs(loss - want.item()) < 1e-6 * abs(want.item()) + 1e-7, kw
+        assert norm_rel(grad, t.grad.numpy()) < 1e-5, kw
+
+
+def test_cross_entropy_bad_input(rng):
+    logits = randn(rng, 4, 6)
+    with pytest.raises(IndexError, match=r"labels\[2\] \(flat index\) is 6, outside the 6 classes"):
+        ops.cross_entropy(logits, np.array([0, 1, 6, 2]))
+    with pytest.raises(IndexError, match="is -5"):
+        ops.cross_entropy(logits, np.array([0, 1, -5, 2]))
+    with pytest.raises(ValueError, match=r"labels must have shape \(4,\)"):
+        ops.cross_entropy(logits, np.array([0, 1]))
+    with pytest.raises(TypeError, match="labels must be an integer array"):
+        ops.cross_entropy(logits, np.zeros(4))
+    with pytest.raises(ValueError, match="reduction"):
+        ops.cross_entropy(logits, np.zeros(4, np.int64), reduction="avg")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        ops.cross_entropy(logits, np.zeros(4, np.int64), label_smoothing=1.5)
+    with pytest.raises(ValueError, match="at least one class"):
+        ops.cross_entropy(np.zeros((4, 0), np.float32), np.zeros(4, np.int64))
+    assert np.isnan(ops.cross_entropy(logits, np.full(4, -100)))  # nothing counted: NaN, as torch's mean

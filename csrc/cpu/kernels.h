@@ -90,6 +90,42 @@ struct LayerNormBackwardArgs {
   float eps = 1e-5f;
 };
 
+// out (n, D) = rows ids[i] of table (V, D); ids int32 or int64, already checked to lie in [0, V).
+struct EmbeddingArgs {
+  int64_t n = 0, V = 0, D = 0;
+  const void* ids = nullptr;
+  bool ids64 = true;
+  const float* table = nullptr;
+  float* out = nullptr;
+};
+
+// The embedding's backward: dtable (V, D) = the sum, for each row v, of dy's rows i with ids[i] == v, in
+// increasing i (rows no id names, and padding_idx's, are 0). Each thread owns whole table rows: no
+// atomics, and the same sums in the same order whatever the thread count.
+struct EmbeddingBackwardArgs {
+  int64_t n = 0, V = 0, D = 0;
+  const void* ids = nullptr;
+  bool ids64 = true;
+  const float* dy = nullptr;   // (n, D)
+  float* dtable = nullptr;     // (V, D)
+  int64_t padding_idx = -1;    // -1: none
+};
+
+// Cross-entropy over the last axis of logits (rows, C) against int64 labels (rows,), as torch's: each
+// counted row's loss is -(1 - s) log p[label] - s/C sum_c log p[c] (s the label smoothing); rows whose
+// label is ignore_index count for nothing. Two passes over a row: its logsumexp, then the loss and, when
+// dlogits is given, (p - (1 - s) onehot - s/C) * grad_scale (0 for ignored rows). Labels are checked.
+struct CrossEntropyArgs {
+  int64_t rows = 0, C = 0;
+  const float* logits = nullptr;
+  const int64_t* labels = nullptr;
+  int64_t ignore_index = -100;
+  float smoothing = 0.0f;
+  float* losses = nullptr;     // (rows,): each row's loss (0 where ignored)
+  float* dlogits = nullptr;    // optional (rows, C)
+  float grad_scale = 1.0f;     // what each counted row's gradient is multiplied by (1 / count for the mean)
+};
+
 // Softmax over the middle axis of (outer, n, inner).
 struct SoftmaxArgs {
   int64_t outer = 0, n = 0, inner = 0;
@@ -134,7 +170,10 @@ struct SoftmaxBackwardArgs {
   X(activation, ActivationArgs)           \
   X(activation_backward, ActivationBackwardArgs) \
   X(softmax_backward, SoftmaxBackwardArgs)      \
-  X(layer_norm_backward, LayerNormBackwardArgs)
+  X(layer_norm_backward, LayerNormBackwardArgs) \
+  X(embedding, EmbeddingArgs)                   \
+  X(embedding_backward, EmbeddingBackwardArgs)  \
+  X(cross_entropy, CrossEntropyArgs)
 
 struct Kernels {
   int gemm_nr;  // the panel width GemmArgs::wp must be packed with

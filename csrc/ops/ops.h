@@ -200,6 +200,22 @@ void softmax_backward(const TensorView& output, const TensorView& grad_output, i
 // ids int32/int64 of any shape, table (V, D) -> out (*ids.shape, D); IndexError outside [0, V).
 Shape embedding_shape(const TensorView& ids, const TensorView& table);
 void embedding(const TensorView& ids, const TensorView& table, const TensorView& out);
+// The table's gradient (num_embeddings, D) from grad_output (ids.shape + (D,)): rows summed per id in
+// order of appearance (deterministic); padding_idx's row (-1: none) gets none.
+void embedding_backward(const TensorView& ids, const TensorView& grad_output, int64_t num_embeddings,
+                        int64_t padding_idx, const TensorView& out);
+
+enum class Reduction { mean, sum, none };
+struct CrossEntropyResult {
+  double loss = 0.0;    // mean or sum (none: the sum too; the per-row losses are in `losses`)
+  int64_t counted = 0;  // rows whose label is not ignore_index
+};
+// Cross-entropy of logits (..., C) against int64 labels (...), with torch's ignore_index and
+// label_smoothing; optionally each row's loss and the gradient of the reduced loss (of the sum for
+// Reduction::none) with respect to the logits.
+CrossEntropyResult cross_entropy(const TensorView& logits, const TensorView& labels, int64_t ignore_index,
+                                 float label_smoothing, Reduction reduction, const OptionalView& losses,
+                                 const OptionalView& dlogits);
 
 // out (x's shape without its last axis), int64: the index of each row's largest value (the first on ties;
 // NaN counts as the largest, as numpy's argmax). Greedy decoding on a GPU brings back only these.

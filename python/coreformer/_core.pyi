@@ -6,7 +6,7 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['PackedWeight', 'Tensor', 'additive_attention', 'argmax', 'embedding', 'empty_cache', 'from_dlpack', 'gelu', 'gelu_backward', 'get_num_threads', 'info', 'layer_norm', 'layer_norm_backward', 'linear', 'multi_head_attention', 'pack_weight', 'relu', 'relu_backward', 'scaled_dot_product_attention', 'set_num_threads', 'sinusoidal_positions', 'softmax', 'softmax_backward', 'synchronize', 'tensor', 'transformer_decoder_layer', 'transformer_encoder_layer']
+__all__: list[str] = ['PackedWeight', 'Tensor', 'additive_attention', 'argmax', 'cross_entropy', 'embedding', 'embedding_backward', 'empty_cache', 'from_dlpack', 'gelu', 'gelu_backward', 'get_num_threads', 'info', 'layer_norm', 'layer_norm_backward', 'linear', 'multi_head_attention', 'pack_weight', 'relu', 'relu_backward', 'scaled_dot_product_attention', 'set_num_threads', 'sinusoidal_positions', 'softmax', 'softmax_backward', 'synchronize', 'tensor', 'transformer_decoder_layer', 'transformer_encoder_layer']
 class Tensor:
     """
     Memory on a device (shape, dtype, device) that stays there across op calls.
@@ -128,7 +128,11 @@ def additive_attention(query: numpy.typing.ArrayLike | Tensor, keys: numpy.typin
     ...
 def argmax(x: numpy.typing.ArrayLike | Tensor) -> numpy.typing.NDArray[numpy.int64] | Tensor:
     ...
+def cross_entropy(logits: numpy.typing.ArrayLike | Tensor, labels: numpy.typing.ArrayLike | Tensor, ignore_index: typing.SupportsInt | typing.SupportsIndex = -100, label_smoothing: typing.SupportsFloat | typing.SupportsIndex = 0.0, reduction: str = 'mean', return_grad: bool = False) -> tuple:
+    ...
 def embedding(ids: numpy.typing.ArrayLike | Tensor, table: numpy.typing.ArrayLike | Tensor) -> numpy.typing.NDArray[numpy.float32] | Tensor:
+    ...
+def embedding_backward(grad_output: numpy.typing.ArrayLike | Tensor, ids: numpy.typing.ArrayLike | Tensor, num_embeddings: typing.SupportsInt | typing.SupportsIndex, padding_idx: int | None = None) -> numpy.typing.NDArray[numpy.float32] | Tensor:
     ...
 def empty_cache(device: typing.SupportsInt | typing.SupportsIndex = -1) -> int:
     ...

@@ -44,6 +44,8 @@ __all__ = [
     "relu_backward",
     "softmax_backward",
     "layer_norm_backward",
+    "embedding_backward",
+    "cross_entropy",
 ]
 
 
@@ -590,3 +592,46 @@ def layer_norm_backward(grad_output: ArrayIn, x: ArrayIn, weight: ArrayIn | None
     x exactly as the forward computes them (nothing needs saving); the weight and bias gradients are
     summed over rows in fixed blocks, in order, so they do not depend on the thread count. CPU only so far."""
     return _core.layer_norm_backward(grad_output, x, weight, _float("eps", eps), residual)
+
+
+@overload
+def embedding_backward(grad_output: Tensor, ids: ArrayIn, num_embeddings: int,
+                       padding_idx: int | None = ...) -> Tensor: ...
+@overload
+def embedding_backward(grad_output: ArrayLike, ids: ArrayIn, num_embeddings: int,
+                       padding_idx: int | None = ...) -> FloatArray: ...
+@overload
+def embedding_backward(grad_output: ArrayIn, ids: ArrayIn, num_embeddings: int,
+                       padding_idx: int | None = ...) -> Result: ...
+def embedding_backward(grad_output: ArrayIn, ids: ArrayIn, num_embeddings: int,
+                       padding_idx: int | None = None) -> Result:
+    """The gradient of ``embedding(ids, table)`` with respect to the table ``(num_embeddings, D)``, from
+    ``grad_output`` ``(*ids.shape, D)``: each row the sum of the gradients of the positions that read it,
+    in order (deterministic: one thread owns each row, no atomics); ``padding_idx``'s row gets none, as
+    torch's. Ids outside the table raise ``IndexError``. CPU only so far."""
+    return _core.embedding_backward(grad_output, ids, _int("num_embeddings", num_embeddings),
+                                    None if padding_idx is None else _int("padding_idx", padding_idx))
+
+
+@overload
+def cross_entropy(logits: ArrayIn, labels: ArrayIn, ignore_index: int = ..., label_smoothing: float = ...,
+                  reduction: str = ..., *, return_grad: Literal[True]) -> tuple[Any, FloatArray]: ...
+@overload
+def cross_entropy(logits: ArrayIn, labels: ArrayIn, ignore_index: int = ..., label_smoothing: float = ...,
+                  reduction: str = ..., return_grad: Literal[False] = ...) -> Any: ...
+def cross_entropy(logits: ArrayIn, labels: ArrayIn, ignore_index: int = -100, label_smoothing: float = 0.0,
+                  reduction: str = "mean", return_grad: bool = False) -> Any:
+    """``torch.nn.functional.cross_entropy(logits, labels, ignore_index=, label_smoothing=, reduction=)``
+    over the last axis of logits ``(..., C)`` with integer labels ``(...)``, fused with its gradient: two
+    passes over each row of logits (its logsumexp, then the loss and the gradient), never a probability
+    matrix. ``reduction`` ``"mean"`` (over the rows whose label is not ``ignore_index``; NaN when there are
+    none, as torch) or ``"sum"`` return a float, ``"none"`` the per-row losses (0 at ignored rows). With
+    ``return_grad=True``, ``(loss, dlogits)``: the gradient of that float (of the sum of the per-row
+    losses for ``"none"``), 0 at ignored rows. Labels outside ``[0, C)`` that are not ``ignore_index``
+    raise ``IndexError``. The sum is in float64 in row order (the same whatever the thread count). CPU only so far."""
+    if not isinstance(reduction, str):
+        raise TypeError(f"reduction must be 'mean', 'sum' or 'none', got {type(reduction).__name__}")
+    loss, grad = _core.cross_entropy(logits, labels, _int("ignore_index", ignore_index),
+                                     _float("label_smoothing", label_smoothing), reduction,
+                                     _flag("return_grad", return_grad))
+    return (loss, grad) if return_grad else loss
