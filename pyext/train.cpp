@@ -113,9 +113,36 @@ py::tuple cross_entropy(const ArrayIn& logits, const ArrayIn& labels, int64_t ig
   return py::make_tuple(loss, return_grad ? ga.result() : py::object(py::none()));
 }
 
+// (dx, dweight, dbias)
+py::tuple linear_backward(const ArrayIn& grad_output, const ArrayIn& x, const ArrayIn& weight,
+                          const py::typing::Optional<py::str>& activation, const OptionalArrayIn& pre_activation) {
+  Arg ga = float_arg(grad_output, "grad_output"), xa = float_arg(x, "x"), pa;
+  CF_CHECK(!py::isinstance<cf::ops::PackedWeight>(weight), TypeError,
+           "linear_backward needs the float32 weight, not a PackedWeight (its .unpack() gives it back)");
+  Arg wa = float_arg(weight, "weight");
+  OptionalView pre = optional_float(pre_activation, "pre_activation", pa);
+  Activation act = Activation::none;
+  if (!activation.is_none()) {
+    const std::string name = activation.cast<std::string>();
+    CF_CHECK(name != "none", ValueError, "activation must be None, 'relu', 'gelu' or 'gelu_tanh', got 'none'");
+    act = cf::ops::activation_from_name(name);
+  }
+  cf::ops::linear_shape(xa.view, cf::ops::WeightRef(wa.view), OptionalView(), OptionalView());
+  Arg dx = output(py::none(), {xa.view.shape, xa.view.shape + xa.view.ndim}, {}, false, &xa);
+  Arg dw = output(py::none(), {wa.view.shape[0], wa.view.shape[1]}, {}, false, &xa);
+  Arg db = output(py::none(), {wa.view.shape[0]}, {}, false, &xa);
+  {
+    py::gil_scoped_release nogil;
+    cf::ops::linear_backward(ga.view, xa.view, wa.view, pre, act, dx.view, dw.view, db.view);
+  }
+  return py::make_tuple(dx.result(), dw.result(), db.result());
+}
+
 }  // namespace
 
 void register_train(py::module_& m) {
+  m.def("linear_backward", &linear_backward, py::arg("grad_output"), py::arg("x"), py::arg("weight"),
+        py::arg("activation") = py::none(), py::arg("pre_activation") = py::none());
   m.def("embedding_backward", &embedding_backward, py::arg("grad_output"), py::arg("ids"), py::arg("num_embeddings"),
         py::arg("padding_idx") = py::none());
   m.def("cross_entropy", &cross_entropy, py::arg("logits"), py::arg("labels"), py::arg("ignore_index") = -100,

@@ -301,3 +301,60 @@ def test_cross_entropy_bad_input(rng):
     with pytest.raises(ValueError, match="at least one class"):
         ops.cross_entropy(np.zeros((4, 0), np.float32), np.zeros(4, np.int64))
     assert np.isnan(ops.cross_entropy(logits, np.full(4, -100)))  # nothing counted: NaN, as torch's mean
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (7, 7, 7), (63, 65, 17), (65, 63, 129), (300, 96, 70), (2, 1000, 3)])
+@pytest.mark.parametrize("act", [None, "relu", "gelu", "gelu_tanh"])
+def test_linear_backward(isa, rng, m, k, n, act):
+    x, w, b, dy = randn(rng, m, k), randn(rng, n, k, scale=0.3), randn(rng, n), randn(rng, m, n)
+    z = ref.linear(x, w, b)
+    dz = dy * {None: lambda t: 1.0, "relu": lambda t: (t > 0), "gelu": gelu_grad_f64,
+               "gelu_tanh": gelu_tanh_grad_f64}[act](z)
+    pre = z.astype(np.float32) if act else None
+    dx, dw, db = ops.linear_backward(dy, x, w, act, pre)
+    assert dx.shape == x.shape and dw.shape == w.shape and db.shape == (n,)
+    assert norm_rel(dx, dz @ w.astype(np.float64)) < 1e-5
+    assert norm_rel(dw, dz.T @ x.astype(np.float64)) < 1e-5
+    assert norm_rel(db, dz.sum(0)) < 1e-5
+
+
+def test_linear_backward_batched_matches_torch_and_any_thread_count(rng):
+    torch = pytest.importorskip("torch")
+    import coreformer
+    x, w, b, dy = randn(rng, 3, 41, 96), randn(rng, 200, 96, scale=0.1), randn(rng, 200), randn(rng, 3, 41, 200)
+    tx, tw, tb = (torch.tensor(a.astype(np.float64), requires_grad=True) for a in (x, w, b))
+    z = torch.nn.functional.linear(tx, tw, tb)
+    torch.nn.functional.gelu(z).backward(torch.tensor(dy.astype(np.float64)))
+    pre = ops.linear(x, w, b)
+    got = ops.linear_backward(dy, x, w, "gelu", pre)
+    for g, t in zip(got, (tx.grad, tw.grad, tb.grad)):
+        assert norm_rel(g, t.numpy()) < 1e-5
+    before = coreformer.get_num_threads()
+    try:
+        runs = []
+        for nt in (1, 2, 3):
+            coreformer.set_num_threads(nt)
+            runs.append(ops.linear_backward(dy, x, w, "gelu", pre))
+    finally:
+        coreformer.set_num_threads(before)
+    for other in runs[1:]:
+        for a, c in zip(runs[0], other):
+            np.testing.assert_array_equal(a, c)
+
+
+def test_linear_backward_bad_input(rng):
+    x, w, dy = randn(rng, 4, 8), randn(rng, 5, 8), randn(rng, 4, 5)
+    with pytest.raises(ValueError, match=r"grad_output has shape \(4, 4\) but linear\(x, weight\) has shape \(4, 5\)"):
+        ops.linear_backward(dy[:, :4], x, w)
+    with pytest.raises(ValueError, match="needs pre_activation"):
+        ops.linear_backward(dy, x, w, "gelu")
+    with pytest.raises(ValueError, match="pre_activation has shape"):
+        ops.linear_backward(dy, x, w, "relu", dy[:2])
+    with pytest.raises(TypeError, match="not a PackedWeight"):
+        ops.linear_backward(dy, x, ops.pack_weight(w))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="swish"):
+        ops.linear_backward(dy, x, w, "swish", dy)
+    with pytest.raises(ValueError, match=r"x's last axis \(7\) must equal weight.shape\[1\] \(8\)"):
+        ops.linear_backward(dy, x[:, :7], w)
+    dx, dw, db = ops.linear_backward(np.zeros((0, 5), np.float32), np.zeros((0, 8), np.float32), w)
+    assert dx.shape == (0, 8) and not dw.any() and not db.any()

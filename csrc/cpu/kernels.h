@@ -126,6 +126,21 @@ struct CrossEntropyArgs {
   float grad_scale = 1.0f;     // what each counted row's gradient is multiplied by (1 / count for the mean)
 };
 
+// out (n) = the sum over rows of x (rows, n): a bias's gradient. Summed in fixed blocks of rows, then the
+// blocks in order (float64), so the result does not depend on the thread count.
+struct ColumnSumArgs {
+  int64_t rows = 0, n = 0;
+  const float* x = nullptr;
+  float* out = nullptr;
+};
+
+// dst (cols, rows) = src (rows, cols) transposed, both C-contiguous.
+struct TransposeArgs {
+  int64_t rows = 0, cols = 0;
+  const float* src = nullptr;
+  float* dst = nullptr;
+};
+
 // Softmax over the middle axis of (outer, n, inner).
 struct SoftmaxArgs {
   int64_t outer = 0, n = 0, inner = 0;
@@ -173,7 +188,9 @@ struct SoftmaxBackwardArgs {
   X(layer_norm_backward, LayerNormBackwardArgs) \
   X(embedding, EmbeddingArgs)                   \
   X(embedding_backward, EmbeddingBackwardArgs)  \
-  X(cross_entropy, CrossEntropyArgs)
+  X(cross_entropy, CrossEntropyArgs)            \
+  X(column_sum, ColumnSumArgs)                  \
+  X(transpose, TransposeArgs)
 
 struct Kernels {
   int gemm_nr;  // the panel width GemmArgs::wp must be packed with

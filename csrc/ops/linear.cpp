@@ -1,4 +1,6 @@
+#include <algorithm>
 #include <cmath>
+#include <memory>
 
 #include "ops/backend.h"
 #include "ops/common.h"
@@ -38,6 +40,65 @@ void linear(const TensorView& x, const WeightRef& weight, const OptionalView& bi
                        {"out", &out}}, x.dtype);
   Backend(dev, x.dtype).gemm(x.data, rows, x.size(-1), weight, bias, 0, weight.rows(), out.data, act,
                              residual ? residual->data : nullptr);
+}
+
+void linear_backward(const TensorView& grad_output, const TensorView& x, const TensorView& weight,
+                     const OptionalView& pre_activation, Activation act, const TensorView& dx, const TensorView& dw,
+                     const TensorView& db) {
+  const Shape out_shape = linear_shape(x, WeightRef(weight), OptionalView(), OptionalView());
+  expect_float(grad_output, "grad_output");
+  CF_CHECK(shape_of(grad_output) == out_shape, ValueError, "grad_output has shape ", grad_output.shape_str(),
+           " but linear(x, weight) has shape ", shape_str(out_shape));
+  CF_CHECK(act == Activation::none || pre_activation, ValueError,
+           "linear_backward with an activation needs pre_activation (x @ weight.T + bias, before the activation)");
+  if (pre_activation) {
+    expect_float(*pre_activation, "pre_activation");
+    CF_CHECK(shape_of(*pre_activation) == out_shape, ValueError, "pre_activation has shape ",
+             pre_activation->shape_str(), " but linear(x, weight) has shape ", shape_str(out_shape));
+  }
+  const int64_t N = weight.shape[0], K = weight.shape[1];
+  int64_t M = 1;
+  for (int i = 0; i + 1 < x.ndim; ++i) M *= x.shape[i];
+  expect_out(dx, shape_of(x), "linear_backward (dx)");
+  expect_out(dw, {N, K}, "linear_backward (dweight)");
+  expect_out(db, {N}, "linear_backward (dbias)");
+  cpu_only(common_device({{"grad_output", &grad_output}, {"x", &x}, {"weight", &weight},
+                          {"pre_activation", opt(pre_activation)}, {"dx", &dx}}),
+           "linear's backward");
+  // dZ = dY * act'(Z)
+  const float* dz = grad_output.ptr<float>();
+  std::unique_ptr<float[]> dz_own;
+  if (act != Activation::none && M * N > 0) {
+    dz_own = scratch(M * N);
+    cpu::ActivationBackwardArgs ab;
+    ab.n = M * N;
+    ab.x = pre_activation->ptr<float>();
+    ab.dy = dz;
+    ab.dx = dz_own.get();
+    ab.act = act;
+    kernels().activation_backward(ab);
+    dz = dz_own.get();
+  }
+  cpu::ColumnSumArgs cs;  // db = the rows of dZ summed
+  cs.rows = M; cs.n = N; cs.x = dz; cs.out = db.ptr<float>();
+  kernels().column_sum(cs);
+  if (M == 0 || N == 0 || K == 0) {  // an empty product: zeros
+    std::fill(dx.ptr<float>(), dx.ptr<float>() + dx.numel(), 0.0f);
+    std::fill(dw.ptr<float>(), dw.ptr<float>() + dw.numel(), 0.0f);
+    return;
+  }
+  // dX (M, K) = dZ (M, N) @ W (N, K): W read as the (in, out) layout of a weight (K, N), packed so
+  const PackedWeight wt = pack_weight(weight, DType::f32, /*transposed=*/true);
+  gemm_rows(dz, M, N, WeightRef(wt), OptionalView(), 0, K, dx.ptr<float>());
+  // dW (N, K) = dZ^T (N, M) @ X (M, K): X read as the (in, out) layout of a weight (K, M); each thread
+  // owns whole rows of dW (the GEMM's row blocks), so no two add into the same place
+  const TensorView x2d(x.data, DType::f32, {M, K});
+  const PackedWeight xt = pack_weight(x2d, DType::f32, /*transposed=*/true);
+  std::unique_ptr<float[]> dzt = scratch(N * M);
+  cpu::TransposeArgs t;
+  t.rows = M; t.cols = N; t.src = dz; t.dst = dzt.get();
+  kernels().transpose(t);
+  gemm_rows(dzt.get(), N, M, WeightRef(xt), OptionalView(), 0, K, dw.ptr<float>());
 }
 
 const TensorView& gpu_weight(const WeightRef& w, const char* name) {

@@ -189,6 +189,11 @@ void activation(const TensorView& x, Activation act, const TensorView& out);
 // ---- backward (training) ----
 // out = grad_output * act'(x), x the activation's input.
 void activation_backward(const TensorView& x, const TensorView& grad_output, Activation act, const TensorView& out);
+// linear's backward: for y = act(x @ weight.T + bias), with pre_activation the value before act (needed
+// only with one): dx (x's shape), dw (weight's) and db (weight.shape[0]), new values (not accumulated).
+void linear_backward(const TensorView& grad_output, const TensorView& x, const TensorView& weight,
+                     const OptionalView& pre_activation, Activation act, const TensorView& dx, const TensorView& dw,
+                     const TensorView& db);
 // LayerNorm's backward over the last axis of x (+ residual: then dx is the gradient of both): dx, and
 // the weight's (when there is one) and the bias's gradients (n,). The statistics are recomputed from x.
 void layer_norm_backward(const TensorView& grad_output, const TensorView& x, const OptionalView& weight,

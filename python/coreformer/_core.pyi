@@ -6,7 +6,7 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['PackedWeight', 'Tensor', 'additive_attention', 'argmax', 'cross_entropy', 'embedding', 'embedding_backward', 'empty_cache', 'from_dlpack', 'gelu', 'gelu_backward', 'get_num_threads', 'info', 'layer_norm', 'layer_norm_backward', 'linear', 'multi_head_attention', 'pack_weight', 'relu', 'relu_backward', 'scaled_dot_product_attention', 'set_num_threads', 'sinusoidal_positions', 'softmax', 'softmax_backward', 'synchronize', 'tensor', 'transformer_decoder_layer', 'transformer_encoder_layer']
+__all__: list[str] = ['PackedWeight', 'Tensor', 'additive_attention', 'argmax', 'cross_entropy', 'embedding', 'embedding_backward', 'empty_cache', 'from_dlpack', 'gelu', 'gelu_backward', 'get_num_threads', 'info', 'layer_norm', 'layer_norm_backward', 'linear', 'linear_backward', 'multi_head_attention', 'pack_weight', 'relu', 'relu_backward', 'scaled_dot_product_attention', 'set_num_threads', 'sinusoidal_positions', 'softmax', 'softmax_backward', 'synchronize', 'tensor', 'transformer_decoder_layer', 'transformer_encoder_layer']
 class Tensor:
     """
     Memory on a device (shape, dtype, device) that stays there across op calls.
@@ -151,6 +151,8 @@ def layer_norm(x: numpy.typing.ArrayLike | Tensor, weight: numpy.typing.ArrayLik
 def layer_norm_backward(grad_output: numpy.typing.ArrayLike | Tensor, x: numpy.typing.ArrayLike | Tensor, weight: numpy.typing.ArrayLike | Tensor | None = None, eps: typing.SupportsFloat | typing.SupportsIndex = 1e-05, residual: numpy.typing.ArrayLike | Tensor | None = None) -> tuple:
     ...
 def linear(x: numpy.typing.ArrayLike | Tensor, weight: numpy.typing.ArrayLike | Tensor | PackedWeight, bias: numpy.typing.ArrayLike | Tensor | None = None, activation: str | None = None, residual: numpy.typing.ArrayLike | Tensor | None = None, out: typing.Annotated[numpy.typing.ArrayLike, numpy.float32] | Tensor | None = None) -> numpy.typing.NDArray[numpy.float32] | Tensor:
+    ...
+def linear_backward(grad_output: numpy.typing.ArrayLike | Tensor, x: numpy.typing.ArrayLike | Tensor, weight: numpy.typing.ArrayLike | Tensor, activation: str | None = None, pre_activation: numpy.typing.ArrayLike | Tensor | None = None) -> tuple:
     ...
 def multi_head_attention(query: numpy.typing.ArrayLike | Tensor, key: numpy.typing.ArrayLike | Tensor, value: numpy.typing.ArrayLike | Tensor, num_heads: typing.SupportsInt | typing.SupportsIndex, in_weight: numpy.typing.ArrayLike | Tensor | PackedWeight, in_bias: numpy.typing.ArrayLike | Tensor | None, out_weight: numpy.typing.ArrayLike | Tensor | PackedWeight, out_bias: numpy.typing.ArrayLike | Tensor | None, attn_mask: numpy.typing.ArrayLike | Tensor | None = None, key_padding_mask: numpy.typing.ArrayLike | Tensor | None = None, is_causal: bool = False) -> numpy.typing.NDArray[numpy.float32] | Tensor:
     ...

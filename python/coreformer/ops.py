@@ -46,6 +46,7 @@ __all__ = [
     "layer_norm_backward",
     "embedding_backward",
     "cross_entropy",
+    "linear_backward",
 ]
 
 
@@ -635,3 +636,16 @@ def cross_entropy(logits: ArrayIn, labels: ArrayIn, ignore_index: int = -100, la
                                      _float("label_smoothing", label_smoothing), reduction,
                                      _flag("return_grad", return_grad))
     return (loss, grad) if return_grad else loss
+
+
+def linear_backward(grad_output: ArrayIn, x: ArrayIn, weight: ArrayIn, activation: str | None = None,
+                    pre_activation: ArrayIn | None = None) -> tuple[Any, Any, Any]:
+    """The gradients of ``y = linear(x, weight, bias, activation)``: ``(dx, dweight, dbias)`` from
+    ``grad_output`` (y's shape). With an activation, ``pre_activation`` is ``x @ weight.T + bias`` before it
+    (what a training forward keeps), and the activation's derivative is applied first. dx = dZ @ weight and
+    dweight = dZ^T @ x run on the packed GEMM (each thread owns whole rows of dweight: no atomics, the same
+    sums whatever the thread count); dbias sums dZ's rows in fixed blocks. ``weight`` is the float32 array
+    (not a PackedWeight). CPU only so far."""
+    if activation is not None and not isinstance(activation, str):
+        raise TypeError(f"activation must be None or a str, got {type(activation).__name__}")
+    return _core.linear_backward(grad_output, x, weight, activation, pre_activation)
