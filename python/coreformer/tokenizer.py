@@ -95,7 +95,8 @@ class Tokenizer:
                                     "merges.txt")
         names = " / ".join(str(f) for f in sources if f.is_file())
         try:
-            tok = make()
+            with _no_panic(names):  # building the model panics too, e.g. on a merge longer than its pieces
+                tok = make()
         except Exception as e:
             raise ValueError(f"{names}: not a tokenizer this library can read: {e}"[:2000]) from None
         pad = token("pad_token")
