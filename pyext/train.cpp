@@ -2,6 +2,8 @@
 // optimiser steps). Conversion, argument checks and GIL release only, as in module.cpp.
 #include "train.h"
 
+#include <cmath>
+#include <optional>
 #include <string>
 
 #include "convert.h"
@@ -138,9 +140,58 @@ py::tuple linear_backward(const ArrayIn& grad_output, const ArrayIn& x, const Ar
   return py::make_tuple(dx.result(), dw.result(), db.result());
 }
 
+std::optional<float> scale_arg(const py::typing::Optional<py::float_>& scale) {
+  if (scale.is_none()) return std::nullopt;
+  const float s = scale.cast<float>();
+  CF_CHECK(std::isfinite(s), ValueError, "scale must be finite, got ", s);
+  return s;
+}
+
+// (out, lse): the forward of scaled_dot_product_attention with each row's log-sum-exp, for the backward.
+py::tuple sdpa_forward(const ArrayIn& query, const ArrayIn& key, const ArrayIn& value,
+                       const OptionalArrayIn& attn_mask, bool is_causal, const py::typing::Optional<py::float_>& scale) {
+  Arg qa = strided_float_arg(query, "query"), ka = strided_float_arg(key, "key"), va = strided_float_arg(value, "value"), ma;
+  OptionalView m = optional_mask(attn_mask, "attn_mask", ma);
+  const std::optional<float> s = scale_arg(scale);
+  Arg oa = output(py::none(), cf::ops::attention_shape(qa.view, ka.view, va.view, m), {}, false, &qa);
+  Arg la = output(py::none(), {qa.view.shape, qa.view.shape + qa.view.ndim - 1}, {}, false, &qa);
+  {
+    py::gil_scoped_release nogil;
+    cf::ops::scaled_dot_product_attention(qa.view, ka.view, va.view, m, is_causal, s, oa.view, la.view);
+  }
+  return py::make_tuple(oa.result(), la.result());
+}
+
+// (dquery, dkey, dvalue)
+py::tuple sdpa_backward(const ArrayIn& grad_output, const ArrayIn& query, const ArrayIn& key, const ArrayIn& value,
+                        const OptionalArrayIn& output_, const OptionalArrayIn& lse, const OptionalArrayIn& attn_mask,
+                        bool is_causal, const py::typing::Optional<py::float_>& scale) {
+  Arg ga = float_arg(grad_output, "grad_output"), qa = strided_float_arg(query, "query"),
+      ka = strided_float_arg(key, "key"), va = strided_float_arg(value, "value"), oa, la, ma;
+  OptionalView o = optional_float(output_, "output", oa);
+  OptionalView l = optional_float(lse, "lse", la);
+  OptionalView m = optional_mask(attn_mask, "attn_mask", ma);
+  const std::optional<float> s = scale_arg(scale);
+  cf::ops::attention_shape(qa.view, ka.view, va.view, m);
+  Arg dq = output(py::none(), {qa.view.shape, qa.view.shape + qa.view.ndim}, {}, false, &ga);
+  Arg dk = output(py::none(), {ka.view.shape, ka.view.shape + ka.view.ndim}, {}, false, &ga);
+  Arg dv = output(py::none(), {va.view.shape, va.view.shape + va.view.ndim}, {}, false, &ga);
+  {
+    py::gil_scoped_release nogil;
+    cf::ops::scaled_dot_product_attention_backward(ga.view, qa.view, ka.view, va.view, o, l, m, is_causal, s, dq.view,
+                                                   dk.view, dv.view);
+  }
+  return py::make_tuple(dq.result(), dk.result(), dv.result());
+}
+
 }  // namespace
 
 void register_train(py::module_& m) {
+  m.def("scaled_dot_product_attention_forward", &sdpa_forward, py::arg("query"), py::arg("key"), py::arg("value"),
+        py::arg("attn_mask") = py::none(), py::arg("is_causal") = false, py::arg("scale") = py::none());
+  m.def("scaled_dot_product_attention_backward", &sdpa_backward, py::arg("grad_output"), py::arg("query"),
+        py::arg("key"), py::arg("value"), py::arg("output") = py::none(), py::arg("lse") = py::none(),
+        py::arg("attn_mask") = py::none(), py::arg("is_causal") = false, py::arg("scale") = py::none());
   m.def("linear_backward", &linear_backward, py::arg("grad_output"), py::arg("x"), py::arg("weight"),
         py::arg("activation") = py::none(), py::arg("pre_activation") = py::none());
   m.def("embedding_backward", &embedding_backward, py::arg("grad_output"), py::arg("ids"), py::arg("num_embeddings"),

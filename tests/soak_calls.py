@@ -110,6 +110,21 @@ def op_calls(seed: int = 0) -> dict[str, Callable[[], Any]]:
         "tensor_roundtrip": lambda: coreformer.from_dlpack(np.from_dlpack(ops.gelu(t))).reshape(-1).numpy(),
         "tensor_ops": lambda: ops.linear(t, coreformer.tensor(w), coreformer.tensor(b)).to("cpu", "float16").numpy(),
         "tensor_pickle": lambda: pickle.loads(pickle.dumps(t)).numpy(),
+        # the backward ops (training): several gradients each, compared as one flat array
+        "gelu_backward": lambda: ops.gelu_backward(x[::-1], x, "tanh"),
+        "relu_backward": lambda: ops.relu_backward(x[::-1], x),
+        "softmax_backward": lambda: ops.softmax_backward(x[::-1], ops.softmax(x, axis=0), axis=0),
+        "layer_norm_backward": lambda: flat(*ops.layer_norm_backward(x[::-1], x, w[0], residual=x)),
+        "embedding_backward": lambda: ops.embedding_backward(r_rows(x, 45)[:45].reshape(5, 9, 64), ids, 48, 0),
+        "cross_entropy": lambda: flat(*ops.cross_entropy(x, ids.ravel()[:37], label_smoothing=0.1,
+                                                          return_grad=True)),
+        "linear_backward": lambda: flat(*ops.linear_backward(r_rows(x, 37)[:, :48], x, w, "gelu",
+                                                             ops.linear(x, w, b))),
+        "sdpa_forward_lse": lambda: flat(*ops.scaled_dot_product_attention_forward(q, k, v, fmask, True)),
+        "sdpa_backward": lambda: flat(*ops.scaled_dot_product_attention_backward(
+            q, q, k, v, attn_mask=mask, is_causal=True)),
+        "sdpa_backward_gqa": lambda: flat(*ops.scaled_dot_product_attention_backward(
+            q, q, k[:, :2], v[:1, :2], enable_gqa=True)),
         "error_shape": raises(lambda: ops.linear(x, w[:, :5]), ValueError),
         "error_dtype": raises(lambda: ops.softmax(np.array(["a"])), TypeError),
         "error_ids": raises(lambda: ops.embedding(ids + 100, w), IndexError),
@@ -120,6 +135,10 @@ def op_calls(seed: int = 0) -> dict[str, Callable[[], Any]]:
             None, enc.linear2.weight, None, None, None, None, None, k_cache=np.zeros((3, H, 2, 8), np.float32),
             v_cache=np.zeros((3, H, 2, 8), np.float32)), ValueError),
     }
+
+
+def flat(*arrays):
+    return np.concatenate([np.asarray(a, np.float32).ravel() for a in arrays if a is not None])
 
 
 def r_res(x, w):

@@ -358,3 +358,167 @@ def test_linear_backward_bad_input(rng):
         ops.linear_backward(dy, x[:, :7], w)
     dx, dw, db = ops.linear_backward(np.zeros((0, 5), np.float32), np.zeros((0, 8), np.float32), w)
     assert dx.shape == (0, 8) and not dw.any() and not db.any()
+
+
+def sdpa_f64(q, k, v, go, mask=None, causal=False, scale=None):
+    """float64 closed forms: (output, lse, dq, dk, dv); a row with nothing to attend has zero output, lse -inf."""
+    q, k, v, go = (np.asarray(a, np.float64) for a in (q, k, v, go))
+    sq, sk = q.shape[-2], k.shape[-2]
+    scale = 1 / np.sqrt(q.shape[-1]) if scale is None else scale
+    s = scale * q @ np.swapaxes(k, -1, -2)
+    if mask is not None:
+        s = np.where(mask, s, -np.inf) if mask.dtype == bool else s + mask.astype(np.float64)
+    if causal:
+        s = np.where(np.tril(np.ones((sq, sk), bool), sk - sq), s, -np.inf)
+    m = s.max(-1, keepdims=True)
+    dead = m == -np.inf
+    e = np.where(dead, 0, np.exp(s - np.where(dead, 0, m)))
+    total = e.sum(-1, keepdims=True)
+    p = e / np.where(dead, 1, total)
+    with np.errstate(divide="ignore"):
+        lse = np.where(dead, -np.inf, m + np.log(np.where(dead, 1, total)))[..., 0]
+    o = p @ v
+    dv = np.swapaxes(p, -1, -2) @ go
+    dp = go @ np.swapaxes(v, -1, -2)
+    ds = p * (dp - (go * o).sum(-1, keepdims=True))
+    return o, lse, scale * ds @ k, scale * np.swapaxes(ds, -1, -2) @ q, dv
+
+
+ATTN_SHAPES = [(1, 1, 1, 1, 1, 1), (1, 2, 7, 7, 8, 8), (2, 3, 63, 65, 16, 7), (1, 1, 65, 63, 64, 64),
+               (1, 2, 5, 1000, 32, 32), (2, 1, 130, 129, 64, 33), (1, 3, 49, 300, 128, 96)]
+
+
+@pytest.mark.parametrize("B,H,Sq,Sk,D,Dv", ATTN_SHAPES)
+@pytest.mark.parametrize("mask_kind", [None, "bool", "float"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_backward(isa, rng, B, H, Sq, Sk, D, Dv, mask_kind, causal):
+    q, k, v, go = randn(rng, B, H, Sq, D), randn(rng, B, H, Sk, D), randn(rng, B, H, Sk, Dv), randn(rng, B, H, Sq, Dv)
+    mask = None
+    if mask_kind == "bool":
+        mask = rng.random((B, 1, Sq, Sk)) > 0.3
+    elif mask_kind == "float":
+        mask = randn(rng, Sq, Sk)
+        mask[rng.random((Sq, Sk)) < 0.2] = -np.inf
+    out, lse = ops.scaled_dot_product_attention_forward(q, k, v, mask, causal)
+    np.testing.assert_array_equal(out, ops.scaled_dot_product_attention(q, k, v, mask, causal))
+    want = sdpa_f64(q, k, v, go, mask, causal)
+    assert norm_rel(out, want[0]) < 2e-6
+    np.testing.assert_allclose(lse, want[1], rtol=1e-6, atol=1e-5)
+    assert lse.shape == (B, H, Sq) and lse.dtype == np.float32
+    grads = ops.scaled_dot_product_attention_backward(go, q, k, v, out, lse, mask, causal)
+    for got, ref_, a in zip(grads, want[2:], (q, k, v)):
+        assert got.shape == a.shape and got.dtype == np.float32
+        assert norm_rel(got, ref_) < 2e-6
+    # without the forward's output and lse: the forward runs again, the same numbers
+    for got, again in zip(grads, ops.scaled_dot_product_attention_backward(go, q, k, v, None, None, mask, causal)):
+        np.testing.assert_array_equal(got, again)
+
+
+def test_attention_backward_matches_torch_autograd_gqa_and_broadcast(rng):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    q, go = randn(rng, 2, 6, 37, 16), randn(rng, 2, 6, 37, 16)
+    k, v = randn(rng, 2, 2, 41, 16), randn(rng, 2, 2, 41, 16)   # GQA: 2 key/value heads for 6 query heads
+    mask = rng.random((2, 1, 37, 41)) > 0.2
+    tq, tk, tv = (torch.tensor(a.astype(np.float64), requires_grad=True) for a in (q, k, v))
+    F.scaled_dot_product_attention(tq, tk, tv, torch.tensor(mask), scale=0.3,
+                                   enable_gqa=True).backward(torch.tensor(go.astype(np.float64)))
+    got = ops.scaled_dot_product_attention_backward(go, q, k, v, attn_mask=mask, scale=0.3, enable_gqa=True)
+    for g, t in zip(got, (tq, tk, tv)):
+        assert g.shape == tuple(t.shape) and norm_rel(g, t.grad.numpy()) < 2e-6
+    # key and value broadcast over the batch and the heads (size-1 axes): gradients summed back. (torch's
+    # is_causal aligns top-left, ours bottom-right: the same when Sq == Sk.)
+    k1, v1 = k[:1, :1, :37], v[:1, :1, :37]
+    got = ops.scaled_dot_product_attention_backward(go, q, k1, v1, is_causal=True)
+    tq, tk, tv = (torch.tensor(a.astype(np.float64), requires_grad=True) for a in (q, k1, v1))
+    F.scaled_dot_product_attention(tq, tk, tv, is_causal=True).backward(torch.tensor(go.astype(np.float64)))
+    for g, t in zip(got, (tq, tk, tv)):
+        assert g.shape == tuple(t.shape) and norm_rel(g, t.grad.numpy()) < 2e-6
+
+
+@pytest.mark.parametrize("B,H", [(1, 3), (4, 4)])  # fewer than 8 heads split their keys; 16 do not
+def test_attention_backward_is_the_same_on_any_thread_count(rng, B, H):
+    import coreformer
+    q, k, v, go = (randn(rng, B, H, 150, 32) for _ in range(4))
+    out, lse = ops.scaled_dot_product_attention_forward(q, k, v, is_causal=True)
+    before = coreformer.get_num_threads()
+    try:
+        runs = []
+        for nt in (1, 2, 3):
+            coreformer.set_num_threads(nt)
+            runs.append(ops.scaled_dot_product_attention_backward(go, q, k, v, out, lse, is_causal=True))
+    finally:
+        coreformer.set_num_threads(before)
+    for other in runs[1:]:
+        for a, c in zip(runs[0], other):
+            np.testing.assert_array_equal(a, c)
+
+
+def test_attention_backward_strided_inputs(rng):
+    # heads split out of a (B, S, H, D) projection: strided views, read in place; grad_output converted
+    B, S, H, D = 2, 70, 3, 16
+    qkv = randn(rng, B, S, 3, H, D)
+    q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+    go = randn(rng, B, S, H, D).transpose(0, 2, 1, 3)
+    got = ops.scaled_dot_product_attention_backward(go, q, k, v)
+    want = sdpa_f64(q, k, v, go)
+    for g, w in zip(got, want[2:]):
+        assert norm_rel(g, w) < 2e-6
+    got64 = ops.scaled_dot_product_attention_backward(go.astype(np.float64), q, k, v)
+    for a, b in zip(got, got64):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_attention_backward_zero_weights_and_empty_rows(rng):
+    B, H, S, D = 1, 2, 70, 8
+    q, k, v, go = (randn(rng, B, H, S, D) for _ in range(4))
+    mask = np.ones((S, S), bool)
+    mask[:, 5] = False   # key 5 masked for every query: inf/NaN there must reach nothing
+    mask[3, :] = False   # query 3 attends nothing: zero output, zero gradients
+    k_bad, v_bad = k.copy(), v.copy()
+    k_bad[..., 5, :] = np.inf
+    v_bad[..., 5, 0] = np.nan
+    out, lse = ops.scaled_dot_product_attention_forward(q, k_bad, v_bad, mask)
+    assert np.all(lse[..., 3] == -np.inf) and not out[..., 3, :].any()
+    dq, dk, dv = ops.scaled_dot_product_attention_backward(go, q, k_bad, v_bad, out, lse, mask)
+    want = sdpa_f64(q, k, v, go, mask)
+    assert np.isfinite(dq).all() and np.isfinite(dk).all() and np.isfinite(dv).all()
+    assert not dq[..., 3, :].any() and not dk[..., 5, :].any() and not dv[..., 5, :].any()
+    for g, w in zip((dq, dk, dv), want[2:]):
+        assert norm_rel(g, w) < 2e-6
+    # a NaN among a row's visible scores: that row's output and gradients are NaN, as the forward's
+    q_nan = q.copy()
+    q_nan[0, 0, 10, 0] = np.nan
+    out, lse = ops.scaled_dot_product_attention_forward(q_nan, k, v)
+    dq, dk, dv = ops.scaled_dot_product_attention_backward(go, q_nan, k, v, out, lse)
+    assert np.isnan(out[0, 0, 10]).all() and np.isnan(dq[0, 0, 10]).all()
+    assert np.isfinite(dq[0, 1]).all() and np.isfinite(dq[0, 0, 11]).all()
+    # empty sequences: zero gradients of the right shapes
+    for sq, sk in ((0, 5), (4, 0)):
+        empty = ops.scaled_dot_product_attention_backward(np.zeros((1, 2, sq, 8), np.float32), randn(rng, 1, 2, sq, 8),
+                                                          randn(rng, 1, 2, sk, 8), randn(rng, 1, 2, sk, 8))
+        assert [a.shape for a in empty] == [(1, 2, sq, 8), (1, 2, sk, 8), (1, 2, sk, 8)]
+        assert not any(a.any() for a in empty)
+
+
+def test_attention_backward_bad_input(rng):
+    q, k, v, go = randn(rng, 2, 3, 5, 8), randn(rng, 2, 3, 6, 8), randn(rng, 2, 3, 6, 4), randn(rng, 2, 3, 5, 4)
+    out, lse = ops.scaled_dot_product_attention_forward(q, k, v)
+    f = ops.scaled_dot_product_attention_backward
+    with pytest.raises(ValueError, match=r"grad_output has shape \(2, 3, 5, 8\) but the attention's output has "
+                                         r"shape \(2, 3, 5, 4\)"):
+        f(randn(rng, 2, 3, 5, 8), q, k, v, out, lse)
+    with pytest.raises(ValueError, match=r"output has shape \(2, 3, 5, 3\)"):
+        f(go, q, k, v, out[..., :3], lse)
+    with pytest.raises(ValueError, match=r"lse has shape \(2, 3, 4\) but query \(2, 3, 5, 8\) needs \(2, 3, 5\)"):
+        f(go, q, k, v, out, lse[..., :4])
+    with pytest.raises(ValueError, match="key"):
+        f(go, q, k[..., :7], v, out, lse)
+    with pytest.raises(ValueError, match="attn_mask"):
+        f(go, q, k, v, out, lse, np.ones((7, 7), bool))
+    with pytest.raises(TypeError, match="grad_output"):
+        f("x", q, k, v)
+    with pytest.raises(ValueError, match="scale must be finite"):
+        f(go, q, k, v, scale=float("nan"))
+    with pytest.raises(ValueError, match="enable_gqa"):
+        f(go, q, k[:, :2], v[:, :2], enable_gqa=True)

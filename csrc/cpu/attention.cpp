@@ -112,12 +112,17 @@ void attention_few_queries(const AttentionArgs& a) {
         apply_mask(a.mask2, b, h, i, 0, n, row);
         const float mx = n > 0 ? row_max(row, n) : kNegInf;
         for (int64_t j = n; j < jmax; ++j) row[j] = 0.0f;
+        float lse;
         if (mx == kNegInf) {  // nothing to attend: zeros (NaN scores: NaN)
           inv[i] = has_nan(row, n) ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
+          lse = inv[i] == 0.0f ? kNegInf : inv[i];
           for (int64_t j = 0; j < n; ++j) row[j] = 0.0f;
         } else {
-          inv[i] = 1.0f / exp_sub_sum(row, row, n, mx);
+          const float sum = exp_sub_sum(row, row, n, mx);
+          inv[i] = 1.0f / sum;
+          lse = mx + std::log(sum);
         }
+        if (a.lse) a.lse[bh * Sq + i] = lse;
       }
       std::memset(acc, 0, sizeof(float) * Sq * Dv);
       for (int64_t j = 0; j < jmax; ++j)
@@ -260,6 +265,11 @@ void attend_block(const AttentionArgs& a, int64_t b, int64_t h, int64_t i0, int6
                          static_cast<int>(imin(kMR, mq - ir)), static_cast<int>(imin(kNR, Dv - jv)), true);
   }
 
+  if (a.lse) {  // m and l are in log2 units: lse = ln 2 * (m + log2 l)
+    float* lse = a.lse + (b * a.H + h) * a.Sq + i0;
+    for (int64_t r = 0; r < mq; ++r)
+      lse[r] = l[r] == 0.0f ? kNegInf : static_cast<float>(kLn2 * (static_cast<double>(m[r]) + std::log2(static_cast<double>(l[r]))));
+  }
   for (int64_t r = 0; r < mq; ++r) {
     float* dst = a.out + b * a.o_sb + h * a.o_sh + (i0 + r) * a.o_ss;
     if (l[r] == 0.0f) {
@@ -285,16 +295,51 @@ void pack_head(const AttentionArgs& a, int64_t b, int64_t h, float* kp, float* v
   }
 }
 
+// Keys query i of a head sees (causal: j <= i + Sk - Sq), a prefix [0, visible).
+inline int64_t visible_keys(const AttentionArgs& a, int64_t i) {
+  return a.causal ? imin(a.Sk, imax(0, i + a.Sk - a.Sq + 1)) : a.Sk;
+}
+
+// Scores of query i of head (b, h) against keys [j0, j0 + n), scaled and masked (natural units), into s.
+void row_scores(const AttentionArgs& a, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t n, float* s) {
+  const float* q = a.q + b * a.q_sb + h * a.q_sh + i * a.q_ss;
+  const float* k = a.k + b * a.k_sb + h * a.k_sh + j0 * a.k_ss;
+  for (int64_t j = 0; j < n; ++j) s[j] = a.scale * dot(q, k + j * a.k_ss, a.D);
+  apply_mask(a.mask, b, h, i, j0, n, s);
+  apply_mask(a.mask2, b, h, i, j0, n, s);
+}
+
+// The log-sum-exp of n scores (overwritten by exp(s - max)): -inf for none visible, NaN for a NaN among them.
+// (*sum, when asked for, gets the sum of those exponentials.)
+inline float scores_lse(float* s, int64_t n, float* sum = nullptr) {
+  const float mx = n > 0 ? row_max(s, n) : kNegInf;  // skips NaN; a NaN then makes the sum NaN
+  if (mx == kNegInf) return has_nan(s, n) ? std::numeric_limits<float>::quiet_NaN() : kNegInf;
+  const float total = exp_sub_sum(s, s, n, mx);
+  if (sum) *sum = total;
+  return mx + std::log(total);
+}
+
 }  // namespace
 
 void attention(const AttentionArgs& a) {
   const int64_t B = a.B, H = a.H, Sq = a.Sq, Sk = a.Sk, D = a.D, Dv = a.Dv;
+  if (Dv == 0 && a.lse && B * H * Sq > 0) {  // no output, but the log-sum-exp is still asked for
+    Buffer s(static_cast<size_t>(imax(Sk, 1)));
+    for (int64_t bh = 0; bh < B * H; ++bh)
+      for (int64_t i = 0; i < Sq; ++i) {
+        const int64_t n = visible_keys(a, i);
+        row_scores(a, bh / H, bh % H, i, 0, n, s.get());
+        a.lse[bh * Sq + i] = scores_lse(s.get(), n);
+      }
+  }
   if (B == 0 || H == 0 || Sq == 0 || Dv == 0) return;
   if (Sk == 0) {  // no key at all: every query has nothing to attend, so zeros (the blocked paths divide by Sk)
     for (int64_t b = 0; b < B; ++b)
       for (int64_t h = 0; h < H; ++h)
         for (int64_t i = 0; i < Sq; ++i)
           std::memset(a.out + b * a.o_sb + h * a.o_sh + i * a.o_ss, 0, sizeof(float) * Dv);
+    if (a.lse)
+      for (int64_t i = 0; i < B * H * Sq; ++i) a.lse[i] = kNegInf;
     return;
   }
   if (Sq <= kFewQueries) return attention_few_queries(a);
@@ -371,6 +416,235 @@ void attention(const AttentionArgs& a) {
     }
   }
   kv_cache.release();
+}
+
+}  // namespace cf::cpu::CF_ISA_NS
+
+namespace cf::cpu::CF_ISA_NS {
+
+namespace {
+
+constexpr int64_t kGradBQ = kMR * (48 / kMR);          // query rows per block
+constexpr int64_t kGradBK = 64;                        // keys per block (a multiple of kNR on every ISA)
+constexpr int64_t kGradBKr = ceil_div(kGradBK, kMR) * kMR;  // rows of the transposed tiles (whole MR panels)
+constexpr int64_t kGradHeads = 8;                      // fewer heads than this: split each head's keys
+
+// One thread's scratch for a (head, key range) task. The head's Q and dO are packed once per task in
+// both layouts the GEMMs read (A panels for S = Q K^T and dP = dO V^T, B panels for dK += dS^T Q and
+// dV += P^T dO); a key block's K^T, V^T and K once per key block.
+struct GradScratch {
+  static int64_t floats(int64_t sq, int64_t d, int64_t dv) {
+    const int64_t dp = ceil_div(d, kNR) * kNR, dvp = ceil_div(dv, kNR) * kNR;
+    return sq * (d + dv + dp + dvp) + 2 * sq + kGradBK * (d + dv + dp) + 2 * kGradBQ * kGradBK +
+           2 * kGradBKr * kGradBQ;
+  }
+  GradScratch(float* p, int64_t sq, int64_t d, int64_t dv) {
+    const int64_t dp = ceil_div(d, kNR) * kNR, dvp = ceil_div(dv, kNR) * kNR;
+    qa = p; doa = qa + sq * d; qb = doa + sq * dv; dob = qb + sq * dp;
+    delta = dob + sq * dvp; l2 = delta + sq;
+    kt = l2 + sq; vt = kt + kGradBK * d; kb = vt + kGradBK * dv;
+    s = kb + kGradBK * dp; ds = s + kGradBQ * kGradBK; pt = ds + kGradBQ * kGradBK; dst = pt + kGradBKr * kGradBQ;
+    // the microkernels read whole MR-row panels of these, past a block's last row: never uninitialised
+    std::memset(s, 0, sizeof(float) * (2 * kGradBQ * kGradBK + 2 * kGradBKr * kGradBQ));
+  }
+  float *qa, *doa, *qb, *dob, *delta, *l2, *kt, *vt, *kb, *s, *ds, *pt, *dst;
+};
+
+// dst (cols x rows, leading dimension ldd) = src (rows x cols, leading dimension lds) transposed: 4 x 4
+// blocks in SSE registers (baseline x86-64), the edges one by one.
+inline void transpose_tile(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst, int64_t ldd) {
+  int64_t r = 0;
+#if defined(__SSE2__)
+  for (; r + 4 <= rows; r += 4) {
+    int64_t c = 0;
+    for (; c + 4 <= cols; c += 4) {
+      const float* s0 = src + r * lds + c;
+      __m128 r0 = _mm_loadu_ps(s0), r1 = _mm_loadu_ps(s0 + lds), r2 = _mm_loadu_ps(s0 + 2 * lds),
+             r3 = _mm_loadu_ps(s0 + 3 * lds);
+      _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+      float* d0 = dst + c * ldd + r;
+      _mm_storeu_ps(d0, r0);
+      _mm_storeu_ps(d0 + ldd, r1);
+      _mm_storeu_ps(d0 + 2 * ldd, r2);
+      _mm_storeu_ps(d0 + 3 * ldd, r3);
+    }
+    for (; c < cols; ++c)
+      for (int64_t x = r; x < r + 4; ++x) dst[c * ldd + x] = src[x * lds + c];
+  }
+#endif
+  for (; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+}
+
+// Keys [c0, c1) of head (b, h): dK and dV of those keys (this task's alone), and their part of dQ added
+// into dq (the head's (Sq, D), zeroed by the caller).
+void attention_backward_task(const AttentionBackwardArgs& g, int64_t b, int64_t h, int64_t c0, int64_t c1,
+                             float* dq, const GradScratch& w) {
+  const AttentionArgs& a = g.f;
+  const int64_t Sq = a.Sq, Sk = a.Sk, D = a.D, Dv = a.Dv, bh = b * a.H + h;
+  const int64_t causal_off = Sk - Sq;  // query i sees keys j <= i + causal_off
+  const int64_t dp = ceil_div(D, kNR) * kNR, dvp = ceil_div(Dv, kNR) * kNR;
+  const float* q = a.q + b * a.q_sb + h * a.q_sh;
+  const float* k = a.k + b * a.k_sb + h * a.k_sh;
+  const float* v = a.v + b * a.v_sb + h * a.v_sh;
+  const float* dout = g.dout + bh * Sq * Dv;
+  const float* o = g.o + bh * Sq * Dv;
+  const float* lse = g.lse + bh * Sq;
+  float* dk = g.dk + bh * Sk * D;
+  float* dv = g.dv + bh * Sk * Dv;
+  std::memset(dk + c0 * D, 0, sizeof(float) * (c1 - c0) * D);
+  std::memset(dv + c0 * Dv, 0, sizeof(float) * (c1 - c0) * Dv);
+
+  // Queries that see any key of [c0, c1): causal ones from the first block that reaches c0.
+  const int64_t i_first = a.causal ? imin(Sq, imax(0, c0 - causal_off)) / kGradBQ * kGradBQ : 0;
+  const float qscale = static_cast<float>(a.scale * kLog2E);  // scores in log2 units, as the forward's
+  for (int64_t i0 = i_first; i0 < Sq; i0 += kGradBQ) {
+    const int64_t mq = imin(kGradBQ, Sq - i0);
+    pack_a(q + i0 * a.q_ss, a.q_ss, mq, D, qscale, w.qa + i0 * D);
+    pack_a(dout + i0 * Dv, Dv, mq, Dv, 1.0f, w.doa + i0 * Dv);
+    pack_b(q + i0 * a.q_ss, a.q_ss, mq, D, w.qb + i0 * dp);
+    pack_b(dout + i0 * Dv, Dv, mq, Dv, w.dob + i0 * dvp);
+    for (int64_t i = i0; i < i0 + mq; ++i) {
+      w.delta[i] = static_cast<float>(row_dot_f64(dout + i * Dv, o + i * Dv, Dv));
+      // P = 2^(S - lse2): a row with nothing to attend (lse = -inf) gets P = 0 everywhere
+      const float l = lse[i];
+      w.l2[i] = l == kNegInf ? std::numeric_limits<float>::infinity() : static_cast<float>(l * kLog2E);
+    }
+  }
+
+  const float scale = a.scale;
+  for (int64_t j0 = c0; j0 < c1; j0 += kGradBK) {
+    const int64_t nk = imin(kGradBK, c1 - j0);
+    pack_b_transposed(k + j0 * a.k_ss, a.k_ss, nk, D, w.kt);
+    pack_b_transposed(v + j0 * a.v_ss, a.v_ss, nk, Dv, w.vt);
+    pack_b(k + j0 * a.k_ss, a.k_ss, nk, D, w.kb);
+    const bool k_nonfinite = any_nonfinite(w.kb, nk * dp);
+    float* dk_j = dk + j0 * D;
+    float* dv_j = dv + j0 * Dv;
+    const int64_t i_begin = a.causal ? imin(Sq, imax(0, j0 - causal_off)) / kGradBQ * kGradBQ : 0;
+    for (int64_t i0 = i_begin; i0 < Sq; i0 += kGradBQ) {
+      const int64_t mq = imin(kGradBQ, Sq - i0);
+      // S = Q K^T (log2 units), dP = dO V^T
+      for (int64_t ir = 0; ir < mq; ir += kMR) {
+        const int m = static_cast<int>(imin(kMR, mq - ir));
+        for (int64_t jr = 0; jr < nk; jr += kNR) {
+          microkernel<0, float, false>(D, w.qa + (i0 + ir) * D, w.kt + jr * D, w.s + ir * kGradBK + jr, kGradBK,
+                                       m, kNR, false);
+          microkernel<0, float, false>(Dv, w.doa + (i0 + ir) * Dv, w.vt + jr * Dv, w.ds + ir * kGradBK + jr,
+                                       kGradBK, m, kNR, false);
+        }
+      }
+      // P = 2^(S - lse2) over what the row sees; dS = scale * P (dP - Delta), 0 where P = 0 (so inf/NaN in a
+      // masked key's value row, which makes its dP non-finite, reaches nothing)
+      const bool diagonal = a.causal && j0 + nk - 1 > i0 + causal_off;
+      for (int64_t r = 0; r < mq; ++r) {
+        const int64_t i = i0 + r;
+        float* srow = w.s + r * kGradBK;
+        float* dsrow = w.ds + r * kGradBK;
+        apply_mask(a.mask, b, h, i, j0, nk, srow, static_cast<float>(kLog2E));
+        apply_mask(a.mask2, b, h, i, j0, nk, srow, static_cast<float>(kLog2E));
+        if (diagonal)
+          for (int64_t j = imax(0, i + causal_off + 1 - j0); j < nk; ++j) srow[j] = kNegInf;
+        const Vec l2 = Vec::set1(w.l2[i]), dl = Vec::set1(w.delta[i]), sc = Vec::set1(scale), zero = Vec::zero();
+        for (int64_t j = 0; j < nk; j += Vec::W) {  // nk is a multiple of W but for the last block; the rest is scratch
+          const Vec p = exp2_le0(Vec::load(srow + j) - l2);
+          p.store(srow + j);
+          const Vec d = sc * p * (Vec::load(dsrow + j) - dl);
+          // P > 0 -> d; P = 0 -> 0; P NaN (a NaN row) -> NaN
+          select_lt(zero, p, d, p * zero).store(dsrow + j);
+        }
+      }
+      // The transposes, for the key-side products
+      transpose_tile(w.s, kGradBK, mq, nk, w.pt, kGradBQ);
+      transpose_tile(w.ds, kGradBK, mq, nk, w.dst, kGradBQ);
+      // dV_j += P^T dO_i, dK_j += dS^T Q_i
+      for (int64_t jr = 0; jr < nk; jr += kMR) {
+        const int m = static_cast<int>(imin(kMR, nk - jr));
+        for (int64_t c = 0; c < Dv; c += kNR)
+          microkernel<kGradBQ, float, false>(mq, w.pt + jr * kGradBQ, w.dob + i0 * dvp + c * mq, dv_j + jr * Dv + c,
+                                             Dv, m, static_cast<int>(imin(kNR, Dv - c)), true);
+        for (int64_t c = 0; c < D; c += kNR)
+          microkernel<kGradBQ, float, false>(mq, w.dst + jr * kGradBQ, w.qb + i0 * dp + c * mq, dk_j + jr * D + c,
+                                             D, m, static_cast<int>(imin(kNR, D - c)), true);
+      }
+      // dQ_i += dS K_j
+      if (k_nonfinite) {  // inf or NaN among these keys: only the keys a row gives weight to (rare)
+        for (int64_t r = 0; r < mq; ++r)
+          for (int64_t j = 0; j < nk; ++j) {
+            const float d = w.ds[r * kGradBK + j];
+            if (d != 0.0f) axpy(d, k + (j0 + j) * a.k_ss, dq + (i0 + r) * D, D);
+          }
+        continue;
+      }
+      for (int64_t ir = 0; ir < mq; ir += kMR)
+        for (int64_t c = 0; c < D; c += kNR)
+          microkernel<kGradBK, float, false>(nk, w.ds + ir * kGradBK, w.kb + c * nk, dq + (i0 + ir) * D + c, D,
+                                             static_cast<int>(imin(kMR, mq - ir)), static_cast<int>(imin(kNR, D - c)),
+                                             true);
+    }
+  }
+}
+
+}  // namespace
+
+// FlashAttention-2's backward on the CPU: the probabilities are recomputed tile by tile from the forward's
+// log-sum-exp, P = exp(S - lse), never stored (O(S * D) memory), with Delta = rowsum(dO * O):
+//   dV = P^T dO,  dS = P * (dO V^T - Delta),  dQ = scale * dS K,  dK = scale * dS^T Q.
+// A task is a head (or, with fewer than 8 heads, a fixed range of its keys): for each key block it runs
+// over the query blocks, dK and dV of its keys accumulating in place. dQ is a head's own (one task) or
+// summed from per-range partials in range order. The split depends on the shape alone, so the result is
+// the same on any thread count; nothing is atomic.
+// The forward's rule for zero weights holds: a key with P = 0 (masked, causal, underflow) adds nothing, so
+// inf/NaN in its key or value row reaches no gradient; a NaN row's gradients are NaN; a row with nothing to
+// attend has zero gradients.
+void attention_backward(const AttentionBackwardArgs& g) {
+  const AttentionArgs& a = g.f;
+  const int64_t B = a.B, H = a.H, Sq = a.Sq, Sk = a.Sk, D = a.D, Dv = a.Dv, BH = B * H;
+  if (BH == 0) return;
+  if (Sq > 0) std::memset(g.dq, 0, sizeof(float) * BH * Sq * D);
+  if (Sq == 0 || Sk == 0) {  // nothing attends or nothing to attend: zero gradients
+    std::memset(g.dk, 0, sizeof(float) * BH * Sk * D);
+    std::memset(g.dv, 0, sizeof(float) * BH * Sk * Dv);
+    return;
+  }
+  // Key ranges per head: whole heads when there are enough of them, else up to kGradHeads ranges in all
+  // (multiples of the key block), whatever the thread count.
+  const int64_t nkb = ceil_div(Sk, kGradBK);
+  const int64_t parts = BH >= kGradHeads ? 1 : imin(nkb, ceil_div(kGradHeads, BH));
+  const int64_t range = ceil_div(nkb, parts) * kGradBK;
+  const int64_t nparts = ceil_div(Sk, range);
+  const int64_t sqp = ceil_div(Sq, kGradBQ) * kGradBQ;
+  const int nt = static_cast<int>(imin(threads_for(BH * Sq * Sk * (D + Dv), 1 << 16), BH * nparts));
+  const int64_t per_thread = GradScratch::floats(sqp, D, Dv);
+  Buffer scratch(static_cast<size_t>(nt * per_thread));
+  Buffer partial(static_cast<size_t>(nparts > 1 ? BH * nparts * Sq * D : 0));
+  if (nparts > 1) std::memset(partial.get(), 0, sizeof(float) * BH * nparts * Sq * D);
+
+#pragma omp parallel num_threads(nt)
+  {
+    int tid = 0;
+#ifdef _OPENMP
+    tid = omp_get_thread_num();
+#endif
+    const GradScratch w(scratch.get() + tid * per_thread, sqp, D, Dv);
+#pragma omp for schedule(dynamic)
+    for (int64_t task = 0; task < BH * nparts; ++task) {
+      const int64_t bh = task / nparts, part = task % nparts;
+      const int64_t c0 = part * range, c1 = imin(Sk, c0 + range);
+      float* dq = nparts > 1 ? partial.get() + task * Sq * D : g.dq + bh * Sq * D;
+      attention_backward_task(g, bh / H, bh % H, c0, c1, dq, w);
+    }
+    if (nparts > 1) {
+#pragma omp for schedule(static)
+      for (int64_t bh = 0; bh < BH; ++bh) {
+        float* dq = g.dq + bh * Sq * D;
+        for (int64_t part = 0; part < nparts; ++part) {
+          const float* src = partial.get() + (bh * nparts + part) * Sq * D;
+          for (int64_t x = 0; x < Sq * D; ++x) dq[x] += src[x];
+        }
+      }
+    }
+  }
 }
 
 }  // namespace cf::cpu::CF_ISA_NS

@@ -47,6 +47,21 @@ struct AttentionArgs {
   MaskArgs mask, mask2;  // mask2: a second mask (key padding in multi-head attention)
   bool causal = false;   // bottom-right aligned: query i sees keys j <= i + Sk - Sq
   float scale = 1.0f;
+  float* lse = nullptr;  // optional (B,H,Sq) contiguous: each row's log-sum-exp of its scaled, masked scores
+                         // (natural log; -inf for a row with nothing to attend), what the backward needs
+};
+
+// The backward of `attention` (FlashAttention-2's, on the CPU): f holds the forward's inputs (f.out and
+// f.lse unused); o and dout (B,H,Sq,Dv), dq (B,H,Sq,D), dk (B,H,Sk,D), dv (B,H,Sk,Dv) all contiguous.
+// lse (the forward's, (B,H,Sq)) is required: the probabilities are recomputed from it.
+struct AttentionBackwardArgs {
+  AttentionArgs f;
+  const float* o = nullptr;
+  const float* dout = nullptr;
+  const float* lse = nullptr;
+  float* dq = nullptr;
+  float* dk = nullptr;
+  float* dv = nullptr;
 };
 
 // Additive attention after the projections: qp (B,Sq,A), kp (B,Sk,A), all contiguous.
@@ -179,6 +194,7 @@ struct SoftmaxBackwardArgs {
 #define CF_CPU_KERNELS(X)                 \
   X(gemm, GemmArgs)                       \
   X(attention, AttentionArgs)             \
+  X(attention_backward, AttentionBackwardArgs) \
   X(additive_attention, AdditiveArgs)     \
   X(layer_norm, LayerNormArgs)            \
   X(softmax, SoftmaxArgs)                 \

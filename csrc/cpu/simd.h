@@ -231,7 +231,7 @@ inline Vec select_bytes(const uint8_t* p, Vec x, Vec y) { Vec r; for (int i = 0;
 
 inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // ---- Elementary functions (float32, a few ulp), written once over Vec ----
 

@@ -81,7 +81,7 @@ void Backend::norm(const void* x, int64_t rows, int64_t n, const OptionalView& w
   kernels().layer_norm(a);
 }
 
-void Backend::attention(AttentionPlan a) const {
+void Backend::attention(AttentionPlan a, float* lse) const {
   if (gpu()) {
     a.dtype = dtype_;
     a.device = device_.index;
@@ -97,6 +97,7 @@ void Backend::attention(AttentionPlan a) const {
   c.mask = a.mask; c.mask2 = a.mask2;
   c.causal = a.causal;
   c.scale = a.scale;
+  c.lse = lse;
   kernels().attention(c);
 }
 

@@ -6,7 +6,7 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['PackedWeight', 'Tensor', 'additive_attention', 'argmax', 'cross_entropy', 'embedding', 'embedding_backward', 'empty_cache', 'from_dlpack', 'gelu', 'gelu_backward', 'get_num_threads', 'info', 'layer_norm', 'layer_norm_backward', 'linear', 'linear_backward', 'multi_head_attention', 'pack_weight', 'relu', 'relu_backward', 'scaled_dot_product_attention', 'set_num_threads', 'sinusoidal_positions', 'softmax', 'softmax_backward', 'synchronize', 'tensor', 'transformer_decoder_layer', 'transformer_encoder_layer']
+__all__: list[str] = ['PackedWeight', 'Tensor', 'additive_attention', 'argmax', 'cross_entropy', 'embedding', 'embedding_backward', 'empty_cache', 'from_dlpack', 'gelu', 'gelu_backward', 'get_num_threads', 'info', 'layer_norm', 'layer_norm_backward', 'linear', 'linear_backward', 'multi_head_attention', 'pack_weight', 'relu', 'relu_backward', 'scaled_dot_product_attention', 'scaled_dot_product_attention_backward', 'scaled_dot_product_attention_forward', 'set_num_threads', 'sinusoidal_positions', 'softmax', 'softmax_backward', 'synchronize', 'tensor', 'transformer_decoder_layer', 'transformer_encoder_layer']
 class Tensor:
     """
     Memory on a device (shape, dtype, device) that stays there across op calls.
@@ -163,6 +163,10 @@ def relu(x: numpy.typing.ArrayLike | Tensor, out: typing.Annotated[numpy.typing.
 def relu_backward(grad_output: numpy.typing.ArrayLike | Tensor, x: numpy.typing.ArrayLike | Tensor) -> numpy.typing.NDArray[numpy.float32] | Tensor:
     ...
 def scaled_dot_product_attention(query: numpy.typing.ArrayLike | Tensor, key: numpy.typing.ArrayLike | Tensor, value: numpy.typing.ArrayLike | Tensor, attn_mask: numpy.typing.ArrayLike | Tensor | None = None, is_causal: bool = False, scale: float | None = None, out: typing.Annotated[numpy.typing.ArrayLike, numpy.float32] | Tensor | None = None) -> numpy.typing.NDArray[numpy.float32] | Tensor:
+    ...
+def scaled_dot_product_attention_backward(grad_output: numpy.typing.ArrayLike | Tensor, query: numpy.typing.ArrayLike | Tensor, key: numpy.typing.ArrayLike | Tensor, value: numpy.typing.ArrayLike | Tensor, output: numpy.typing.ArrayLike | Tensor | None = None, lse: numpy.typing.ArrayLike | Tensor | None = None, attn_mask: numpy.typing.ArrayLike | Tensor | None = None, is_causal: bool = False, scale: float | None = None) -> tuple:
+    ...
+def scaled_dot_product_attention_forward(query: numpy.typing.ArrayLike | Tensor, key: numpy.typing.ArrayLike | Tensor, value: numpy.typing.ArrayLike | Tensor, attn_mask: numpy.typing.ArrayLike | Tensor | None = None, is_causal: bool = False, scale: float | None = None) -> tuple:
     ...
 def set_num_threads(n: typing.SupportsInt | typing.SupportsIndex) -> None:
     ...

@@ -47,6 +47,8 @@ __all__ = [
     "embedding_backward",
     "cross_entropy",
     "linear_backward",
+    "scaled_dot_product_attention_forward",
+    "scaled_dot_product_attention_backward",
 ]
 
 
@@ -163,11 +165,7 @@ def scaled_dot_product_attention(query: ArrayIn, key: ArrayIn, value: ArrayIn, a
     packed QKV projection, a prefix of a preallocated KV cache), and ``out`` may be such a view
     too (a ``(B, S, H, Dv)`` buffer seen as ``(B, H, S, Dv)``, so heads merge without a copy).
     """
-    gqa = _flag("enable_gqa", enable_gqa)
-    if isinstance(query, np.ndarray) and isinstance(key, np.ndarray) and isinstance(value, np.ndarray):
-        key, value = _broadcast_kv(query, key, value, gqa)
-    elif gqa:
-        raise ValueError("enable_gqa takes numpy arrays; for Tensors, repeat the key and value heads first")
+    query, key, value = _attention_inputs(query, key, value, _flag("enable_gqa", enable_gqa))
     return _core.scaled_dot_product_attention(query, key, value, attn_mask, _flag("is_causal", is_causal),
                                              None if scale is None else _float("scale", scale), out)
 
@@ -191,6 +189,66 @@ def _broadcast_kv(query: np.ndarray, key: np.ndarray, value: np.ndarray, gqa: bo
             a = np.broadcast_to(a, lead + a.shape[-2:])
         out.append(a)
     return out[0], out[1]
+
+
+def scaled_dot_product_attention_forward(query: ArrayIn, key: ArrayIn, value: ArrayIn,
+                                         attn_mask: ArrayIn | None = None, is_causal: bool = False,
+                                         scale: float | None = None, *,
+                                         enable_gqa: bool = False) -> tuple[FloatArray, FloatArray]:
+    """``scaled_dot_product_attention`` for training: ``(output, lse)``, lse ``(..., H, Sq)`` each query row's
+    log-sum-exp of its scaled, masked scores (natural log; ``-inf`` for a row with nothing to attend) --
+    what :func:`scaled_dot_product_attention_backward` recomputes the probabilities from. Same arguments and
+    rules as the forward. CPU only so far."""
+    q, k, v = _attention_inputs(query, key, value, _flag("enable_gqa", enable_gqa))
+    out, lse = _core.scaled_dot_product_attention_forward(q, k, v, attn_mask, _flag("is_causal", is_causal),
+                                                          None if scale is None else _float("scale", scale))
+    return out, lse
+
+
+def scaled_dot_product_attention_backward(grad_output: ArrayIn, query: ArrayIn, key: ArrayIn, value: ArrayIn,
+                                          output: ArrayIn | None = None, lse: ArrayIn | None = None,
+                                          attn_mask: ArrayIn | None = None, is_causal: bool = False,
+                                          scale: float | None = None, *,
+                                          enable_gqa: bool = False) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """The gradients ``(dquery, dkey, dvalue)`` of ``scaled_dot_product_attention(query, key, value,
+    attn_mask, is_causal, scale)`` from ``grad_output`` (the output's shape), FlashAttention-2's way: the
+    probabilities are recomputed tile by tile from the forward's ``output`` and ``lse`` (from
+    :func:`scaled_dot_product_attention_forward`; without them the forward is run again), never stored --
+    memory O(S * D). Every mask kind, ``is_causal`` (bottom-right aligned, as the forward), broadcast key and
+    value (their gradients summed back to their shapes) and ``enable_gqa`` (each key/value head's gradient
+    the sum over the query heads it serves). Keys a row gives zero weight (masked, causal, underflow) add
+    nothing to any gradient, so inf/NaN in a masked key's row does not leak; a row with nothing to attend has
+    zero gradients. Deterministic: the same result on any thread count. CPU only so far."""
+    gqa = _flag("enable_gqa", enable_gqa)
+    k_shape = np.shape(key) if isinstance(key, np.ndarray) else None
+    v_shape = np.shape(value) if isinstance(value, np.ndarray) else None
+    q, k, v = _attention_inputs(query, key, value, gqa)
+    dq, dk, dv = _core.scaled_dot_product_attention_backward(
+        grad_output, q, k, v, output, lse, attn_mask, _flag("is_causal", is_causal),
+        None if scale is None else _float("scale", scale))
+    return dq, _unbroadcast_kv(dk, k_shape), _unbroadcast_kv(dv, v_shape)
+
+
+def _attention_inputs(query: ArrayIn, key: ArrayIn, value: ArrayIn, gqa: bool) -> tuple[Any, Any, Any]:
+    if isinstance(query, np.ndarray) and isinstance(key, np.ndarray) and isinstance(value, np.ndarray):
+        key, value = _broadcast_kv(query, key, value, gqa)
+    elif gqa:
+        raise ValueError("enable_gqa takes numpy arrays; for Tensors, repeat the key and value heads first")
+    return query, key, value
+
+
+def _unbroadcast_kv(grad: FloatArray, shape: tuple[int, ...] | None) -> FloatArray:
+    """The gradient of key or value expanded by _broadcast_kv, summed back to the caller's shape: over a
+    broadcast batch axis, and over each group of query heads that a key/value head (GQA, or a size-1 head
+    axis) served."""
+    if shape is None or grad.shape == shape or grad.ndim != len(shape) or grad.ndim < 3:
+        return grad
+    if grad.ndim == 4 and shape[0] == 1 and grad.shape[0] != 1:
+        grad = grad.sum(axis=0, keepdims=True, dtype=np.float32)
+    h, hk = grad.shape[-3], shape[-3]
+    if hk != h and hk > 0 and h % hk == 0:
+        grad = grad.reshape(grad.shape[:-3] + (hk, h // hk) + grad.shape[-2:]).sum(axis=-3, dtype=np.float32)
+    return np.ascontiguousarray(grad)
 
 
 @overload
