@@ -5,6 +5,7 @@
 #include <cmath>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "convert.h"
 #include "core/error.h"
@@ -184,9 +185,94 @@ py::tuple sdpa_backward(const ArrayIn& grad_output, const ArrayIn& query, const 
   return py::make_tuple(dq.result(), dk.result(), dv.result());
 }
 
+// Lists of arrays: parameters and optimiser state written in place (float32, C-contiguous, writable);
+// gradients read (converted if need be). The Args keep the arrays alive while the GIL is released.
+std::vector<Arg> inout_list(const py::typing::Iterable<ArrayIn>& xs, const char* name) {
+  std::vector<Arg> out;
+  size_t i = 0;
+  for (py::handle x : xs) out.push_back(inout_float_arg(x, (std::string(name) + "[" + std::to_string(i++) + "]").c_str()));
+  return out;
+}
+
+std::vector<Arg> in_list(const py::typing::Iterable<ArrayIn>& xs, const char* name) {
+  std::vector<Arg> out;
+  size_t i = 0;
+  for (py::handle x : xs) out.push_back(float_arg(x, (std::string(name) + "[" + std::to_string(i++) + "]").c_str()));
+  return out;
+}
+
+std::vector<cf::TensorView> views(const std::vector<Arg>& args) {
+  std::vector<cf::TensorView> out;
+  for (const Arg& a : args) out.push_back(a.view);
+  return out;
+}
+
+double finite_arg(double x, const char* name, bool positive = false) {
+  CF_CHECK(std::isfinite(x) && (!positive || x >= 0), ValueError, name, " must be a finite",
+           positive ? " non-negative" : "", " number, got ", x);
+  return x;
+}
+
+void adamw_step(const py::typing::Iterable<ArrayIn>& params, const py::typing::Iterable<ArrayIn>& grads,
+                const py::typing::Iterable<ArrayIn>& exp_avgs, const py::typing::Iterable<ArrayIn>& exp_avg_sqs, double lr,
+                double beta1, double beta2, double eps, double weight_decay, int64_t step, bool maximize) {
+  const std::vector<Arg> p = inout_list(params, "params"), g = in_list(grads, "grads"),
+                         m = inout_list(exp_avgs, "exp_avgs"), v = inout_list(exp_avg_sqs, "exp_avg_sqs");
+  cf::ops::AdamWHyper h;
+  h.lr = finite_arg(lr, "lr", true);
+  CF_CHECK(beta1 >= 0 && beta1 < 1, ValueError, "betas[0] must be in [0, 1), got ", beta1);
+  CF_CHECK(beta2 >= 0 && beta2 < 1, ValueError, "betas[1] must be in [0, 1), got ", beta2);
+  h.beta1 = beta1;
+  h.beta2 = beta2;
+  h.eps = finite_arg(eps, "eps", true);
+  h.weight_decay = finite_arg(weight_decay, "weight_decay", true);
+  h.step = step;
+  h.maximize = maximize;
+  py::gil_scoped_release nogil;
+  cf::ops::adamw_step(views(p), views(g), views(m), views(v), h);
+}
+
+void sgd_step(const py::typing::Iterable<ArrayIn>& params, const py::typing::Iterable<ArrayIn>& grads,
+              const py::typing::Iterable<ArrayIn>& momentum_buffers, double lr, double momentum, double dampening,
+              double weight_decay, bool nesterov, bool first_step, bool maximize) {
+  const std::vector<Arg> p = inout_list(params, "params"), g = in_list(grads, "grads"),
+                         b = inout_list(momentum_buffers, "momentum_buffers");
+  cf::ops::SGDHyper h;
+  h.lr = finite_arg(lr, "lr", true);
+  h.momentum = finite_arg(momentum, "momentum", true);
+  h.dampening = finite_arg(dampening, "dampening");
+  h.weight_decay = finite_arg(weight_decay, "weight_decay", true);
+  h.nesterov = nesterov;
+  h.first_step = first_step;
+  h.maximize = maximize;
+  py::gil_scoped_release nogil;
+  cf::ops::sgd_step(views(p), views(g), views(b), h);
+}
+
+double total_norm(const py::typing::Iterable<ArrayIn>& xs, bool inf_norm) {
+  const std::vector<Arg> a = in_list(xs, "grads");
+  py::gil_scoped_release nogil;
+  return cf::ops::total_norm(views(a), inf_norm);
+}
+
+void scale_all(const py::typing::Iterable<ArrayIn>& xs, double s) {
+  const std::vector<Arg> a = inout_list(xs, "grads");
+  const float f = static_cast<float>(finite_arg(s, "scale"));
+  py::gil_scoped_release nogil;
+  cf::ops::scale_all(views(a), f);
+}
+
 }  // namespace
 
 void register_train(py::module_& m) {
+  m.def("adamw_step", &adamw_step, py::arg("params"), py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_avg_sqs"),
+        py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"), py::arg("step"),
+        py::arg("maximize") = false);
+  m.def("sgd_step", &sgd_step, py::arg("params"), py::arg("grads"), py::arg("momentum_buffers"), py::arg("lr"),
+        py::arg("momentum") = 0.0, py::arg("dampening") = 0.0, py::arg("weight_decay") = 0.0,
+        py::arg("nesterov") = false, py::arg("first_step") = false, py::arg("maximize") = false);
+  m.def("total_norm", &total_norm, py::arg("arrays"), py::arg("inf_norm") = false);
+  m.def("scale_all", &scale_all, py::arg("arrays"), py::arg("scale"));
   m.def("scaled_dot_product_attention_forward", &sdpa_forward, py::arg("query"), py::arg("key"), py::arg("value"),
         py::arg("attn_mask") = py::none(), py::arg("is_causal") = false, py::arg("scale") = py::none());
   m.def("scaled_dot_product_attention_backward", &sdpa_backward, py::arg("grad_output"), py::arg("query"),

@@ -156,6 +156,49 @@ struct TransposeArgs {
   float* dst = nullptr;
 };
 
+// One parameter tensor of an optimiser step: n floats of the parameter, its gradient and up to two state
+// buffers (AdamW: exp_avg in m, exp_avg_sq in v; SGD: the momentum buffer in m), all contiguous.
+struct OptimTensor {
+  float* param = nullptr;
+  const float* grad = nullptr;
+  float* m = nullptr;
+  float* v = nullptr;
+  int64_t n = 0;
+};
+
+// torch.optim.AdamW's update (decoupled weight decay) of every tensor of a parameter group, in one call:
+//   p *= 1 - lr wd;  m += (1 - b1)(g - m);  v = b2 v + (1 - b2) g^2;
+//   p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+struct AdamWArgs {
+  const OptimTensor* tensors = nullptr;
+  int64_t count = 0;
+  // doubles, as torch's Python floats: 1 - beta2 from a float32 beta2 would be off by 1e-5 relative
+  double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
+  int64_t step = 1;        // t, counted from 1
+  bool maximize = false;
+};
+
+// torch.optim.SGD's update: d = g + wd p; with momentum, m = d on the first step, else
+// m = momentum m + (1 - dampening) d, and d = m (or d + momentum m with nesterov); p -= lr d.
+struct SGDArgs {
+  const OptimTensor* tensors = nullptr;
+  int64_t count = 0;
+  double lr = 1e-3, momentum = 0.0, dampening = 0.0, weight_decay = 0.0;
+  bool nesterov = false, first_step = false, maximize = false;
+};
+
+// Over `count` tensors x[i] (n[i] floats each): sum of squares (norm_type 2) or max |x| (inf) into *out, in
+// float64, from fixed chunks summed in order (the same on any thread count); then, with scale != 1, every
+// element multiplied by scale (clip_grad_norm_'s two passes).
+struct MultiNormArgs {
+  float* const* x = nullptr;
+  const int64_t* n = nullptr;
+  int64_t count = 0;
+  bool inf_norm = false;
+  double* out = nullptr;   // the reduction; null: only scale
+  float scale = 1.0f;      // applied when out is null
+};
+
 // Softmax over the middle axis of (outer, n, inner).
 struct SoftmaxArgs {
   int64_t outer = 0, n = 0, inner = 0;
@@ -206,7 +249,10 @@ struct SoftmaxBackwardArgs {
   X(embedding_backward, EmbeddingBackwardArgs)  \
   X(cross_entropy, CrossEntropyArgs)            \
   X(column_sum, ColumnSumArgs)                  \
-  X(transpose, TransposeArgs)
+  X(transpose, TransposeArgs)                    \
+  X(adamw, AdamWArgs)                           \
+  X(sgd, SGDArgs)                               \
+  X(multi_norm, MultiNormArgs)
 
 struct Kernels {
   int gemm_nr;  // the panel width GemmArgs::wp must be packed with

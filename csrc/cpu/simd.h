@@ -49,6 +49,7 @@ inline Vec exponent_field(Vec b) { return _mm512_castsi512_ps(_mm512_slli_epi32(
 inline Vec max(Vec a, Vec b) { return _mm512_max_ps(a.v, b.v); }
 inline Vec min(Vec a, Vec b) { return _mm512_min_ps(a.v, b.v); }
 inline Vec abs(Vec a) { return _mm512_abs_ps(a.v); }
+inline Vec sqrt(Vec a) { return _mm512_sqrt_ps(a.v); }
 inline float reduce_add(Vec a) { return _mm512_reduce_add_ps(a.v); }
 inline float reduce_max(Vec a) { return _mm512_reduce_max_ps(a.v); }
 inline Vec round_nearest(Vec a) { return _mm512_roundscale_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
@@ -111,6 +112,7 @@ inline Vec exponent_field(Vec b) { return _mm256_castsi256_ps(_mm256_slli_epi32(
 inline Vec max(Vec a, Vec b) { return _mm256_max_ps(a.v, b.v); }
 inline Vec min(Vec a, Vec b) { return _mm256_min_ps(a.v, b.v); }
 inline Vec abs(Vec a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a.v); }
+inline Vec sqrt(Vec a) { return _mm256_sqrt_ps(a.v); }
 inline float reduce_add(Vec a) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(a.v), _mm256_extractf128_ps(a.v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -197,6 +199,7 @@ inline Vec exponent_field(Vec b) {
   return r;
 }
 inline Vec abs(Vec a) { Vec r; for (int i = 0; i < Vec::W; ++i) r.v[i] = a.v[i] < 0 ? -a.v[i] : a.v[i]; return r; }
+inline Vec sqrt(Vec a) { Vec r; for (int i = 0; i < Vec::W; ++i) r.v[i] = std::sqrt(a.v[i]); return r; }
 inline float reduce_add(Vec a) { float s = 0; for (int i = 0; i < Vec::W; ++i) s += a.v[i]; return s; }
 inline float reduce_max(Vec a) { float s = a.v[0]; for (int i = 1; i < Vec::W; ++i) s = a.v[i] > s ? a.v[i] : s; return s; }
 inline bool all_le(Vec a, Vec b) {

@@ -230,6 +230,29 @@ CrossEntropyResult cross_entropy(const TensorView& logits, const TensorView& lab
                                  float label_smoothing, Reduction reduction, const OptionalView& losses,
                                  const OptionalView& dlogits);
 
+// Optimiser steps over a parameter group (one core call per group per step; see csrc/cpu/optim.cpp).
+// params, grads and the state lists are parallel: each param a contiguous float32 CPU array written in
+// place, its grad (and each state buffer) of the same shape; state buffers are written in place too.
+struct AdamWHyper {
+  double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.01;
+  int64_t step = 1;
+  bool maximize = false;
+};
+void adamw_step(const std::vector<TensorView>& params, const std::vector<TensorView>& grads,
+                const std::vector<TensorView>& exp_avgs, const std::vector<TensorView>& exp_avg_sqs,
+                const AdamWHyper& h);
+struct SGDHyper {
+  double lr = 1e-3, momentum = 0.0, dampening = 0.0, weight_decay = 0.0;
+  bool nesterov = false, first_step = false, maximize = false;
+};
+// momentum_buffers: empty without momentum, else one per param
+void sgd_step(const std::vector<TensorView>& params, const std::vector<TensorView>& grads,
+              const std::vector<TensorView>& momentum_buffers, const SGDHyper& h);
+// The norm (2 or inf) of all the arrays together, in float64 from fixed chunks in order (NaN if any is).
+double total_norm(const std::vector<TensorView>& xs, bool inf_norm);
+// Every element of every array multiplied by s (in place).
+void scale_all(const std::vector<TensorView>& xs, float s);
+
 // out (x's shape without its last axis), int64: the index of each row's largest value (the first on ties;
 // NaN counts as the largest, as numpy's argmax). Greedy decoding on a GPU brings back only these.
 void argmax(const TensorView& x, const TensorView& out);

@@ -14,7 +14,7 @@ from typing import Any
 
 from numpy.typing import ArrayLike, DTypeLike
 
-from . import _core, nn, ops
+from . import _core, nn, ops, optim
 from ._args import is_int
 from .tokenizer import Tokenizer
 
@@ -62,7 +62,7 @@ def _log_startup() -> None:
 _log_startup()
 
 __all__ = ["info", "get_num_threads", "set_num_threads", "Tensor", "tensor", "from_dlpack", "synchronize",
-           "empty_cache", "ops", "nn", "models", "Tokenizer", "__version__"]
+           "empty_cache", "ops", "nn", "optim", "models", "Tokenizer", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

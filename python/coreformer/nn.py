@@ -26,7 +26,7 @@ from ._typing import ArrayIn, ArrayLike, FloatArray, PackedWeight, Result
 from . import safetensors as _st
 
 __all__ = [
-    "Module", "ModuleList", "Linear", "LayerNorm", "Embedding", "SinusoidalPositionalEncoding",
+    "Parameter", "Module", "ModuleList", "Linear", "LayerNorm", "Embedding", "SinusoidalPositionalEncoding",
     "LearnedPositionalEmbedding", "MultiHeadAttention", "AdditiveAttention", "FeedForward", "KVCache", "DeviceKVCache",
     "TransformerEncoderLayer", "TransformerDecoderLayer", "TransformerEncoder", "TransformerDecoder",
     "manual_seed", "split_heads", "attend",
@@ -167,6 +167,55 @@ class _Members(dict[str, Any]):
         # pickle (and copy) restore a dict subclass's items before its slots: through __setitem__ they
         # would need `owner` before it is set
         return _rebuild_members, (self.owner, dict(self))
+
+
+class Parameter:
+    """A trainable array: ``data`` (float32, C-contiguous; ``coreformer.optim`` updates it in place, so a
+    layer holding the same array sees every step) and ``grad`` (None until a backward fills it; backward
+    passes accumulate into it, as torch's, so gradients of several batches add up until ``zero_grad``).
+
+    ``Parameter(array)`` wraps a float32 C-contiguous array without copying it (anything else is
+    converted once, to a new array)."""
+
+    __slots__ = ("data", "grad", "requires_grad")
+
+    def __init__(self, data: ArrayLike, requires_grad: bool = True):
+        a = np.asarray(data)
+        if a.dtype != np.float32 or not a.flags.c_contiguous:
+            a = np.ascontiguousarray(a, dtype=np.float32)
+        if not a.flags.writeable:
+            raise ValueError("Parameter data must be writable (a read-only array cannot be trained)")
+        self.data: FloatArray = a
+        self.grad: FloatArray | None = None
+        self.requires_grad = flag("requires_grad", requires_grad)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return self.data.dtype
+
+    @property
+    def size(self) -> int:
+        return self.data.size
+
+    def numel(self) -> int:
+        return self.data.size
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        if set_to_none:
+            self.grad = None
+        elif self.grad is not None:
+            self.grad[...] = 0
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        return self.data if dtype is None else self.data.astype(dtype)
+
+    def __repr__(self) -> str:
+        grad = "None" if self.grad is None else f"array{self.grad.shape}"
+        return f"Parameter(shape={self.data.shape}, grad={grad}, requires_grad={self.requires_grad})"
 
 
 class Module:
