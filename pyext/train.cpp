@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "convert.h"
+#include "core/philox.h"
 #include "core/error.h"
 #include "ops/ops.h"
 
@@ -262,9 +263,41 @@ void scale_all(const py::typing::Iterable<ArrayIn>& xs, double s) {
   cf::ops::scale_all(views(a), f);
 }
 
+// dropout(x) (and its backward: the same call on the gradient), optionally with the kept mask (bool)
+// (seed and offset: Python ints in [0, 2**64); pybind11 refuses others with a TypeError)
+py::object dropout(const ArrayIn& x, double p, uint64_t s, uint64_t o, bool return_mask) {
+  Arg xa = float_arg(x, "x");
+  Arg ya = output(py::none(), {xa.view.shape, xa.view.shape + xa.view.ndim}, {}, false, &xa);
+  py::array mask;
+  cf::OptionalView mv;
+  if (return_mask) {
+    mask = py::array(py::dtype::of<bool>(), std::vector<py::ssize_t>(xa.view.shape, xa.view.shape + xa.view.ndim));
+    mv = cf::TensorView(mask.mutable_data(), cf::DType::boolean, xa.view.ndim, xa.view.shape);
+  }
+  {
+    py::gil_scoped_release nogil;
+    cf::ops::dropout(xa.view, p, s, o, ya.view, mv);
+  }
+  if (return_mask) return py::make_tuple(ya.result(), mask);
+  return ya.result();
+}
+
+// Words [offset, offset + n) of the Philox stream of `seed` that dropout reads (for tests and for users
+// who reproduce a mask elsewhere).
+py::array_t<uint32_t> philox_words(int64_t n, uint64_t seed, uint64_t offset) {
+  CF_CHECK(n >= 0, ValueError, "n must be >= 0, got ", n);
+  py::array_t<uint32_t> out(n);
+  uint32_t* w = out.mutable_data();
+  for (int64_t i = 0; i < n; ++i) w[i] = cf::philox_word(seed, offset + static_cast<uint64_t>(i));
+  return out;
+}
+
 }  // namespace
 
 void register_train(py::module_& m) {
+  m.def("philox_words", &philox_words, py::arg("n"), py::arg("seed"), py::arg("offset") = 0);
+  m.def("dropout", &dropout, py::arg("x"), py::arg("p"), py::arg("seed"), py::arg("offset") = 0,
+        py::arg("return_mask") = false);
   m.def("adamw_step", &adamw_step, py::arg("params"), py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_avg_sqs"),
         py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"), py::arg("step"),
         py::arg("maximize") = false);

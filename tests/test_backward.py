@@ -522,3 +522,82 @@ def test_attention_backward_bad_input(rng):
         f(go, q, k, v, scale=float("nan"))
     with pytest.raises(ValueError, match="enable_gqa"):
         f(go, q, k[:, :2], v[:, :2], enable_gqa=True)
+
+
+def philox_ref(seed, index):
+    """Philox4x32-10 in Python (Salmon et al. 2011): word `index` of seed's stream, counter index // 4."""
+    M = 0xFFFFFFFF
+    block = index >> 2
+    c = [block & M, block >> 32, 0, 0]
+    k0, k1 = seed & M, seed >> 32
+    for _ in range(10):
+        p0, p1 = 0xD2511F53 * c[0], 0xCD9E8D57 * c[2]
+        c = [(p1 >> 32) ^ c[1] ^ k0, p1 & M, (p0 >> 32) ^ c[3] ^ k1, p0 & M]
+        k0, k1 = (k0 + 0x9E3779B9) & M, (k1 + 0xBB67AE85) & M
+    return c[index & 3]
+
+
+def test_philox_known_answers():
+    from coreformer import _core
+    # Random123's known-answer vector for philox4x32-10, counter 0, key 0
+    assert list(_core.philox_words(4, 0, 0)) == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
+    for seed, offset in ((1, 0), (2 ** 64 - 1, 5), (123456789123, 2 ** 40 + 3), (7, 2 ** 64 - 9)):
+        n = min(9, 2 ** 64 - offset)
+        assert list(_core.philox_words(n, seed, offset)) == [philox_ref(seed, offset + i) for i in range(n)]
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (63, 65), (3, 1000), (2, 5, 4099)])
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.5, 0.9, 1.0])
+def test_dropout(isa, rng, shape, p):
+    x, dy = randn(rng, *shape), randn(rng, *shape)
+    y, kept = ops.dropout(x, p, seed=17, offset=3, return_mask=True)
+    scale = np.float32(1 / (1 - p)) if p < 1 else np.float32(0)
+    words = __import__("coreformer")._core.philox_words(x.size, 17, 3).reshape(shape)
+    np.testing.assert_array_equal(kept, words < int((1 - p) * 2 ** 32))  # the stream, word for word
+    np.testing.assert_array_equal(y, np.where(kept, x * scale, 0))
+    np.testing.assert_array_equal(ops.dropout(x, p, seed=17, offset=3), y)  # seeded: identical
+    # the backward recomputes the forward's mask from (seed, offset)
+    np.testing.assert_array_equal(ops.dropout_backward(dy, p, seed=17, offset=3), np.where(kept, dy * scale, 0))
+    if p == 0:
+        np.testing.assert_array_equal(y, x)
+    if x.size >= 10000 and 0 < p < 1:  # keep rate within 5 standard deviations
+        assert abs(kept.mean() - (1 - p)) < 5 * np.sqrt(p * (1 - p) / x.size)
+
+
+def test_dropout_streams_threads_and_eval(rng):
+    import coreformer
+    x = randn(rng, 50000)
+    a = ops.dropout(x, 0.3, seed=1)
+    assert not np.array_equal(a, ops.dropout(x, 0.3, seed=2))
+    # offsets are windows of one stream: the second half of a call equals a call at offset 25000
+    np.testing.assert_array_equal(a[25000:], ops.dropout(x[25000:], 0.3, seed=1, offset=25000))
+    before = coreformer.get_num_threads()
+    try:
+        runs = []
+        for nt in (1, 2, 3):
+            coreformer.set_num_threads(nt)
+            runs.append(ops.dropout(x, 0.3, seed=1))
+    finally:
+        coreformer.set_num_threads(before)
+    for r in runs:
+        np.testing.assert_array_equal(r, a)
+    assert ops.dropout(x, 0.3, training=False, seed=1) is x  # eval: the input itself
+    # a dropped NaN stays NaN, as torch's x * mask
+    y, kept = ops.dropout(np.full(100, np.nan, np.float32), 0.5, seed=3, return_mask=True)
+    assert np.isnan(y).all() and not kept.all()
+
+
+def test_dropout_bad_input(rng):
+    x = randn(rng, 4)
+    with pytest.raises(ValueError, match=r"p must be in \[0, 1\], got 1.5"):
+        ops.dropout(x, 1.5, seed=0)
+    with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*64\)"):
+        ops.dropout(x, 0.5, seed=-1)
+    with pytest.raises(ValueError, match="offset"):
+        ops.dropout_backward(x, 0.5, seed=0, offset=2 ** 64)
+    with pytest.raises(TypeError, match="seed must be an integer"):
+        ops.dropout(x, 0.5, seed=1.5)  # type: ignore[call-overload]
+    with pytest.raises(TypeError):
+        ops.dropout(x, 0.5)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match="x must be"):
+        ops.dropout(np.array(["a"]), 0.5, seed=0)

@@ -156,6 +156,18 @@ struct TransposeArgs {
   float* dst = nullptr;
 };
 
+// Dropout: y = x * keep / (1 - p), keep = (Philox word of element offset + i under seed) < (1 - p) 2^32, the
+// same stream on any thread count; the backward is the same call on the gradient (the mask recomputed).
+// mask (optional, n bytes): 1 where kept.
+struct DropoutArgs {
+  int64_t n = 0;
+  const float* x = nullptr;
+  float* y = nullptr;      // may be x
+  double p = 0.0;          // in [0, 1] (1: everything dropped)
+  uint64_t seed = 0, offset = 0;
+  uint8_t* mask = nullptr;
+};
+
 // One parameter tensor of an optimiser step: n floats of the parameter, its gradient and up to two state
 // buffers (AdamW: exp_avg in m, exp_avg_sq in v; SGD: the momentum buffer in m), all contiguous.
 struct OptimTensor {
@@ -250,6 +262,7 @@ struct SoftmaxBackwardArgs {
   X(cross_entropy, CrossEntropyArgs)            \
   X(column_sum, ColumnSumArgs)                  \
   X(transpose, TransposeArgs)                    \
+  X(dropout, DropoutArgs)                       \
   X(adamw, AdamWArgs)                           \
   X(sgd, SGDArgs)                               \
   X(multi_norm, MultiNormArgs)

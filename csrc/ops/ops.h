@@ -230,6 +230,12 @@ CrossEntropyResult cross_entropy(const TensorView& logits, const TensorView& lab
                                  float label_smoothing, Reduction reduction, const OptionalView& losses,
                                  const OptionalView& dlogits);
 
+// out = dropout(x): each element kept with probability 1 - p (scaled by 1 / (1 - p)) by the Philox stream of
+// `seed` from word `offset` (csrc/cpu/dropout.cpp); the backward is the same call on the gradient. mask
+// (optional, uint8 of x's shape): 1 where kept. out may be x.
+void dropout(const TensorView& x, double p, uint64_t seed, uint64_t offset, const TensorView& out,
+             const OptionalView& mask);
+
 // Optimiser steps over a parameter group (one core call per group per step; see csrc/cpu/optim.cpp).
 // params, grads and the state lists are parallel: each param a contiguous float32 CPU array written in
 // place, its grad (and each state buffer) of the same shape; state buffers are written in place too.

@@ -6,7 +6,7 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['PackedWeight', 'Tensor', 'adamw_step', 'additive_attention', 'argmax', 'cross_entropy', 'embedding', 'embedding_backward', 'empty_cache', 'from_dlpack', 'gelu', 'gelu_backward', 'get_num_threads', 'info', 'layer_norm', 'layer_norm_backward', 'linear', 'linear_backward', 'multi_head_attention', 'pack_weight', 'relu', 'relu_backward', 'scale_all', 'scaled_dot_product_attention', 'scaled_dot_product_attention_backward', 'scaled_dot_product_attention_forward', 'set_num_threads', 'sgd_step', 'sinusoidal_positions', 'softmax', 'softmax_backward', 'synchronize', 'tensor', 'total_norm', 'transformer_decoder_layer', 'transformer_encoder_layer']
+__all__: list[str] = ['PackedWeight', 'Tensor', 'adamw_step', 'additive_attention', 'argmax', 'cross_entropy', 'dropout', 'embedding', 'embedding_backward', 'empty_cache', 'from_dlpack', 'gelu', 'gelu_backward', 'get_num_threads', 'info', 'layer_norm', 'layer_norm_backward', 'linear', 'linear_backward', 'multi_head_attention', 'pack_weight', 'philox_words', 'relu', 'relu_backward', 'scale_all', 'scaled_dot_product_attention', 'scaled_dot_product_attention_backward', 'scaled_dot_product_attention_forward', 'set_num_threads', 'sgd_step', 'sinusoidal_positions', 'softmax', 'softmax_backward', 'synchronize', 'tensor', 'total_norm', 'transformer_decoder_layer', 'transformer_encoder_layer']
 class Tensor:
     """
     Memory on a device (shape, dtype, device) that stays there across op calls.
@@ -132,6 +132,8 @@ def argmax(x: numpy.typing.ArrayLike | Tensor) -> numpy.typing.NDArray[numpy.int
     ...
 def cross_entropy(logits: numpy.typing.ArrayLike | Tensor, labels: numpy.typing.ArrayLike | Tensor, ignore_index: typing.SupportsInt | typing.SupportsIndex = -100, label_smoothing: typing.SupportsFloat | typing.SupportsIndex = 0.0, reduction: str = 'mean', return_grad: bool = False) -> tuple:
     ...
+def dropout(x: numpy.typing.ArrayLike | Tensor, p: typing.SupportsFloat | typing.SupportsIndex, seed: typing.SupportsInt | typing.SupportsIndex, offset: typing.SupportsInt | typing.SupportsIndex = 0, return_mask: bool = False) -> typing.Any:
+    ...
 def embedding(ids: numpy.typing.ArrayLike | Tensor, table: numpy.typing.ArrayLike | Tensor) -> numpy.typing.NDArray[numpy.float32] | Tensor:
     ...
 def embedding_backward(grad_output: numpy.typing.ArrayLike | Tensor, ids: numpy.typing.ArrayLike | Tensor, num_embeddings: typing.SupportsInt | typing.SupportsIndex, padding_idx: int | None = None) -> numpy.typing.NDArray[numpy.float32] | Tensor:
@@ -159,6 +161,8 @@ def linear_backward(grad_output: numpy.typing.ArrayLike | Tensor, x: numpy.typin
 def multi_head_attention(query: numpy.typing.ArrayLike | Tensor, key: numpy.typing.ArrayLike | Tensor, value: numpy.typing.ArrayLike | Tensor, num_heads: typing.SupportsInt | typing.SupportsIndex, in_weight: numpy.typing.ArrayLike | Tensor | PackedWeight, in_bias: numpy.typing.ArrayLike | Tensor | None, out_weight: numpy.typing.ArrayLike | Tensor | PackedWeight, out_bias: numpy.typing.ArrayLike | Tensor | None, attn_mask: numpy.typing.ArrayLike | Tensor | None = None, key_padding_mask: numpy.typing.ArrayLike | Tensor | None = None, is_causal: bool = False) -> numpy.typing.NDArray[numpy.float32] | Tensor:
     ...
 def pack_weight(weight: numpy.typing.ArrayLike | Tensor, dtype: typing.Any = 'float32', transposed: bool = False) -> PackedWeight:
+    ...
+def philox_words(n: typing.SupportsInt | typing.SupportsIndex, seed: typing.SupportsInt | typing.SupportsIndex, offset: typing.SupportsInt | typing.SupportsIndex = 0) -> numpy.typing.NDArray[numpy.uint32]:
     ...
 def relu(x: numpy.typing.ArrayLike | Tensor, out: typing.Annotated[numpy.typing.ArrayLike, numpy.float32] | Tensor | None = None) -> numpy.typing.NDArray[numpy.float32] | Tensor:
     ...

@@ -49,6 +49,8 @@ __all__ = [
     "linear_backward",
     "scaled_dot_product_attention_forward",
     "scaled_dot_product_attention_backward",
+    "dropout",
+    "dropout_backward",
 ]
 
 
@@ -707,3 +709,45 @@ def linear_backward(grad_output: ArrayIn, x: ArrayIn, weight: ArrayIn, activatio
     if activation is not None and not isinstance(activation, str):
         raise TypeError(f"activation must be None or a str, got {type(activation).__name__}")
     return _core.linear_backward(grad_output, x, weight, activation, pre_activation)
+
+
+def _seed(name: str, value: Any) -> int:
+    v = _int(name, value)
+    if not 0 <= v < 2 ** 64:
+        raise ValueError(f"{name} must be in [0, 2**64), got {v}")
+    return v
+
+
+def _dropout_p(p: Any) -> float:
+    p = _float("p", p)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability p must be in [0, 1], got {p}")
+    return p
+
+
+@overload
+def dropout(x: ArrayIn, p: float = ..., training: bool = ..., *, seed: int, offset: int = ...,
+            return_mask: Literal[False] = ...) -> FloatArray: ...
+@overload
+def dropout(x: ArrayIn, p: float = ..., training: bool = ..., *, seed: int, offset: int = ...,
+            return_mask: Literal[True]) -> tuple[FloatArray, np.ndarray]: ...
+def dropout(x: ArrayIn, p: float = 0.5, training: bool = True, *, seed: int, offset: int = 0,
+            return_mask: bool = False) -> Any:
+    """``torch.nn.functional.dropout``: each element kept with probability ``1 - p`` and scaled by
+    ``1 / (1 - p)``, else 0 (``x * mask``, so a dropped NaN stays NaN, as torch's). The mask comes from a
+    counter-based generator (Philox4x32-10): element i reads word ``offset + i`` of ``seed``'s stream, so it
+    is the same on any thread count and :func:`dropout_backward` recomputes it from ``(seed, offset)`` --
+    nothing is stored. Give consecutive calls disjoint word ranges (``offset += x.size``). Not
+    ``training``: x itself (as float32). ``return_mask=True``: ``(y, kept)`` with a bool mask."""
+    p = _dropout_p(p)
+    seed, offset = _seed("seed", seed), _seed("offset", offset)
+    if not _flag("training", training):
+        y = np.asarray(x, dtype=np.float32)
+        return (y, np.ones(y.shape, bool)) if _flag("return_mask", return_mask) else y
+    return _core.dropout(x, p, seed, offset, _flag("return_mask", return_mask))
+
+
+def dropout_backward(grad_output: ArrayIn, p: float, *, seed: int, offset: int = 0) -> FloatArray:
+    """The gradient of :func:`dropout` (in training) with the same ``p``, ``seed`` and ``offset``: the mask
+    recomputed, ``grad_output * mask / (1 - p)``."""
+    return _core.dropout(grad_output, _dropout_p(p), _seed("seed", seed), _seed("offset", offset), False)
