@@ -532,7 +532,7 @@ def small_translator():
     nn.manual_seed(2)
     m = Transformer(30, 6, d_model=32, nhead=4, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=40)
     for name, p in m.named_parameters():  # sharper distributions than the default init
-        p *= 3.0 if name.startswith(("tgt_embed", "generator")) else 1.0
+        p.data *= 3.0 if name.startswith(("tgt_embed", "generator")) else 1.0
     return m
 
 

@@ -153,10 +153,10 @@ def translator(tie=False, norm_first=False):
     m = Transformer(30, 6, d_model=32, nhead=4, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=40,
                     norm_first=norm_first, tie_embeddings=tie)
     for name, p in m.named_parameters():  # sharper distributions than the default init
-        p *= 3.0 if name.startswith(("tgt_embed", "generator")) else 1.0
+        p.data *= 3.0 if name.startswith(("tgt_embed", "generator")) else 1.0
     for name, p in m.named_parameters():  # random biases and norms, so a swapped or dropped one shows
-        if p.ndim == 1:
-            p += np.random.default_rng(len(name)).standard_normal(p.shape).astype(np.float32) * 0.3
+        if p.data.ndim == 1:
+            p.data += np.random.default_rng(len(name)).standard_normal(p.shape).astype(np.float32) * 0.3
     return m
 
 

@@ -209,8 +209,10 @@ def test_bad_input(rng):
         optim.AdamW([p], amsgrad=True)
     frozen = np.zeros(3, np.float32)
     frozen.setflags(write=False)
-    with pytest.raises(ValueError, match="writable"):
-        Parameter(frozen)
+    pf = Parameter(frozen)  # a mapped checkpoint's arrays: wrapped, but no optimiser writes them
+    pf.grad = np.ones(3, np.float32)
+    with pytest.raises(ValueError, match=r"params\[0\] is read-only"):
+        optim.SGD([pf], lr=0.1).step()
     opt = optim.AdamW([p])
     p.grad = np.ones(5, np.float32)
     with pytest.raises(ValueError, match=r"gradient has shape \(5,\) but its parameter \(4,\)"):

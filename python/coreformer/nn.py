@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import threading
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -26,7 +26,7 @@ from ._typing import ArrayIn, ArrayLike, FloatArray, PackedWeight, Result
 from . import safetensors as _st
 
 __all__ = [
-    "Parameter", "Module", "ModuleList", "Linear", "LayerNorm", "Embedding", "SinusoidalPositionalEncoding",
+    "Parameter", "Module", "ModuleList", "Linear", "LayerNorm", "Embedding", "Dropout", "SinusoidalPositionalEncoding",
     "LearnedPositionalEmbedding", "MultiHeadAttention", "AdditiveAttention", "FeedForward", "KVCache", "DeviceKVCache",
     "TransformerEncoderLayer", "TransformerDecoderLayer", "TransformerEncoder", "TransformerDecoder",
     "manual_seed", "split_heads", "attend",
@@ -175,7 +175,8 @@ class Parameter:
     passes accumulate into it, as torch's, so gradients of several batches add up until ``zero_grad``).
 
     ``Parameter(array)`` wraps a float32 C-contiguous array without copying it (anything else is
-    converted once, to a new array)."""
+    converted once, to a new array). A module's ``named_parameters()`` yields Parameters over its own
+    arrays; ``module.train()`` makes those writable (a mapped checkpoint's are copied once)."""
 
     __slots__ = ("data", "grad", "requires_grad")
 
@@ -183,9 +184,7 @@ class Parameter:
         a = np.asarray(data)
         if a.dtype != np.float32 or not a.flags.c_contiguous:
             a = np.ascontiguousarray(a, dtype=np.float32)
-        if not a.flags.writeable:
-            raise ValueError("Parameter data must be writable (a read-only array cannot be trained)")
-        self.data: FloatArray = a
+        self.data: FloatArray = a  # read-only data (a mapped checkpoint) is refused by the optimisers
         self.grad: FloatArray | None = None
         self.requires_grad = flag("requires_grad", requires_grad)
 
@@ -268,19 +267,109 @@ class Module:
     def children(self) -> Iterator["Module"]:
         return iter(self._modules.values())
 
-    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
+    def _named_arrays(self, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
         for name, p in self._params.items():
             if p is not None:
                 yield prefix + name, p
         for name, m in self._modules.items():
+            yield from m._named_arrays(prefix + name + ".")
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        """``(dotted name, Parameter)`` for every parameter, under torch's names: ``.data`` is the array
+        the layer computes with (updated in place by ``coreformer.optim``), ``.grad`` what backward
+        passes accumulated."""
+        for name, p in self._params.items():
+            if p is not None:
+                yield prefix + name, self._param(name)
+        for name, m in self._modules.items():
             yield from m.named_parameters(prefix + name + ".")
 
+    def parameters(self) -> Iterator[Parameter]:
+        for _, p in self.named_parameters():
+            yield p
+
+    def modules(self) -> Iterator[Module]:
+        yield self
+        for m in self._modules.values():
+            yield from m.modules()
+
     def num_parameters(self) -> int:
-        return sum(p.size for _, p in self.named_parameters())
+        return sum(p.size for _, p in self._named_arrays())
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """``{dotted name: array}`` (the arrays themselves, not copies)."""
-        return dict(self.named_parameters())
+        return dict(self._named_arrays())
+
+    # -- training ------------------------------------------------------------------------------------
+    # Layers start in eval mode (inference: nothing is saved); train() switches a module and its children
+    # to training: each forward then keeps what its backward needs, and backward(grad_output) returns the
+    # gradient of the input and adds the parameters' gradients into their .grad (accumulating, as torch).
+    training = False
+
+    def train(self, mode: bool = True) -> Module:
+        """Training mode (``mode=False``: eval) for this module and its children. Training drops packed
+        weight copies (the forward then reads the arrays the optimiser updates) and makes every
+        parameter a writable float32 C-contiguous array (a mapped checkpoint's are copied once); eval
+        drops what training forwards saved."""
+        mode = flag("mode", mode)
+        for m in self.modules():
+            object.__setattr__(m, "training", mode)
+            object.__setattr__(m, "_saved", None)
+            if mode:
+                if m.__dict__.get("_pack_dtype"):
+                    m.unpack_weights()
+                for name, a in list(m._params.items()):
+                    if a is not None and not (a.dtype == np.float32 and a.flags.c_contiguous and a.flags.writeable):
+                        m._params[name] = np.array(a, dtype=np.float32, order="C")
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.parameters():
+            p.zero_grad(set_to_none)
+
+    def _param(self, name: str) -> Parameter:
+        """The Parameter over parameter `name`'s array (made once; remade when the array is replaced)."""
+        cache = self.__dict__.get("_param_objs")
+        if cache is None:
+            cache = {}
+            object.__setattr__(self, "_param_objs", cache)
+        a = self._params[name]
+        if a is None:
+            raise AttributeError(f"{type(self).__name__} has no parameter {name!r} (it was built without it)")
+        p = cache.get(name)
+        if p is None or p.data is not a:
+            if not (a.dtype == np.float32 and a.flags.c_contiguous):
+                a = np.ascontiguousarray(a, dtype=np.float32)  # the layer then computes with this very array
+                self._params[name] = a
+            p = cache[name] = Parameter(a)
+        return p
+
+    def _accumulate(self, name: str, grad: np.ndarray) -> None:
+        p = self._param(name)
+        if p.grad is None:
+            p.grad = np.array(grad, dtype=np.float32, order="C")
+        else:
+            p.grad += grad
+
+    def _save(self, **saved: Any) -> None:
+        object.__setattr__(self, "_saved", saved)
+
+    def _take(self) -> dict[str, Any]:
+        saved = self.__dict__.get("_saved")
+        if not saved:
+            what = "in training mode (call .train() first)" if not self.training else "since the last backward"
+            raise RuntimeError(f"{type(self).__name__}.backward() needs a forward {what}: nothing is saved to "
+                               "differentiate")
+        object.__setattr__(self, "_saved", None)
+        return saved
+
+    def backward(self, grad_output: ArrayIn) -> Any:
+        """The gradient of this module's input from that of its output, after a training-mode forward;
+        the parameters' gradients are added into their ``.grad``. One backward per forward."""
+        raise NotImplementedError(f"{type(self).__name__} has no backward yet")
 
     def _owner(self, dotted: str) -> tuple[Module, str]:
         mod = self
@@ -434,8 +523,32 @@ def _activation(name: str | None) -> str | None:
     return _ACTIVATIONS[name]
 
 
+def _train_input(x: Any, name: str) -> FloatArray:
+    """An input of a training forward: numpy float32 (training runs on the CPU in this version)."""
+    if isinstance(x, _core.Tensor):
+        raise TypeError(f"{name}: training runs on numpy arrays (the CPU) in this version, got a coreformer.Tensor "
+                        "on " + str(x.device))
+    return np.asarray(x, dtype=np.float32)
+
+
+_ACT_FORWARD: dict[str, Callable[[FloatArray], FloatArray]] = {
+    "relu": ops.relu, "gelu": ops.gelu, "gelu_tanh": lambda z: ops.gelu(z, "tanh")}
+
+
+def _into(out: Any, y: FloatArray) -> Any:
+    """A training forward's result written into a caller's ``out`` (a numpy array), or y itself."""
+    if out is None:
+        return y
+    if not isinstance(out, np.ndarray):
+        raise TypeError("out: training runs on numpy arrays (the CPU) in this version")
+    out[...] = y
+    return out
+
+
 class Linear(Module):
-    """``y = activation(x @ weight.T + bias) (+ residual)``; weight ``(out_features, in_features)``."""
+    """``y = activation(x @ weight.T + bias) (+ residual)``; weight ``(out_features, in_features)``.
+    In training mode the forward keeps x (and the pre-activation) and ``backward(dy)`` returns dx (a
+    residual's gradient is dy itself)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str | None = None):
         super().__init__()
@@ -448,7 +561,27 @@ class Linear(Module):
     _packable = ("weight",)
 
     def forward(self, x: ArrayIn, residual: ArrayIn | None = None, out: Result | None = None) -> Any:
+        if self.training:
+            x = _train_input(x, "x")
+            if self.activation is None:
+                y = ops.linear(x, self.weight, self.bias, residual=residual, out=out)
+                self._save(x=x, pre=None)
+                return y
+            z = ops.linear(x, self.weight, self.bias)
+            y = _ACT_FORWARD[self.activation](z)
+            self._save(x=x, pre=z)
+            if residual is not None:
+                y += _train_input(residual, "residual")
+            return _into(out, y)
         return ops.linear(x, self._weight("weight"), self.bias, self.activation, residual=residual, out=out)
+
+    def backward(self, grad_output: ArrayIn) -> FloatArray:
+        saved = self._take()
+        dx, dw, db = ops.linear_backward(grad_output, saved["x"], self.weight, self.activation, saved["pre"])
+        self._accumulate("weight", dw)
+        if self.bias is not None:
+            self._accumulate("bias", db)
+        return dx
 
     def extra_repr(self) -> str:
         act = f", activation={self.activation!r}" if self.activation else ""
@@ -472,7 +605,25 @@ class LayerNorm(Module):
 
     def forward(self, x: ArrayIn, residual: ArrayIn | None = None, return_sum: bool = False,
                 out: Result | None = None) -> Any:
+        if self.training:
+            x = _train_input(x, "x")
+            if residual is not None:
+                residual = _train_input(residual, "residual")
+            self._save(x=x, residual=residual)
         return ops.layer_norm(x, self.weight, self.bias, self.eps, residual, return_sum=return_sum, out=out)
+
+    def backward(self, grad_output: ArrayIn, grad_sum: ArrayIn | None = None) -> FloatArray:
+        """dx (with a residual: also the residual's gradient, the norm reads their sum). ``grad_sum``: the
+        gradient of the sum a ``return_sum=True`` forward handed back, added in."""
+        saved = self._take()
+        dx, dw, db = ops.layer_norm_backward(grad_output, saved["x"], self.weight, self.eps, saved["residual"])
+        if self.weight is not None:
+            self._accumulate("weight", dw)
+        if self.bias is not None:
+            self._accumulate("bias", db)
+        if grad_sum is not None:
+            dx += grad_sum
+        return dx
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps:g}"
@@ -496,7 +647,16 @@ class Embedding(Module):
                 self.weight[self.padding_idx] = 0.0
 
     def forward(self, ids: ArrayIn) -> FloatArray:
+        if self.training:
+            ids = np.asarray(ids)
+            self._save(ids=ids)
         return ops.embedding(ids, self.weight)
+
+    def backward(self, grad_output: ArrayIn) -> None:
+        """Adds the table's gradient (a deterministic scatter-add; ``padding_idx``'s row gets none, as torch).
+        Ids have no gradient: returns None."""
+        ids = self._take()["ids"]
+        self._accumulate("weight", ops.embedding_backward(grad_output, ids, self.num_embeddings, self.padding_idx))
 
     def extra_repr(self) -> str:
         pad = "" if self.padding_idx is None else f", padding_idx={self.padding_idx}"
@@ -540,12 +700,29 @@ class LearnedPositionalEmbedding(Module):
     def forward(self, x: ArrayLike, offset: int = 0, position_ids: ArrayIn | None = None) -> FloatArray:
         x = np.asarray(x, np.float32)
         if position_ids is not None:
+            if self.training:
+                self._save(position_ids=np.asarray(position_ids), offset=0, length=0)
             return x + ops.embedding(position_ids, self.weight)
         s = x.shape[-2]
         if offset < 0 or offset + s > self.num_positions:
             raise ValueError(f"positions {offset}..{offset + s - 1} are outside the model's {self.num_positions} "
                              f"positions (sequence of length {s} at offset {offset})")
+        if self.training:
+            self._save(position_ids=None, offset=offset, length=s)
         return x + self.weight[offset:offset + s]
+
+    def backward(self, grad_output: ArrayIn) -> FloatArray:
+        """dx (= grad_output); the rows the forward added get their gradient."""
+        saved = self._take()
+        dy = np.asarray(grad_output, np.float32)
+        if saved["position_ids"] is not None:
+            self._accumulate("weight", ops.embedding_backward(dy, saved["position_ids"], self.num_positions))
+        else:
+            g = np.zeros_like(self.weight)
+            rows = dy.reshape(-1, saved["length"], self.dim)
+            g[saved["offset"]:saved["offset"] + saved["length"]] = rows.sum(axis=0, dtype=np.float64)
+            self._accumulate("weight", g)
+        return dy
 
 
 def _count(name: str, value: Any, least: int = 0) -> int:
@@ -755,6 +932,10 @@ class MultiHeadAttention(Module):
         self_attn = key is None or key is query
         key = query if key is None else key
         value = key if value is None else value
+        if self.training:
+            if cache is not None:
+                raise ValueError("MultiHeadAttention: a KV cache is for inference; training forwards take none")
+            return self._train_forward(query, key, value, self_attn, attn_mask, key_padding_mask, is_causal, residual)
         if cache is None:
             out = ops.multi_head_attention(query, key, value, self.num_heads, self._weight("in_proj_weight"),
                                            self.in_proj_bias, self.out_proj._weight("weight"), self.out_proj.bias,
@@ -787,6 +968,99 @@ class MultiHeadAttention(Module):
         sk = cache.length
         mask = _allowed(attn_mask, key_padding_mask, bsz, sq, sk)
         return self.out_proj(attend(q, cache.keys(), cache.values(), mask, is_causal), residual=residual)
+
+
+    def _train_forward(self, query: Any, key: Any, value: Any, self_attn: bool, attn_mask: Any,
+                       key_padding_mask: Any, is_causal: bool, residual: Any) -> FloatArray:
+        """The forward as its parts -- projections, attention (keeping each row's log-sum-exp), output
+        projection -- keeping what backward needs; the S x S probabilities are never formed."""
+        e, h = self.embed_dim, self.num_heads
+        w, b = self.in_proj_weight, self.in_proj_bias
+        query = self._check(_train_input(query, "query"), "query")
+        rows = lambda i: slice(i * e, (i + 1) * e)  # noqa: E731  (Q, K, V rows of the packed projection)
+        if self_attn:
+            q, k, v = split_heads(ops.linear(query, w, b), 3, h)
+            inputs: tuple[Any, ...] = (query,)
+        else:
+            key = self._check(_train_input(key, "key"), "key")
+            value = self._check(_train_input(value, "value"), "value")
+            q = split_heads(ops.linear(query, w[rows(0)], None if b is None else b[rows(0)]), 1, h)[0]
+            k = split_heads(ops.linear(key, w[rows(1)], None if b is None else b[rows(1)]), 1, h)[0]
+            v = split_heads(ops.linear(value, w[rows(2)], None if b is None else b[rows(2)]), 1, h)[0]
+            inputs = (query, key, value)
+        bsz, sq, sk = query.shape[0], query.shape[1], k.shape[2]
+        mask = _allowed(attn_mask, key_padding_mask, bsz, sq, sk)
+        o, lse = ops.scaled_dot_product_attention_forward(q, k, v, mask, flag("is_causal", is_causal))
+        merged = np.ascontiguousarray(o.transpose(0, 2, 1, 3)).reshape(bsz, sq, e)
+        self._save(inputs=inputs, q=q, k=k, v=v, o=o, lse=lse, mask=mask, causal=bool(is_causal))
+        return self.out_proj(merged, residual=residual)
+
+    def backward(self, grad_output: ArrayIn) -> Any:
+        """Self-attention: d(query). Cross-attention: ``(d_query, d_key, d_value)`` (key and value given as
+        one array, e.g. the memory: add the two). A residual's gradient is grad_output itself."""
+        saved = self._take()
+        e, h = self.embed_dim, self.num_heads
+        dmerged = self.out_proj.backward(grad_output)
+        bsz, sq = dmerged.shape[0], dmerged.shape[1]
+        do = dmerged.reshape(bsz, sq, h, e // h).transpose(0, 2, 1, 3)
+        dq, dk, dv = ops.scaled_dot_product_attention_backward(do, saved["q"], saved["k"], saved["v"], saved["o"],
+                                                               saved["lse"], saved["mask"], saved["causal"])
+        merge = lambda d: np.ascontiguousarray(d.transpose(0, 2, 1, 3)).reshape(d.shape[0], d.shape[2], e)  # noqa: E731
+        w = self.in_proj_weight
+        if len(saved["inputs"]) == 1:
+            x = saved["inputs"][0]
+            dqkv = np.stack([dq, dk, dv], axis=2).transpose(0, 3, 2, 1, 4).reshape(bsz, sq, 3 * e)
+            dx, dw, db = ops.linear_backward(dqkv, x, w)
+            self._accumulate("in_proj_weight", dw)
+            if self.in_proj_bias is not None:
+                self._accumulate("in_proj_bias", db)
+            return dx
+        grads_in, dws, dbs = [], [], []
+        for i, (d, x) in enumerate(zip((dq, dk, dv), saved["inputs"])):
+            dx, dw, db = ops.linear_backward(merge(d), x, w[i * e:(i + 1) * e])
+            grads_in.append(dx)
+            dws.append(dw)
+            dbs.append(db)
+        self._accumulate("in_proj_weight", np.concatenate(dws))
+        if self.in_proj_bias is not None:
+            self._accumulate("in_proj_bias", np.concatenate(dbs))
+        return tuple(grads_in)
+
+
+class Dropout(Module):
+    """``torch.nn.Dropout(p)``: in training mode each element is kept with probability ``1 - p`` and
+    scaled by ``1 / (1 - p)``; identity in eval mode. The mask comes from ``ops.dropout``'s counter-based
+    generator: this module's seed (drawn from ``nn.manual_seed``'s generator when made, or given) and a
+    running offset, so backward recomputes the mask instead of storing it, and a run is reproducible."""
+
+    def __init__(self, p: float = 0.5, seed: int | None = None):
+        super().__init__()
+        p = float_arg("p", p)
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability p must be in [0, 1], got {p}")
+        self.p = p
+        self.seed = int(_rng.integers(0, 2 ** 63)) if seed is None else int_arg("seed", seed)
+        self.offset = 0  # words of the stream used so far
+
+    def forward(self, x: ArrayIn) -> Any:
+        if not self.training or self.p == 0.0:
+            if self.training:
+                self._save(offset=None)
+            return x
+        x = _train_input(x, "x")
+        offset = self.offset
+        self.offset += x.size
+        self._save(offset=offset)
+        return ops.dropout(x, self.p, seed=self.seed, offset=offset)
+
+    def backward(self, grad_output: ArrayIn) -> Any:
+        offset = self._take()["offset"]
+        if offset is None:
+            return grad_output
+        return ops.dropout_backward(grad_output, self.p, seed=self.seed, offset=offset)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 class AdditiveAttention(Module):
@@ -839,14 +1113,36 @@ class TransformerEncoderLayer(Module):
 
     def forward(self, src: ArrayIn, src_mask: ArrayIn | None = None, src_key_padding_mask: ArrayIn | None = None,
                 is_causal: bool = False, out: Result | None = None) -> Any:
-        """The whole layer is one core call (``ops.transformer_encoder_layer``); ``out`` may be src."""
+        """The whole layer is one core call (``ops.transformer_encoder_layer``); ``out`` may be src. In
+        training mode, the layer's parts one by one, each keeping what its backward needs."""
         sa, n1, n2 = self.self_attn, self.norm1, self.norm2
+        if self.training:
+            x = _train_input(src, "src")
+            masks = dict(attn_mask=src_mask, key_padding_mask=src_key_padding_mask, is_causal=is_causal)
+            if self.norm_first:  # x1 = x + sa(norm1(x));  y = x1 + ff(norm2(x1))
+                x1 = sa(n1(x), **masks, residual=x)
+                y = self.linear2(self.linear1(n2(x1)), residual=x1)
+            else:  # h = norm1(x + sa(x));  y = norm2(h + ff(h))
+                h = n1(sa(x, **masks), residual=x)
+                y = n2(self.linear2(self.linear1(h)), residual=h)
+            return _into(out, y)
         return ops.transformer_encoder_layer(
             src, sa.num_heads, sa._weight("in_proj_weight"), sa.in_proj_bias, sa.out_proj._weight("weight"),
             sa.out_proj.bias, self.linear1._weight("weight"), self.linear1.bias, self.linear2._weight("weight"),
             self.linear2.bias, n1.weight, n1.bias, n2.weight, n2.bias, activation=self.linear1.activation,
             norm_first=self.norm_first, eps=(n1.eps, n2.eps), attn_mask=src_mask,
             key_padding_mask=src_key_padding_mask, is_causal=is_causal, out=out)
+
+    def backward(self, grad_output: ArrayIn) -> FloatArray:
+        dy = np.asarray(grad_output, np.float32)
+        sa, n1, n2 = self.self_attn, self.norm1, self.norm2
+        if self.norm_first:
+            dx1 = dy + n2.backward(self.linear1.backward(self.linear2.backward(dy)))
+            return dx1 + n1.backward(sa.backward(dx1))
+        dsum2 = n2.backward(dy)  # the gradient of h + ff(h)
+        dh = dsum2 + self.linear1.backward(self.linear2.backward(dsum2))
+        dsum1 = n1.backward(dh)  # of x + sa(x)
+        return dsum1 + sa.backward(dsum1)
 
 
 def _shape(a: Any) -> tuple[int, ...]:
@@ -933,8 +1229,14 @@ class TransformerEncoder(Module):
         x = src
         for i, layer in enumerate(self.layers):  # after the first, each layer runs in place in its input
             x = layer(x, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=is_causal,
-                      out=x if i else None)
+                      out=x if i and not self.training else None)  # training keeps each layer's input
         return self.norm(x) if self.norm is not None else x
+
+    def backward(self, grad_output: ArrayIn) -> FloatArray:
+        dy = self.norm.backward(grad_output) if self.norm is not None else np.asarray(grad_output, np.float32)
+        for layer in reversed(list(self.layers)):
+            dy = layer.backward(dy)
+        return dy
 
 
 class TransformerDecoder(Module):
