@@ -310,8 +310,11 @@ class Module:
         """Training mode (``mode=False``: eval) for this module and its children. Training drops packed
         weight copies (the forward then reads the arrays the optimiser updates) and makes every
         parameter a writable float32 C-contiguous array (a mapped checkpoint's are copied once); eval
-        drops what training forwards saved."""
+        drops what training forwards saved and packs the weights again as they were packed before."""
         mode = flag("mode", mode)
+        packed = self.weights_dtype
+        if mode and packed:  # eval() packs them again
+            object.__setattr__(self, "_packed_before_training", packed)
         for m in self.modules():
             object.__setattr__(m, "training", mode)
             object.__setattr__(m, "_saved", None)
@@ -321,6 +324,10 @@ class Module:
                 for name, a in list(m._params.items()):
                     if a is not None and not (a.dtype == np.float32 and a.flags.c_contiguous and a.flags.writeable):
                         m._params[name] = np.array(a, dtype=np.float32, order="C")
+        repack = self.__dict__.get("_packed_before_training")
+        if not mode and repack:
+            object.__setattr__(self, "_packed_before_training", None)
+            self.pack_weights(repack)
         return self
 
     def eval(self) -> Module:

@@ -33,6 +33,50 @@ class ModelOutput(dict[str, Any]):
         return f"{type(self).__name__}({', '.join(f'{k}: {short(v)}' for k, v in self.items())})"
 
 
+class Loss(float):
+    """A model's loss: a float (it prints, compares and adds as one) that also holds the way back:
+    ``loss.backward()`` fills (accumulates into) the ``.grad`` of every parameter of the model that made it,
+    as ``loss.backward()`` does in torch. Only a loss from a training-mode forward (``model.train()``) has
+    a backward, and only once."""
+
+    _backward: Any
+
+    def __new__(cls, value: float, backward: Any = None) -> "Loss":
+        obj = super().__new__(cls, value)
+        obj._backward = backward
+        return obj
+
+    def backward(self) -> None:
+        fn = self._backward
+        if fn is None:
+            raise RuntimeError("this loss has no backward: it came from an eval-mode forward (call model.train() "
+                               "first), or backward() was already called for it (run a new forward)")
+        self._backward = None
+        fn()
+
+    def item(self) -> float:
+        return float(self)
+
+    def __repr__(self) -> str:
+        return f"Loss({float(self)!r})"
+
+
+def shifted_labels(labels: Any, shape: tuple[int, int], vocab: int) -> np.ndarray:
+    """Causal-LM labels (B, S) as transformers takes them (the model shifts them: position t predicts
+    label t + 1; -100 is ignored) aligned with the logits: row t gets labels[t + 1], the last -100."""
+    lab = np.asarray(labels)
+    if lab.dtype.kind not in "iu":
+        raise TypeError(f"labels must be integers, got dtype {lab.dtype}")
+    if lab.shape != shape:
+        raise ValueError(f"labels must have the shape of input_ids {shape}, got {lab.shape}")
+    bad = lab[(lab != -100) & ((lab < 0) | (lab >= vocab))]
+    if bad.size:
+        raise IndexError(f"label {bad[0]} is outside the vocabulary [0, {vocab}) (and is not -100, the ignored label)")
+    out = np.full(shape, -100, np.int64)
+    out[:, :-1] = lab[:, 1:]
+    return out
+
+
 def is_token_ids(v: Any, key: str) -> bool:
     """None or a token id (an integer >= 0) -- for eos_token_id also a list of them, the stop tokens:
     what config.json and generation_config.json give for bos/eos/pad."""

@@ -15,9 +15,9 @@ import numpy as np
 from .. import _core, nn, ops
 from .._args import int_arg
 from .._files import read_json
-from .._typing import ArrayLike, FloatArray, IntArray, PathLike
-from ._common import (Config, ModelOutput, as_ids, as_mask, check_activation, check_layer_count, check_names,
-                      is_token_ids, read_config, read_weights, to_device)
+from .._typing import ArrayIn, ArrayLike, FloatArray, IntArray, PathLike
+from ._common import (Config, Loss, ModelOutput, as_ids, as_mask, check_activation, check_layer_count, check_names,
+                      is_token_ids, read_config, read_weights, shifted_labels, to_device)
 from .generation import NextToken, Streamer, check_generation_args, check_streamer, eos_set, stream_end, stream_put
 
 if TYPE_CHECKING:
@@ -123,6 +123,32 @@ class _Block(nn.Module):
         if cache is not None:
             cache.length += s
         return x
+
+
+    def train_forward(self, x: FloatArray, key_padding_mask: Any) -> FloatArray:
+        """The block in training mode, as its parts (each keeping what its backward needs; attention keeps
+        the log-sum-exp of each row, not the probabilities)."""
+        a, m = self.attn, self.mlp
+        b, s, e = x.shape
+        q, k, v = nn.split_heads(a.c_attn(self.ln_1(x)), 3, a.n_head)
+        mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
+        o, lse = ops.scaled_dot_product_attention_forward(q, k, v, mask, True, a.scale)
+        self._save(q=q, k=k, v=v, o=o, lse=lse, mask=mask)
+        x1 = a.c_proj(np.ascontiguousarray(o.transpose(0, 2, 1, 3)).reshape(b, s, e), residual=x)
+        return m.c_proj(m.c_fc(self.ln_2(x1)), residual=x1)
+
+    def backward(self, grad_output: ArrayIn) -> FloatArray:
+        a, m = self.attn, self.mlp
+        sv = self._take()
+        grad_output = np.asarray(grad_output, np.float32)
+        dx1 = grad_output + self.ln_2.backward(m.c_fc.backward(m.c_proj.backward(grad_output)))
+        dmerged = a.c_proj.backward(dx1)
+        b, s, e = dmerged.shape
+        do = dmerged.reshape(b, s, a.n_head, a.head_dim).transpose(0, 2, 1, 3)
+        dq, dk, dv = ops.scaled_dot_product_attention_backward(do, sv["q"], sv["k"], sv["v"], sv["o"], sv["lse"],
+                                                               sv["mask"], True, a.scale)
+        dqkv = np.stack([dq, dk, dv], axis=2).transpose(0, 3, 2, 1, 4).reshape(b, s, 3 * e)
+        return dx1 + self.ln_1.backward(a.c_attn.backward(dqkv))
 
 
 class _Transformer(nn.Module):
@@ -269,8 +295,18 @@ class GPT2LMHeadModel(nn.Module):
 
     def forward(self, input_ids: ArrayLike, attention_mask: ArrayLike | None = None,
                 position_ids: ArrayLike | None = None, cache: GPT2Cache | None = None,
-                logits_to_keep: int = 0) -> ModelOutput:
+                logits_to_keep: int = 0, labels: ArrayLike | None = None) -> ModelOutput:
+        """``labels`` (B, S) as transformers takes them (shifted inside: position t is scored against label
+        t + 1; -100 ignored): ``.loss`` is the mean cross-entropy over the counted tokens, a float whose
+        ``backward()`` fills every parameter's ``.grad`` after a training-mode forward (``model.train()``)."""
         ids, mask, position_ids = self._inputs(input_ids, attention_mask, position_ids, cache)
+        if labels is not None:
+            labels = shifted_labels(labels, ids.shape, self.config.vocab_size)
+        if self.training:
+            if cache is not None or self.__dict__.get("_device"):
+                raise ValueError("GPT2LMHeadModel: training runs on the CPU without a KV cache (call .to('cpu'), "
+                                 "pass no cache)")
+            return self._train_forward(ids, mask, position_ids, labels)
         if self.__dict__.get("_device"):
             logits = self._forward_device(ids, mask, position_ids, cache, logits_to_keep)
             return ModelOutput(logits=logits.numpy().astype(np.float32, copy=False), cache=cache)
@@ -284,7 +320,38 @@ class GPT2LMHeadModel(nn.Module):
             x = x[:, -logits_to_keep:]
         h = t.ln_f(x)
         w = self._weight("tied_head_weight") if self.lm_head is None else self.lm_head._weight("weight")
-        return ModelOutput(logits=ops.linear(h, w), cache=cache)
+        logits = ops.linear(h, w)
+        if labels is None:
+            return ModelOutput(logits=logits, cache=cache)
+        if logits_to_keep:
+            raise ValueError("labels need the logits of every position (logits_to_keep=0)")
+        return ModelOutput(loss=Loss(ops.cross_entropy(logits, labels)), logits=logits, cache=cache)
+
+    def _train_forward(self, ids: Any, mask: Any, position_ids: Any, labels: Any) -> ModelOutput:
+        t = self.transformer
+        x = t.wte(ids) + t.wpe(position_ids)
+        padding = None if mask is None or mask.all() else ~mask
+        for block in t.h:
+            x = block.train_forward(x, padding)
+        h = t.ln_f(x)
+        w = t.wte.weight if self.lm_head is None else self.lm_head.weight
+        logits = ops.linear(h, w)
+        if labels is None:
+            return ModelOutput(logits=logits)
+        loss, dlogits = ops.cross_entropy(logits, labels, return_grad=True)
+
+        def backward() -> None:
+            dh, dw, _ = ops.linear_backward(dlogits, h, w)
+            if self.lm_head is None:
+                t.wte._accumulate("weight", dw)  # the tied head's gradient joins the embedding's
+            else:
+                self.lm_head._accumulate("weight", dw)
+            dx = t.ln_f.backward(dh)
+            for block in reversed(list(t.h)):
+                dx = block.backward(dx)
+            t.wpe.backward(dx)
+            t.wte.backward(dx)
+        return ModelOutput(loss=Loss(loss, backward), logits=logits)
 
     def _inputs(self, input_ids, attention_mask, position_ids, cache):
         """The checked ids, the mask over cached + new positions, and the position ids (by default the

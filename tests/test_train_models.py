@@ -1,0 +1,146 @@
+"""Models learn: labels -> .loss, loss.backward() -> every parameter's .grad, against transformers on the
+same weights and batch (padding and ignored labels included), and optimiser steps against torch's."""
+import numpy as np
+import pytest
+
+from coreformer import optim
+
+from conftest import gpt2  # noqa: F401  (the fixture)
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def norm_rel(got, want):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30)
+
+
+def batch(rng, vocab):
+    ids = rng.integers(1, vocab, (3, 17))
+    mask = np.ones((3, 17), np.int64)
+    mask[1, 12:] = 0  # right padding
+    mask[2, :4] = 0   # left padding (positions given as transformers' forward makes them: 0, 1, ...; ours
+    # default to the running count of real tokens, as generate makes them)
+    labels = np.where(mask == 1, ids, -100)
+    labels[0, 5] = -100
+    return ids, mask, labels
+
+
+POS = np.arange(17)[None].repeat(3, 0)
+
+
+def hf_grads(model):
+    """transformers' gradients under our names and layouts (Conv1D weights transposed to (out, in))."""
+    out = {}
+    for name, p in model.named_parameters():
+        g = p.grad.detach().double().numpy()
+        out[name] = g.T if name.endswith(_CONV1D) else g
+    return out
+
+
+@pytest.fixture
+def fresh_gpt2(gpt2):  # noqa: F811
+    from coreformer.models import GPT2LMHeadModel
+    d, ref, _ = gpt2
+    return d, ref, GPT2LMHeadModel.from_pretrained(d)
+
+
+def test_gpt2_loss_and_every_gradient_match_transformers(fresh_gpt2, rng):
+    d, ref, ours = fresh_gpt2
+    ids, mask, labels = batch(rng, ours.config.vocab_size)
+    # eval mode: the loss, no backward
+    out = ours(ids, attention_mask=mask, labels=labels, position_ids=POS)
+    ref64 = transformers.GPT2LMHeadModel.from_pretrained(d).double().train()
+    ref64.config.attn_pdrop = ref64.config.resid_pdrop = ref64.config.embd_pdrop = 0.0
+    for m in ref64.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    t_out = ref64(torch.tensor(ids), attention_mask=torch.tensor(mask), labels=torch.tensor(labels),
+                  position_ids=torch.tensor(POS))
+    assert isinstance(out.loss, float) and out.loss == pytest.approx(t_out.loss.item(), rel=1e-5)
+    with pytest.raises(RuntimeError, match="eval-mode forward"):
+        out.loss.backward()
+    # training mode: every parameter's gradient
+    ours.train()
+    out = ours(ids, attention_mask=mask, labels=labels, position_ids=POS)
+    assert out.loss == pytest.approx(t_out.loss.item(), rel=1e-5)
+    keep = mask.astype(bool)
+    assert norm_rel(out.logits[keep], t_out.logits.detach().numpy()[keep]) < 1e-5
+    out.loss.backward()
+    t_out.loss.backward()
+    want = hf_grads(ref64)
+    got = {name: p.grad for name, p in ours.named_parameters()}
+    assert set(got) == set(want)
+    for name, g in want.items():
+        assert got[name] is not None, name
+        assert norm_rel(got[name], g) < 1e-4, name
+    with pytest.raises(RuntimeError, match="already called"):
+        out.loss.backward()
+
+
+def test_gpt2_training_steps_follow_torch_and_accumulation(fresh_gpt2, rng):
+    d, _, ours = fresh_gpt2
+    ref = transformers.GPT2LMHeadModel.from_pretrained(d, attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0).train()
+    ours.train()
+    opt = optim.AdamW(ours.parameters(), lr=3e-3, weight_decay=0.01)
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=3e-3, weight_decay=0.01, foreach=False)
+    sched = optim.get_linear_schedule_with_warmup(opt, 2, 6)
+    ref_sched = transformers.get_linear_schedule_with_warmup(ref_opt, 2, 6)
+    losses, ref_losses = [], []
+    for step in range(6):
+        ids, mask, labels = batch(rng, ours.config.vocab_size)
+        out = ours(ids, attention_mask=mask, labels=labels, position_ids=POS)
+        out.loss.backward()
+        optim.clip_grad_norm_(ours.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        t = ref(torch.tensor(ids), attention_mask=torch.tensor(mask), labels=torch.tensor(labels), position_ids=torch.tensor(POS))
+        t.loss.backward()
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
+        ref_opt.step()
+        ref_sched.step()
+        ref_opt.zero_grad()
+        losses.append(float(out.loss))
+        ref_losses.append(t.loss.item())
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-4)
+    # gradient accumulation: two half-batches (each loss weighted by its share of the tokens) = one batch
+    ids, mask, labels = batch(rng, ours.config.vocab_size)
+    ours.zero_grad()
+    ours(ids, attention_mask=mask, labels=labels, position_ids=POS).loss.backward()
+    whole = {n: p.grad.copy() for n, p in ours.named_parameters()}
+    ours.zero_grad()
+    from coreformer.models._common import shifted_labels
+    counted = (shifted_labels(labels, ids.shape, ours.config.vocab_size) != -100).sum(axis=1)
+    for rows in (slice(0, 1), slice(1, 3)):
+        out = ours(ids[rows], attention_mask=mask[rows], labels=labels[rows], position_ids=POS[rows])
+        share = counted[rows].sum() / counted.sum()
+        for p in ours.parameters():  # scale this half's contribution by its share: backward accumulates
+            if p.grad is not None:
+                p.grad /= share
+        out.loss.backward()
+        for p in ours.parameters():
+            p.grad *= share
+    for n, p in ours.named_parameters():
+        assert norm_rel(p.grad, whole[n]) < 1e-5, n
+
+
+def test_gpt2_bad_labels_and_modes(fresh_gpt2, rng):
+    _, _, ours = fresh_gpt2
+    ids = rng.integers(0, ours.config.vocab_size, (2, 5))
+    with pytest.raises(ValueError, match=r"labels must have the shape of input_ids \(2, 5\), got \(2, 4\)"):
+        ours(ids, labels=ids[:, :4])
+    with pytest.raises(IndexError, match="label 5000 is outside the vocabulary"):
+        ours(ids, labels=np.full((2, 5), 5000))
+    with pytest.raises(TypeError, match="labels must be integers"):
+        ours(ids, labels=ids.astype(np.float32))
+    ours.train()
+    with pytest.raises(ValueError, match="without a KV cache"):
+        ours(ids, cache=ours.new_cache(2, 8))
+    ours.eval()
+    assert ours.weights_dtype == "float32"  # packed again, as from_pretrained left it
+    logits = ours(ids).logits
+    assert logits.shape == (2, 5, ours.config.vocab_size)
