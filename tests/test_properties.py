@@ -270,7 +270,9 @@ DECODER = ["self_in_weight", "self_in_bias", "self_out_weight", "self_out_bias",
 @given(st.data())
 def test_transformer_encoder_layer(data):
     heads = data.draw(st.integers(1, 4))
-    e, f = heads * data.draw(st.integers(1, 6)), data.draw(st.integers(1, 40))
+    # at least 4 features: a LayerNorm over 2 is a sign function of their difference, so near a tie float32
+    # rounding before it flips the output (a draw of integer inputs hit 1e-3 there: conditioning, no bug)
+    e, f = heads * data.draw(st.integers(-(-4 // heads), 6)), data.draw(st.integers(1, 40))
     b, s = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 20))
     x = data.draw(laid_out(values(data.draw, (b, s, e), data.draw(st.sampled_from(FLOAT_DTYPES)))))
     p = _layer_weights(data.draw, e, f, ENCODER, missing_ok=True)
@@ -286,7 +288,7 @@ def test_transformer_encoder_layer(data):
 @given(st.data())
 def test_transformer_decoder_layer(data):
     heads = data.draw(st.integers(1, 4))
-    e, f = heads * data.draw(st.integers(1, 6)), data.draw(st.integers(1, 40))
+    e, f = heads * data.draw(st.integers(-(-4 // heads), 6)), data.draw(st.integers(1, 40))  # as the encoder's
     b, t, sm = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 12)), data.draw(st.integers(1, 15))
     x = data.draw(laid_out(values(data.draw, (b, t, e), data.draw(st.sampled_from(FLOAT_DTYPES)))))
     mem = data.draw(laid_out(values(data.draw, (b, sm, e))))
