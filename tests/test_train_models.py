@@ -145,3 +145,116 @@ def test_gpt2_bad_labels_and_modes(fresh_gpt2, rng):
     assert ours.weights_dtype == "float32"  # packed again, as from_pretrained left it
     logits = ours(ids).logits
     assert logits.shape == (2, 5, ours.config.vocab_size)
+
+
+def bert_pair(tmp_path, cls_name, **cfg_kw):
+    """A small random BERT task model saved by transformers (biases and norms randomised), loaded by both."""
+    from coreformer import models
+    from conftest import save_randomised
+    cfg = transformers.BertConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=48, max_position_embeddings=40, hidden_dropout_prob=0.0,
+                                  attention_probs_dropout_prob=0.0, **cfg_kw)
+    ref = getattr(transformers, cls_name)(cfg)
+    save_randomised(ref, tmp_path)
+    ref = getattr(transformers, cls_name).from_pretrained(tmp_path).double().train()
+    return ref, getattr(models, cls_name).from_pretrained(tmp_path).train()
+
+
+def bert_batch(rng):
+    ids = rng.integers(1, 97, (3, 13))
+    mask = np.ones((3, 13), np.int64)
+    mask[1, 9:] = 0
+    mask[2, 5:] = 0
+    tt = (np.arange(13)[None] >= 6).astype(np.int64).repeat(3, 0)
+    return ids, mask, tt
+
+
+def compare_bert(ref, ours, ids, mask, tt, labels, t_labels):
+    out = ours(ids, attention_mask=mask, token_type_ids=tt, labels=labels)
+    t = ref(torch.tensor(ids), attention_mask=torch.tensor(mask), token_type_ids=torch.tensor(tt), labels=t_labels)
+    assert out.loss == pytest.approx(t.loss.item(), rel=1e-5)
+    out.loss.backward()
+    t.loss.backward()
+    want = {n: p.grad for n, p in ref.named_parameters() if p.grad is not None}
+    got = {n: p.grad for n, p in ours.named_parameters()}
+    for name, g in want.items():
+        if name.endswith("decoder.weight") or name.endswith("decoder.bias"):
+            continue  # tied to the word embeddings and to cls.predictions.bias, compared there
+        assert got.get(name) is not None, name
+        scale = max(float(np.linalg.norm(w.numpy())) for w in want.values())
+        if np.linalg.norm(g.numpy()) < 1e-9 * scale:  # zero in exact arithmetic (the key bias): rounding only
+            assert np.linalg.norm(got[name]) < 1e-5 * scale, name
+            continue
+        assert norm_rel(got[name], g.numpy()) < 1e-4, name
+    missing = [n for n, g in got.items() if g is None and n in want]
+    assert not missing
+
+
+@pytest.mark.parametrize("kind", ["single", "regression", "multi"])
+def test_bert_sequence_classification_gradients(tmp_path, rng, kind):
+    n = {"single": 3, "regression": 1, "multi": 4}[kind]
+    ref, ours = bert_pair(tmp_path, "BertForSequenceClassification", num_labels=n)
+    ids, mask, tt = bert_batch(rng)
+    if kind == "single":
+        labels = np.array([2, 0, 1])
+        t_labels = torch.tensor(labels)
+    elif kind == "regression":
+        labels = rng.standard_normal(3).astype(np.float32)
+        t_labels = torch.tensor(labels, dtype=torch.float64)
+    else:
+        labels = (rng.random((3, 4)) > 0.5).astype(np.float32)
+        t_labels = torch.tensor(labels, dtype=torch.float64)
+    compare_bert(ref, ours, ids, mask, tt, labels, t_labels)
+
+
+def test_bert_token_classification_and_mlm_gradients(tmp_path, rng):
+    ids, mask, tt = bert_batch(rng)
+    ref, ours = bert_pair(tmp_path / "tok", "BertForTokenClassification", num_labels=5)
+    labels = np.where(mask == 1, rng.integers(0, 5, ids.shape), -100)
+    compare_bert(ref, ours, ids, mask, tt, labels, torch.tensor(labels))
+
+    ref, ours = bert_pair(tmp_path / "mlm", "BertForMaskedLM")
+    labels = np.full(ids.shape, -100)
+    picked = (rng.random(ids.shape) < 0.3) & (mask == 1)
+    labels[picked] = ids[picked]
+    masked = np.where(picked, 3, ids)
+    compare_bert(ref, ours, masked, mask, tt, labels, torch.tensor(labels))
+
+
+def test_bert_fine_tuning_steps_follow_torch(tmp_path, rng):
+    ref, ours = bert_pair(tmp_path, "BertForSequenceClassification", num_labels=3)
+    ref = ref.float()
+    decay = lambda named: [p for n, p in named if not (n.endswith("bias") or "LayerNorm" in n)]  # noqa: E731
+    rest = lambda named: [p for n, p in named if n.endswith("bias") or "LayerNorm" in n]  # noqa: E731
+    groups: list[dict] = [{"params": decay(ours.named_parameters())},
+                          {"params": rest(ours.named_parameters()), "weight_decay": 0.0}]
+    opt = optim.AdamW(groups, lr=1e-3)
+    ref_opt = torch.optim.AdamW([{"params": decay(ref.named_parameters())},
+                                 {"params": rest(ref.named_parameters()), "weight_decay": 0.0}], lr=1e-3,
+                                foreach=False)
+    for _ in range(5):
+        ids, mask, tt = bert_batch(rng)
+        labels = rng.integers(0, 3, 3)
+        out = ours(ids, attention_mask=mask, token_type_ids=tt, labels=labels)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad()
+        t = ref(torch.tensor(ids), attention_mask=torch.tensor(mask), token_type_ids=torch.tensor(tt),
+                labels=torch.tensor(labels))
+        t.loss.backward()
+        ref_opt.step()
+        ref_opt.zero_grad()
+        assert out.loss == pytest.approx(t.loss.item(), rel=1e-4)
+
+
+def test_bert_bad_labels(tmp_path, rng):
+    _, ours = bert_pair(tmp_path, "BertForTokenClassification", num_labels=5)
+    ids, mask, tt = bert_batch(rng)
+    with pytest.raises(IndexError, match=r"label 7 is outside the labels \[0, 5\)"):
+        ours(ids, labels=np.full(ids.shape, 7))
+    with pytest.raises(ValueError, match="labels must have the shape of input_ids"):
+        ours(ids, labels=np.zeros(3, np.int64))
+    ours.eval()
+    out = ours(ids, labels=np.zeros(ids.shape, np.int64))
+    with pytest.raises(RuntimeError, match="eval-mode forward"):
+        out.loss.backward()

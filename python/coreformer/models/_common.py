@@ -64,17 +64,63 @@ class Loss(float):
 def shifted_labels(labels: Any, shape: tuple[int, int], vocab: int) -> np.ndarray:
     """Causal-LM labels (B, S) as transformers takes them (the model shifts them: position t predicts
     label t + 1; -100 is ignored) aligned with the logits: row t gets labels[t + 1], the last -100."""
-    lab = np.asarray(labels)
-    if lab.dtype.kind not in "iu":
-        raise TypeError(f"labels must be integers, got dtype {lab.dtype}")
-    if lab.shape != shape:
-        raise ValueError(f"labels must have the shape of input_ids {shape}, got {lab.shape}")
-    bad = lab[(lab != -100) & ((lab < 0) | (lab >= vocab))]
-    if bad.size:
-        raise IndexError(f"label {bad[0]} is outside the vocabulary [0, {vocab}) (and is not -100, the ignored label)")
+    lab = token_labels(labels, shape, vocab, "the vocabulary")
     out = np.full(shape, -100, np.int64)
     out[:, :-1] = lab[:, 1:]
     return out
+
+
+def token_labels(labels: Any, shape: tuple[int, ...], n: int, what: str = "the labels") -> np.ndarray:
+    """Per-token labels (B, S) as int64: class ids in [0, n) or -100 (ignored); anything else is an error
+    naming it."""
+    lab = np.asarray(labels)
+    if lab.dtype.kind not in "iu":
+        raise TypeError(f"labels must be integers, got dtype {lab.dtype}")
+    if lab.shape != tuple(shape):
+        raise ValueError(f"labels must have the shape of input_ids {tuple(shape)}, got {lab.shape}")
+    bad = lab[(lab != -100) & ((lab < 0) | (lab >= n))]
+    if bad.size:
+        raise IndexError(f"label {bad[0]} is outside {what} [0, {n}) (and is not -100, the ignored label)")
+    return lab.astype(np.int64)
+
+
+def classification_loss(config: Any, logits: np.ndarray, labels: Any) -> tuple[float, np.ndarray]:
+    """transformers' sequence-classification loss and its gradient with respect to the logits (B, C):
+    ``problem_type`` as the config says, else regression (MSE) for one label, single-label cross-entropy
+    for integer labels, multi-label BCE-with-logits for float ones."""
+    from .. import ops
+    labels = np.asarray(labels)
+    n = logits.shape[-1]
+    kind = config.get("problem_type")
+    if kind is None:
+        kind = ("regression" if n == 1 else
+                "single_label_classification" if labels.dtype.kind in "iu" else "multi_label_classification")
+    if kind == "regression":
+        target = labels.astype(np.float64).reshape(-1) if n == 1 else labels.astype(np.float64)
+        pred = logits.astype(np.float64).reshape(-1) if n == 1 else logits.astype(np.float64)
+        if target.shape != pred.shape:
+            raise ValueError(f"labels for regression must have shape {pred.shape}, got {labels.shape}")
+        diff = pred - target
+        grad = (2.0 / max(diff.size, 1)) * diff
+        return float(np.mean(diff * diff)), grad.reshape(logits.shape).astype(np.float32)
+    if kind == "single_label_classification":
+        if labels.dtype.kind not in "iu":
+            raise TypeError(f"labels must be integers (class ids) for single-label classification, got {labels.dtype}")
+        labels = labels.reshape(-1)
+        if labels.shape[0] != logits.shape[0]:
+            raise ValueError(f"labels must have one class id per row ({logits.shape[0]}), got shape {labels.shape}")
+        loss, grad = ops.cross_entropy(logits, labels.astype(np.int64), return_grad=True)
+        return float(loss), grad
+    if kind == "multi_label_classification":
+        y = labels.astype(np.float64)
+        if y.shape != logits.shape:
+            raise ValueError(f"labels for multi-label classification must have shape {logits.shape}, got {y.shape}")
+        x = logits.astype(np.float64)
+        loss = np.mean(np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x))))
+        grad = (1.0 / (1.0 + np.exp(-x)) - y) / x.size
+        return float(loss), grad.astype(np.float32)
+    raise ValueError(f"config: problem_type must be 'regression', 'single_label_classification' or "
+                     f"'multi_label_classification', got {kind!r}")
 
 
 def is_token_ids(v: Any, key: str) -> bool:

@@ -15,8 +15,8 @@ import numpy as np
 
 from .. import _core, nn, ops
 from .._typing import ArrayLike, FloatArray, PathLike
-from ._common import (Config, ModelOutput, as_ids, as_mask, check_activation, check_layer_count, check_names,
-                      read_config, read_weights, to_device)
+from ._common import (Config, Loss, ModelOutput, as_ids, as_mask, check_activation, check_layer_count, check_names,
+                      classification_loss, read_config, read_weights, to_device, token_labels)
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -105,6 +105,24 @@ class _Embeddings(nn.Module):
         return self.LayerNorm(x, residual=ops.embedding(token_type_ids, self.token_type_embeddings.weight))
 
 
+    def train_forward(self, input_ids, token_type_ids):
+        pos = self.position_ids(input_ids)
+        b, s = input_ids.shape
+        pos_ids = np.broadcast_to(pos, (b, s))
+        tt = np.zeros((b, s), np.int64) if token_type_ids is None else token_type_ids
+        x = (ops.embedding(input_ids, self.word_embeddings.weight) + ops.embedding(pos_ids, self.position_embeddings.weight)
+             + ops.embedding(tt, self.token_type_embeddings.weight))
+        self._save(ids=input_ids, pos=np.ascontiguousarray(pos_ids), tt=tt)
+        return self.LayerNorm(x)
+
+    def backward(self, grad_output):
+        sv = self._take()
+        dx = self.LayerNorm.backward(grad_output)
+        for table, ids in ((self.word_embeddings, sv["ids"]), (self.position_embeddings, sv["pos"]),
+                           (self.token_type_embeddings, sv["tt"])):
+            table._accumulate("weight", ops.embedding_backward(dx, ids, table.num_embeddings, table.padding_idx))
+
+
 class _SelfAttention(nn.Module):
     def __init__(self, c: BertConfig):
         super().__init__()
@@ -172,6 +190,36 @@ class _Layer(nn.Module):
             eps=(ao.LayerNorm.eps, o.LayerNorm.eps), cu_seqlens=cu_seqlens, attn_mask=attn_mask, out=out)
 
 
+    def train_forward(self, x, mask):
+        """The post-LN layer as its parts, keeping what backward needs (attention: the row log-sum-exp).
+        ``mask``: None or (B, 1, 1, S) bool, True where a key may be attended."""
+        sa, ao, it, o = self.attention.self, self.attention.output, self.intermediate.dense, self.output
+        q, k, v = nn.split_heads(ops.linear(x, sa.in_proj_weight, sa.in_proj_bias), 3, self.num_heads)
+        att, lse = ops.scaled_dot_product_attention_forward(q, k, v, mask)
+        self._save(x=x, q=q, k=k, v=v, o=att, lse=lse, mask=mask)
+        b, s, e = x.shape
+        h = ao.LayerNorm(ao.dense(np.ascontiguousarray(att.transpose(0, 2, 1, 3)).reshape(b, s, e)), residual=x)
+        return o.LayerNorm(o.dense(it(h)), residual=h)
+
+    def backward(self, grad_output):
+        sa, ao, it, o = self.attention.self, self.attention.output, self.intermediate.dense, self.output
+        sv = self._take()
+        dsum2 = o.LayerNorm.backward(grad_output)  # of h + ffn(h)
+        dh = dsum2 + it.backward(o.dense.backward(dsum2))
+        dsum1 = ao.LayerNorm.backward(dh)  # of x + attention(x)
+        dmerged = ao.dense.backward(dsum1)
+        b, s, e = dmerged.shape
+        do = dmerged.reshape(b, s, self.num_heads, e // self.num_heads).transpose(0, 2, 1, 3)
+        dq, dk, dv = ops.scaled_dot_product_attention_backward(do, sv["q"], sv["k"], sv["v"], sv["o"], sv["lse"],
+                                                               sv["mask"])
+        dqkv = np.stack([dq, dk, dv], axis=2).transpose(0, 3, 2, 1, 4).reshape(b, s, 3 * e)
+        dx, dw, db = ops.linear_backward(dqkv, sv["x"], sa.in_proj_weight)
+        for i, m in enumerate((sa.query, sa.key, sa.value)):  # views of the fused matrix, by torch's names
+            m._accumulate("weight", dw[i * e:(i + 1) * e])
+            m._accumulate("bias", db[i * e:(i + 1) * e])
+        return dsum1 + dx
+
+
 class _Encoder(nn.Module):
     def __init__(self, c: BertConfig):
         super().__init__()
@@ -184,7 +232,16 @@ class _Pooler(nn.Module):
         self.dense = nn.Linear(c.hidden_size, c.hidden_size)
 
     def forward(self, hidden):
-        return np.tanh(self.dense(np.ascontiguousarray(hidden[:, 0])))
+        y = np.tanh(self.dense(np.ascontiguousarray(hidden[:, 0])))
+        if self.training:
+            self._save(y=y, shape=hidden.shape)
+        return y
+
+    def backward(self, grad_output):
+        sv = self._take()
+        dh = np.zeros(sv["shape"], np.float32)
+        dh[:, 0] = self.dense.backward(np.asarray(grad_output, np.float32) * (1 - sv["y"] * sv["y"]))
+        return dh
 
 
 def _config_of(cfg, cls=None):
@@ -376,6 +433,8 @@ class BertModel(nn.Module):
 
     def encode(self, input_ids: ArrayLike, attention_mask: ArrayLike | None = None, token_type_ids: ArrayLike | None = None) -> FloatArray:
         ids, mask, tt = self._checked_inputs(input_ids, attention_mask, token_type_ids)
+        if self.training:
+            return self._train_encode(ids, mask, tt)
         if self.__dict__.get("_device"):
             return self._host(self._encode_tensor(ids, mask, tt), mask)
         x = self.embeddings(ids, tt)  # a new array: the layers run in place in it
@@ -384,6 +443,32 @@ class BertModel(nn.Module):
         for layer in self.encoder.layer:
             layer(x, out=x)
         return x
+
+    def _train_encode(self, ids, mask, tt):
+        """Training: the padded batch with its key-padding mask (padding rows are computed and get no
+        gradient through attention: a packed-sequence backward is to come), each layer keeping what its
+        backward needs. Padding positions of the result are zeros, as in eval."""
+        if self.__dict__.get("_device"):
+            raise ValueError(f"{type(self).__name__}: training runs on the CPU (call .to('cpu'))")
+        attend = None if mask is None or mask.all() else mask.astype(bool)[:, None, None, :]
+        x = self.embeddings.train_forward(ids, tt)
+        for layer in self.encoder.layer:
+            x = layer.train_forward(x, attend)
+        pad = None if attend is None else ~mask.astype(bool)
+        if pad is not None:
+            x[pad] = 0.0
+        self._save(pad=pad)
+        return x
+
+    def _encoder_backward(self, grad_hidden):
+        """From the gradient of last_hidden_state: every encoder parameter's gradient."""
+        pad = self._take()["pad"]
+        dx = np.array(grad_hidden, np.float32)
+        if pad is not None:
+            dx[pad] = 0.0  # those outputs were set to zero
+        for layer in reversed(list(self.encoder.layer)):
+            dx = layer.backward(dx)
+        self.embeddings.backward(dx)
 
     def _encode_packed(self, x, mask):
         """A padded batch: the real tokens of every sequence are gathered into one ``(T, E)`` matrix
@@ -446,9 +531,21 @@ class BertForSequenceClassification(_Classifier, BertModel):
     def _head(self, c):
         self.classifier = nn.Linear(c.hidden_size, c.num_labels)
 
-    def forward(self, input_ids: ArrayLike, attention_mask: ArrayLike | None = None, token_type_ids: ArrayLike | None = None) -> ModelOutput:
-        out = self.bert(input_ids, attention_mask, token_type_ids)
+    def forward(self, input_ids: ArrayLike, attention_mask: ArrayLike | None = None, token_type_ids: ArrayLike | None = None,
+                labels: ArrayLike | None = None) -> ModelOutput:
+        """``labels``: class ids (B,) (cross-entropy), floats (B,) with ``num_labels == 1`` (MSE regression)
+        or (B, num_labels) floats (multi-label BCE), as transformers' ``problem_type``; ``.loss`` then, with
+        a ``backward()`` after a training-mode forward."""
+        enc = self._encoder_model
+        out = enc(input_ids, attention_mask, token_type_ids)
         out.logits = self.classifier(out.pooler_output)
+        if labels is not None:
+            loss, dlogits = classification_loss(self.config, out.logits, labels)
+
+            def backward() -> None:
+                assert enc.pooler is not None  # a sequence classifier's encoder keeps its pooler
+                enc._encoder_backward(enc.pooler.backward(self.classifier.backward(dlogits)))
+            out.loss = Loss(loss, backward if self.training else None)
         return out
 
 
@@ -458,9 +555,21 @@ class _TokenClassifier(_Classifier):
     def _head(self, c):
         self.classifier = nn.Linear(c.hidden_size, c.num_labels)
 
-    def forward(self, input_ids: ArrayLike, attention_mask: ArrayLike | None = None, token_type_ids: ArrayLike | None = None) -> ModelOutput:
-        h = self._encoder_model(input_ids, attention_mask, token_type_ids).last_hidden_state
-        return ModelOutput(last_hidden_state=h, logits=self.classifier(h))
+    def forward(self, input_ids: ArrayLike, attention_mask: ArrayLike | None = None, token_type_ids: ArrayLike | None = None,
+                labels: ArrayLike | None = None) -> ModelOutput:
+        """``labels`` (B, S) class ids, -100 ignored (padding, continuation pieces): ``.loss``, the mean
+        cross-entropy over the counted tokens, with a ``backward()`` after a training-mode forward."""
+        enc = self._encoder_model
+        h = enc(input_ids, attention_mask, token_type_ids).last_hidden_state
+        out = ModelOutput(last_hidden_state=h, logits=self.classifier(h))
+        if labels is not None:
+            lab = token_labels(labels, h.shape[:2], self.config.num_labels)
+            loss, dlogits = ops.cross_entropy(out.logits, lab, return_grad=True)
+
+            def backward() -> None:
+                enc._encoder_backward(self.classifier.backward(dlogits))
+            out.loss = Loss(loss, backward if self.training else None)
+        return out
 
 
 class BertForTokenClassification(_TokenClassifier, BertModel):
@@ -519,9 +628,15 @@ class BertForMaskedLM(BertModel):
                     "bias": t(self.cls.predictions.bias)}
         return self
 
-    def forward(self, input_ids: ArrayLike, attention_mask: ArrayLike | None = None, token_type_ids: ArrayLike | None = None) -> ModelOutput:
+    def forward(self, input_ids: ArrayLike, attention_mask: ArrayLike | None = None, token_type_ids: ArrayLike | None = None,
+                labels: ArrayLike | None = None) -> ModelOutput:
+        """``labels`` (B, S): the original ids at masked positions, -100 elsewhere (as transformers'
+        ``DataCollatorForLanguageModeling`` makes them): ``.loss``, with a ``backward()`` after a training-mode
+        forward."""
         d = self.bert.__dict__.get("_device")
-        if d:
+        if d and not self.training:
+            if labels is not None:
+                raise ValueError("BertForMaskedLM: labels are for the CPU path in this version (call .to('cpu'))")
             ids, mask, tt = self.bert._checked_inputs(input_ids, attention_mask, token_type_ids)
             x = self.bert._encode_tensor(ids, mask, tt)
             m = d["mlm"]
@@ -532,5 +647,17 @@ class BertForMaskedLM(BertModel):
         x = self.bert.encode(input_ids, attention_mask, token_type_ids)
         t = self.cls.predictions.transform
         h = t.LayerNorm(t.dense(x))
-        logits = ops.linear(h, self._weight("decoder_weight"), self.cls.predictions.bias)
-        return ModelOutput(last_hidden_state=x, logits=logits)
+        w = self.decoder_weight if self.training else self._weight("decoder_weight")
+        logits = ops.linear(h, w, self.cls.predictions.bias)
+        out = ModelOutput(last_hidden_state=x, logits=logits)
+        if labels is not None:
+            lab = token_labels(labels, x.shape[:2], self.config.vocab_size, "the vocabulary")
+            loss, dlogits = ops.cross_entropy(logits, lab, return_grad=True)
+
+            def backward() -> None:
+                dh, dw, db = ops.linear_backward(dlogits, h, w)
+                self.bert.embeddings.word_embeddings._accumulate("weight", dw)  # the decoder is tied to them
+                self.cls.predictions._accumulate("bias", db)
+                self.bert._encoder_backward(t.dense.backward(t.LayerNorm.backward(dh)))
+            out.loss = Loss(loss, backward if self.training else None)
+        return out
