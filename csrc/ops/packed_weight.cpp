@@ -47,6 +47,23 @@ void pack(const float* src, int64_t s_row, int64_t s_col, int64_t rows, int64_t 
           float* scales) {
   // W[n, k] = src[n*s_row + k*s_col]
   const int64_t np = (rows + nr - 1) / nr;
+  if constexpr (std::is_same_v<T, float>) {
+    if (s_row == 1 && !scales) {
+      // The transpose of a row-major matrix (the backward's W and X, read as (in, out)): a panel's nr
+      // values of each k are contiguous in the source, so each is one copy -- the row-by-row loop below
+      // read them a cache line apiece (13 ms for a 768x3072 weight, now ~1 ms).
+#pragma omp parallel for schedule(static) num_threads(threads_for(np * nr * cols, 1 << 16))
+      for (int64_t p = 0; p < np; ++p) {
+        T* d = dst + p * cols * nr;
+        const int64_t n0 = p * nr, w = rows - n0 < nr ? rows - n0 : nr;
+        for (int64_t k = 0; k < cols; ++k) {
+          std::memcpy(d + k * nr, src + k * s_col + n0, sizeof(float) * static_cast<size_t>(w));
+          for (int64_t j = w; j < nr; ++j) d[k * nr + j] = 0.0f;
+        }
+      }
+      return;
+    }
+  }
 #pragma omp parallel for schedule(static) num_threads(threads_for(np * nr * cols, 1 << 16))
   for (int64_t p = 0; p < np; ++p) {
     T* d = dst + p * cols * nr;

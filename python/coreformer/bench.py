@@ -399,6 +399,9 @@ def main(args) -> int:
         return bench_cuda.main(args)
     if getattr(args, "models", False):
         return _main_models(args)
+    if getattr(args, "train", False):
+        from . import bench_train
+        return bench_train.main(args, args.threads or _core.get_num_threads())
     cases = build_cases(args.quick, select)
     rounds = args.rounds or (3 if args.quick else 7)
     min_sample = 0.02 if args.quick else 0.1

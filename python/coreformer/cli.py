@@ -23,6 +23,10 @@ def main(argv=None) -> int:
     b.add_argument("--models", action="store_true",
                    help="model benchmarks instead: MiniLM encoding, GPT-2 small decode and prefill, against "
                         "PyTorch/transformers, ONNX Runtime and CTranslate2 where installed")
+    b.add_argument("--train", action="store_true",
+                   help="training instead: the backward kernels and AdamW against torch's autograd, and whole "
+                        "training steps (char GPT, a MiniLM-shaped classifier, GPT-2 small) against "
+                        "transformers + torch")
     b.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="cuda: the GPU kernels against PyTorch on the same GPU (attention TFLOP/s, linear, "
                         "memory-bound ops against the copy rate)")
@@ -73,8 +77,10 @@ def main(argv=None) -> int:
             parser.error("--threads must be between 1 and 4096")
         if args.rounds is not None and args.rounds < 1:  # -1 ran the whole setup, then failed in the median
             parser.error(f"--rounds must be at least 1, got {args.rounds}")
-        if args.ops and (args.models or args.device == "cuda"):  # ignored there: say so before minutes of timing
-            parser.error("--ops picks CPU kernel cases; it does not apply to --models or --device cuda")
+        if args.ops and (args.models or args.train or args.device == "cuda"):  # say so before minutes of timing
+            parser.error("--ops picks CPU kernel cases; it does not apply to --models, --train or --device cuda")
+        if args.train and (args.models or args.device == "cuda"):
+            parser.error("--train runs on the CPU and is its own table: not with --models or --device cuda")
         if args.json:  # checked now, not after minutes of timing
             parent = os.path.dirname(os.path.abspath(args.json))
             if not os.path.isdir(parent):
