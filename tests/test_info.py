@@ -99,7 +99,9 @@ def test_cli_bench_bad_arguments(tmp_path):
     for argv in (["bench", "--ops", "nope"], ["bench", "--threads", "0"], ["bench", "--threads", "5000"],
                  ["bench", "--json", str(tmp_path / "missing" / "x.json")], ["bench", "--json", str(tmp_path)],
                  ["bench", "--rounds", "-1"], ["bench", "--rounds", "0", "--quick"],
-                 ["bench", "--models", "--ops", "copy"], ["bench", "--device", "cuda", "--ops", "linear"]):
+                 ["bench", "--models", "--ops", "copy"], ["bench", "--device", "cuda", "--ops", "linear"],
+                 ["bench", "--train", "--ops", "copy"], ["bench", "--train", "--models"],
+                 ["bench", "--train", "--device", "cuda"]):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2

@@ -258,3 +258,33 @@ def test_bert_bad_labels(tmp_path, rng):
     out = ours(ids, labels=np.zeros(ids.shape, np.int64))
     with pytest.raises(RuntimeError, match="eval-mode forward"):
         out.loss.backward()
+
+
+def test_training_is_bit_identical_run_after_run_and_across_thread_counts(gpt2, rng):  # noqa: F811
+    import coreformer
+    from coreformer.models import GPT2LMHeadModel
+    d = gpt2[0]
+    ids, mask, labels = batch(rng, 211)
+
+    def run(threads):
+        coreformer.set_num_threads(threads)
+        m = GPT2LMHeadModel.from_pretrained(d).train()
+        opt = optim.AdamW(m.parameters(), lr=1e-3)
+        losses = []
+        for _ in range(3):
+            out = m(ids, attention_mask=mask, labels=labels)
+            out.loss.backward()
+            optim.clip_grad_norm_(m.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad()
+            losses.append(float(out.loss))
+        return losses, [p.data.copy() for p in m.parameters()]
+    before = coreformer.get_num_threads()
+    try:
+        runs = [run(1), run(2), run(2), run(3)]
+    finally:
+        coreformer.set_num_threads(before)
+    for losses, weights in runs[1:]:
+        assert losses == runs[0][0]
+        for a, b in zip(weights, runs[0][1]):
+            np.testing.assert_array_equal(a, b)
