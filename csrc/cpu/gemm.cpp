@@ -396,8 +396,12 @@ void gemm_packed(const GemmArgs& g) {
       for (int64_t p = 0; p < np; ++p)
         for (int64_t kb = 0; kb < nkb; ++kb) {
           const int64_t k0 = kb * kcb;
-          pack_b_transposed(g.w + p * kNR * g.ldw + k0, g.ldw, imin(kNR, N - p * kNR), imin(kcb, K - k0),
-                            buf + p * K * kNR + k0 * kNR);
+          if (g.w_kn)
+            pack_b(g.w + k0 * g.ldw + p * kNR, g.ldw, imin(kcb, K - k0), imin(kNR, N - p * kNR),
+                   buf + p * K * kNR + k0 * kNR);
+          else
+            pack_b_transposed(g.w + p * kNR * g.ldw + k0, g.ldw, imin(kNR, N - p * kNR), imin(kcb, K - k0),
+                              buf + p * K * kNR + k0 * kNR);
         }
       bp = buf;
     }
@@ -426,7 +430,8 @@ void gemm_packed(const GemmArgs& g) {
       for (int64_t kb = 0; kb < nkb; ++kb) {
         const int64_t k0 = kb * kcb, kc = imin(kcb, K - k0);
         const bool last = kb + 1 == nkb;
-        pack_a(g.a + i0 * g.lda + k0, g.lda, mc, kc, 1.0f, ap);
+        if (g.a_km) pack_a_transposed(g.a + k0 * g.lda + i0, g.lda, mc, kc, ap);
+        else pack_a(g.a + i0 * g.lda + k0, g.lda, mc, kc, 1.0f, ap);
         // The next W panel is fetched a share per row pass while this one is reused from L1: it
         // otherwise streams from L3 or DRAM at the first pass's demand (bench/gemm_notes.md, session 8).
         const int64_t panel_lines = ceil_div(kc * kNR * static_cast<int64_t>(sizeof(BT)), 64);
@@ -488,7 +493,7 @@ void gemm(const GemmArgs& g) {
         return in_place ? gemm_prepacked_small_m<float>(g) : gemm_packed<float>(g);
     }
   }
-  if (g.M <= kSmallM) gemm_small_m(g);
+  if (g.M <= kSmallM && !g.w_kn && !g.a_km) gemm_small_m(g);  // (the small-M path reads A and W by rows)
   else gemm_packed<float>(g);
 }
 

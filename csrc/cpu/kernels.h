@@ -13,7 +13,10 @@ enum class Activation : int { none = 0, relu = 1, gelu = 2, gelu_tanh = 3 };
 struct GemmArgs {
   int64_t M = 0, N = 0, K = 0;
   const float* a = nullptr; int64_t lda = 0;
+  bool a_km = false;  // a is (K, M) row-major: the product reads A^T (the weight gradient's dZ^T) in place
   const float* w = nullptr; int64_t ldw = 0;
+  bool w_kn = false;  // w is (K, N) row-major -- C = A w, the backward's dX = dZ W and dW = dZ^T X -- packed
+                      // by the GEMM from contiguous runs (no transposed copy of it made first)
   float* c = nullptr; int64_t ldc = 0;
   const float* bias = nullptr;       // optional
   const float* residual = nullptr;  // optional, added after the activation

@@ -179,6 +179,21 @@ inline void pack_a(const float* src, int64_t ld, int64_t rows, int64_t kc, float
   }
 }
 
+// pack_a of the transpose of a row-major (kc, rows) matrix: dst[p][k*MR + r] = src[k*ld + p*MR + r] -- each
+// panel's MR values of a k are contiguous in the source (the weight gradient's dZ^T, read without a copy).
+inline void pack_a_transposed(const float* src, int64_t ld, int64_t rows, int64_t kc, float* dst) {
+  for (int64_t p0 = 0; p0 < rows; p0 += kMR, dst += kc * kMR) {
+    const int64_t pr = rows - p0 < kMR ? rows - p0 : kMR;
+    for (int64_t k = 0; k < kc; ++k) {
+      const float* s = src + k * ld + p0;
+      float* d = dst + k * kMR;
+      int64_t r = 0;
+      for (; r < pr; ++r) d[r] = s[r];
+      for (; r < kMR; ++r) d[r] = 0.0f;
+    }
+  }
+}
+
 // Pack the transpose of rows [0, rows) x cols [0, kc) of a row-major matrix into NR-wide panels:
 // dst[p][k*NR + j] = src[(p*NR + j)*ld + k] (a Linear weight (out, in), or K in attention).
 inline void pack_b_transposed(const float* src, int64_t ld, int64_t rows, int64_t kc, float* dst) {

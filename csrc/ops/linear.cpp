@@ -56,6 +56,8 @@ void linear_backward(const TensorView& grad_output, const TensorView& x, const T
     CF_CHECK(shape_of(*pre_activation) == out_shape, ValueError, "pre_activation has shape ",
              pre_activation->shape_str(), " but linear(x, weight) has shape ", shape_str(out_shape));
   }
+  expect_float(x, "x");
+  expect_float(weight, "weight");  // both read by rows, C-contiguous (the binding converts what is not)
   const int64_t N = weight.shape[0], K = weight.shape[1];
   int64_t M = 1;
   for (int i = 0; i + 1 < x.ndim; ++i) M *= x.shape[i];
@@ -87,18 +89,21 @@ void linear_backward(const TensorView& grad_output, const TensorView& x, const T
     std::fill(dw.ptr<float>(), dw.ptr<float>() + dw.numel(), 0.0f);
     return;
   }
-  // dX (M, K) = dZ (M, N) @ W (N, K): W read as the (in, out) layout of a weight (K, N), packed so
-  const PackedWeight wt = pack_weight(weight, DType::f32, /*transposed=*/true);
-  gemm_rows(dz, M, N, WeightRef(wt), OptionalView(), 0, K, dx.ptr<float>());
-  // dW (N, K) = dZ^T (N, M) @ X (M, K): X read as the (in, out) layout of a weight (K, M); each thread
-  // owns whole rows of dW (the GEMM's row blocks), so no two add into the same place
-  const TensorView x2d(x.data, DType::f32, {M, K});
-  const PackedWeight xt = pack_weight(x2d, DType::f32, /*transposed=*/true);
-  std::unique_ptr<float[]> dzt = scratch(N * M);
-  cpu::TransposeArgs t;
-  t.rows = M; t.cols = N; t.src = dz; t.dst = dzt.get();
-  kernels().transpose(t);
-  gemm_rows(dzt.get(), N, M, WeightRef(xt), OptionalView(), 0, K, dw.ptr<float>());
+  // dX (M, K) = dZ (M, N) @ W (N, K), and dW (N, K) = dZ^T (N, M) @ X (M, K): the GEMM packs W and X from
+  // their rows (w_kn) into its own reused panel buffer, and dZ^T straight from dZ (a_km): no copies first. Each thread owns whole rows of dW (the GEMM's row
+  // blocks), so no two add into the same place.
+  cpu::GemmArgs g;
+  g.M = M; g.N = K; g.K = N;
+  g.a = dz; g.lda = N;
+  g.w = weight.ptr<float>(); g.ldw = K; g.w_kn = true;
+  g.c = dx.ptr<float>(); g.ldc = K;
+  kernels().gemm(g);
+  cpu::GemmArgs gw;
+  gw.M = N; gw.N = K; gw.K = M;
+  gw.a = dz; gw.lda = N; gw.a_km = true;  // dZ^T read in place
+  gw.w = x.ptr<float>(); gw.ldw = K; gw.w_kn = true;
+  gw.c = dw.ptr<float>(); gw.ldc = K;
+  kernels().gemm(gw);
 }
 
 const TensorView& gpu_weight(const WeightRef& w, const char* name) {
