@@ -48,8 +48,17 @@ def fresh_gpt2(gpt2):  # noqa: F811
     return d, ref, GPT2LMHeadModel.from_pretrained(d)
 
 
+def no_dropout(model):
+    from coreformer import nn
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    return model
+
+
 def test_gpt2_loss_and_every_gradient_match_transformers(fresh_gpt2, rng):
     d, ref, ours = fresh_gpt2
+    no_dropout(ours)
     ids, mask, labels = batch(rng, ours.config.vocab_size)
     # eval mode: the loss, no backward
     out = ours(ids, attention_mask=mask, labels=labels, position_ids=POS)
@@ -85,7 +94,7 @@ def test_gpt2_loss_and_every_gradient_match_transformers(fresh_gpt2, rng):
 def test_gpt2_training_steps_follow_torch_and_accumulation(fresh_gpt2, rng):
     d, _, ours = fresh_gpt2
     ref = transformers.GPT2LMHeadModel.from_pretrained(d, attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0).train()
-    ours.train()
+    no_dropout(ours).train()
     opt = optim.AdamW(ours.parameters(), lr=3e-3, weight_decay=0.01)
     ref_opt = torch.optim.AdamW(ref.parameters(), lr=3e-3, weight_decay=0.01, foreach=False)
     sched = optim.get_linear_schedule_with_warmup(opt, 2, 6)
@@ -268,7 +277,7 @@ def test_training_is_bit_identical_run_after_run_and_across_thread_counts(gpt2, 
 
     def run(threads):
         coreformer.set_num_threads(threads)
-        m = GPT2LMHeadModel.from_pretrained(d).train()
+        m = GPT2LMHeadModel.from_pretrained(d).train().seed_dropout(7)  # hidden dropout on (p = 0.1)
         opt = optim.AdamW(m.parameters(), lr=1e-3)
         losses = []
         for _ in range(3):
@@ -288,3 +297,38 @@ def test_training_is_bit_identical_run_after_run_and_across_thread_counts(gpt2, 
         assert losses == runs[0][0]
         for a, b in zip(weights, runs[0][1]):
             np.testing.assert_array_equal(a, b)
+
+
+def test_gpt2_hidden_dropout_seeded_and_its_gradient_uses_the_forwards_masks(fresh_gpt2, rng):
+    from coreformer import nn
+    _, _, ours = fresh_gpt2
+    ids, mask, labels = batch(rng, 211)
+    eval_loss = float(ours(ids, attention_mask=mask, labels=labels, position_ids=POS).loss)
+    ours.train().seed_dropout(3)
+    drops = [m for m in ours.modules() if isinstance(m, nn.Dropout)]
+    assert len(drops) == 2 * 3 + 1 and all(m.p == pytest.approx(0.1) for m in drops)  # resid, mlp; embeddings
+    offsets = [m.offset for m in drops]
+    out = ours(ids, attention_mask=mask, labels=labels, position_ids=POS)
+    assert float(out.loss) != pytest.approx(eval_loss, rel=1e-4)  # dropout is on in training
+    out.loss.backward()
+    # the same seed gives the same masks
+    ours.seed_dropout(3)
+    again = ours(ids, attention_mask=mask, labels=labels, position_ids=POS)
+    assert float(again.loss) == float(out.loss)
+    # a directional derivative by central differences, the forward's masks replayed, matches the gradient
+    p = dict(ours.named_parameters())["transformer.h.1.mlp.c_fc.weight"]
+    assert p.grad is not None
+    direction = rng.standard_normal(p.shape).astype(np.float32)
+    want = float((p.grad.astype(np.float64) * direction).sum())
+    eps, losses = 3e-3, []
+    for sign in (1.0, -1.0):
+        for m, o in zip(drops, offsets):
+            m.offset = o
+        p.data += np.float32(sign * eps) * direction
+        losses.append(float(ours(ids, attention_mask=mask, labels=labels, position_ids=POS).loss))
+        p.data -= np.float32(sign * eps) * direction
+    assert (losses[0] - losses[1]) / (2 * eps) == pytest.approx(want, rel=2e-2)
+    # p = 0 everywhere: training computes what eval does
+    no_dropout(ours)
+    assert float(ours(ids, attention_mask=mask, labels=labels, position_ids=POS).loss) == pytest.approx(eval_loss,
+                                                                                                          rel=1e-6)

@@ -33,12 +33,14 @@ __all__ = [
 ]
 
 _rng = np.random.default_rng()
+_dropout_rng = np.random.default_rng()  # Dropout seeds: its own stream, so making one never shifts the weights'
 
 
 def manual_seed(seed: int) -> None:
-    """Seed the generator that initialises new layers' weights."""
-    global _rng
+    """Seed the generators that initialise new layers' weights and new ``Dropout``s' seeds."""
+    global _rng, _dropout_rng
     _rng = np.random.default_rng(seed)
+    _dropout_rng = np.random.default_rng([int_arg("seed", seed), 1])
 
 
 _init = threading.local()
@@ -336,6 +338,15 @@ class Module:
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.parameters():
             p.zero_grad(set_to_none)
+
+    def seed_dropout(self, seed: int) -> Module:
+        """Give every ``Dropout`` inside a seed derived from ``seed`` (and its place) and rewind its stream:
+        the same seed, data and thread count then give bit-identical training runs."""
+        seed = int_arg("seed", seed)
+        for i, m in enumerate(x for x in self.modules() if isinstance(x, Dropout)):
+            m.seed = (seed * 1_000_003 + i) % 2 ** 64
+            m.offset = 0
+        return self
 
     def _param(self, name: str) -> Parameter:
         """The Parameter over parameter `name`'s array (made once; remade when the array is replaced)."""
@@ -1037,8 +1048,9 @@ class MultiHeadAttention(Module):
 class Dropout(Module):
     """``torch.nn.Dropout(p)``: in training mode each element is kept with probability ``1 - p`` and
     scaled by ``1 / (1 - p)``; identity in eval mode. The mask comes from ``ops.dropout``'s counter-based
-    generator: this module's seed (drawn from ``nn.manual_seed``'s generator when made, or given) and a
-    running offset, so backward recomputes the mask instead of storing it, and a run is reproducible."""
+    generator: this module's seed (drawn when made from a generator ``nn.manual_seed`` seeds, or given; a
+    model's ``seed_dropout(seed)`` sets them all) and a running offset, so backward recomputes the mask
+    instead of storing it, and a run is reproducible."""
 
     def __init__(self, p: float = 0.5, seed: int | None = None):
         super().__init__()
@@ -1046,7 +1058,7 @@ class Dropout(Module):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"dropout probability p must be in [0, 1], got {p}")
         self.p = p
-        self.seed = int(_rng.integers(0, 2 ** 63)) if seed is None else int_arg("seed", seed)
+        self.seed = int(_dropout_rng.integers(0, 2 ** 63)) if seed is None else int_arg("seed", seed)
         self.offset = 0  # words of the stream used so far
 
     def forward(self, x: ArrayIn) -> Any:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import _core, nn, ops
+from .._log import logger
 from .._typing import ArrayLike, FloatArray, PathLike
 from ._common import (Config, Loss, ModelOutput, as_ids, as_mask, check_activation, check_layer_count, check_names,
                       classification_loss, read_config, read_weights, to_device, token_labels)
@@ -36,10 +37,11 @@ class BertConfig(Config):
 
     DEFAULTS = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                     intermediate_size=3072, hidden_act="gelu", max_position_embeddings=512, type_vocab_size=2,
-                    layer_norm_eps=1e-12, pad_token_id=0, position_embedding_type="absolute", num_labels=None)
+                    layer_norm_eps=1e-12, pad_token_id=0, position_embedding_type="absolute", num_labels=None,
+                    hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, classifier_dropout=None)
     SIZES = dict(vocab_size=1, hidden_size=1, num_hidden_layers=0, num_attention_heads=1, intermediate_size=1,
                  max_position_embeddings=1, type_vocab_size=1, num_labels=1)
-    REALS = ("layer_norm_eps",)
+    REALS = ("layer_norm_eps", "hidden_dropout_prob", "attention_probs_dropout_prob")
     STRS = ("hidden_act", "position_embedding_type")
     IDS = ("pad_token_id",)
 
@@ -67,6 +69,7 @@ class _Embeddings(nn.Module):
         self.position_embeddings = nn.Embedding(c.max_position_embeddings, c.hidden_size)
         self.token_type_embeddings = nn.Embedding(c.type_vocab_size, c.hidden_size)
         self.LayerNorm = nn.LayerNorm(c.hidden_size, c.layer_norm_eps)
+        self.dropout = nn.Dropout(c.get("hidden_dropout_prob") or 0.0)  # training only
         self.padding_idx = c.position_padding_idx()
 
     def position_ids(self, input_ids):
@@ -113,11 +116,11 @@ class _Embeddings(nn.Module):
         x = (ops.embedding(input_ids, self.word_embeddings.weight) + ops.embedding(pos_ids, self.position_embeddings.weight)
              + ops.embedding(tt, self.token_type_embeddings.weight))
         self._save(ids=input_ids, pos=np.ascontiguousarray(pos_ids), tt=tt)
-        return self.LayerNorm(x)
+        return self.dropout(self.LayerNorm(x))
 
     def backward(self, grad_output):
         sv = self._take()
-        dx = self.LayerNorm.backward(grad_output)
+        dx = self.LayerNorm.backward(self.dropout.backward(grad_output))
         for table, ids in ((self.word_embeddings, sv["ids"]), (self.position_embeddings, sv["pos"]),
                            (self.token_type_embeddings, sv["tt"])):
             table._accumulate("weight", ops.embedding_backward(dx, ids, table.num_embeddings, table.padding_idx))
@@ -148,18 +151,19 @@ class _SelfAttention(nn.Module):
         super()._after_load()  # repacks the fused matrix if the weights are packed
 
 
-class _Dense(nn.Module):  # HF's BertSelfOutput / BertOutput: dense + LayerNorm(x + residual)
-    def __init__(self, n_in, n_out, eps):
+class _Dense(nn.Module):  # HF's BertSelfOutput / BertOutput: dense + LayerNorm(dropout(x) + residual)
+    def __init__(self, n_in, n_out, eps, dropout=0.0):
         super().__init__()
         self.dense = nn.Linear(n_in, n_out)
         self.LayerNorm = nn.LayerNorm(n_out, eps)
+        self.dropout = nn.Dropout(dropout)  # training only
 
 
 class _Attention(nn.Module):
     def __init__(self, c: BertConfig):
         super().__init__()
         self.self = _SelfAttention(c)
-        self.output = _Dense(c.hidden_size, c.hidden_size, c.layer_norm_eps)
+        self.output = _Dense(c.hidden_size, c.hidden_size, c.layer_norm_eps, c.get("hidden_dropout_prob") or 0.0)
 
 
 class _Intermediate(nn.Module):
@@ -174,7 +178,7 @@ class _Layer(nn.Module):
         self.num_heads = c.num_attention_heads
         self.attention = _Attention(c)
         self.intermediate = _Intermediate(c)
-        self.output = _Dense(c.intermediate_size, c.hidden_size, c.layer_norm_eps)
+        self.output = _Dense(c.intermediate_size, c.hidden_size, c.layer_norm_eps, c.get("hidden_dropout_prob") or 0.0)
 
     def forward(self, x, out=None, cu_seqlens=None, attn_mask=None):
         """The whole post-LN layer in one core call (``ops.transformer_encoder_layer``): fused QKV,
@@ -198,16 +202,17 @@ class _Layer(nn.Module):
         att, lse = ops.scaled_dot_product_attention_forward(q, k, v, mask)
         self._save(x=x, q=q, k=k, v=v, o=att, lse=lse, mask=mask)
         b, s, e = x.shape
-        h = ao.LayerNorm(ao.dense(np.ascontiguousarray(att.transpose(0, 2, 1, 3)).reshape(b, s, e)), residual=x)
-        return o.LayerNorm(o.dense(it(h)), residual=h)
+        merged = np.ascontiguousarray(att.transpose(0, 2, 1, 3)).reshape(b, s, e)
+        h = ao.LayerNorm(ao.dropout(ao.dense(merged)), residual=x)
+        return o.LayerNorm(o.dropout(o.dense(it(h))), residual=h)
 
     def backward(self, grad_output):
         sa, ao, it, o = self.attention.self, self.attention.output, self.intermediate.dense, self.output
         sv = self._take()
         dsum2 = o.LayerNorm.backward(grad_output)  # of h + ffn(h)
-        dh = dsum2 + it.backward(o.dense.backward(dsum2))
+        dh = dsum2 + it.backward(o.dense.backward(o.dropout.backward(dsum2)))
         dsum1 = ao.LayerNorm.backward(dh)  # of x + attention(x)
-        dmerged = ao.dense.backward(dsum1)
+        dmerged = ao.dense.backward(ao.dropout.backward(dsum1))
         b, s, e = dmerged.shape
         do = dmerged.reshape(b, s, self.num_heads, e // self.num_heads).transpose(0, 2, 1, 3)
         dq, dk, dv = ops.scaled_dot_product_attention_backward(do, sv["q"], sv["k"], sv["v"], sv["o"], sv["lse"],
@@ -451,6 +456,11 @@ class BertModel(nn.Module):
         if self.__dict__.get("_device"):
             raise ValueError(f"{type(self).__name__}: training runs on the CPU (call .to('cpu'))")
         attend = None if mask is None or mask.all() else mask.astype(bool)[:, None, None, :]
+        p_attn = self.config.get("attention_probs_dropout_prob") or 0.0
+        if p_attn > 0 and not self.__dict__.get("_warned_attn_dropout"):
+            object.__setattr__(self, "_warned_attn_dropout", True)
+            logger.warning("%s: attention-probability dropout (%g) is not implemented yet; training runs it as 0 "
+                           "(hidden dropout is applied)", type(self).__name__, p_attn)
         x = self.embeddings.train_forward(ids, tt)
         for layer in self.encoder.layer:
             x = layer.train_forward(x, attend)
@@ -529,6 +539,7 @@ class BertForSequenceClassification(_Classifier, BertModel):
     encoder_pooler = True
 
     def _head(self, c):
+        self.dropout = nn.Dropout(c.get("classifier_dropout") or c.get("hidden_dropout_prob") or 0.0)  # training only
         self.classifier = nn.Linear(c.hidden_size, c.num_labels)
 
     def forward(self, input_ids: ArrayLike, attention_mask: ArrayLike | None = None, token_type_ids: ArrayLike | None = None,
@@ -538,13 +549,13 @@ class BertForSequenceClassification(_Classifier, BertModel):
         a ``backward()`` after a training-mode forward."""
         enc = self._encoder_model
         out = enc(input_ids, attention_mask, token_type_ids)
-        out.logits = self.classifier(out.pooler_output)
+        out.logits = self.classifier(self.dropout(out.pooler_output))
         if labels is not None:
             loss, dlogits = classification_loss(self.config, out.logits, labels)
 
             def backward() -> None:
                 assert enc.pooler is not None  # a sequence classifier's encoder keeps its pooler
-                enc._encoder_backward(enc.pooler.backward(self.classifier.backward(dlogits)))
+                enc._encoder_backward(enc.pooler.backward(self.dropout.backward(self.classifier.backward(dlogits))))
             out.loss = Loss(loss, backward if self.training else None)
         return out
 
@@ -553,6 +564,7 @@ class _TokenClassifier(_Classifier):
     """A linear classifier on every token: ``.logits (B, S, num_labels)`` (padding positions: the bias)."""
 
     def _head(self, c):
+        self.dropout = nn.Dropout(c.get("classifier_dropout") or c.get("hidden_dropout_prob") or 0.0)  # training only
         self.classifier = nn.Linear(c.hidden_size, c.num_labels)
 
     def forward(self, input_ids: ArrayLike, attention_mask: ArrayLike | None = None, token_type_ids: ArrayLike | None = None,
@@ -561,13 +573,13 @@ class _TokenClassifier(_Classifier):
         cross-entropy over the counted tokens, with a ``backward()`` after a training-mode forward."""
         enc = self._encoder_model
         h = enc(input_ids, attention_mask, token_type_ids).last_hidden_state
-        out = ModelOutput(last_hidden_state=h, logits=self.classifier(h))
+        out = ModelOutput(last_hidden_state=h, logits=self.classifier(self.dropout(h)))
         if labels is not None:
             lab = token_labels(labels, h.shape[:2], self.config.num_labels)
             loss, dlogits = ops.cross_entropy(out.logits, lab, return_grad=True)
 
             def backward() -> None:
-                enc._encoder_backward(self.classifier.backward(dlogits))
+                enc._encoder_backward(self.dropout.backward(self.classifier.backward(dlogits)))
             out.loss = Loss(loss, backward if self.training else None)
         return out
 

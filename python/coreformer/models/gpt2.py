@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import _core, nn, ops
+from .._log import logger
 from .._args import int_arg
 from .._files import read_json
 from .._typing import ArrayIn, ArrayLike, FloatArray, IntArray, PathLike
@@ -32,9 +33,10 @@ class GPT2Config(Config):
     DEFAULTS = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12, n_inner=None,
                     activation_function="gelu_new", layer_norm_epsilon=1e-5, bos_token_id=50256,
                     eos_token_id=50256, pad_token_id=None, tie_word_embeddings=True, scale_attn_weights=True,
-                    scale_attn_by_inverse_layer_idx=False, reorder_and_upcast_attn=False)
+                    scale_attn_by_inverse_layer_idx=False, reorder_and_upcast_attn=False, resid_pdrop=0.1,
+                    embd_pdrop=0.1, attn_pdrop=0.1)
     SIZES = dict(vocab_size=1, n_positions=1, n_embd=1, n_layer=0, n_head=1, n_inner=1)
-    REALS = ("layer_norm_epsilon",)
+    REALS = ("layer_norm_epsilon", "resid_pdrop", "embd_pdrop", "attn_pdrop")
     STRS = ("activation_function",)
     FLAGS = ("tie_word_embeddings", "scale_attn_weights", "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn")
     IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
@@ -103,6 +105,8 @@ class _Block(nn.Module):
         self.attn = _Attention(c, index)
         self.ln_2 = nn.LayerNorm(c.n_embd, c.layer_norm_epsilon)
         self.mlp = _MLP(c)
+        self.resid_dropout = nn.Dropout(c.resid_pdrop)  # after each projection back to the stream (training)
+        self.mlp_dropout = nn.Dropout(c.resid_pdrop)
 
     def forward(self, x, key_padding_mask, cache):
         """The pre-LN block, x + attn(ln_1(x)) then + mlp(ln_2(x)), as one core call
@@ -134,15 +138,15 @@ class _Block(nn.Module):
         mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
         o, lse = ops.scaled_dot_product_attention_forward(q, k, v, mask, True, a.scale)
         self._save(q=q, k=k, v=v, o=o, lse=lse, mask=mask)
-        x1 = a.c_proj(np.ascontiguousarray(o.transpose(0, 2, 1, 3)).reshape(b, s, e), residual=x)
-        return m.c_proj(m.c_fc(self.ln_2(x1)), residual=x1)
+        x1 = x + self.resid_dropout(a.c_proj(np.ascontiguousarray(o.transpose(0, 2, 1, 3)).reshape(b, s, e)))
+        return x1 + self.mlp_dropout(m.c_proj(m.c_fc(self.ln_2(x1))))
 
     def backward(self, grad_output: ArrayIn) -> FloatArray:
         a, m = self.attn, self.mlp
         sv = self._take()
         grad_output = np.asarray(grad_output, np.float32)
-        dx1 = grad_output + self.ln_2.backward(m.c_fc.backward(m.c_proj.backward(grad_output)))
-        dmerged = a.c_proj.backward(dx1)
+        dx1 = grad_output + self.ln_2.backward(m.c_fc.backward(m.c_proj.backward(self.mlp_dropout.backward(grad_output))))
+        dmerged = a.c_proj.backward(self.resid_dropout.backward(dx1))
         b, s, e = dmerged.shape
         do = dmerged.reshape(b, s, a.n_head, a.head_dim).transpose(0, 2, 1, 3)
         dq, dk, dv = ops.scaled_dot_product_attention_backward(do, sv["q"], sv["k"], sv["v"], sv["o"], sv["lse"],
@@ -158,6 +162,7 @@ class _Transformer(nn.Module):
         self.wpe = nn.Embedding(c.n_positions, c.n_embd)
         self.h = nn.ModuleList(_Block(c, i) for i in range(c.n_layer))
         self.ln_f = nn.LayerNorm(c.n_embd, c.layer_norm_epsilon)
+        self.drop = nn.Dropout(c.embd_pdrop)
 
 
 class GPT2LMHeadModel(nn.Module):
@@ -329,7 +334,12 @@ class GPT2LMHeadModel(nn.Module):
 
     def _train_forward(self, ids: Any, mask: Any, position_ids: Any, labels: Any) -> ModelOutput:
         t = self.transformer
-        x = t.wte(ids) + t.wpe(position_ids)
+        x = t.drop(t.wte(ids) + t.wpe(position_ids))
+        if self.config.attn_pdrop > 0 and not self.__dict__.get("_warned_attn_dropout"):
+            object.__setattr__(self, "_warned_attn_dropout", True)
+            logger.warning("GPT2LMHeadModel: attention-probability dropout (attn_pdrop=%g) is not implemented yet; "
+                           "training runs it as 0 (hidden dropout, resid_pdrop and embd_pdrop, is applied)",
+                           self.config.attn_pdrop)
         padding = None if mask is None or mask.all() else ~mask
         for block in t.h:
             x = block.train_forward(x, padding)
@@ -349,6 +359,7 @@ class GPT2LMHeadModel(nn.Module):
             dx = t.ln_f.backward(dh)
             for block in reversed(list(t.h)):
                 dx = block.backward(dx)
+            dx = t.drop.backward(dx)
             t.wpe.backward(dx)
             t.wte.backward(dx)
         return ModelOutput(loss=Loss(loss, backward), logits=logits)
