@@ -207,6 +207,9 @@ def main(args: Any, threads: int) -> int:
     except ImportError:
         have_models = False
     if have_models:
+        import transformers
+        transformers.logging.set_verbosity_error()  # its notes on configs made here are not the user's concern
+        transformers.utils.logging.disable_progress_bar()
         steps.append(_gpt2_case(rng, "train step: char GPT", 6, 384, 6, 65, 256, 4 if args.quick else 8))
         steps.append(_bert_case(rng, args.quick))
         if not args.quick:
