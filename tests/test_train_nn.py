@@ -249,3 +249,30 @@ def test_training_steps_follow_torch(rng):
             # noise there into +-lr steps in both implementations, so those entries are compared elsewhere
             got, want = np.delete(got, np.s_[E:2 * E]), np.delete(want, np.s_[E:2 * E])
         assert norm_rel(got, want) < 1e-4, name
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_transformer_decoder_gradients_match_torch(rng, norm_first):
+    E, H, F = 32, 4, 48
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerDecoderLayer(E, H, F, dropout=0.0, activation="gelu", batch_first=True,
+                                             norm_first=norm_first)
+    ref = torch.nn.TransformerDecoder(layer, 2, norm=torch.nn.LayerNorm(E)).double()
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if p.ndim == 1:
+                p.copy_(torch.randn_like(p) * 0.3 + (1.0 if "norm" in name and "weight" in name else 0.0))
+    ours = load_from_torch(nn.TransformerDecoder(2, E, H, F, "gelu", norm_first), ref).train()
+    x, mem, dy = randn(rng, 3, 9, E), randn(rng, 3, 11, E), randn(rng, 3, 9, E)
+    mpad = np.zeros((3, 11), bool)
+    mpad[1, 8:] = True
+    causal = np.triu(np.ones((9, 9), bool), 1)
+    y = ours(x, mem, tgt_is_causal=True, memory_key_padding_mask=mpad)
+    tx, tm = t64(x, True), t64(mem, True)
+    ty = ref(tx, tm, tgt_mask=torch.tensor(causal), tgt_is_causal=True, memory_key_padding_mask=torch.tensor(mpad))
+    assert norm_rel(y, ty.detach().numpy()) < 1e-5
+    ty.backward(t64(dy))
+    dx, dmem = ours.backward(dy)
+    assert norm_rel(dx, tx.grad.numpy()) < 1e-5
+    assert norm_rel(dmem, tm.grad.numpy()) < 1e-5
+    check_param_grads(ours, ref)

@@ -1200,6 +1200,21 @@ class TransformerDecoderLayer(Module):
         are projected from ``memory`` into ``cross_kv`` on the first call and read from it after (memory
         is then not needed). ``out`` may be ``tgt`` (in place)."""
         sa, ca = self.self_attn, self.multihead_attn
+        if self.training:
+            if cache is not None:
+                raise ValueError("TransformerDecoderLayer: a KV cache is for inference; training forwards take none")
+            x, mem = _train_input(tgt, "tgt"), _train_input(memory, "memory")
+            self_kw = dict(attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask, is_causal=tgt_is_causal)
+            cross_kw = dict(attn_mask=memory_mask, key_padding_mask=memory_key_padding_mask, is_causal=memory_is_causal)
+            if self.norm_first:  # x += sa(norm1(x)); x += mha(norm2(x), mem); x += ff(norm3(x))
+                x1 = sa(self.norm1(x), **self_kw, residual=x)
+                x2 = ca(self.norm2(x1), mem, mem, **cross_kw, residual=x1)
+                y = self.linear2(self.linear1(self.norm3(x2)), residual=x2)
+            else:  # x = norm1(x + sa(x)); x = norm2(x + mha(x, mem)); x = norm3(x + ff(x))
+                x1 = self.norm1(sa(x, **self_kw), residual=x)
+                x2 = self.norm2(ca(x1, mem, mem, **cross_kw), residual=x1)
+                y = self.norm3(self.linear2(self.linear1(x2)), residual=x2)
+            return _into(out, y)
         kw: dict[str, Any] = {}
         sc, cc = cache if cache is not None else (None, None)
         tshape = _shape(tgt)
@@ -1226,6 +1241,27 @@ class TransformerDecoderLayer(Module):
         if cc is not None and cc.length == 0:
             cc.length = _shape(memory)[1]
         return y
+
+    def backward(self, grad_output: ArrayIn) -> tuple[FloatArray, FloatArray]:
+        """``(d_tgt, d_memory)`` after a training-mode forward."""
+        return _decoder_layer_backward(self, grad_output)
+
+
+def _decoder_layer_backward(layer: TransformerDecoderLayer, grad_output: ArrayIn) -> tuple[FloatArray, FloatArray]:
+    dy = np.asarray(grad_output, np.float32)
+    sa, ca = layer.self_attn, layer.multihead_attn
+    ff = lambda d: layer.linear1.backward(layer.linear2.backward(d))  # noqa: E731
+    if layer.norm_first:
+        dx2 = dy + layer.norm3.backward(ff(dy))
+        dq, dk, dv = ca.backward(dx2)
+        dx1 = dx2 + layer.norm2.backward(dq)
+        return dx1 + layer.norm1.backward(sa.backward(dx1)), dk + dv
+    dsum3 = layer.norm3.backward(dy)  # of x2 + ff(x2)
+    dx2 = dsum3 + ff(dsum3)
+    dsum2 = layer.norm2.backward(dx2)  # of x1 + mha(x1, mem)
+    dq, dk, dv = ca.backward(dsum2)
+    dsum1 = layer.norm1.backward(dsum2 + dq)  # of x + sa(x)
+    return dsum1 + sa.backward(dsum1), dk + dv
 
 
 class TransformerEncoder(Module):
@@ -1286,5 +1322,17 @@ class TransformerDecoder(Module):
             x = layer(x, memory, tgt_mask=tgt_mask, memory_mask=memory_mask,
                       tgt_key_padding_mask=tgt_key_padding_mask, memory_key_padding_mask=memory_key_padding_mask,
                       tgt_is_causal=tgt_is_causal, memory_is_causal=memory_is_causal,
-                      cache=None if cache is None else cache[i], out=x if i else None)
+                      cache=None if cache is None else cache[i], out=x if i and not self.training else None)
+        if self.training:
+            self._save(memory_shape=_shape(memory))
         return self.norm(x) if self.norm is not None else x
+
+    def backward(self, grad_output: ArrayIn) -> tuple[FloatArray, FloatArray]:
+        """``(d_tgt, d_memory)`` after a training-mode forward (memory's gradient summed over the layers)."""
+        shape = self._take()["memory_shape"]
+        dy = self.norm.backward(grad_output) if self.norm is not None else np.asarray(grad_output, np.float32)
+        dmem = np.zeros(shape, np.float32)
+        for layer in reversed(list(self.layers)):
+            dy, dm = layer.backward(dy)
+            dmem += dm
+        return dy, dmem
