@@ -332,3 +332,56 @@ def test_gpt2_hidden_dropout_seeded_and_its_gradient_uses_the_forwards_masks(fre
     no_dropout(ours)
     assert float(ours(ids, attention_mask=mask, labels=labels, position_ids=POS).loss) == pytest.approx(eval_loss,
                                                                                                           rel=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:enable_nested_tensor is True")
+@pytest.mark.parametrize("norm_first,tie", [(False, False), (True, True)])
+def test_encoder_decoder_transformer_gradients_match_torch(rng, norm_first, tie):
+    """models.Transformer against torch.nn.Transformer + the same scaled embeddings, sinusoidal positions and
+    output projection, written out in torch: the loss and every parameter's gradient."""
+    from coreformer import nn
+    from coreformer.models import Transformer
+    d, h, ff, layers, vs, vt = 32, 4, 48, 2, 40, 45
+    nn.manual_seed(0)
+    ours = Transformer(vs, vt, d, h, layers, layers, ff, norm_first=norm_first, tie_embeddings=tie)
+    for p in ours.parameters():  # random biases and norms, so a swapped or dropped one shows
+        if p.data.ndim == 1:
+            p.data += rng.standard_normal(p.shape).astype(np.float32) * 0.3
+    tr = torch.nn.Transformer(d, h, layers, layers, ff, dropout=0.0, batch_first=True, norm_first=norm_first).double()
+    sd = ours.state_dict()
+    tr.load_state_dict({k: torch.tensor(v.astype(np.float64)) for k, v in sd.items()
+                        if k.startswith(("encoder.", "decoder."))})
+    src, tgt = rng.integers(0, vs, (3, 11)), rng.integers(0, vt, (3, 7))
+    spad = np.zeros((3, 11), bool)
+    spad[1, 8:] = True
+    labels = rng.integers(0, vt, (3, 7))
+    labels[2, 5:] = -100
+    ours.train()
+    out = ours(src, tgt, src_padding_mask=spad, labels=labels)
+
+    se = torch.tensor(sd["src_embed.weight"].astype(np.float64), requires_grad=True)
+    te = torch.tensor(sd["tgt_embed.weight"].astype(np.float64), requires_grad=True)
+    gw = te if tie else torch.tensor(sd["generator.weight"].astype(np.float64), requires_grad=True)
+    gb = torch.tensor(sd["generator.bias"].astype(np.float64), requires_grad=True)
+    pe = lambda n: torch.tensor(ours.positions.encodings(0, n).astype(np.float64))  # noqa: E731
+    x = se[torch.tensor(src)] * np.sqrt(d) + pe(11)
+    y = te[torch.tensor(tgt)] * np.sqrt(d) + pe(7)
+    hid = tr(x, y, tgt_mask=torch.nn.Transformer.generate_square_subsequent_mask(7, dtype=torch.float64),
+             tgt_is_causal=True, src_key_padding_mask=torch.tensor(spad), memory_key_padding_mask=torch.tensor(spad))
+    logits = hid @ gw.T + gb
+    tl = torch.nn.functional.cross_entropy(logits.reshape(-1, vt), torch.tensor(labels).reshape(-1))
+    assert out.loss == pytest.approx(tl.item(), rel=1e-5)
+    tl.backward()
+    out.loss.backward()
+    want = {f"{k}": p.grad.numpy() for k, p in tr.named_parameters()}
+    want["src_embed.weight"], want["tgt_embed.weight"] = se.grad.numpy(), te.grad.numpy()
+    want["generator.bias"] = gb.grad.numpy()
+    if not tie:
+        want["generator.weight"] = gw.grad.numpy()
+    got = {n: p.grad for n, p in ours.named_parameters()}
+    assert set(got) == set(want)
+    for name, g in want.items():
+        assert got[name] is not None, name
+        if np.linalg.norm(g) < 1e-9 * max(np.linalg.norm(w) for w in want.values()):
+            continue  # zero in exact arithmetic (key biases)
+        assert norm_rel(got[name], g) < 1e-4, name

@@ -11,7 +11,7 @@ import numpy as np
 from .. import _core, nn, ops
 from .._typing import ArrayIn, ArrayLike, FloatArray, IntArray
 from .._args import flag, float_arg, int_arg, is_int
-from ._common import ModelOutput, as_ids, to_device
+from ._common import Loss, ModelOutput, as_ids, to_device, token_labels
 from .generation import check_generation_args, eos_set
 
 __all__ = ["Transformer"]
@@ -206,13 +206,57 @@ class Transformer(nn.Module):
         return self.tgt_embed.weight if self.tie_embeddings else None
 
     def forward(self, src_ids: ArrayLike, tgt_ids: ArrayLike, src_padding_mask: ArrayLike | None = None,
-                tgt_padding_mask: ArrayLike | None = None) -> ModelOutput:
-        """Teacher-forced logits ``(B, T, V)``."""
+                tgt_padding_mask: ArrayLike | None = None, labels: ArrayLike | None = None) -> ModelOutput:
+        """Teacher-forced logits ``(B, T, V)``. ``labels`` (B, T): the target each decoder position predicts
+        (tgt_ids are the decoder's inputs, typically the labels shifted right after a BOS; -100 ignored):
+        ``.loss``, the mean cross-entropy over the counted positions, with a ``backward()`` after a
+        training-mode forward."""
+        if self.training:
+            return self._train_forward(src_ids, tgt_ids, src_padding_mask, tgt_padding_mask, labels)
         memory = self._encode(as_ids(src_ids, "src_ids", vocab=self.src_embed.num_embeddings), src_padding_mask)
         logits = self.decode(tgt_ids, memory, src_padding_mask, tgt_padding_mask)
         if not isinstance(memory, np.ndarray):
             memory = memory.numpy().astype(np.float32, copy=False)
-        return ModelOutput(logits=logits, encoder_last_hidden_state=memory)
+        out = ModelOutput(logits=logits, encoder_last_hidden_state=memory)
+        if labels is not None:
+            lab = token_labels(labels, logits.shape[:2], logits.shape[-1], "the target vocabulary")
+            out.loss = Loss(ops.cross_entropy(logits, lab))
+        return out
+
+    def _train_forward(self, src_ids: ArrayLike, tgt_ids: ArrayLike, src_padding_mask: ArrayLike | None,
+                       tgt_padding_mask: ArrayLike | None, labels: ArrayLike | None) -> ModelOutput:
+        if self.__dict__.get("_device"):
+            raise ValueError("Transformer: training runs on the CPU (call .to('cpu'))")
+        src = as_ids(src_ids, "src_ids", vocab=self.src_embed.num_embeddings)
+        tgt = as_ids(tgt_ids, "tgt_ids", vocab=self.tgt_embed.num_embeddings)
+        scale = np.float32(math.sqrt(self.d_model))
+
+        def embed(table: nn.Embedding, ids: np.ndarray) -> np.ndarray:
+            x = table(ids)  # training: keeps the ids for its backward
+            x *= scale
+            x += self.positions.encodings(0, ids.shape[1])
+            return x
+        memory = self.encoder(embed(self.src_embed, src), src_key_padding_mask=src_padding_mask)
+        h = self.decoder(embed(self.tgt_embed, tgt), memory, tgt_key_padding_mask=tgt_padding_mask,
+                         memory_key_padding_mask=src_padding_mask, tgt_is_causal=True)
+        w = self.tgt_embed.weight if self.tie_embeddings else self.generator.weight
+        logits = ops.linear(h, w, self.generator.bias)
+        out = ModelOutput(logits=logits, encoder_last_hidden_state=memory)
+        if labels is None:
+            return out
+        lab = token_labels(labels, logits.shape[:2], logits.shape[-1], "the target vocabulary")
+        loss, dlogits = ops.cross_entropy(logits, lab, return_grad=True)
+
+        def backward() -> None:
+            dh, dw, db = ops.linear_backward(dlogits, h, w)
+            (self.tgt_embed if self.tie_embeddings else self.generator)._accumulate("weight", dw)
+            if self.generator.bias is not None:
+                self.generator._accumulate("bias", db)
+            dx_tgt, dmem = self.decoder.backward(dh)
+            self.tgt_embed.backward(dx_tgt * scale)
+            self.src_embed.backward(self.encoder.backward(dmem) * scale)
+        out.loss = Loss(loss, backward)
+        return out
 
     def generate(self, src_ids: ArrayLike, max_new_tokens: int, bos_token_id: int,
                  eos_token_id: int | list[int] | None = None, num_beams: int = 1, length_penalty: float = 1.0,
