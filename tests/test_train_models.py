@@ -385,3 +385,38 @@ def test_encoder_decoder_transformer_gradients_match_torch(rng, norm_first, tie)
         if np.linalg.norm(g) < 1e-9 * max(np.linalg.norm(w) for w in want.values()):
             continue  # zero in exact arithmetic (key biases)
         assert norm_rel(got[name], g) < 1e-4, name
+
+
+def test_roberta_sequence_classification_gradients(tmp_path, rng):
+    """RoBERTa: positions numbered after the pad id, the dense-tanh-out_proj head, the pad rows of the word
+    and position tables kept out of training (transformers' padding_idx)."""
+    from coreformer.models import RobertaForSequenceClassification
+    from conftest import save_randomised
+    cfg = transformers.RobertaConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=48, max_position_embeddings=40, hidden_dropout_prob=0.0,
+                                     attention_probs_dropout_prob=0.0, num_labels=3, pad_token_id=1, type_vocab_size=1)
+    save_randomised(transformers.RobertaForSequenceClassification(cfg), tmp_path)
+    ref = transformers.RobertaForSequenceClassification.from_pretrained(tmp_path).double().train()
+    ours = RobertaForSequenceClassification.from_pretrained(tmp_path).train()
+    ids = rng.integers(3, 97, (3, 13))
+    ids[:, 0] = 0
+    mask = np.ones((3, 13), np.int64)
+    mask[1, 9:] = 0
+    ids[mask == 0] = 1  # the pad id, as a tokenizer pads
+    labels = np.array([2, 0, 1])
+    out = ours(ids, attention_mask=mask, labels=labels)
+    t = ref(torch.tensor(ids), attention_mask=torch.tensor(mask), labels=torch.tensor(labels))
+    assert out.loss == pytest.approx(t.loss.item(), rel=1e-5)
+    out.loss.backward()
+    t.loss.backward()
+    got = {n: p.grad for n, p in ours.named_parameters()}
+    scale = max(float(np.linalg.norm(p.grad.numpy())) for p in ref.parameters() if p.grad is not None)
+    for name, p in ref.named_parameters():
+        if p.grad is None:
+            continue
+        g = p.grad.numpy()
+        assert got[name] is not None, name
+        if np.linalg.norm(g) < 1e-9 * scale:
+            assert np.linalg.norm(got[name]) < 1e-5 * scale, name
+            continue
+        assert norm_rel(got[name], g) < 1e-4, name

@@ -71,6 +71,7 @@ class _Embeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(c.hidden_size, c.layer_norm_eps)
         self.dropout = nn.Dropout(c.get("hidden_dropout_prob") or 0.0)  # training only
         self.padding_idx = c.position_padding_idx()
+        self.pad_token_id = c.get("pad_token_id")  # transformers' word table has padding_idx there: no gradient
 
     def position_ids(self, input_ids):
         """BERT's positions, 0..S-1 (``(S,)``); RoBERTa's, as transformers numbers them from the ids
@@ -121,9 +122,14 @@ class _Embeddings(nn.Module):
     def backward(self, grad_output):
         sv = self._take()
         dx = self.LayerNorm.backward(self.dropout.backward(grad_output))
-        for table, ids in ((self.word_embeddings, sv["ids"]), (self.position_embeddings, sv["pos"]),
-                           (self.token_type_embeddings, sv["tt"])):
-            table._accumulate("weight", ops.embedding_backward(dx, ids, table.num_embeddings, table.padding_idx))
+        # the rows transformers' tables keep out of training (padding_idx): the pad token's word row, and
+        # RoBERTa's padding position row
+        for table, ids, pad in ((self.word_embeddings, sv["ids"], self.pad_token_id),
+                                (self.position_embeddings, sv["pos"], self.padding_idx),
+                                (self.token_type_embeddings, sv["tt"], None)):
+            if pad is not None and not 0 <= pad < table.num_embeddings:
+                pad = None
+            table._accumulate("weight", ops.embedding_backward(dx, ids, table.num_embeddings, pad))
 
 
 class _SelfAttention(nn.Module):

@@ -12,7 +12,7 @@ import numpy as np
 from .. import nn
 from .._args import is_int
 from .._typing import ArrayLike
-from ._common import ModelOutput
+from ._common import Loss, ModelOutput, classification_loss
 from .bert import BertConfig, BertModel, _Classifier, _TokenClassifier
 
 __all__ = ["RobertaConfig", "RobertaModel", "RobertaForSequenceClassification", "RobertaForTokenClassification"]
@@ -51,9 +51,22 @@ class _ClassificationHead(nn.Module):  # transformers' RobertaClassificationHead
         super().__init__()
         self.dense = nn.Linear(c.hidden_size, c.hidden_size)
         self.out_proj = nn.Linear(c.hidden_size, c.num_labels)
+        p = c.get("classifier_dropout") or c.get("hidden_dropout_prob") or 0.0
+        self.dropout = nn.Dropout(p)   # before dense and before out_proj, as transformers (training only)
+        self.dropout2 = nn.Dropout(p)
 
     def forward(self, hidden):
-        return self.out_proj(np.tanh(self.dense(np.ascontiguousarray(hidden[:, 0]))))
+        t = np.tanh(self.dense(self.dropout(np.ascontiguousarray(hidden[:, 0]))))
+        if self.training:
+            self._save(t=t, shape=hidden.shape)
+        return self.out_proj(self.dropout2(t))
+
+    def backward(self, grad_output):
+        sv = self._take()
+        dt = self.dropout2.backward(self.out_proj.backward(grad_output))
+        dh = np.zeros(sv["shape"], np.float32)
+        dh[:, 0] = self.dropout.backward(self.dense.backward(dt * (1 - sv["t"] * sv["t"])))
+        return dh
 
 
 class RobertaForSequenceClassification(_Classifier, RobertaModel):
@@ -63,9 +76,19 @@ class RobertaForSequenceClassification(_Classifier, RobertaModel):
     def _head(self, c):
         self.classifier = _ClassificationHead(c)
 
-    def forward(self, input_ids: ArrayLike, attention_mask: ArrayLike | None = None, token_type_ids: ArrayLike | None = None) -> ModelOutput:
-        out = self.roberta(input_ids, attention_mask, token_type_ids)
-        return ModelOutput(last_hidden_state=out.last_hidden_state, logits=self.classifier(out.last_hidden_state))
+    def forward(self, input_ids: ArrayLike, attention_mask: ArrayLike | None = None, token_type_ids: ArrayLike | None = None,
+                labels: ArrayLike | None = None) -> ModelOutput:
+        """``labels`` as ``BertForSequenceClassification``'s: ``.loss`` with a backward in training mode."""
+        enc = self.roberta
+        out = enc(input_ids, attention_mask, token_type_ids)
+        result = ModelOutput(last_hidden_state=out.last_hidden_state, logits=self.classifier(out.last_hidden_state))
+        if labels is not None:
+            loss, dlogits = classification_loss(self.config, result.logits, labels)
+
+            def backward() -> None:
+                enc._encoder_backward(self.classifier.backward(dlogits))
+            result.loss = Loss(loss, backward if self.training else None)
+        return result
 
 
 class RobertaForTokenClassification(_TokenClassifier, RobertaModel):
