@@ -421,3 +421,43 @@ def test_roberta_sequence_classification_gradients(tmp_path, rng):
             assert np.linalg.norm(mine) < 1e-5 * scale, name
             continue
         assert norm_rel(mine, g) < 1e-4, name
+
+
+def test_a_later_forward_or_another_thread_never_gives_a_silent_wrong_gradient(fresh_gpt2, tmp_path, rng):
+    import threading
+    from coreformer.models._common import _guard
+    _, _, ours = fresh_gpt2
+    ids, mask, labels = batch(rng, 211)
+    ours.train()
+    first = ours(ids, labels=labels)
+    second = ours(ids[:, :9], labels=labels[:, :9])  # replaces the activations the first one's backward needs
+    with pytest.raises(RuntimeError, match="ran another training forward after the one that made this loss"):
+        first.loss.backward()
+    second.loss.backward()  # the latest one is fine
+    # another thread in the middle of a training step on the same model: refused, never interleaved
+    g = _guard(ours)
+    held, release = threading.Event(), threading.Event()
+
+    def trainer() -> None:
+        with g.lock:
+            held.set()
+            release.wait(10)
+    t = threading.Thread(target=trainer)
+    t.start()
+    held.wait(10)
+    try:
+        with pytest.raises(RuntimeError, match="another thread is running a training forward or backward"):
+            ours(ids, labels=labels)
+        out = None
+    finally:
+        release.set()
+        t.join()
+    out = ours(ids, labels=labels)
+    out.loss.backward()
+    # the same for the BERT family and the encoder-decoder (one guard in each task model)
+    _, bert = bert_pair(tmp_path, "BertForSequenceClassification", num_labels=3)
+    b_ids, b_mask, b_tt = bert_batch(rng)
+    a = bert(b_ids, attention_mask=b_mask, labels=np.array([0, 1, 2]))
+    bert(b_ids, attention_mask=b_mask, labels=np.array([0, 1, 2]))
+    with pytest.raises(RuntimeError, match="ran another training forward"):
+        a.loss.backward()

@@ -1,10 +1,12 @@
 """What every model shares: reading a Hugging Face folder, checking tensor names, outputs."""
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -59,6 +61,65 @@ class Loss(float):
 
     def __repr__(self) -> str:
         return f"Loss({float(self)!r})"
+
+
+class _TrainingGuard:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.generation = 0
+
+
+def _guard(model: Any) -> _TrainingGuard:
+    g = model.__dict__.get("_training_guard")
+    if g is None:
+        g = _TrainingGuard()
+        object.__setattr__(model, "_training_guard", g)
+    return g
+
+
+def _busy(model: Any) -> RuntimeError:
+    return RuntimeError(f"{type(model).__name__}: another thread is running a training forward or backward on this "
+                        "model; training steps on one model must not overlap (inference from another thread "
+                        "needs its own copy, or eval mode between steps)")
+
+
+@contextlib.contextmanager
+def training_forward(model: Any) -> Iterator[int | None]:
+    """Around a model's forward: in training mode, one at a time on a model (a second thread's forward or
+    backward raises instead of overwriting the saved activations) and numbered, so a loss's backward can
+    tell that a later forward replaced what it needs. Yields that number (None in eval mode)."""
+    if not model.training:
+        yield None
+        return
+    g = _guard(model)
+    if not g.lock.acquire(blocking=False):
+        raise _busy(model)
+    try:
+        g.generation += 1
+        yield g.generation
+    finally:
+        g.lock.release()
+
+
+def model_loss(model: Any, value: float, backward: Any, generation: int | None) -> Loss:
+    """The Loss of a model's forward: with a backward only after a training forward, and that backward
+    refuses to run on activations a later forward has replaced, or while another thread trains the model."""
+    if generation is None:
+        return Loss(value)
+    g = _guard(model)
+
+    def guarded() -> None:
+        if not g.lock.acquire(blocking=False):
+            raise _busy(model)
+        try:
+            if g.generation != generation:
+                raise RuntimeError(f"{type(model).__name__} ran another training forward after the one that made "
+                                   "this loss, and kept only that one's activations: call backward() before the "
+                                   "next forward (for gradient accumulation: forward, backward, forward, backward)")
+            backward()
+        finally:
+            g.lock.release()
+    return Loss(value, guarded)
 
 
 def shifted_labels(labels: Any, shape: tuple[int, int], vocab: int) -> np.ndarray:

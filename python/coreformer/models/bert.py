@@ -16,8 +16,9 @@ import numpy as np
 from .. import _core, nn, ops
 from .._log import logger
 from .._typing import ArrayLike, FloatArray, PathLike
-from ._common import (Config, Loss, ModelOutput, as_ids, as_mask, check_activation, check_layer_count, check_names,
-                      classification_loss, read_config, read_weights, to_device, token_labels)
+from ._common import (Config, ModelOutput, as_ids, as_mask, check_activation, check_layer_count, check_names,
+                      classification_loss, model_loss, read_config, read_weights, to_device, token_labels,
+                      training_forward)
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -554,15 +555,16 @@ class BertForSequenceClassification(_Classifier, BertModel):
         or (B, num_labels) floats (multi-label BCE), as transformers' ``problem_type``; ``.loss`` then, with
         a ``backward()`` after a training-mode forward."""
         enc = self._encoder_model
-        out = enc(input_ids, attention_mask, token_type_ids)
-        out.logits = self.classifier(self.dropout(out.pooler_output))
-        if labels is not None:
-            loss, dlogits = classification_loss(self.config, out.logits, labels)
+        with training_forward(self) as generation:
+            out = enc(input_ids, attention_mask, token_type_ids)
+            out.logits = self.classifier(self.dropout(out.pooler_output))
+            if labels is not None:
+                loss, dlogits = classification_loss(self.config, out.logits, labels)
 
-            def backward() -> None:
-                assert enc.pooler is not None  # a sequence classifier's encoder keeps its pooler
-                enc._encoder_backward(enc.pooler.backward(self.dropout.backward(self.classifier.backward(dlogits))))
-            out.loss = Loss(loss, backward if self.training else None)
+                def backward() -> None:
+                    assert enc.pooler is not None  # a sequence classifier's encoder keeps its pooler
+                    enc._encoder_backward(enc.pooler.backward(self.dropout.backward(self.classifier.backward(dlogits))))
+                out.loss = model_loss(self, loss, backward, generation)
         return out
 
 
@@ -578,15 +580,16 @@ class _TokenClassifier(_Classifier):
         """``labels`` (B, S) class ids, -100 ignored (padding, continuation pieces): ``.loss``, the mean
         cross-entropy over the counted tokens, with a ``backward()`` after a training-mode forward."""
         enc = self._encoder_model
-        h = enc(input_ids, attention_mask, token_type_ids).last_hidden_state
-        out = ModelOutput(last_hidden_state=h, logits=self.classifier(self.dropout(h)))
-        if labels is not None:
-            lab = token_labels(labels, h.shape[:2], self.config.num_labels)
-            loss, dlogits = ops.cross_entropy(out.logits, lab, return_grad=True)
+        with training_forward(self) as generation:
+            h = enc(input_ids, attention_mask, token_type_ids).last_hidden_state
+            out = ModelOutput(last_hidden_state=h, logits=self.classifier(self.dropout(h)))
+            if labels is not None:
+                lab = token_labels(labels, h.shape[:2], self.config.num_labels)
+                loss, dlogits = ops.cross_entropy(out.logits, lab, return_grad=True)
 
-            def backward() -> None:
-                enc._encoder_backward(self.dropout.backward(self.classifier.backward(dlogits)))
-            out.loss = Loss(loss, backward if self.training else None)
+                def backward() -> None:
+                    enc._encoder_backward(self.dropout.backward(self.classifier.backward(dlogits)))
+                out.loss = model_loss(self, loss, backward, generation)
         return out
 
 
@@ -662,20 +665,21 @@ class BertForMaskedLM(BertModel):
             logits = ops.linear(h, d["word"], m["bias"])
             return ModelOutput(last_hidden_state=self.bert._host(x, mask),
                                logits=logits.numpy().astype(np.float32, copy=False))
-        x = self.bert.encode(input_ids, attention_mask, token_type_ids)
-        t = self.cls.predictions.transform
-        h = t.LayerNorm(t.dense(x))
-        w = self.decoder_weight if self.training else self._weight("decoder_weight")
-        logits = ops.linear(h, w, self.cls.predictions.bias)
-        out = ModelOutput(last_hidden_state=x, logits=logits)
-        if labels is not None:
-            lab = token_labels(labels, x.shape[:2], self.config.vocab_size, "the vocabulary")
-            loss, dlogits = ops.cross_entropy(logits, lab, return_grad=True)
+        with training_forward(self) as generation:
+            x = self.bert.encode(input_ids, attention_mask, token_type_ids)
+            t = self.cls.predictions.transform
+            h = t.LayerNorm(t.dense(x))
+            w = self.decoder_weight if self.training else self._weight("decoder_weight")
+            logits = ops.linear(h, w, self.cls.predictions.bias)
+            out = ModelOutput(last_hidden_state=x, logits=logits)
+            if labels is not None:
+                lab = token_labels(labels, x.shape[:2], self.config.vocab_size, "the vocabulary")
+                loss, dlogits = ops.cross_entropy(logits, lab, return_grad=True)
 
-            def backward() -> None:
-                dh, dw, db = ops.linear_backward(dlogits, h, w)
-                self.bert.embeddings.word_embeddings._accumulate("weight", dw)  # the decoder is tied to them
-                self.cls.predictions._accumulate("bias", db)
-                self.bert._encoder_backward(t.dense.backward(t.LayerNorm.backward(dh)))
-            out.loss = Loss(loss, backward if self.training else None)
+                def backward() -> None:
+                    dh, dw, db = ops.linear_backward(dlogits, h, w)
+                    self.bert.embeddings.word_embeddings._accumulate("weight", dw)  # the decoder is tied to them
+                    self.cls.predictions._accumulate("bias", db)
+                    self.bert._encoder_backward(t.dense.backward(t.LayerNorm.backward(dh)))
+                out.loss = model_loss(self, loss, backward, generation)
         return out

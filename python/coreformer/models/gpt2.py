@@ -18,7 +18,8 @@ from .._args import int_arg
 from .._files import read_json
 from .._typing import ArrayIn, ArrayLike, FloatArray, IntArray, PathLike
 from ._common import (Config, Loss, ModelOutput, as_ids, as_mask, check_activation, check_layer_count, check_names,
-                      is_token_ids, read_config, read_weights, shifted_labels, to_device)
+                      is_token_ids, model_loss, read_config, read_weights, shifted_labels, to_device,
+                      training_forward)
 from .generation import NextToken, Streamer, check_generation_args, check_streamer, eos_set, stream_end, stream_put
 
 if TYPE_CHECKING:
@@ -311,7 +312,8 @@ class GPT2LMHeadModel(nn.Module):
             if cache is not None or self.__dict__.get("_device"):
                 raise ValueError("GPT2LMHeadModel: training runs on the CPU without a KV cache (call .to('cpu'), "
                                  "pass no cache)")
-            return self._train_forward(ids, mask, position_ids, labels)
+            with training_forward(self) as generation:
+                return self._train_forward(ids, mask, position_ids, labels, generation)
         if self.__dict__.get("_device"):
             logits = self._forward_device(ids, mask, position_ids, cache, logits_to_keep)
             return ModelOutput(logits=logits.numpy().astype(np.float32, copy=False), cache=cache)
@@ -332,7 +334,7 @@ class GPT2LMHeadModel(nn.Module):
             raise ValueError("labels need the logits of every position (logits_to_keep=0)")
         return ModelOutput(loss=Loss(ops.cross_entropy(logits, labels)), logits=logits, cache=cache)
 
-    def _train_forward(self, ids: Any, mask: Any, position_ids: Any, labels: Any) -> ModelOutput:
+    def _train_forward(self, ids: Any, mask: Any, position_ids: Any, labels: Any, generation: Any) -> ModelOutput:
         t = self.transformer
         x = t.drop(t.wte(ids) + t.wpe(position_ids))
         if self.config.attn_pdrop > 0 and not self.__dict__.get("_warned_attn_dropout"):
@@ -362,7 +364,7 @@ class GPT2LMHeadModel(nn.Module):
             dx = t.drop.backward(dx)
             t.wpe.backward(dx)
             t.wte.backward(dx)
-        return ModelOutput(loss=Loss(loss, backward), logits=logits)
+        return ModelOutput(loss=model_loss(self, loss, backward, generation), logits=logits)
 
     def _inputs(self, input_ids, attention_mask, position_ids, cache):
         """The checked ids, the mask over cached + new positions, and the position ids (by default the

@@ -12,7 +12,7 @@ import numpy as np
 from .. import nn
 from .._args import is_int
 from .._typing import ArrayLike
-from ._common import Loss, ModelOutput, classification_loss
+from ._common import ModelOutput, classification_loss, model_loss, training_forward
 from .bert import BertConfig, BertModel, _Classifier, _TokenClassifier
 
 __all__ = ["RobertaConfig", "RobertaModel", "RobertaForSequenceClassification", "RobertaForTokenClassification"]
@@ -80,14 +80,15 @@ class RobertaForSequenceClassification(_Classifier, RobertaModel):
                 labels: ArrayLike | None = None) -> ModelOutput:
         """``labels`` as ``BertForSequenceClassification``'s: ``.loss`` with a backward in training mode."""
         enc = self.roberta
-        out = enc(input_ids, attention_mask, token_type_ids)
-        result = ModelOutput(last_hidden_state=out.last_hidden_state, logits=self.classifier(out.last_hidden_state))
-        if labels is not None:
-            loss, dlogits = classification_loss(self.config, result.logits, labels)
+        with training_forward(self) as generation:
+            out = enc(input_ids, attention_mask, token_type_ids)
+            result = ModelOutput(last_hidden_state=out.last_hidden_state, logits=self.classifier(out.last_hidden_state))
+            if labels is not None:
+                loss, dlogits = classification_loss(self.config, result.logits, labels)
 
-            def backward() -> None:
-                enc._encoder_backward(self.classifier.backward(dlogits))
-            result.loss = Loss(loss, backward if self.training else None)
+                def backward() -> None:
+                    enc._encoder_backward(self.classifier.backward(dlogits))
+                result.loss = model_loss(self, loss, backward, generation)
         return result
 
 

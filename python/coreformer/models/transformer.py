@@ -11,7 +11,7 @@ import numpy as np
 from .. import _core, nn, ops
 from .._typing import ArrayIn, ArrayLike, FloatArray, IntArray
 from .._args import flag, float_arg, int_arg, is_int
-from ._common import Loss, ModelOutput, as_ids, to_device, token_labels
+from ._common import Loss, ModelOutput, as_ids, model_loss, to_device, token_labels, training_forward
 from .generation import check_generation_args, eos_set
 
 __all__ = ["Transformer"]
@@ -212,7 +212,8 @@ class Transformer(nn.Module):
         ``.loss``, the mean cross-entropy over the counted positions, with a ``backward()`` after a
         training-mode forward."""
         if self.training:
-            return self._train_forward(src_ids, tgt_ids, src_padding_mask, tgt_padding_mask, labels)
+            with training_forward(self) as generation:
+                return self._train_forward(src_ids, tgt_ids, src_padding_mask, tgt_padding_mask, labels, generation)
         memory = self._encode(as_ids(src_ids, "src_ids", vocab=self.src_embed.num_embeddings), src_padding_mask)
         logits = self.decode(tgt_ids, memory, src_padding_mask, tgt_padding_mask)
         if not isinstance(memory, np.ndarray):
@@ -224,7 +225,7 @@ class Transformer(nn.Module):
         return out
 
     def _train_forward(self, src_ids: ArrayLike, tgt_ids: ArrayLike, src_padding_mask: ArrayLike | None,
-                       tgt_padding_mask: ArrayLike | None, labels: ArrayLike | None) -> ModelOutput:
+                       tgt_padding_mask: ArrayLike | None, labels: ArrayLike | None, generation: Any) -> ModelOutput:
         if self.__dict__.get("_device"):
             raise ValueError("Transformer: training runs on the CPU (call .to('cpu'))")
         src = as_ids(src_ids, "src_ids", vocab=self.src_embed.num_embeddings)
@@ -255,7 +256,7 @@ class Transformer(nn.Module):
             dx_tgt, dmem = self.decoder.backward(dh)
             self.tgt_embed.backward(dx_tgt * scale)
             self.src_embed.backward(self.encoder.backward(dmem) * scale)
-        out.loss = Loss(loss, backward)
+        out.loss = model_loss(self, loss, backward, generation)
         return out
 
     def generate(self, src_ids: ArrayLike, max_new_tokens: int, bos_token_id: int,
