@@ -461,3 +461,58 @@ def test_a_later_forward_or_another_thread_never_gives_a_silent_wrong_gradient(f
     bert(b_ids, attention_mask=b_mask, labels=np.array([0, 1, 2]))
     with pytest.raises(RuntimeError, match="ran another training forward"):
         a.loss.backward()
+
+
+def compare_named_grads(ref, ours, rename=lambda n: n):
+    got = {n: p.grad for n, p in ours.named_parameters()}
+    scale = max(float(np.linalg.norm(p.grad.numpy())) for p in ref.parameters() if p.grad is not None)
+    for name, p in ref.named_parameters():
+        if p.grad is None:
+            continue
+        g, mine = p.grad.numpy(), got[rename(name)]
+        assert mine is not None, name
+        if np.linalg.norm(g) < 1e-9 * scale:
+            assert np.linalg.norm(mine) < 1e-5 * scale, name
+            continue
+        assert norm_rel(mine, g) < 1e-4, name
+
+
+def test_distilbert_classifier_and_roberta_token_classifier_gradients(tmp_path, rng):
+    from coreformer.models import DistilBertForSequenceClassification, DistilBertModel, RobertaForTokenClassification
+    from conftest import save_randomised
+    cfg = transformers.DistilBertConfig(vocab_size=97, dim=32, n_layers=2, n_heads=4, hidden_dim=48,
+                                        max_position_embeddings=40, dropout=0.0, attention_dropout=0.0,
+                                        seq_classif_dropout=0.0, num_labels=3)
+    save_randomised(transformers.DistilBertForSequenceClassification(cfg), tmp_path / "d")
+    ref = transformers.DistilBertForSequenceClassification.from_pretrained(tmp_path / "d").double().train()
+    ours = DistilBertForSequenceClassification.from_pretrained(tmp_path / "d").train()
+    ids, mask, _ = bert_batch(rng)
+    labels = np.array([1, 2, 0])
+    out = ours(ids, attention_mask=mask, labels=labels)
+    t = ref(torch.tensor(ids), attention_mask=torch.tensor(mask), labels=torch.tensor(labels))
+    assert out.loss == pytest.approx(t.loss.item(), rel=1e-5)
+    out.loss.backward()
+    t.loss.backward()
+
+    def rename(n: str) -> str:
+        n = n.replace("transformer.layer.", "encoder.layer.")
+        for theirs, mine in DistilBertModel.layer_names.items():
+            n = n.replace(theirs, mine)
+        return n
+    compare_named_grads(ref, ours, rename)
+    assert dict(ours.named_parameters())["distilbert.embeddings.token_type_embeddings.weight"].grad is None
+
+    rcfg = transformers.RobertaConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      intermediate_size=48, max_position_embeddings=40, hidden_dropout_prob=0.0,
+                                      attention_probs_dropout_prob=0.0, num_labels=5, pad_token_id=1, type_vocab_size=1)
+    save_randomised(transformers.RobertaForTokenClassification(rcfg), tmp_path / "r")
+    ref = transformers.RobertaForTokenClassification.from_pretrained(tmp_path / "r").double().train()
+    ours = RobertaForTokenClassification.from_pretrained(tmp_path / "r").train()
+    ids[mask == 0] = 1
+    labels = np.where(mask == 1, rng.integers(0, 5, ids.shape), -100)
+    out = ours(ids, attention_mask=mask, labels=labels)
+    t = ref(torch.tensor(ids), attention_mask=torch.tensor(mask), labels=torch.tensor(labels))
+    assert out.loss == pytest.approx(t.loss.item(), rel=1e-5)
+    out.loss.backward()
+    t.loss.backward()
+    compare_named_grads(ref, ours)

@@ -110,14 +110,16 @@ class _Embeddings(nn.Module):
         return self.LayerNorm(x, residual=ops.embedding(token_type_ids, self.token_type_embeddings.weight))
 
 
-    def train_forward(self, input_ids, token_type_ids):
+    def train_forward(self, input_ids, token_type_ids, typed=True):
+        """``typed``: False for a model without token types (DistilBERT), whose zero row stands in and is not
+        trained."""
         pos = self.position_ids(input_ids)
         b, s = input_ids.shape
         pos_ids = np.broadcast_to(pos, (b, s))
         tt = np.zeros((b, s), np.int64) if token_type_ids is None else token_type_ids
         x = (ops.embedding(input_ids, self.word_embeddings.weight) + ops.embedding(pos_ids, self.position_embeddings.weight)
              + ops.embedding(tt, self.token_type_embeddings.weight))
-        self._save(ids=input_ids, pos=np.ascontiguousarray(pos_ids), tt=tt)
+        self._save(ids=input_ids, pos=np.ascontiguousarray(pos_ids), tt=tt if typed else None)
         return self.dropout(self.LayerNorm(x))
 
     def backward(self, grad_output):
@@ -128,6 +130,8 @@ class _Embeddings(nn.Module):
         for table, ids, pad in ((self.word_embeddings, sv["ids"], self.pad_token_id),
                                 (self.position_embeddings, sv["pos"], self.padding_idx),
                                 (self.token_type_embeddings, sv["tt"], None)):
+            if ids is None:  # no token types: the placeholder row is not a parameter to learn
+                continue
             if pad is not None and not 0 <= pad < table.num_embeddings:
                 pad = None
             table._accumulate("weight", ops.embedding_backward(dx, ids, table.num_embeddings, pad))
@@ -468,7 +472,7 @@ class BertModel(nn.Module):
             object.__setattr__(self, "_warned_attn_dropout", True)
             logger.warning("%s: attention-probability dropout (%g) is not implemented yet; training runs it as 0 "
                            "(hidden dropout is applied)", type(self).__name__, p_attn)
-        x = self.embeddings.train_forward(ids, tt)
+        x = self.embeddings.train_forward(ids, tt, self.token_types)
         for layer in self.encoder.layer:
             x = layer.train_forward(x, attend)
         pad = None if attend is None else ~mask.astype(bool)

@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import nn
 from .._typing import ArrayLike
-from ._common import ModelOutput
+from ._common import ModelOutput, classification_loss, model_loss, training_forward
 from .bert import BertConfig, BertModel, _Classifier, _TokenClassifier
 
 __all__ = ["DistilBertConfig", "DistilBertModel", "DistilBertForSequenceClassification",
@@ -24,7 +24,8 @@ class DistilBertConfig(BertConfig):
     read into BERT's fields; its norms' eps is 1e-12 and it has no token types."""
 
     RENAMES = {"dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
-               "hidden_dim": "intermediate_size", "activation": "hidden_act"}
+               "hidden_dim": "intermediate_size", "activation": "hidden_act", "dropout": "hidden_dropout_prob",
+               "attention_dropout": "attention_probs_dropout_prob"}
     DEFAULTS = dict(BertConfig.DEFAULTS, type_vocab_size=1, layer_norm_eps=1e-12)
 
     NAMES = {bert: name for name, bert in RENAMES.items()}
@@ -67,11 +68,26 @@ class DistilBertForSequenceClassification(_Classifier, DistilBertModel):
     def _head(self, c):
         self.pre_classifier = nn.Linear(c.hidden_size, c.hidden_size, activation="relu")
         self.classifier = nn.Linear(c.hidden_size, c.num_labels)
+        p = c.get("seq_classif_dropout")
+        self.dropout = nn.Dropout(0.2 if p is None else p)  # training only
 
-    def forward(self, input_ids: ArrayLike, attention_mask: ArrayLike | None = None, token_type_ids: ArrayLike | None = None) -> ModelOutput:
-        h = self.distilbert(input_ids, attention_mask).last_hidden_state
-        logits = self.classifier(self.pre_classifier(np.ascontiguousarray(h[:, 0])))
-        return ModelOutput(last_hidden_state=h, logits=logits)
+    def forward(self, input_ids: ArrayLike, attention_mask: ArrayLike | None = None, token_type_ids: ArrayLike | None = None,
+                labels: ArrayLike | None = None) -> ModelOutput:
+        """``labels`` as ``BertForSequenceClassification``'s: ``.loss`` with a backward in training mode."""
+        enc = self.distilbert
+        with training_forward(self) as generation:
+            h = enc(input_ids, attention_mask).last_hidden_state
+            logits = self.classifier(self.dropout(self.pre_classifier(np.ascontiguousarray(h[:, 0]))))
+            out = ModelOutput(last_hidden_state=h, logits=logits)
+            if labels is not None:
+                loss, dlogits = classification_loss(self.config, logits, labels)
+
+                def backward() -> None:
+                    dh = np.zeros(h.shape, np.float32)
+                    dh[:, 0] = self.pre_classifier.backward(self.dropout.backward(self.classifier.backward(dlogits)))
+                    enc._encoder_backward(dh)
+                out.loss = model_loss(self, loss, backward, generation)
+        return out
 
 
 class DistilBertForTokenClassification(_TokenClassifier, DistilBertModel):
