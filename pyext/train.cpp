@@ -292,9 +292,33 @@ py::array_t<uint32_t> philox_words(int64_t n, uint64_t seed, uint64_t offset) {
   return out;
 }
 
+// (dquery, dkeys, dvalues, dw_query, dw_key, dv)
+py::tuple additive_attention_backward(const ArrayIn& grad_output, const ArrayIn& query, const ArrayIn& keys,
+                                      const ArrayIn& values, const ArrayIn& w_query, const ArrayIn& w_key,
+                                      const ArrayIn& v, const OptionalArrayIn& mask) {
+  Arg ga = float_arg(grad_output, "grad_output"), qa = float_arg(query, "query"), ka = float_arg(keys, "keys"),
+      va = float_arg(values, "values"), wqa = float_arg(w_query, "w_query"), wka = float_arg(w_key, "w_key"),
+      vva = float_arg(v, "v"), ma;
+  OptionalView m = optional_bool(mask, "mask", ma);
+  cf::ops::additive_attention_shape(qa.view, ka.view, va.view, wqa.view, wka.view, vva.view, m);
+  auto like = [&](const Arg& x) {
+    return output(py::none(), {x.view.shape, x.view.shape + x.view.ndim}, {}, false, &ga);
+  };
+  Arg dq = like(qa), dk = like(ka), dv = like(va), dwq = like(wqa), dwk = like(wka), dvv = like(vva);
+  {
+    py::gil_scoped_release nogil;
+    cf::ops::additive_attention_backward(ga.view, qa.view, ka.view, va.view, wqa.view, wka.view, vva.view, m, dq.view,
+                                         dk.view, dv.view, dwq.view, dwk.view, dvv.view);
+  }
+  return py::make_tuple(dq.result(), dk.result(), dv.result(), dwq.result(), dwk.result(), dvv.result());
+}
+
 }  // namespace
 
 void register_train(py::module_& m) {
+  m.def("additive_attention_backward", &additive_attention_backward, py::arg("grad_output"), py::arg("query"),
+        py::arg("keys"), py::arg("values"), py::arg("w_query"), py::arg("w_key"), py::arg("v"),
+        py::arg("mask") = py::none());
   m.def("philox_words", &philox_words, py::arg("n"), py::arg("seed"), py::arg("offset") = 0);
   m.def("dropout", &dropout, py::arg("x"), py::arg("p"), py::arg("seed"), py::arg("offset") = 0,
         py::arg("return_mask") = false);

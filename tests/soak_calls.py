@@ -125,6 +125,8 @@ def op_calls(seed: int = 0) -> dict[str, Callable[[], Any]]:
             q, q, k, v, attn_mask=mask, is_causal=True)),
         "sdpa_backward_gqa": lambda: flat(*ops.scaled_dot_product_attention_backward(
             q, q, k[:, :2], v[:1, :2], enable_gqa=True)),
+        "additive_backward": lambda: flat(*ops.additive_attention_backward(
+            xe[:, :7], xe[:, :7], mem, mem, add.w_query, add.w_key, add.v, ~pad[:, :7])),
         "dropout": lambda: flat(*ops.dropout(x, 0.3, seed=11, offset=5, return_mask=True)),
         "dropout_backward": lambda: ops.dropout_backward(x, 0.3, seed=11, offset=5),
         "error_shape": raises(lambda: ops.linear(x, w[:, :5]), ValueError),

@@ -601,3 +601,57 @@ def test_dropout_bad_input(rng):
         ops.dropout(x, 0.5)  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="x must be"):
         ops.dropout(np.array(["a"]), 0.5, seed=0)
+
+
+def additive_ref(q, k, v_, wq, wk, vv, mask):
+    """float64 torch autograd of additive attention: the gradients of every input."""
+    torch = pytest.importorskip("torch")
+    ts = [torch.tensor(np.asarray(a, np.float64), requires_grad=True) for a in (q, k, v_, wq, wk, vv)]
+    tq, tk, tv, twq, twk, tvv = ts
+    s = torch.tanh((tq @ twq.T)[:, :, None, :] + (tk @ twk.T)[:, None, :, :]) @ tvv
+    if mask is not None:
+        m = torch.tensor(mask if mask.ndim == 3 else mask[:, None, :])
+        s = s.masked_fill(~m, float("-inf"))
+    p = torch.softmax(s, -1).nan_to_num(0.0)
+    return p @ tv, ts
+
+
+@pytest.mark.parametrize("B,Sq,Sk,Dq,Dk,A,Dv", [(1, 1, 1, 1, 1, 1, 1), (2, 7, 9, 5, 6, 17, 3), (3, 5, 63, 8, 8, 65, 7)])
+@pytest.mark.parametrize("mask_kind", [None, "keys", "full"])
+def test_additive_attention_backward(isa, rng, B, Sq, Sk, Dq, Dk, A, Dv, mask_kind):
+    q, k, v_ = randn(rng, B, Sq, Dq), randn(rng, B, Sk, Dk), randn(rng, B, Sk, Dv)
+    wq, wk, vv, dy = randn(rng, A, Dq, scale=0.5), randn(rng, A, Dk, scale=0.5), randn(rng, A), randn(rng, B, Sq, Dv)
+    mask = None
+    if mask_kind == "keys":
+        mask = rng.random((B, Sk)) > 0.3
+    elif mask_kind == "full":
+        mask = rng.random((B, Sq, Sk)) > 0.3
+    out, ts = additive_ref(q, k, v_, wq, wk, vv, mask)
+    out.backward(__import__("torch").tensor(dy.astype(np.float64)))
+    got = ops.additive_attention_backward(dy, q, k, v_, wq, wk, vv, mask)
+    for g, t in zip(got, ts):
+        assert g.shape == tuple(t.shape) and g.dtype == np.float32
+        assert norm_rel(g, t.grad.numpy()) < 1e-5
+
+
+def test_additive_attention_backward_threads_and_bad_input(rng):
+    import coreformer
+    q, k, v_ = randn(rng, 5, 7, 8), randn(rng, 5, 9, 8), randn(rng, 5, 9, 4)
+    wq, wk, vv, dy = randn(rng, 16, 8), randn(rng, 16, 8), randn(rng, 16), randn(rng, 5, 7, 4)
+    before = coreformer.get_num_threads()
+    try:
+        runs = []
+        for nt in (1, 2, 3):
+            coreformer.set_num_threads(nt)
+            runs.append(ops.additive_attention_backward(dy, q, k, v_, wq, wk, vv))
+    finally:
+        coreformer.set_num_threads(before)
+    for r in runs[1:]:
+        for a, b in zip(runs[0], r):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match=r"grad_output has shape \(5, 7, 3\) but additive_attention's output"):
+        ops.additive_attention_backward(dy[..., :3], q, k, v_, wq, wk, vv)
+    with pytest.raises(ValueError, match="w_key must have shape"):
+        ops.additive_attention_backward(dy, q, k, v_, wq, wk[:3], vv)
+    with pytest.raises(ValueError, match=r"mask must have shape \(5, 9\) or \(5, 7, 9\)"):
+        ops.additive_attention_backward(dy, q, k, v_, wq, wk, vv, np.ones((5, 8), bool))

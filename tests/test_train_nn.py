@@ -276,3 +276,19 @@ def test_transformer_decoder_gradients_match_torch(rng, norm_first):
     assert norm_rel(dx, tx.grad.numpy()) < 1e-5
     assert norm_rel(dmem, tm.grad.numpy()) < 1e-5
     check_param_grads(ours, ref)
+
+
+def test_additive_attention_layer(rng):
+    from test_backward import additive_ref
+    layer = nn.AdditiveAttention(6, 5, 11).train()
+    q, k, v, dy = randn(rng, 2, 4, 6), randn(rng, 2, 7, 5), randn(rng, 2, 7, 3), randn(rng, 2, 4, 3)
+    mask = rng.random((2, 7)) > 0.3
+    y = layer(q, k, v, mask)
+    out, ts = additive_ref(q, k, v, layer.w_query, layer.w_key, layer.v, mask)
+    assert norm_rel(y, out.detach().numpy()) < 1e-6
+    out.backward(t64(dy))
+    dq, dk, dv = layer.backward(dy)
+    for g, t in zip((dq, dk, dv), ts[:3]):
+        assert norm_rel(g, t.grad.numpy()) < 1e-5
+    for name, t in zip(("w_query", "w_key", "v"), ts[3:]):
+        assert norm_rel(layer._param(name).grad, t.grad.numpy()) < 1e-5

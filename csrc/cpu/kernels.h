@@ -80,6 +80,19 @@ struct AdditiveArgs {
   float* weights = nullptr;          // optional (B,Sq,Sk)
 };
 
+// The backward of `additive_attention` after the projections (f's fields; f.out and f.weights unused):
+// dout (B,Sq,Dv) in; dqp (B,Sq,A), dkp (B,Sk,A), dvalues (B,Sk,Dv), dv_vec (A,) out. The probabilities are
+// recomputed row by row; a task is a batch entry (it owns its dkp and dvalues rows), dv_vec sums the batch
+// entries' parts in order: the same on any thread count.
+struct AdditiveBackwardArgs {
+  AdditiveArgs f;
+  const float* dout = nullptr;
+  float* dqp = nullptr;
+  float* dkp = nullptr;
+  float* dvalues = nullptr;
+  float* dv_vec = nullptr;
+};
+
 // Rows of length n: y = (x + residual - mean) / sqrt(var + eps) * weight + bias.
 struct LayerNormArgs {
   int64_t rows = 0, n = 0;
@@ -254,6 +267,7 @@ struct SoftmaxBackwardArgs {
   X(attention, AttentionArgs)             \
   X(attention_backward, AttentionBackwardArgs) \
   X(additive_attention, AdditiveArgs)     \
+  X(additive_attention_backward, AdditiveBackwardArgs) \
   X(layer_norm, LayerNormArgs)            \
   X(softmax, SoftmaxArgs)                 \
   X(activation, ActivationArgs)           \

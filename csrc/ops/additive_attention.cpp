@@ -1,5 +1,8 @@
+#include <vector>
+
 #include "ops/backend.h"
 #include "ops/common.h"
+#include "ops/ops.h"
 
 namespace cf::ops {
 
@@ -85,6 +88,51 @@ void additive_attention(const TensorView& query, const TensorView& keys, const T
   a.out = out.ptr<float>();
   a.weights = weights ? weights->ptr<float>() : nullptr;
   kernels().additive_attention(a);
+}
+
+void additive_attention_backward(const TensorView& grad_output, const TensorView& query, const TensorView& keys,
+                                 const TensorView& values, const TensorView& w_query, const TensorView& w_key,
+                                 const TensorView& v, const OptionalView& mask, const TensorView& dquery,
+                                 const TensorView& dkeys, const TensorView& dvalues, const TensorView& dw_query,
+                                 const TensorView& dw_key, const TensorView& dv) {
+  const Shape shape = additive_attention_shape(query, keys, values, w_query, w_key, v, mask);
+  expect_float(grad_output, "grad_output");
+  CF_CHECK(shape_of(grad_output) == shape, ValueError, "grad_output has shape ", grad_output.shape_str(),
+           " but additive_attention's output has shape ", shape_str(shape));
+  const char* op = "additive_attention_backward";
+  expect_out(dquery, shape_of(query), op);
+  expect_out(dkeys, shape_of(keys), op);
+  expect_out(dvalues, shape_of(values), op);
+  expect_out(dw_query, shape_of(w_query), op);
+  expect_out(dw_key, shape_of(w_key), op);
+  expect_out(dv, shape_of(v), op);
+  cpu_only(common_device({{"grad_output", &grad_output}, {"query", &query}, {"keys", &keys}, {"values", &values},
+                          {"w_query", &w_query}, {"w_key", &w_key}, {"v", &v}, {"mask", opt(mask)}}),
+           "additive attention's backward");
+  const int64_t B = query.shape[0], Sq = query.shape[1], Sk = keys.shape[1], A = w_query.shape[0];
+  // the projections again (two GEMMs), then the O(B Sq Sk A) part, then the projections' backward
+  std::vector<float> buf(static_cast<size_t>(2 * (B * Sq * A + B * Sk * A) + A));
+  float* qp = buf.data();
+  float* kp = qp + B * Sq * A;
+  float* dqp = kp + B * Sk * A;
+  float* dkp = dqp + B * Sq * A;
+  float* db = dkp + B * Sk * A;  // the projections have no bias: a scratch for linear_backward's
+  Backend be(Device{}, DType::f32);
+  be.gemm(query.data, B * Sq, query.shape[2], w_query, {}, 0, A, qp);
+  be.gemm(keys.data, B * Sk, keys.shape[2], w_key, {}, 0, A, kp);
+  cpu::AdditiveBackwardArgs g;
+  cpu::AdditiveArgs& a = g.f;
+  a.B = B; a.Sq = Sq; a.Sk = Sk; a.A = A; a.Dv = values.shape[2];
+  a.qp = qp; a.kp = kp; a.v_vec = v.ptr<float>(); a.values = values.ptr<float>();
+  a.mask = mask ? mask->ptr<uint8_t>() : nullptr;
+  a.m_sb = mask && mask->ndim == 2 ? Sk : Sq * Sk;
+  a.m_sq = mask && mask->ndim == 2 ? 0 : Sk;
+  g.dout = grad_output.ptr<float>();
+  g.dqp = dqp; g.dkp = dkp; g.dvalues = dvalues.ptr<float>(); g.dv_vec = dv.ptr<float>();
+  kernels().additive_attention_backward(g);
+  const TensorView dqp_v(dqp, DType::f32, {B, Sq, A}), dkp_v(dkp, DType::f32, {B, Sk, A}), db_v(db, DType::f32, {A});
+  linear_backward(dqp_v, query, w_query, OptionalView(), Activation::none, dquery, dw_query, db_v);
+  linear_backward(dkp_v, keys, w_key, OptionalView(), Activation::none, dkeys, dw_key, db_v);
 }
 
 }  // namespace cf::ops

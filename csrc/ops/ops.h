@@ -176,6 +176,12 @@ void transformer_decoder_layer(const TensorView& x, const OptionalView& memory, 
 
 // query (B,Sq,Dq), keys (B,Sk,Dk), values (B,Sk,Dv), w_query (A,Dq), w_key (A,Dk), v (A,),
 // mask bool (B,Sk) or (B,Sq,Sk), True = attend. out (B,Sq,Dv); weights (B,Sq,Sk) optional.
+// The gradients of additive_attention: dquery, dkeys, dvalues, dw_query, dw_key, dv (each its input's shape).
+void additive_attention_backward(const TensorView& grad_output, const TensorView& query, const TensorView& keys,
+                                 const TensorView& values, const TensorView& w_query, const TensorView& w_key,
+                                 const TensorView& v, const OptionalView& mask, const TensorView& dquery,
+                                 const TensorView& dkeys, const TensorView& dvalues, const TensorView& dw_query,
+                                 const TensorView& dw_key, const TensorView& dv);
 Shape additive_attention_shape(const TensorView& query, const TensorView& keys, const TensorView& values,
                                const TensorView& w_query, const TensorView& w_key, const TensorView& v,
                                const OptionalView& mask);

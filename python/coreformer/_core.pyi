@@ -6,7 +6,7 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['PackedWeight', 'Tensor', 'adamw_step', 'additive_attention', 'argmax', 'cross_entropy', 'dropout', 'embedding', 'embedding_backward', 'empty_cache', 'from_dlpack', 'gelu', 'gelu_backward', 'get_num_threads', 'info', 'layer_norm', 'layer_norm_backward', 'linear', 'linear_backward', 'multi_head_attention', 'pack_weight', 'philox_words', 'relu', 'relu_backward', 'scale_all', 'scaled_dot_product_attention', 'scaled_dot_product_attention_backward', 'scaled_dot_product_attention_forward', 'set_num_threads', 'sgd_step', 'sinusoidal_positions', 'softmax', 'softmax_backward', 'synchronize', 'tensor', 'total_norm', 'transformer_decoder_layer', 'transformer_encoder_layer']
+__all__: list[str] = ['PackedWeight', 'Tensor', 'adamw_step', 'additive_attention', 'additive_attention_backward', 'argmax', 'cross_entropy', 'dropout', 'embedding', 'embedding_backward', 'empty_cache', 'from_dlpack', 'gelu', 'gelu_backward', 'get_num_threads', 'info', 'layer_norm', 'layer_norm_backward', 'linear', 'linear_backward', 'multi_head_attention', 'pack_weight', 'philox_words', 'relu', 'relu_backward', 'scale_all', 'scaled_dot_product_attention', 'scaled_dot_product_attention_backward', 'scaled_dot_product_attention_forward', 'set_num_threads', 'sgd_step', 'sinusoidal_positions', 'softmax', 'softmax_backward', 'synchronize', 'tensor', 'total_norm', 'transformer_decoder_layer', 'transformer_encoder_layer']
 class Tensor:
     """
     Memory on a device (shape, dtype, device) that stays there across op calls.
@@ -127,6 +127,8 @@ def _threads_lost_to_fork() -> bool:
 def adamw_step(params: collections.abc.Iterable[numpy.typing.ArrayLike | Tensor], grads: collections.abc.Iterable[numpy.typing.ArrayLike | Tensor], exp_avgs: collections.abc.Iterable[numpy.typing.ArrayLike | Tensor], exp_avg_sqs: collections.abc.Iterable[numpy.typing.ArrayLike | Tensor], lr: typing.SupportsFloat | typing.SupportsIndex, beta1: typing.SupportsFloat | typing.SupportsIndex, beta2: typing.SupportsFloat | typing.SupportsIndex, eps: typing.SupportsFloat | typing.SupportsIndex, weight_decay: typing.SupportsFloat | typing.SupportsIndex, step: typing.SupportsInt | typing.SupportsIndex, maximize: bool = False) -> None:
     ...
 def additive_attention(query: numpy.typing.ArrayLike | Tensor, keys: numpy.typing.ArrayLike | Tensor, values: numpy.typing.ArrayLike | Tensor, w_query: numpy.typing.ArrayLike | Tensor, w_key: numpy.typing.ArrayLike | Tensor, v: numpy.typing.ArrayLike | Tensor, mask: numpy.typing.ArrayLike | Tensor | None = None, return_weights: bool = False) -> typing.Any:
+    ...
+def additive_attention_backward(grad_output: numpy.typing.ArrayLike | Tensor, query: numpy.typing.ArrayLike | Tensor, keys: numpy.typing.ArrayLike | Tensor, values: numpy.typing.ArrayLike | Tensor, w_query: numpy.typing.ArrayLike | Tensor, w_key: numpy.typing.ArrayLike | Tensor, v: numpy.typing.ArrayLike | Tensor, mask: numpy.typing.ArrayLike | Tensor | None = None) -> tuple:
     ...
 def argmax(x: numpy.typing.ArrayLike | Tensor) -> numpy.typing.NDArray[numpy.int64] | Tensor:
     ...

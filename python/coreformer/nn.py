@@ -1097,8 +1097,22 @@ class AdditiveAttention(Module):
 
     def forward(self, query: ArrayIn, keys: ArrayIn, values: ArrayIn, mask: ArrayIn | None = None,
                 return_weights: bool = False) -> Any:
+        if self.training:
+            query, keys, values = (_train_input(a, n) for a, n in ((query, "query"), (keys, "keys"),
+                                                                    (values, "values")))
+            self._save(query=query, keys=keys, values=values, mask=mask)
         return ops.additive_attention(query, keys, values, self.w_query, self.w_key, self.v, mask=mask,
                                       return_weights=return_weights)
+
+    def backward(self, grad_output: ArrayIn) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """``(d_query, d_keys, d_values)``; the parameters' gradients are added into their ``.grad``."""
+        sv = self._take()
+        dq, dk, dv, dwq, dwk, dvv = ops.additive_attention_backward(
+            grad_output, sv["query"], sv["keys"], sv["values"], self.w_query, self.w_key, self.v, sv["mask"])
+        self._accumulate("w_query", dwq)
+        self._accumulate("w_key", dwk)
+        self._accumulate("v", dvv)
+        return dq, dk, dv
 
 
 class FeedForward(Module):

@@ -51,6 +51,7 @@ __all__ = [
     "scaled_dot_product_attention_backward",
     "dropout",
     "dropout_backward",
+    "additive_attention_backward",
 ]
 
 
@@ -751,3 +752,13 @@ def dropout_backward(grad_output: ArrayIn, p: float, *, seed: int, offset: int =
     """The gradient of :func:`dropout` (in training) with the same ``p``, ``seed`` and ``offset``: the mask
     recomputed, ``grad_output * mask / (1 - p)``."""
     return _core.dropout(grad_output, _dropout_p(p), _seed("seed", seed), _seed("offset", offset), False)
+
+
+def additive_attention_backward(grad_output: ArrayIn, query: ArrayIn, keys: ArrayIn, values: ArrayIn,
+                                w_query: ArrayIn, w_key: ArrayIn, v: ArrayIn,
+                                mask: ArrayIn | None = None) -> tuple[FloatArray, ...]:
+    """The gradients of :func:`additive_attention` with respect to each of its inputs, ``(dquery, dkeys,
+    dvalues, dw_query, dw_key, dv)``, from ``grad_output`` ``(B, Sq, Dv)``. The projections and the
+    probabilities are recomputed (nothing saved); keys a row gives zero weight add nothing; deterministic (a
+    task per batch entry; ``dv`` sums them in order). CPU only so far."""
+    return tuple(_core.additive_attention_backward(grad_output, query, keys, values, w_query, w_key, v, mask))
