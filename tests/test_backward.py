@@ -655,3 +655,74 @@ def test_additive_attention_backward_threads_and_bad_input(rng):
         ops.additive_attention_backward(dy, q, k, v_, wq, wk[:3], vv)
     with pytest.raises(ValueError, match=r"mask must have shape \(5, 9\) or \(5, 7, 9\)"):
         ops.additive_attention_backward(dy, q, k, v_, wq, wk, vv, np.ones((5, 8), bool))
+
+
+# ---- central differences: each kernel's gradient against the float64 forward's directional derivatives ----
+
+def directional_check(forward64, inputs, grads, dy, rng, h=1e-5):
+    """For each input x_k with its gradient g_k from the kernel: (f(x + h d) - f(x - h d)) / 2h of the float64
+    forward f = sum(dy * forward(...)), along a random direction d, equals <g_k, d> (relative 1e-4)."""
+    base = [np.asarray(x, np.float64) for x in inputs]
+    for k, g in enumerate(grads):
+        if g is None:
+            continue
+        d = rng.standard_normal(base[k].shape)
+        vals = []
+        for sign in (1.0, -1.0):
+            args = list(base)
+            args[k] = base[k] + sign * h * d
+            vals.append(float((np.asarray(dy, np.float64) * forward64(*args)).sum()))
+        fd = (vals[0] - vals[1]) / (2 * h)
+        want = float((np.asarray(g, np.float64) * d).sum())
+        assert abs(fd - want) <= 1e-4 * max(abs(fd), abs(want), 1e-3 * np.linalg.norm(d) * np.linalg.norm(g)), k
+
+
+def test_central_differences_activations_norms_softmax(rng):
+    x, dy, w, b, r = randn(rng, 7, 65), randn(rng, 7, 65), randn(rng, 65), randn(rng, 65), randn(rng, 7, 65)
+    directional_check(ref.gelu, [x], [ops.gelu_backward(dy, x)], dy, rng)
+    directional_check(ref.gelu_tanh, [x], [ops.gelu_backward(dy, x, "tanh")], dy, rng)
+    directional_check(lambda a: ref.softmax(a, 0), [x], [ops.softmax_backward(dy, ops.softmax(x, axis=0), axis=0)],
+                      dy, rng)
+    dx, dw, db = ops.layer_norm_backward(dy, x, w, 1e-5, residual=r)
+    directional_check(lambda a, ww, bb, rr: ref.layer_norm(a, ww, bb, 1e-5, rr)[0], [x, w, b, r], [dx, dw, db, dx],
+                      dy, rng)
+    wl, dyl = randn(rng, 63, 65, scale=0.1), randn(rng, 7, 63)
+    z = ops.linear(x, wl, b[:63])
+    dxl, dwl, dbl = ops.linear_backward(dyl, x, wl, "gelu", z)
+    directional_check(lambda a, ww, bb: ref.gelu(a @ ww.T + bb), [x, wl, b[:63]], [dxl, dwl, dbl], dyl, rng)
+
+
+@pytest.mark.parametrize("causal,mask_kind", [(False, None), (True, None), (False, "bool"), (True, "float")])
+def test_central_differences_attention(rng, causal, mask_kind):
+    q, k, v, dy = randn(rng, 1, 2, 7, 8), randn(rng, 1, 2, 9, 8), randn(rng, 1, 2, 9, 5), randn(rng, 1, 2, 7, 5)
+    mask = None
+    if mask_kind == "bool":
+        mask = rng.random((7, 9)) > 0.3
+    elif mask_kind == "float":
+        mask = randn(rng, 7, 9)
+    grads = ops.scaled_dot_product_attention_backward(dy, q, k, v, attn_mask=mask, is_causal=causal)
+    directional_check(lambda a, bb, c: ref.sdpa(a, bb, c, mask, causal), [q, k, v], grads, dy, rng)
+
+
+def test_central_differences_cross_entropy_embedding_additive(rng):
+    logits, labels = randn(rng, 6, 11), rng.integers(0, 11, 6)
+    labels[2] = -100
+    _, dlogits = ops.cross_entropy(logits, labels, label_smoothing=0.1, return_grad=True)
+
+    def ce64(z):
+        z = np.asarray(z, np.float64)
+        logp = z - z.max(-1, keepdims=True)
+        logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+        keep = labels != -100
+        nll = -logp[keep, labels[keep]]
+        smooth = -logp[keep].mean(-1)
+        return np.array((0.9 * nll + 0.1 * smooth).mean())
+    directional_check(ce64, [logits], [dlogits], np.array(1.0), rng)
+    table, ids, dy = randn(rng, 10, 4), rng.integers(0, 10, (3, 5)), randn(rng, 3, 5, 4)
+    directional_check(lambda t: t[ids], [table], [ops.embedding_backward(dy, ids, 10)], dy, rng)
+    q, kk, vv = randn(rng, 2, 3, 4), randn(rng, 2, 5, 4), randn(rng, 2, 5, 3)
+    wq, wk, va, dya = randn(rng, 6, 4), randn(rng, 6, 4), randn(rng, 6), randn(rng, 2, 3, 3)
+    m = rng.random((2, 5)) > 0.2
+    grads = ops.additive_attention_backward(dya, q, kk, vv, wq, wk, va, m)
+    directional_check(lambda a, b_, c, d, e, f: ref.additive(a, b_, c, d, e, f, mask=m)[0],
+                      [q, kk, vv, wq, wk, va], grads, dya, rng)
