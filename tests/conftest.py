@@ -35,6 +35,25 @@ def randn(rng, *shape, scale=1.0):
     return (rng.standard_normal(shape) * scale).astype(np.float32)
 
 
+def assert_same_on_thread_counts(fn, counts=(1, 2, 3), want=None):
+    """fn() run with each thread count (restored after): every result bit-identical to the first (or to
+    `want`); a result may be an array or a tuple of them. Returns the first."""
+    before = coreformer.get_num_threads()
+    try:
+        runs = []
+        for n in counts:
+            coreformer.set_num_threads(n)
+            runs.append(fn())
+    finally:
+        coreformer.set_num_threads(before)
+    as_tuple = lambda r: r if isinstance(r, tuple) else (r,)  # noqa: E731
+    ref = as_tuple(runs[0] if want is None else want)
+    for r in runs:
+        for a, b in zip(as_tuple(r), ref, strict=True):
+            np.testing.assert_array_equal(a, b)
+    return runs[0]
+
+
 def assert_close(got, ref, rtol=2e-6, atol_scale=2e-6, floor=0.0):
     """|got - ref| <= rtol |ref| + atol_scale * max|ref| (+ floor, an absolute slack for results that
     float32 can barely represent): float32 rounding against a float64 reference."""

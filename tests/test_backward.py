@@ -6,7 +6,7 @@ import pytest
 from coreformer import ops
 
 import reference as ref
-from conftest import randn
+from conftest import assert_same_on_thread_counts, randn
 
 SIZES = [(1,), (7,), (63,), (65,), (3, 1000), (2, 7, 33)]
 
@@ -148,19 +148,8 @@ def test_layer_norm_backward_with_residual_and_torch(rng):
 
 
 def test_layer_norm_backward_is_the_same_on_any_thread_count(rng):
-    import coreformer
     x, dy, w = randn(rng, 300, 96), randn(rng, 300, 96), randn(rng, 96)
-    before = coreformer.get_num_threads()
-    try:
-        got = []
-        for n in (1, 2, 3):
-            coreformer.set_num_threads(n)
-            got.append(ops.layer_norm_backward(dy, x, w))
-    finally:
-        coreformer.set_num_threads(before)
-    for other in got[1:]:
-        for a, b in zip(got[0], other):
-            np.testing.assert_array_equal(a, b)
+    assert_same_on_thread_counts(lambda: ops.layer_norm_backward(dy, x, w))
 
 
 def test_layer_norm_backward_bad_input(rng):
@@ -196,23 +185,13 @@ def test_embedding_backward(rng, ids_shape, V, D):
 
 def test_embedding_backward_matches_torch_and_any_thread_count(rng):
     torch = pytest.importorskip("torch")
-    import coreformer
     ids = rng.integers(0, 50, (8, 40))
     ids[:, :5] = 7  # many repeats of one row
     dy = randn(rng, 8, 40, 24)
     table = torch.zeros(50, 24, dtype=torch.float64, requires_grad=True)
     torch.nn.functional.embedding(torch.tensor(ids), table, padding_idx=3).backward(torch.tensor(dy.astype(np.float64)))
     assert norm_rel(ops.embedding_backward(dy, ids, 50, padding_idx=3), table.grad.numpy()) < 1e-6
-    before = coreformer.get_num_threads()
-    try:
-        runs = []
-        for n in (1, 2, 3):
-            coreformer.set_num_threads(n)
-            runs.append(ops.embedding_backward(dy, ids, 50))
-    finally:
-        coreformer.set_num_threads(before)
-    for other in runs[1:]:
-        np.testing.assert_array_equal(other, runs[0])
+    assert_same_on_thread_counts(lambda: ops.embedding_backward(dy, ids, 50))
 
 
 def test_embedding_backward_bad_input(rng):
@@ -320,7 +299,6 @@ def test_linear_backward(isa, rng, m, k, n, act):
 
 def test_linear_backward_batched_matches_torch_and_any_thread_count(rng):
     torch = pytest.importorskip("torch")
-    import coreformer
     x, w, b, dy = randn(rng, 3, 41, 96), randn(rng, 200, 96, scale=0.1), randn(rng, 200), randn(rng, 3, 41, 200)
     tx, tw, tb = (torch.tensor(a.astype(np.float64), requires_grad=True) for a in (x, w, b))
     z = torch.nn.functional.linear(tx, tw, tb)
@@ -329,17 +307,7 @@ def test_linear_backward_batched_matches_torch_and_any_thread_count(rng):
     got = ops.linear_backward(dy, x, w, "gelu", pre)
     for g, t in zip(got, (tx.grad, tw.grad, tb.grad)):
         assert norm_rel(g, t.numpy()) < 1e-5
-    before = coreformer.get_num_threads()
-    try:
-        runs = []
-        for nt in (1, 2, 3):
-            coreformer.set_num_threads(nt)
-            runs.append(ops.linear_backward(dy, x, w, "gelu", pre))
-    finally:
-        coreformer.set_num_threads(before)
-    for other in runs[1:]:
-        for a, c in zip(runs[0], other):
-            np.testing.assert_array_equal(a, c)
+    assert_same_on_thread_counts(lambda: ops.linear_backward(dy, x, w, "gelu", pre))
 
 
 def test_linear_backward_bad_input(rng):
@@ -438,20 +406,10 @@ def test_attention_backward_matches_torch_autograd_gqa_and_broadcast(rng):
 
 @pytest.mark.parametrize("B,H", [(1, 3), (4, 4)])  # fewer than 8 heads split their keys; 16 do not
 def test_attention_backward_is_the_same_on_any_thread_count(rng, B, H):
-    import coreformer
     q, k, v, go = (randn(rng, B, H, 150, 32) for _ in range(4))
     out, lse = ops.scaled_dot_product_attention_forward(q, k, v, is_causal=True)
-    before = coreformer.get_num_threads()
-    try:
-        runs = []
-        for nt in (1, 2, 3):
-            coreformer.set_num_threads(nt)
-            runs.append(ops.scaled_dot_product_attention_backward(go, q, k, v, out, lse, is_causal=True))
-    finally:
-        coreformer.set_num_threads(before)
-    for other in runs[1:]:
-        for a, c in zip(runs[0], other):
-            np.testing.assert_array_equal(a, c)
+    assert_same_on_thread_counts(
+        lambda: ops.scaled_dot_product_attention_backward(go, q, k, v, out, lse, is_causal=True))
 
 
 def test_attention_backward_strided_inputs(rng):
@@ -565,22 +523,12 @@ def test_dropout(isa, rng, shape, p):
 
 
 def test_dropout_streams_threads_and_eval(rng):
-    import coreformer
     x = randn(rng, 50000)
     a = ops.dropout(x, 0.3, seed=1)
     assert not np.array_equal(a, ops.dropout(x, 0.3, seed=2))
     # offsets are windows of one stream: the second half of a call equals a call at offset 25000
     np.testing.assert_array_equal(a[25000:], ops.dropout(x[25000:], 0.3, seed=1, offset=25000))
-    before = coreformer.get_num_threads()
-    try:
-        runs = []
-        for nt in (1, 2, 3):
-            coreformer.set_num_threads(nt)
-            runs.append(ops.dropout(x, 0.3, seed=1))
-    finally:
-        coreformer.set_num_threads(before)
-    for r in runs:
-        np.testing.assert_array_equal(r, a)
+    assert_same_on_thread_counts(lambda: ops.dropout(x, 0.3, seed=1), want=a)
     assert ops.dropout(x, 0.3, training=False, seed=1) is x  # eval: the input itself
     # a dropped NaN stays NaN, as torch's x * mask
     y, kept = ops.dropout(np.full(100, np.nan, np.float32), 0.5, seed=3, return_mask=True)
@@ -635,20 +583,9 @@ def test_additive_attention_backward(isa, rng, B, Sq, Sk, Dq, Dk, A, Dv, mask_ki
 
 
 def test_additive_attention_backward_threads_and_bad_input(rng):
-    import coreformer
     q, k, v_ = randn(rng, 5, 7, 8), randn(rng, 5, 9, 8), randn(rng, 5, 9, 4)
     wq, wk, vv, dy = randn(rng, 16, 8), randn(rng, 16, 8), randn(rng, 16), randn(rng, 5, 7, 4)
-    before = coreformer.get_num_threads()
-    try:
-        runs = []
-        for nt in (1, 2, 3):
-            coreformer.set_num_threads(nt)
-            runs.append(ops.additive_attention_backward(dy, q, k, v_, wq, wk, vv))
-    finally:
-        coreformer.set_num_threads(before)
-    for r in runs[1:]:
-        for a, b in zip(runs[0], r):
-            np.testing.assert_array_equal(a, b)
+    assert_same_on_thread_counts(lambda: ops.additive_attention_backward(dy, q, k, v_, wq, wk, vv))
     with pytest.raises(ValueError, match=r"grad_output has shape \(5, 7, 3\) but additive_attention's output"):
         ops.additive_attention_backward(dy[..., :3], q, k, v_, wq, wk, vv)
     with pytest.raises(ValueError, match="w_key must have shape"):

@@ -5,7 +5,7 @@ import pytest
 
 from coreformer import optim
 
-from conftest import gpt2  # noqa: F401  (the fixture)
+from conftest import assert_same_on_thread_counts, gpt2  # noqa: F401  (the fixture)
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -178,25 +178,30 @@ def bert_batch(rng):
     return ids, mask, tt
 
 
+def compare_named_grads(ref, ours, rename=lambda n: n, skip=lambda n: False):
+    """Every parameter gradient of a torch model `ref` against ours by name (rename: theirs -> ours), within
+    1e-4; a gradient that is zero in exact arithmetic (a key bias) only has to be rounding-small."""
+    got = {n: p.grad for n, p in ours.named_parameters()}
+    scale = max(float(np.linalg.norm(p.grad.numpy())) for p in ref.parameters() if p.grad is not None)
+    for name, p in ref.named_parameters():
+        if p.grad is None or skip(name):
+            continue
+        g, mine = p.grad.numpy(), got[rename(name)]
+        assert mine is not None, name
+        if np.linalg.norm(g) < 1e-9 * scale:
+            assert np.linalg.norm(mine) < 1e-5 * scale, name
+            continue
+        assert norm_rel(mine, g) < 1e-4, name
+
+
 def compare_bert(ref, ours, ids, mask, tt, labels, t_labels):
     out = ours(ids, attention_mask=mask, token_type_ids=tt, labels=labels)
     t = ref(torch.tensor(ids), attention_mask=torch.tensor(mask), token_type_ids=torch.tensor(tt), labels=t_labels)
     assert out.loss == pytest.approx(t.loss.item(), rel=1e-5)
     out.loss.backward()
     t.loss.backward()
-    want = {n: p.grad for n, p in ref.named_parameters() if p.grad is not None}
-    got = {n: p.grad for n, p in ours.named_parameters()}
-    for name, g in want.items():
-        if name.endswith("decoder.weight") or name.endswith("decoder.bias"):
-            continue  # tied to the word embeddings and to cls.predictions.bias, compared there
-        assert got.get(name) is not None, name
-        scale = max(float(np.linalg.norm(w.numpy())) for w in want.values())
-        if np.linalg.norm(g.numpy()) < 1e-9 * scale:  # zero in exact arithmetic (the key bias): rounding only
-            assert np.linalg.norm(got[name]) < 1e-5 * scale, name
-            continue
-        assert norm_rel(got[name], g.numpy()) < 1e-4, name
-    missing = [n for n, g in got.items() if g is None and n in want]
-    assert not missing
+    # the MLM decoder is tied to the word embeddings and to cls.predictions.bias: compared there
+    compare_named_grads(ref, ours, skip=lambda n: n.endswith(("decoder.weight", "decoder.bias")))
 
 
 @pytest.mark.parametrize("kind", ["single", "regression", "multi"])
@@ -270,13 +275,11 @@ def test_bert_bad_labels(tmp_path, rng):
 
 
 def test_training_is_bit_identical_run_after_run_and_across_thread_counts(gpt2, rng):  # noqa: F811
-    import coreformer
     from coreformer.models import GPT2LMHeadModel
     d = gpt2[0]
     ids, mask, labels = batch(rng, 211)
 
-    def run(threads):
-        coreformer.set_num_threads(threads)
+    def run():
         m = GPT2LMHeadModel.from_pretrained(d).train().seed_dropout(7)  # hidden dropout on (p = 0.1)
         opt = optim.AdamW(m.parameters(), lr=1e-3)
         losses = []
@@ -287,16 +290,8 @@ def test_training_is_bit_identical_run_after_run_and_across_thread_counts(gpt2, 
             opt.step()
             opt.zero_grad()
             losses.append(float(out.loss))
-        return losses, [p.data.copy() for p in m.parameters()]
-    before = coreformer.get_num_threads()
-    try:
-        runs = [run(1), run(2), run(2), run(3)]
-    finally:
-        coreformer.set_num_threads(before)
-    for losses, weights in runs[1:]:
-        assert losses == runs[0][0]
-        for a, b in zip(weights, runs[0][1]):
-            np.testing.assert_array_equal(a, b)
+        return (np.array(losses), *(p.data.copy() for p in m.parameters()))
+    assert_same_on_thread_counts(run, counts=(1, 2, 2, 3))  # run after run (2 twice) and across counts
 
 
 def test_gpt2_hidden_dropout_seeded_and_its_gradient_uses_the_forwards_masks(fresh_gpt2, rng):
@@ -409,18 +404,7 @@ def test_roberta_sequence_classification_gradients(tmp_path, rng):
     assert out.loss == pytest.approx(t.loss.item(), rel=1e-5)
     out.loss.backward()
     t.loss.backward()
-    got = {n: p.grad for n, p in ours.named_parameters()}
-    scale = max(float(np.linalg.norm(p.grad.numpy())) for p in ref.parameters() if p.grad is not None)
-    for name, p in ref.named_parameters():
-        if p.grad is None:
-            continue
-        g = p.grad.numpy()
-        mine = got[name]
-        assert mine is not None, name
-        if np.linalg.norm(g) < 1e-9 * scale:
-            assert np.linalg.norm(mine) < 1e-5 * scale, name
-            continue
-        assert norm_rel(mine, g) < 1e-4, name
+    compare_named_grads(ref, ours)
 
 
 def test_a_later_forward_or_another_thread_never_gives_a_silent_wrong_gradient(fresh_gpt2, tmp_path, rng):
@@ -461,20 +445,6 @@ def test_a_later_forward_or_another_thread_never_gives_a_silent_wrong_gradient(f
     bert(b_ids, attention_mask=b_mask, labels=np.array([0, 1, 2]))
     with pytest.raises(RuntimeError, match="ran another training forward"):
         a.loss.backward()
-
-
-def compare_named_grads(ref, ours, rename=lambda n: n):
-    got = {n: p.grad for n, p in ours.named_parameters()}
-    scale = max(float(np.linalg.norm(p.grad.numpy())) for p in ref.parameters() if p.grad is not None)
-    for name, p in ref.named_parameters():
-        if p.grad is None:
-            continue
-        g, mine = p.grad.numpy(), got[rename(name)]
-        assert mine is not None, name
-        if np.linalg.norm(g) < 1e-9 * scale:
-            assert np.linalg.norm(mine) < 1e-5 * scale, name
-            continue
-        assert norm_rel(mine, g) < 1e-4, name
 
 
 def test_distilbert_classifier_and_roberta_token_classifier_gradients(tmp_path, rng):

@@ -3,27 +3,26 @@
 #include "core/threading.h"
 #include "cpu/epilogue.h"
 #include "cpu/kernels.h"
+#include "cpu/row.h"
 #include "cpu/simd.h"
 
 namespace cf::cpu::CF_ISA_NS {
 namespace {
 
 // One straight-line loop per activation: A is a template argument, so activate()'s switch folds away.
+// body(i, w) over [0, n) in chunks of 64 KiB (a multiple of every vector width) spread over the threads.
+template <typename Body>
+void chunked(int64_t n, Body&& body) {
+  constexpr int64_t kChunk = 1 << 14;
+  const int64_t chunks = ceil_div(n, kChunk);
+  const int nt = threads_for(n, 1 << 15);
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t c = 0; c < chunks; ++c) for_vectors(c * kChunk, imin(n, (c + 1) * kChunk), body);
+}
+
 template <Activation A>
 void apply(const ActivationArgs& a) {
-  constexpr int64_t kChunk = 1 << 14;  // floats per task: 64 KiB, a multiple of every vector width
-  const int64_t chunks = ceil_div(a.n, kChunk);
-  const int nt = threads_for(a.n, 1 << 15);
-#pragma omp parallel for schedule(static) num_threads(nt)
-  for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t j0 = c * kChunk, j1 = imin(a.n, j0 + kChunk);
-    int64_t j = j0;
-    for (; j + Vec::W <= j1; j += Vec::W) activate(Vec::load(a.x + j), A).store(a.y + j);
-    if (j < j1) {
-      const int t = static_cast<int>(j1 - j);
-      activate(Vec::load_partial(a.x + j, t), A).store_partial(a.y + j, t);
-    }
-  }
+  chunked(a.n, [&](int64_t j, int w) { store_n(activate(load_n(a.x + j, w), A), a.y + j, w); });
 }
 
 template <Activation A>
@@ -37,19 +36,7 @@ Vec derivative(Vec x) {
 // dx = dy * act'(x), in the forward's chunks.
 template <Activation A>
 void apply_backward(const ActivationBackwardArgs& a) {
-  constexpr int64_t kChunk = 1 << 14;
-  const int64_t chunks = ceil_div(a.n, kChunk);
-  const int nt = threads_for(a.n, 1 << 15);
-#pragma omp parallel for schedule(static) num_threads(nt)
-  for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t j0 = c * kChunk, j1 = imin(a.n, j0 + kChunk);
-    int64_t j = j0;
-    for (; j + Vec::W <= j1; j += Vec::W) (Vec::load(a.dy + j) * derivative<A>(Vec::load(a.x + j))).store(a.dx + j);
-    if (j < j1) {
-      const int t = static_cast<int>(j1 - j);
-      (Vec::load_partial(a.dy + j, t) * derivative<A>(Vec::load_partial(a.x + j, t))).store_partial(a.dx + j, t);
-    }
-  }
+  chunked(a.n, [&](int64_t j, int w) { store_n(load_n(a.dy + j, w) * derivative<A>(load_n(a.x + j, w)), a.dx + j, w); });
 }
 
 }  // namespace

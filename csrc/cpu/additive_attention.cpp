@@ -19,6 +19,36 @@
 
 namespace cf::cpu::CF_ISA_NS {
 
+namespace {
+
+// s[j] = v . tanh(qp[b,i] + kp[b,j]) for every key, -inf where the mask forbids it; returns their max
+// (-inf when none is visible; NaN scores are skipped by the max and left in s).
+float row_scores(const AdditiveArgs& a, int64_t b, int64_t i, float* s) {
+  const int64_t Sk = a.Sk, A = a.A;
+  const float ninf = -std::numeric_limits<float>::infinity();
+  const float* q = a.qp + (b * a.Sq + i) * A;
+  const uint8_t* mrow = a.mask ? a.mask + b * a.m_sb + i * a.m_sq : nullptr;
+  float mx = ninf;
+  for (int64_t j = 0; j < Sk; ++j) {
+    if (mrow && !mrow[j]) { s[j] = ninf; continue; }
+    const float* k = a.kp + (b * Sk + j) * A;
+    Vec acc = Vec::zero();
+    int64_t c = 0;
+    for (; c + Vec::W <= A; c += Vec::W)
+      acc = fma(Vec::load(a.v_vec + c), tanh(Vec::load(q + c) + Vec::load(k + c)), acc);
+    if (c < A) {
+      const int t = static_cast<int>(A - c);
+      acc = fma(Vec::load_partial(a.v_vec + c, t), tanh(Vec::load_partial(q + c, t) + Vec::load_partial(k + c, t)),
+                acc);
+    }
+    s[j] = reduce_add(acc);
+    mx = s[j] > mx ? s[j] : mx;
+  }
+  return mx;
+}
+
+}  // namespace
+
 void additive_attention(const AdditiveArgs& a) {
   const int64_t B = a.B, Sq = a.Sq, Sk = a.Sk, A = a.A, Dv = a.Dv;
   if (B == 0 || Sq == 0) return;
@@ -36,23 +66,7 @@ void additive_attention(const AdditiveArgs& a) {
 #pragma omp for schedule(dynamic, 4)
     for (int64_t row = 0; row < B * Sq; ++row) {
       const int64_t b = row / Sq, i = row % Sq;
-      const float* q = a.qp + row * A;
-      const uint8_t* mrow = a.mask ? a.mask + b * a.m_sb + i * a.m_sq : nullptr;
-      float mx = ninf;
-      for (int64_t j = 0; j < Sk; ++j) {
-        if (mrow && !mrow[j]) { s[j] = ninf; continue; }
-        const float* k = a.kp + (b * Sk + j) * A;
-        Vec acc = Vec::zero();
-        int64_t c = 0;
-        for (; c + Vec::W <= A; c += Vec::W)
-          acc = fma(Vec::load(a.v_vec + c), tanh(Vec::load(q + c) + Vec::load(k + c)), acc);
-        if (c < A) {
-          int t = static_cast<int>(A - c);
-          acc = fma(Vec::load_partial(a.v_vec + c, t), tanh(Vec::load_partial(q + c, t) + Vec::load_partial(k + c, t)), acc);
-        }
-        s[j] = reduce_add(acc);
-        mx = s[j] > mx ? s[j] : mx;
-      }
+      const float mx = row_scores(a, b, i, s);
       float* out = a.out + row * Dv;
       std::memset(out, 0, sizeof(float) * Dv);
       float* w = a.weights ? a.weights + row * Sk : nullptr;
@@ -118,23 +132,7 @@ void additive_attention_backward(const AdditiveBackwardArgs& g) {
         const int64_t row = b * Sq + i;
         const float* q = a.qp + row * A;
         const float* dout = g.dout + row * Dv;
-        const uint8_t* mrow = a.mask ? a.mask + b * a.m_sb + i * a.m_sq : nullptr;
-        float mx = ninf;
-        for (int64_t j = 0; j < Sk; ++j) {
-          if (mrow && !mrow[j]) { s[j] = ninf; continue; }
-          const float* k = a.kp + (b * Sk + j) * A;
-          Vec acc = Vec::zero();
-          int64_t c = 0;
-          for (; c + Vec::W <= A; c += Vec::W)
-            acc = fma(Vec::load(a.v_vec + c), tanh(Vec::load(q + c) + Vec::load(k + c)), acc);
-          if (c < A) {
-            const int r = static_cast<int>(A - c);
-            acc = fma(Vec::load_partial(a.v_vec + c, r), tanh(Vec::load_partial(q + c, r) + Vec::load_partial(k + c, r)),
-                      acc);
-          }
-          s[j] = reduce_add(acc);
-          mx = s[j] > mx ? s[j] : mx;
-        }
+        const float mx = row_scores(a, b, i, s);
         if (mx == ninf) {  // nothing to attend (zero output, zero gradients), or NaN scores (NaN gradients)
           if (has_nan(s, Sk)) {
             const float qnan = std::numeric_limits<float>::quiet_NaN();

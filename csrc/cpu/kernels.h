@@ -165,13 +165,6 @@ struct ColumnSumArgs {
   float* out = nullptr;
 };
 
-// dst (cols, rows) = src (rows, cols) transposed, both C-contiguous.
-struct TransposeArgs {
-  int64_t rows = 0, cols = 0;
-  const float* src = nullptr;
-  float* dst = nullptr;
-};
-
 // Dropout: y = x * keep / (1 - p), keep = (Philox word of element offset + i under seed) < (1 - p) 2^32, the
 // same stream on any thread count; the backward is the same call on the gradient (the mask recomputed).
 // mask (optional, n bytes): 1 where kept.
@@ -278,7 +271,6 @@ struct SoftmaxBackwardArgs {
   X(embedding_backward, EmbeddingBackwardArgs)  \
   X(cross_entropy, CrossEntropyArgs)            \
   X(column_sum, ColumnSumArgs)                  \
-  X(transpose, TransposeArgs)                    \
   X(dropout, DropoutArgs)                       \
   X(adamw, AdamWArgs)                           \
   X(sgd, SGDArgs)                               \

@@ -1,5 +1,5 @@
-// Layout and reduction helpers of the backward passes: the sum over rows (a bias's gradient) and a
-// blocked transpose (the GEMM of a weight's gradient reads dY transposed).
+// Reductions of the backward passes: the sum over rows (a bias's gradient). (The GEMM reads a weight
+// gradient's dY transposed in place: GemmArgs::a_km.)
 #include <algorithm>
 
 #include "core/threading.h"
@@ -34,19 +34,6 @@ void column_sum(const ColumnSumArgs& a) {
       for (int64_t blk = 0; blk < blocks; ++blk) s += partial.get()[blk * n + j];
       a.out[j] = static_cast<float>(s);
     }
-  }
-}
-
-void transpose(const TransposeArgs& a) {
-  constexpr int64_t kTile = 32;  // a 32 x 32 tile: 4 KiB read and written while in L1
-  const int64_t tr = ceil_div(a.rows, kTile), tc = ceil_div(a.cols, kTile);
-  const int nt = threads_for(a.rows * a.cols, 1 << 16);
-#pragma omp parallel for schedule(static) num_threads(nt)
-  for (int64_t t = 0; t < tr * tc; ++t) {
-    const int64_t r0 = (t / tc) * kTile, c0 = (t % tc) * kTile;
-    const int64_t r1 = std::min(a.rows, r0 + kTile), c1 = std::min(a.cols, c0 + kTile);
-    for (int64_t c = c0; c < c1; ++c)
-      for (int64_t r = r0; r < r1; ++r) a.dst[c * a.rows + r] = a.src[r * a.cols + c];
   }
 }
 

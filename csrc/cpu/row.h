@@ -1,4 +1,5 @@
-// Row operations shared by softmax and the two attentions: max, exp-and-sum, scale, dot, axpy.
+// Row operations shared by softmax and the two attentions (max, exp-and-sum, scale, dot, axpy) and the
+// elementwise loop of the activations and optimisers.
 #pragma once
 #include <cstdint>
 #include <limits>
@@ -204,6 +205,21 @@ inline void scale_row(float* y, int64_t n, float c) {
   int64_t j = 0;
   for (; j + Vec::W <= n; j += Vec::W) (Vec::load(y + j) * vc).store(y + j);
   if (j < n) (Vec::load_partial(y + j, static_cast<int>(n - j)) * vc).store_partial(y + j, static_cast<int>(n - j));
+}
+
+// Elementwise loops with one body for whole vectors and the tail: body(i, w) handles the w floats from i,
+// w == Vec::W but for the last (masked) vector; load_n / store_n are the matching loads and stores.
+template <typename Body>
+inline void for_vectors(int64_t begin, int64_t end, Body&& body) {
+  int64_t i = begin;
+  for (; i + Vec::W <= end; i += Vec::W) body(i, Vec::W);
+  if (i < end) body(i, static_cast<int>(end - i));
+}
+
+inline Vec load_n(const float* p, int w) { return w == Vec::W ? Vec::load(p) : Vec::load_partial(p, w); }
+inline void store_n(Vec v, float* p, int w) {
+  if (w == Vec::W) v.store(p);
+  else v.store_partial(p, w);
 }
 
 }  // namespace cf::cpu::CF_ISA_NS

@@ -29,7 +29,7 @@ __all__ = [
     "Parameter", "Module", "ModuleList", "Linear", "LayerNorm", "Embedding", "Dropout", "SinusoidalPositionalEncoding",
     "LearnedPositionalEmbedding", "MultiHeadAttention", "AdditiveAttention", "FeedForward", "KVCache", "DeviceKVCache",
     "TransformerEncoderLayer", "TransformerDecoderLayer", "TransformerEncoder", "TransformerDecoder",
-    "manual_seed", "split_heads", "attend",
+    "manual_seed", "split_heads", "merge_heads", "packed_qkv_grad", "attend",
 ]
 
 _rng = np.random.default_rng()
@@ -366,9 +366,14 @@ class Module:
         return p
 
     def _accumulate(self, name: str, grad: np.ndarray) -> None:
+        """Adds a backward's gradient into parameter `name`'s .grad; the first becomes .grad itself when it
+        is an array of its own (a backward's fresh result), else a copy (a view into a larger gradient)."""
         p = self._param(name)
         if p.grad is None:
-            p.grad = np.array(grad, dtype=np.float32, order="C")
+            g = np.asarray(grad)
+            own = (g.dtype == np.float32 and g.flags.owndata and g.flags.c_contiguous and g.flags.writeable
+                   and g.shape == p.shape)
+            p.grad = g if own else np.array(g, dtype=np.float32, order="C")
         else:
             p.grad += grad
 
@@ -866,6 +871,19 @@ def split_heads(x: np.ndarray, n: int, num_heads: int) -> list[np.ndarray]:
     return [x[:, :, i].transpose(0, 2, 1, 3) for i in range(n)]
 
 
+def merge_heads(x: np.ndarray) -> FloatArray:
+    """Head views ``(B, H, S, Dh)`` as a new ``(B, S, H * Dh)`` array: the inverse of ``split_heads``."""
+    b, h, s, d = x.shape
+    return np.ascontiguousarray(x.transpose(0, 2, 1, 3), dtype=np.float32).reshape(b, s, h * d)
+
+
+def packed_qkv_grad(dq: np.ndarray, dk: np.ndarray, dv: np.ndarray) -> FloatArray:
+    """The gradient of a packed ``(B, S, 3 * H * Dh)`` Q/K/V projection (what ``split_heads(x, 3, H)``
+    viewed) from the gradients of its three ``(B, H, S, Dh)`` head views."""
+    b, h, s, d = dq.shape
+    return np.stack([dq, dk, dv], axis=2).transpose(0, 3, 2, 1, 4).reshape(b, s, 3 * h * d)
+
+
 def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: ArrayIn | None = None, is_causal: bool = False,
            scale: float | None = None) -> FloatArray:
     """``scaled_dot_product_attention`` of head views ``(B, H, S, D)`` written straight into a
@@ -1009,7 +1027,7 @@ class MultiHeadAttention(Module):
         bsz, sq, sk = query.shape[0], query.shape[1], k.shape[2]
         mask = _allowed(attn_mask, key_padding_mask, bsz, sq, sk)
         o, lse = ops.scaled_dot_product_attention_forward(q, k, v, mask, flag("is_causal", is_causal))
-        merged = np.ascontiguousarray(o.transpose(0, 2, 1, 3)).reshape(bsz, sq, e)
+        merged = merge_heads(o)
         self._save(inputs=inputs, q=q, k=k, v=v, o=o, lse=lse, mask=mask, causal=bool(is_causal))
         return self.out_proj(merged, residual=residual)
 
@@ -1018,24 +1036,19 @@ class MultiHeadAttention(Module):
         one array, e.g. the memory: add the two). A residual's gradient is grad_output itself."""
         saved = self._take()
         e, h = self.embed_dim, self.num_heads
-        dmerged = self.out_proj.backward(grad_output)
-        bsz, sq = dmerged.shape[0], dmerged.shape[1]
-        do = dmerged.reshape(bsz, sq, h, e // h).transpose(0, 2, 1, 3)
+        do = split_heads(self.out_proj.backward(grad_output), 1, h)[0]
         dq, dk, dv = ops.scaled_dot_product_attention_backward(do, saved["q"], saved["k"], saved["v"], saved["o"],
                                                                saved["lse"], saved["mask"], saved["causal"])
-        merge = lambda d: np.ascontiguousarray(d.transpose(0, 2, 1, 3)).reshape(d.shape[0], d.shape[2], e)  # noqa: E731
         w = self.in_proj_weight
         if len(saved["inputs"]) == 1:
-            x = saved["inputs"][0]
-            dqkv = np.stack([dq, dk, dv], axis=2).transpose(0, 3, 2, 1, 4).reshape(bsz, sq, 3 * e)
-            dx, dw, db = ops.linear_backward(dqkv, x, w)
+            dx, dw, db = ops.linear_backward(packed_qkv_grad(dq, dk, dv), saved["inputs"][0], w)
             self._accumulate("in_proj_weight", dw)
             if self.in_proj_bias is not None:
                 self._accumulate("in_proj_bias", db)
             return dx
         grads_in, dws, dbs = [], [], []
         for i, (d, x) in enumerate(zip((dq, dk, dv), saved["inputs"])):
-            dx, dw, db = ops.linear_backward(merge(d), x, w[i * e:(i + 1) * e])
+            dx, dw, db = ops.linear_backward(merge_heads(d), x, w[i * e:(i + 1) * e])
             grads_in.append(dx)
             dws.append(dw)
             dbs.append(db)

@@ -212,9 +212,7 @@ class _Layer(nn.Module):
         q, k, v = nn.split_heads(ops.linear(x, sa.in_proj_weight, sa.in_proj_bias), 3, self.num_heads)
         att, lse = ops.scaled_dot_product_attention_forward(q, k, v, mask)
         self._save(x=x, q=q, k=k, v=v, o=att, lse=lse, mask=mask)
-        b, s, e = x.shape
-        merged = np.ascontiguousarray(att.transpose(0, 2, 1, 3)).reshape(b, s, e)
-        h = ao.LayerNorm(ao.dropout(ao.dense(merged)), residual=x)
+        h = ao.LayerNorm(ao.dropout(ao.dense(nn.merge_heads(att))), residual=x)
         return o.LayerNorm(o.dropout(o.dense(it(h))), residual=h)
 
     def backward(self, grad_output):
@@ -223,13 +221,11 @@ class _Layer(nn.Module):
         dsum2 = o.LayerNorm.backward(grad_output)  # of h + ffn(h)
         dh = dsum2 + it.backward(o.dense.backward(o.dropout.backward(dsum2)))
         dsum1 = ao.LayerNorm.backward(dh)  # of x + attention(x)
-        dmerged = ao.dense.backward(ao.dropout.backward(dsum1))
-        b, s, e = dmerged.shape
-        do = dmerged.reshape(b, s, self.num_heads, e // self.num_heads).transpose(0, 2, 1, 3)
+        do = nn.split_heads(ao.dense.backward(ao.dropout.backward(dsum1)), 1, self.num_heads)[0]
         dq, dk, dv = ops.scaled_dot_product_attention_backward(do, sv["q"], sv["k"], sv["v"], sv["o"], sv["lse"],
                                                                sv["mask"])
-        dqkv = np.stack([dq, dk, dv], axis=2).transpose(0, 3, 2, 1, 4).reshape(b, s, 3 * e)
-        dx, dw, db = ops.linear_backward(dqkv, sv["x"], sa.in_proj_weight)
+        dx, dw, db = ops.linear_backward(nn.packed_qkv_grad(dq, dk, dv), sv["x"], sa.in_proj_weight)
+        e = dw.shape[0] // 3
         for i, m in enumerate((sa.query, sa.key, sa.value)):  # views of the fused matrix, by torch's names
             m._accumulate("weight", dw[i * e:(i + 1) * e])
             m._accumulate("bias", db[i * e:(i + 1) * e])

@@ -134,12 +134,11 @@ class _Block(nn.Module):
         """The block in training mode, as its parts (each keeping what its backward needs; attention keeps
         the log-sum-exp of each row, not the probabilities)."""
         a, m = self.attn, self.mlp
-        b, s, e = x.shape
         q, k, v = nn.split_heads(a.c_attn(self.ln_1(x)), 3, a.n_head)
         mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
         o, lse = ops.scaled_dot_product_attention_forward(q, k, v, mask, True, a.scale)
         self._save(q=q, k=k, v=v, o=o, lse=lse, mask=mask)
-        x1 = x + self.resid_dropout(a.c_proj(np.ascontiguousarray(o.transpose(0, 2, 1, 3)).reshape(b, s, e)))
+        x1 = x + self.resid_dropout(a.c_proj(nn.merge_heads(o)))
         return x1 + self.mlp_dropout(m.c_proj(m.c_fc(self.ln_2(x1))))
 
     def backward(self, grad_output: ArrayIn) -> FloatArray:
@@ -147,13 +146,10 @@ class _Block(nn.Module):
         sv = self._take()
         grad_output = np.asarray(grad_output, np.float32)
         dx1 = grad_output + self.ln_2.backward(m.c_fc.backward(m.c_proj.backward(self.mlp_dropout.backward(grad_output))))
-        dmerged = a.c_proj.backward(self.resid_dropout.backward(dx1))
-        b, s, e = dmerged.shape
-        do = dmerged.reshape(b, s, a.n_head, a.head_dim).transpose(0, 2, 1, 3)
+        do = nn.split_heads(a.c_proj.backward(self.resid_dropout.backward(dx1)), 1, a.n_head)[0]
         dq, dk, dv = ops.scaled_dot_product_attention_backward(do, sv["q"], sv["k"], sv["v"], sv["o"], sv["lse"],
                                                                sv["mask"], True, a.scale)
-        dqkv = np.stack([dq, dk, dv], axis=2).transpose(0, 3, 2, 1, 4).reshape(b, s, 3 * e)
-        return dx1 + self.ln_1.backward(a.c_attn.backward(dqkv))
+        return dx1 + self.ln_1.backward(a.c_attn.backward(nn.packed_qkv_grad(dq, dk, dv)))
 
 
 class _Transformer(nn.Module):
