@@ -313,6 +313,42 @@ TensorObject reshape(const Tensor& t, const py::args& args) {
   return make(std::move(r));
 }
 
+// t[i] or t[a:b] along the first dimension: a view of the same memory (rows of a C-contiguous tensor
+// are contiguous). How a model's one flat parameter buffer on a device hands out each weight.
+TensorObject index_first(const Tensor& t, py::handle key) {
+  CF_CHECK(t.view.ndim > 0, IndexError, "a 0-d tensor cannot be indexed");
+  const int64_t n = t.view.shape[0];
+  int64_t start = 0, stop = 0;
+  bool drop = false;
+  if (py::isinstance<py::slice>(key)) {
+    py::ssize_t a = 0, b = 0, step = 0, len = 0;
+    CF_CHECK(py::reinterpret_borrow<py::slice>(key).compute(static_cast<py::ssize_t>(n), &a, &b, &step, &len), ValueError,
+             "tensor index: not a valid slice");
+    CF_CHECK(step == 1, ValueError, "tensor index: only slices with step 1 are views, got step ", step);
+    start = a;
+    stop = a + len;
+  } else {
+    CF_CHECK(py::isinstance<py::int_>(key) && !py::isinstance<py::bool_>(key), TypeError,
+             "a tensor is indexed by an int or a slice along its first dimension, got ",
+             std::string(py::str(py::type::of(key).attr("__name__"))));
+    int64_t i = key.cast<int64_t>();
+    CF_CHECK(i >= -n && i < n, IndexError, "index ", i, " is out of range for the first dimension of a tensor of shape ",
+             t.view.shape_str());
+    start = i < 0 ? i + n : i;
+    stop = start + 1;
+    drop = true;
+  }
+  int64_t row = 1;
+  for (int d = 1; d < t.view.ndim; ++d) row *= t.view.shape[d];
+  std::vector<int64_t> shape(t.view.shape + (drop ? 1 : 0), t.view.shape + t.view.ndim);
+  if (!drop) shape[0] = stop - start;
+  Tensor r;
+  r.owner = t.owner;
+  r.view = TensorView(static_cast<char*>(t.view.data) + static_cast<size_t>(start * row) * dtype_size(t.view.dtype),
+                      t.view.dtype, static_cast<int>(shape.size()), shape.data(), t.view.device);
+  return make(std::move(r));
+}
+
 py::array to_numpy(const Tensor& t) {
   const DType host = t.view.dtype == DType::bf16 ? DType::f32 : t.view.dtype;
   py::array a(py::dtype(numpy_name(host)), shape_vec(t.view));
@@ -424,6 +460,8 @@ CuPy, JAX or numpy without a copy.)doc");
                                    py::make_tuple(to_numpy(t), device_str(t.view.device), std::string(dtype_name(t.view.dtype))));
            })
       .def("reshape", &reshape, "A view of the same memory with another shape (one dimension may be -1).")
+      .def("__getitem__", &index_first, py::arg("key"),
+           "``t[i]`` or ``t[a:b]`` along the first dimension: a view of the same memory.")
       .def("__dlpack__", &dlpack, py::kw_only(), py::arg("stream") = py::none(), py::arg("max_version") = py::none(),
            py::arg("dl_device") = py::none(), py::arg("copy") = py::none())
       .def("__dlpack_device__", [](const Tensor& t) {

@@ -27,6 +27,10 @@ class Tensor:
         ...
     def __dlpack_device__(self) -> tuple[int, int]:
         ...
+    def __getitem__(self, key: typing.Any) -> Tensor:
+        """
+        ``t[i]`` or ``t[a:b]`` along the first dimension: a view of the same memory.
+        """
     def __len__(self) -> int:
         ...
     def __reduce__(self) -> tuple:

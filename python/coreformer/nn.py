@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
@@ -26,7 +27,7 @@ from ._typing import ArrayIn, ArrayLike, FloatArray, PackedWeight, Result
 from . import safetensors as _st
 
 __all__ = [
-    "Parameter", "Module", "ModuleList", "Linear", "LayerNorm", "Embedding", "Dropout", "SinusoidalPositionalEncoding",
+    "Parameter", "FlatStore", "Module", "ModuleList", "Linear", "LayerNorm", "Embedding", "Dropout", "SinusoidalPositionalEncoding",
     "LearnedPositionalEmbedding", "MultiHeadAttention", "AdditiveAttention", "FeedForward", "KVCache", "DeviceKVCache",
     "TransformerEncoderLayer", "TransformerDecoderLayer", "TransformerEncoder", "TransformerDecoder",
     "manual_seed", "split_heads", "merge_heads", "packed_qkv_grad", "attend",
@@ -219,6 +220,121 @@ class Parameter:
         return f"Parameter(shape={self.data.shape}, grad={grad}, requires_grad={self.requires_grad})"
 
 
+_stores: weakref.WeakValueDictionary[int, FlatStore] = weakref.WeakValueDictionary()
+
+
+class FlatStore:
+    """A module tree's parameters in one float32 buffer, as llm.c lays them out (``Module.flatten_parameters``
+    makes it; ``train()`` and ``.to(device)`` do so on their own).
+
+    ``data`` holds every parameter once (an array two modules share takes one slot), the weight-decayed
+    ones first, in the range ``decay`` (transformers' rule: every parameter but biases and LayerNorm
+    weights), the others after; ``grad``, made at the first backward, has the same layout, and
+    ``coreformer.optim`` keeps its moments in buffers of that layout too, so a step is one pass over a
+    few long ranges. Every parameter of the tree is a view into ``data`` (``slots``: dotted name ->
+    ``(offset, shape)``): the layers compute with, and the optimisers update, that one buffer."""
+
+    __slots__ = ("data", "grad", "slots", "decay", "_tensors", "__weakref__")
+
+    def __init__(self, entries: list[tuple[list[str], np.ndarray, bool]]):
+        order = [i for i, e in enumerate(entries) if e[2]] + [i for i, e in enumerate(entries) if not e[2]]
+        offsets, total = {}, 0
+        for i in order:
+            offsets[i] = total
+            total += entries[i][1].size
+        n_decay = sum(e[1].size for e in entries if e[2])
+        self.data: FloatArray = np.empty(total, np.float32)
+        self.grad: FloatArray | None = None
+        self.slots: dict[str, tuple[int, tuple[int, ...]]] = {}
+        self.decay = slice(0, n_decay)
+        self._tensors: dict[tuple[str, str], Any] = {}
+        for i, (names, a, _) in enumerate(entries):
+            off = offsets[i]
+            self.data[off:off + a.size] = a.reshape(-1)
+            for n in names:
+                self.slots[n] = (off, tuple(a.shape))
+        _stores[id(self.data)] = self
+
+    @property
+    def size(self) -> int:
+        return int(self.data.size)
+
+    def __repr__(self) -> str:
+        return (f"FlatStore({len(self.slots)} parameters, {self.size} floats, weight-decayed "
+                f"[{self.decay.start}, {self.decay.stop}))")
+
+    def view(self, name: str) -> FloatArray:
+        """Parameter ``name``'s slot of ``data``."""
+        off, shape = self.slots[name]
+        return self.data[off:off + math.prod(shape)].reshape(shape)
+
+    def offset(self, a: np.ndarray) -> int | None:
+        """Where ``a`` starts in ``data`` (in elements), or None when it is not a view into it."""
+        if a.base is not self.data:
+            return None
+        return (a.__array_interface__["data"][0] - self.data.__array_interface__["data"][0]) // 4
+
+    def holds(self, name: str, a: np.ndarray) -> bool:
+        slot = self.slots.get(name)
+        return slot is not None and a.shape == slot[1] and a.flags.c_contiguous and self.offset(a) == slot[0]
+
+    def grad_for(self, a: np.ndarray) -> FloatArray | None:
+        """The slot of ``grad`` that matches parameter array ``a`` (a view into ``data``), or None."""
+        off = self.offset(a)
+        if off is None or not a.flags.c_contiguous:
+            return None
+        if self.grad is None:
+            self.grad = np.empty_like(self.data)  # every slot is written before it is read (first backward)
+        return self.grad[off:off + a.size].reshape(a.shape)
+
+    def release_devices(self) -> None:
+        """Forget the copies of ``data`` made on devices (``tensor``); views handed out keep theirs alive."""
+        self._tensors.clear()
+
+    def tensor(self, a: np.ndarray, device: str, dtype: str) -> Any:
+        """``a`` on ``device`` in ``dtype``: a view of this buffer's one copy there when ``a`` is a view
+        into ``data`` (the copy is made once per device and dtype), else a Tensor of its own (a table
+        derived from the parameters)."""
+        from . import tensor as _tensor  # the package's public constructor
+        off = self.offset(a)
+        if off is None or not a.flags.c_contiguous:
+            return _tensor(a, device, dtype)
+        whole = self._tensors.get((device, dtype))
+        if whole is None:
+            whole = self._tensors[(device, dtype)] = _tensor(self.data, device, dtype)
+        return whole[off:off + a.size].reshape(a.shape)
+
+
+def store_of(a: np.ndarray) -> FlatStore | None:
+    """The FlatStore whose buffer ``a`` views, if any."""
+    base = a.base
+    s = _stores.get(id(base)) if isinstance(base, np.ndarray) else None
+    return s if s is not None and s.data is base else None
+
+
+def joined(arrays: list[Any]) -> FloatArray:
+    """The arrays one after another along the first axis: a view when they already lie so in one
+    buffer (BERT's query, key and value weights in a flat store: the fused QKV matrix is then the same
+    memory), else a new array."""
+    first = arrays[0]
+    base = first.base
+    if not isinstance(base, np.ndarray):
+        return np.concatenate(arrays)
+    ok = base.flags.c_contiguous and base.dtype == np.float32 and base.ndim == 1
+    addr = first.__array_interface__["data"][0]
+    for a in arrays:
+        if not ok:
+            break
+        ok = (a.base is base and a.flags.c_contiguous and a.shape[1:] == first.shape[1:]
+              and a.__array_interface__["data"][0] == addr)
+        addr += a.nbytes
+    if not ok:
+        return np.concatenate(arrays)
+    start = (first.__array_interface__["data"][0] - base.__array_interface__["data"][0]) // 4
+    n = sum(a.size for a in arrays)
+    return base[start:start + n].reshape((-1,) + first.shape[1:])
+
+
 class Module:
     """Base class: numpy arrays assigned as attributes are parameters, ``Module``s are children.
 
@@ -255,6 +371,8 @@ class Module:
                 value = _as_f32(name, value, contiguous=False)
             modules.pop(name, None)
             params[name] = value
+            if value is not None and name in (self.__dict__.get("_param_objs") or {}):
+                self._param(name)  # the Parameter an optimiser may hold now points at the new array
             if name in self.__dict__.get("_packed", ()):
                 self._pack(self._pack_dtype)  # a packed copy never goes stale
         else:
@@ -320,12 +438,10 @@ class Module:
         for m in self.modules():
             object.__setattr__(m, "training", mode)
             object.__setattr__(m, "_saved", None)
-            if mode:
-                if m.__dict__.get("_pack_dtype"):
-                    m.unpack_weights()
-                for name, a in list(m._params.items()):
-                    if a is not None and not (a.dtype == np.float32 and a.flags.c_contiguous and a.flags.writeable):
-                        m._params[name] = np.array(a, dtype=np.float32, order="C")
+            if mode and m.__dict__.get("_pack_dtype"):
+                m.unpack_weights()
+        if mode:
+            self.flatten_parameters()
         repack = self.__dict__.get("_packed_before_training")
         if not mode and repack:
             object.__setattr__(self, "_packed_before_training", None)
@@ -334,6 +450,62 @@ class Module:
 
     def eval(self) -> Module:
         return self.train(False)
+
+    def flatten_parameters(self) -> FlatStore:
+        """Put every parameter of this module and its children into one float32 buffer (a
+        :class:`FlatStore`, returned; also ``module.flat_parameters``) and make each a view into it,
+        under the same names: the decayed matrices in one range, an array shared by two modules in one
+        slot, values and any ``.grad`` kept. The Parameter objects stay the same (an optimiser made
+        before keeps working). Done already (nothing replaced since): returns the store as it is.
+        ``train()`` calls it; ``.to(device)`` moves this one buffer."""
+        store = self.__dict__.get("_flat")
+        named = list(self._named_arrays())
+        if store is not None and len(named) == len(store.slots) and all(store.holds(n, a) for n, a in named):
+            return store
+        entries: list[tuple[list[str], np.ndarray, bool]] = []
+        index: dict[int, int] = {}
+        for name, a in named:
+            if id(a) in index:  # tied: one slot under both names
+                entries[index[id(a)]][0].append(name)
+                continue
+            mod, leaf = self._owner(name)
+            decay = not (leaf == "bias" or leaf.endswith("_bias") or isinstance(mod, LayerNorm))
+            index[id(a)] = len(entries)
+            entries.append(([name], a, decay))
+        held = {}
+        for names, _, _ in entries:
+            for name in names:
+                mod, leaf = self._owner(name)
+                if leaf in (mod.__dict__.get("_param_objs") or {}):
+                    held[name] = mod._param(leaf)  # made to point at the current array first
+        store = FlatStore(entries)
+        for names, _, _ in entries:
+            v = store.view(names[0])
+            for name in names:
+                mod, leaf = self._owner(name)
+                mod._params[leaf] = v
+                p = held.get(name)
+                if p is not None:  # the same Parameter over the new view; its gradient moves along
+                    old = p.grad
+                    p.data = v
+                    if old is not None:
+                        g = store.grad_for(v)
+                        assert g is not None
+                        g[...] = old
+                        p.grad = g
+        object.__setattr__(self, "_flat", store)
+        self._after_load()  # views made of several parameters (BERT's fused QKV) are made again over the store
+        return store
+
+    @property
+    def flat_parameters(self) -> FlatStore | None:
+        """The :class:`FlatStore` holding this module's parameters (None before ``flatten_parameters``
+        or after a parameter was replaced by another array)."""
+        store = self.__dict__.get("_flat")
+        if store is None:
+            return None
+        named = list(self._named_arrays())
+        return store if len(named) == len(store.slots) and all(store.holds(n, a) for n, a in named) else None
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.parameters():
@@ -349,7 +521,8 @@ class Module:
         return self
 
     def _param(self, name: str) -> Parameter:
-        """The Parameter over parameter `name`'s array (made once; remade when the array is replaced)."""
+        """The Parameter over parameter `name`'s array (made once; when the array is replaced, the same
+        Parameter is pointed at the new one, so an optimiser holding it steps what the layer uses)."""
         cache = self.__dict__.get("_param_objs")
         if cache is None:
             cache = {}
@@ -362,7 +535,12 @@ class Module:
             if not (a.dtype == np.float32 and a.flags.c_contiguous):
                 a = np.ascontiguousarray(a, dtype=np.float32)  # the layer then computes with this very array
                 self._params[name] = a
-            p = cache[name] = Parameter(a)
+            if p is None:
+                p = cache[name] = Parameter(a)
+            else:  # the array was replaced: the same Parameter (an optimiser holds it) over the new one
+                p.data = a
+                if p.grad is not None and p.grad.shape != a.shape:
+                    p.grad = None
         return p
 
     def _accumulate(self, name: str, grad: np.ndarray) -> None:
@@ -370,6 +548,12 @@ class Module:
         is an array of its own (a backward's fresh result), else a copy (a view into a larger gradient)."""
         p = self._param(name)
         if p.grad is None:
+            store = store_of(p.data)
+            slot = store.grad_for(p.data) if store is not None else None
+            if slot is not None:  # the flat gradient buffer's slot, in the parameters' layout
+                slot[...] = grad
+                p.grad = slot
+                return
             g = np.asarray(grad)
             own = (g.dtype == np.float32 and g.flags.owndata and g.flags.c_contiguous and g.flags.writeable
                    and g.shape == p.shape)
@@ -427,7 +611,11 @@ class Module:
             raise ValueError(f"{type(self).__name__}.load_state_dict: " + "; ".join(problems))
         for k, a in converted.items():
             mod, leaf = self._owner(k)
-            mod._params[leaf] = a
+            current = mod._params[leaf]
+            if store_of(current) is not None and current.flags.writeable:
+                current[...] = a  # a flat store's slot: written in place, so the store stays whole
+            else:
+                mod._params[leaf] = a
         self._after_load()
         return self
 

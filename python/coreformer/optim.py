@@ -21,7 +21,7 @@ import numpy as np
 from . import _core
 from ._args import flag, float_arg, int_arg
 from ._typing import FloatArray
-from .nn import Parameter
+from .nn import Parameter, store_of
 
 __all__ = [
     "Optimizer", "SGD", "AdamW", "clip_grad_norm_", "LambdaLR", "get_constant_schedule",
@@ -53,6 +53,42 @@ def _grads(params: list[Parameter]) -> list[FloatArray]:
     return out
 
 
+def _follows(a: np.ndarray, b: np.ndarray) -> bool:
+    """``b`` starts where ``a`` ends, both C-contiguous views into one 1-D float32 buffer."""
+    base = a.base
+    return (base is not None and b.base is base and a.flags.c_contiguous and b.flags.c_contiguous
+            and a.__array_interface__["data"][0] + a.nbytes == b.__array_interface__["data"][0])
+
+
+def _span(first: np.ndarray, last: np.ndarray) -> np.ndarray:
+    base = first.base
+    assert isinstance(base, np.ndarray)
+    start = (first.__array_interface__["data"][0] - base.__array_interface__["data"][0]) // base.itemsize
+    stop = (last.__array_interface__["data"][0] + last.nbytes - base.__array_interface__["data"][0]) // base.itemsize
+    return base.reshape(-1)[start:stop]
+
+
+def _coalesced(*columns: list[np.ndarray]) -> list[list[np.ndarray]]:
+    """Parallel lists (parameters, gradients, moments) with each run of neighbours that lie one after
+    another in their flat buffers -- in every list at once -- joined into one view: a model in a
+    FlatStore steps as a few long ranges instead of a few hundred arrays. The updates are elementwise,
+    so the entries are taken in memory order (a group listed as named_parameters() interleaves the
+    decayed matrices and the biases, which the store keeps apart)."""
+    n = len(columns[0])
+    order = sorted(range(n), key=lambda i: (id(columns[0][i].base), columns[0][i].__array_interface__["data"][0]))
+    columns = tuple([c[i] for i in order] for c in columns)
+    out: list[list[np.ndarray]] = [[] for _ in columns]
+    i = 0
+    while i < n:
+        j = i + 1
+        while j < n and all(_follows(c[j - 1], c[j]) for c in columns):
+            j += 1
+        for o, c in zip(out, columns):
+            o.append(c[i] if j == i + 1 else _span(c[i], c[j - 1]))
+        i = j
+    return out
+
+
 class Optimizer:
     """What every optimiser shares: ``param_groups`` (dicts of ``params`` and hyperparameters, defaults
     filled in), per-parameter ``state``, ``zero_grad``, ``step``, ``state_dict`` / ``load_state_dict``
@@ -62,6 +98,7 @@ class Optimizer:
         self.defaults = dict(defaults)
         self.param_groups: list[dict[str, Any]] = []
         self.state: dict[Parameter, dict[str, Any]] = {}
+        self._flat_state: dict[tuple[int, str], tuple[Any, np.ndarray]] = {}
         if isinstance(params, Parameter):
             params = [params]
         if isinstance(params, (np.ndarray, str, bytes)) or not isinstance(params, Iterable):
@@ -90,6 +127,20 @@ class Optimizer:
         if len(set(ids)) != len(ids) or seen & set(ids):
             raise ValueError("some parameters appear more than once (in one group or in several)")
         self.param_groups.append(group)
+
+    def _state_array(self, p: Parameter, key: str) -> FloatArray:
+        """Zeros for state ``key`` of ``p``: for a parameter in a model's FlatStore, its slot of a buffer
+        in the store's layout (so the moments of neighbouring parameters are neighbours too)."""
+        store = store_of(p.data)
+        off = store.offset(p.data) if store is not None else None
+        if store is None or off is None:
+            return np.zeros_like(p.data)
+        entry = self._flat_state.get((id(store), key))
+        if entry is None or entry[0] is not store:
+            entry = self._flat_state[(id(store), key)] = (store, np.zeros(store.size, np.float32))
+        buf = entry[1][off:off + p.data.size].reshape(p.data.shape)
+        buf[...] = 0
+        return buf
 
     def _check_group(self, group: dict[str, Any]) -> None:
         lr = float_arg("lr", group["lr"])
@@ -144,6 +195,7 @@ class Optimizer:
             for i, p in zip(theirs["params"], mine["params"]):
                 by_index[int(i)] = p
         new_state: dict[Parameter, dict[str, Any]] = {}
+        arrays: list[tuple[Parameter, str, np.ndarray]] = []
         for i, s in state_dict["state"].items():
             p = by_index.get(int(i))
             if p is None:
@@ -151,10 +203,11 @@ class Optimizer:
             entry = {}
             for k, v in s.items():
                 if isinstance(v, np.ndarray) or (hasattr(v, "shape") and np.ndim(v) > 0):
-                    v = np.array(v, dtype=np.float32, order="C")
+                    v = np.asarray(v, dtype=np.float32)
                     if v.shape != p.data.shape:
                         raise ValueError(f"state {k!r} of parameter {i} has shape {v.shape}, the parameter "
                                          f"{p.data.shape}")
+                    arrays.append((p, k, v))
                 elif hasattr(v, "item"):
                     v = v.item()
                 entry[k] = v
@@ -164,6 +217,10 @@ class Optimizer:
                 if k != "params":
                     mine[k] = v
             self._check_group(mine)
+        for p, k, v in arrays:  # checked: copied into this optimiser's own (flat) state arrays
+            a = self._state_array(p, k)
+            a[...] = v
+            new_state[p][k] = a
         self.state = new_state
 
     def __repr__(self) -> str:
@@ -212,14 +269,16 @@ class AdamW(Optimizer):
         for p in params:
             s = self.state.get(p)
             if not s:
-                s = self.state[p] = {"step": 0, "exp_avg": np.zeros_like(p.data), "exp_avg_sq": np.zeros_like(p.data)}
+                s = self.state[p] = {"step": 0, "exp_avg": self._state_array(p, "exp_avg"),
+                                     "exp_avg_sq": self._state_array(p, "exp_avg_sq")}
             s["step"] = int(s["step"]) + 1
             by_step.setdefault(s["step"], []).append(p)
         b1, b2 = group["betas"]
         for step, ps in by_step.items():  # one call for all of them, unless parameters joined late
             st = [self.state[p] for p in ps]
-            _core.adamw_step([p.data for p in ps], _grads(ps), [s["exp_avg"] for s in st],
-                             [s["exp_avg_sq"] for s in st], float(group["lr"]), float(b1), float(b2),
+            data, grads, m, v = _coalesced([p.data for p in ps], _grads(ps), [s["exp_avg"] for s in st],
+                                           [s["exp_avg_sq"] for s in st])
+            _core.adamw_step(data, grads, m, v, float(group["lr"]), float(b1), float(b2),
                              float(group["eps"]), float(group["weight_decay"]), step, bool(group["maximize"]))
 
 
@@ -254,18 +313,18 @@ class SGD(Optimizer):
         hyper = (float(group["lr"]), momentum, float(group["dampening"]), float(group["weight_decay"]),
                  bool(group["nesterov"]))
         if momentum == 0:
-            _core.sgd_step([p.data for p in params], _grads(params), [], *hyper,
-                           maximize=bool(group["maximize"]))
+            data, grads = _coalesced([p.data for p in params], _grads(params))
+            _core.sgd_step(data, grads, [], *hyper, maximize=bool(group["maximize"]))
             return
         first = [p for p in params if self.state.get(p, {}).get("momentum_buffer") is None]
         later = [p for p in params if self.state.get(p, {}).get("momentum_buffer") is not None]
         for p in first:
-            self.state.setdefault(p, {})["momentum_buffer"] = np.empty_like(p.data)
+            self.state.setdefault(p, {})["momentum_buffer"] = self._state_array(p, "momentum_buffer")
         for ps, is_first in ((first, True), (later, False)):
             if ps:
-                _core.sgd_step([p.data for p in ps], _grads(ps),
-                               [self.state[p]["momentum_buffer"] for p in ps], *hyper, first_step=is_first,
-                               maximize=bool(group["maximize"]))
+                data, grads, bufs = _coalesced([p.data for p in ps], _grads(ps),
+                                               [self.state[p]["momentum_buffer"] for p in ps])
+                _core.sgd_step(data, grads, bufs, *hyper, first_step=is_first, maximize=bool(group["maximize"]))
 
 
 def clip_grad_norm_(parameters: Parameter | Iterable[Parameter], max_norm: float, norm_type: float = 2.0,
@@ -283,6 +342,7 @@ def clip_grad_norm_(parameters: Parameter | Iterable[Parameter], max_norm: float
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return 0.0
+    (grads,) = _coalesced(grads)
     total = float(_core.total_norm(grads, norm_type == math.inf))
     if flag("error_if_nonfinite", error_if_nonfinite) and not math.isfinite(total):
         raise RuntimeError(f"the total norm of order {norm_type} of the gradients is non-finite ({total}), so it "

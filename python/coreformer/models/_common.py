@@ -354,9 +354,27 @@ def as_mask(mask, shape, name: str) -> np.ndarray | None:
     return m != 0
 
 
+def device_tensor(a, device: str, dtype: str):
+    """Weight ``a`` on ``device``: a view of its FlatStore's one copy there (the model's whole buffer goes
+    over once), or a Tensor of its own for a table derived from the parameters; None stays None."""
+    from .. import tensor
+    if a is None:
+        return None
+    store = nn.store_of(a)
+    return store.tensor(a, device, dtype) if store is not None else tensor(a, device, dtype)
+
+
 def to_device(model, device, dtype):
     """What every model's ``.to(device, dtype)`` does: ``"cpu"`` (in float32) returns to the CPU path,
-    anything else puts the weights there as Tensors (``model._use_tensors``). Returns the model."""
+    anything else puts the parameters' one flat buffer there (``flatten_parameters``) and the weights
+    become Tensors viewing it (``model._use_tensors``). Returns the model. Refused in training mode:
+    training runs on the CPU, and moving the weights in the middle of a step would lose its state."""
+    if model.training:
+        raise RuntimeError(f"{type(model).__name__}.to({device!r}): the model is in training mode, which runs on "
+                           "the CPU; call .eval() first")
+    store = model.flatten_parameters() if str(device) != "cpu" else model.flat_parameters
+    if store is not None:
+        store.release_devices()  # device copies of an earlier .to() (the weights may have changed since)
     if str(device) == "cpu":
         if dtype not in (None, "float32"):
             raise ValueError(f"on the CPU the models compute in float32, got dtype {dtype!r} (for smaller "

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import _core, nn, ops
+from .. import nn, ops, tensor
 from .._log import logger
 from .._typing import ArrayLike, FloatArray, PathLike
 from ._common import (Config, ModelOutput, as_ids, as_mask, check_activation, check_layer_count, check_names,
-                      classification_loss, model_loss, read_config, read_weights, to_device, token_labels,
-                      training_forward)
+                      classification_loss, device_tensor, model_loss, read_config, read_weights, to_device,
+                      token_labels, training_forward)
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -151,12 +151,14 @@ class _SelfAttention(nn.Module):
     _packable = ("in_proj_weight",)
 
     def _after_load(self):
-        # one (3H, H) matrix; the three weights become views of it so no second copy stays alive
-        w = np.concatenate([self.query.weight, self.key.weight, self.value.weight])
-        b = np.concatenate([self.query.bias, self.key.bias, self.value.bias])
+        # one (3H, H) matrix; the three weights become views of it so no second copy stays alive (in a
+        # flat store they already lie one after another: the matrix is their memory)
+        w = nn.joined([self.query.weight, self.key.weight, self.value.weight])  # a view in a flat store
+        b = nn.joined([self.query.bias, self.key.bias, self.value.bias])
         h = w.shape[0] // 3
-        for i, m in enumerate((self.query, self.key, self.value)):
-            m._params["weight"], m._params["bias"] = w[i * h:(i + 1) * h], b[i * h:(i + 1) * h]
+        if not (np.may_share_memory(w, self.query.weight) and np.may_share_memory(b, self.query.bias)):  # copies
+            for i, m in enumerate((self.query, self.key, self.value)):
+                m._params["weight"], m._params["bias"] = w[i * h:(i + 1) * h], b[i * h:(i + 1) * h]
         object.__setattr__(self, "in_proj_weight", w)
         object.__setattr__(self, "in_proj_bias", b)
         super()._after_load()  # repacks the fused matrix if the weights are packed
@@ -377,7 +379,7 @@ class BertModel(nn.Module):
         ``device="cpu"``, where the same path runs on the CPU kernels -- how the tests check it
         without a GPU). The word and position + token-type embeddings become two tables, so the three
         embeddings are two lookups and one add & norm."""
-        t = lambda a: _core.tensor(a, device, dtype)
+        t = lambda a: device_tensor(a, device, dtype)
         e = self.embeddings
         pos, typ = e.position_embeddings.weight, e.token_type_embeddings.weight
         dev = {"device": device, "dtype": dtype, "positions": pos.shape[0],
@@ -409,12 +411,12 @@ class BertModel(nn.Module):
         if types.size and (types.min() < 0 or types.max() >= n_types):
             raise IndexError(f"token_type_ids must lie in [0, {n_types}), got values in "
                              f"[{types.min()}, {types.max()}]")
-        word = ops.embedding(_core.tensor(ids, dev), d["word"])
+        word = ops.embedding(tensor(ids, dev), d["word"])
         pos = self.embeddings.position_ids(ids)
-        pt = ops.embedding(_core.tensor(types * d["positions"] + pos, dev), d["pos_type"])
+        pt = ops.embedding(tensor(types * d["positions"] + pos, dev), d["pos_type"])
         w, bias, eps = d["ln"]
         x = ops.layer_norm(word, w, bias, eps, residual=pt)
-        kpm = None if mask is None or mask.all() else _core.tensor(~mask.astype(bool), dev)
+        kpm = None if mask is None or mask.all() else tensor(~mask.astype(bool), dev)
         for L in d["layers"]:  # one fused call per layer, in place (the GPU's transformer_encoder_layer)
             (n1w, n1b, eps1), (n2w, n2b, eps2) = L["n1"], L["n2"]
             ops.transformer_encoder_layer(x, L["heads"], L["in_w"], L["in_b"], L["out_w"], L["out_b"], L["l1_w"],
@@ -642,7 +644,7 @@ class BertForMaskedLM(BertModel):
 
     def _mlm_tensors(self):
         d = self.bert.__dict__["_device"]
-        t = lambda a: _core.tensor(a, d["device"], d["dtype"])
+        t = lambda a: device_tensor(a, d["device"], d["dtype"])
         tr = self.cls.predictions.transform
         d["mlm"] = {"dense_w": t(tr.dense.weight), "dense_b": t(tr.dense.bias), "act": tr.dense.activation,
                     "ln": (t(tr.LayerNorm.weight), t(tr.LayerNorm.bias), tr.LayerNorm.eps),

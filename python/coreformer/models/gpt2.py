@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import _core, nn, ops
+from .. import nn, ops, tensor
 from .._log import logger
 from .._args import int_arg
 from .._files import read_json
 from .._typing import ArrayIn, ArrayLike, FloatArray, IntArray, PathLike
 from ._common import (Config, Loss, ModelOutput, as_ids, as_mask, check_activation, check_layer_count, check_names,
-                      is_token_ids, model_loss, read_config, read_weights, shifted_labels, to_device,
+                      device_tensor, is_token_ids, model_loss, read_config, read_weights, shifted_labels, to_device,
                       training_forward)
 from .generation import NextToken, Streamer, check_generation_args, check_streamer, eos_set, stream_end, stream_put
 
@@ -251,7 +251,7 @@ class GPT2LMHeadModel(nn.Module):
     def _use_tensors(self, device: str, dtype: str):
         """The device path's weights (also usable with ``device="cpu"``: the same path on the CPU
         kernels, how the tests check it without a GPU)."""
-        t = lambda a: _core.tensor(a, device, dtype)
+        t = lambda a: device_tensor(a, device, dtype)
         tr = self.transformer
         head = tr.wte.weight if self.lm_head is None else self.lm_head.weight
         d: dict[str, Any] = {"device": device, "dtype": dtype, "wte": t(tr.wte.weight), "wpe": t(tr.wpe.weight),
@@ -272,10 +272,10 @@ class GPT2LMHeadModel(nn.Module):
         d = self.__dict__["_device"]
         dev = d["device"]
         b, s = ids.shape
-        tok = ops.embedding(_core.tensor(ids, dev), d["wte"])
-        pos = ops.embedding(_core.tensor(np.ascontiguousarray(position_ids), dev), d["wpe"])
+        tok = ops.embedding(tensor(ids, dev), d["wte"])
+        pos = ops.embedding(tensor(np.ascontiguousarray(position_ids), dev), d["wpe"])
         _, x = ops.layer_norm(tok, residual=pos, return_sum=True)  # x = tok + pos (the norm is not used)
-        padding = None if mask is None or mask.all() else _core.tensor(~mask, dev)
+        padding = None if mask is None or mask.all() else tensor(~mask, dev)
         for i, blk in enumerate(d["blocks"]):
             kv = {}
             layer_cache = None if cache is None else cache.layers[i]
@@ -291,7 +291,7 @@ class GPT2LMHeadModel(nn.Module):
             # the last rows of each sequence, gathered on the device (an embedding lookup is a row gather)
             k = logits_to_keep
             rows = (np.arange(b)[:, None] * s + np.arange(s - k, s)[None]).reshape(-1)
-            x = ops.embedding(_core.tensor(rows, dev), x.reshape(b * s, -1)).reshape(b, k, -1)
+            x = ops.embedding(tensor(rows, dev), x.reshape(b * s, -1)).reshape(b, k, -1)
         h = ops.layer_norm(x, *d["ln_f"])
         return ops.linear(h, d["head"])  # a Tensor on the device
 

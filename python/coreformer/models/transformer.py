@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import _core, nn, ops
+from .. import nn, ops, tensor
 from .._typing import ArrayIn, ArrayLike, FloatArray, IntArray
 from .._args import flag, float_arg, int_arg, is_int
-from ._common import Loss, ModelOutput, as_ids, model_loss, to_device, token_labels, training_forward
+from ._common import Loss, ModelOutput, as_ids, device_tensor, model_loss, to_device, token_labels, training_forward
 from .generation import check_generation_args, eos_set
 
 __all__ = ["Transformer"]
@@ -73,7 +73,7 @@ class Transformer(nn.Module):
         """The device path's weights (with ``device="cpu"`` the same path runs on the CPU kernels: how the
         tests check it without a GPU)."""
         def t(a):
-            return None if a is None else _core.tensor(a, device, dtype)
+            return device_tensor(a, device, dtype)
 
         def norm(n):
             return (t(n.weight), t(n.bias), n.eps)
@@ -111,16 +111,16 @@ class Transformer(nn.Module):
         b, s = ids.shape
         if offset + s > d["pos_len"]:  # sinusoidal positions on the device, grown (doubling) as needed
             n = max(offset + s, 2 * d["pos_len"], 64)
-            d["pos"], d["pos_len"] = _core.tensor(self.positions.encodings(0, n), d["device"], d["dtype"]), n
-        e = ops.embedding(_core.tensor(ids, d["device"]), d[table])
-        p = ops.embedding(_core.tensor(np.broadcast_to(np.arange(offset, offset + s), (b, s)).copy(), d["device"]),
+            d["pos"], d["pos_len"] = tensor(self.positions.encodings(0, n), d["device"], d["dtype"]), n
+        e = ops.embedding(tensor(ids, d["device"]), d[table])
+        p = ops.embedding(tensor(np.broadcast_to(np.arange(offset, offset + s), (b, s)).copy(), d["device"]),
                           d["pos"])
         _, x = ops.layer_norm(e, residual=p, return_sum=True)  # x = e + p (the norm is not used)
         return x
 
     def _mask(self, m):
         d = self.__dict__["_device"]
-        return None if m is None else _core.tensor(np.asarray(m, bool), d["device"])
+        return None if m is None else tensor(np.asarray(m, bool), d["device"])
 
     def _encode(self, src, src_padding_mask=None):
         """The encoder's output: a Tensor on the model's device, or an array on the CPU path."""
@@ -137,7 +137,7 @@ class Transformer(nn.Module):
     def _decode_device(self, tgt, memory, memory_padding_mask, tgt_padding_mask, cache, offset):
         d = self.__dict__["_device"]
         if isinstance(memory, np.ndarray):
-            memory = _core.tensor(memory, d["device"], d["dtype"])
+            memory = tensor(memory, d["device"], d["dtype"])
         x = self._embed_device("tgt", tgt, offset)
         mkp, tkp = self._mask(memory_padding_mask), self._mask(tgt_padding_mask)
         t = tgt.shape[1]
@@ -176,7 +176,7 @@ class Transformer(nn.Module):
             return np.repeat(memory, k, axis=0)
         d = self.__dict__["_device"]
         b, s, e = memory.shape
-        rows = ops.embedding(_core.tensor(np.repeat(np.arange(b), k), d["device"]), memory.reshape(b, s * e))
+        rows = ops.embedding(tensor(np.repeat(np.arange(b), k), d["device"]), memory.reshape(b, s * e))
         return rows.reshape(b * k, s, e)
 
     def encode(self, src_ids: ArrayLike, src_padding_mask: ArrayLike | None = None) -> FloatArray:
