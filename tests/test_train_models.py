@@ -486,3 +486,54 @@ def test_distilbert_classifier_and_roberta_token_classifier_gradients(tmp_path, 
     out.loss.backward()
     t.loss.backward()
     compare_named_grads(ref, ours)
+
+
+def grads_after_steps(model, batch_fn, checkpointed, steps=2):
+    """Two seeded AdamW steps with dropout on; the gradients of the last and the weights after."""
+    if checkpointed:
+        model.gradient_checkpointing_enable()
+    assert model.is_gradient_checkpointing == checkpointed
+    model.train().seed_dropout(11)
+    opt = optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(steps):
+        opt.zero_grad()
+        out = batch_fn(model)
+        if checkpointed:  # between forward and backward each layer holds only its input
+            layers = [m for m in model.modules() if m.__dict__.get("_checkpoint")]
+            assert layers and all(not x.__dict__.get("_saved") for m in layers for x in m.modules())
+        out.loss.backward()
+        opt.step()
+    return {n: p.grad.copy() for n, p in model.named_parameters()}, model.state_dict()
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "bert", "transformer"])
+def test_gradient_checkpointing_gives_the_same_gradients_bit_for_bit(gpt2, tmp_path, rng, kind):  # noqa: F811
+    from typing import Any, Callable
+
+    from coreformer.models import BertForSequenceClassification, GPT2LMHeadModel, Transformer
+    make: Callable[[], Any]
+    if kind == "gpt2":
+        ids, mask, labels = batch(rng, 211)
+        make = lambda: GPT2LMHeadModel.from_pretrained(gpt2[0])  # noqa: E731
+        run = lambda m: m(ids, mask, position_ids=POS, labels=labels)  # noqa: E731
+    elif kind == "bert":
+        cfg = transformers.BertConfig(vocab_size=90, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                      intermediate_size=50, num_labels=3)
+        transformers.BertForSequenceClassification(cfg).save_pretrained(tmp_path)
+        ids, mask, _ = batch(rng, 90)
+        y = rng.integers(0, 3, 3)
+        make = lambda: BertForSequenceClassification.from_pretrained(tmp_path)  # noqa: E731
+        run = lambda m: m(ids, mask, labels=y)  # noqa: E731
+    else:
+        src, tgt = rng.integers(1, 40, (2, 9)), rng.integers(1, 30, (2, 7))
+        run = lambda m: m(src, tgt, labels=tgt)  # noqa: E731
+        from coreformer import nn
+        nn.manual_seed(5)
+        sd = {k: v.copy() for k, v in Transformer(40, 30, 32, 4, 2, 2, 48).state_dict().items()}
+        make = lambda: Transformer(40, 30, 32, 4, 2, 2, 48).load_state_dict(sd)  # noqa: E731
+    g0, w0 = grads_after_steps(make(), run, False)
+    g1, w1 = grads_after_steps(make(), run, True)
+    assert any(float(np.abs(g).max()) > 0 for g in g0.values())
+    for n in g0:
+        np.testing.assert_array_equal(g1[n], g0[n], err_msg=n)
+        np.testing.assert_array_equal(w1[n], w0[n], err_msg=n)

@@ -189,6 +189,85 @@ def _step_case(op: str, shape: str, ours: Any, ref: Any, torch: Any, fwd: Callab
     return Case(op, shape, flops, "GFLOP/s", impls)
 
 
+# Peak memory: each engine trains in a process of its own (ru_maxrss is a process's high-water mark), from
+# the same checkpoint and batch saved by the parent: the whole process, as its user sees it (interpreter,
+# imports, weights, optimiser state, activations).
+
+def _memory_child(folder: str, kind: str, engine: str, threads: int, steps: int = 2) -> None:
+    """Run in a child process: ``steps`` training steps of checkpoint ``folder`` (a transformers class
+    name ``kind``) with ``engine`` ("coreformer", "coreformer+ckpt" or "torch"); prints the peak RSS in MB."""
+    import json
+    import resource
+    batch = dict(np.load(f"{folder}/batch.npz"))
+    if engine == "torch":
+        import torch
+        import transformers
+        torch.set_num_threads(threads)
+        ref = getattr(transformers, kind).from_pretrained(folder).train()
+        topt = torch.optim.AdamW(ref.parameters(), lr=1e-5)
+        tb = {k: torch.from_numpy(v) for k, v in batch.items()}
+        for _ in range(steps):
+            ref(**tb).loss.backward()
+            topt.step()
+            topt.zero_grad()
+    else:
+        from . import models, set_num_threads
+        set_num_threads(threads)
+        ours = getattr(models, kind).from_pretrained(folder)
+        if engine.endswith("ckpt"):
+            ours.gradient_checkpointing_enable()
+        ours.train()
+        opt = optim.AdamW(ours.parameters(), lr=1e-5)
+        for _ in range(steps):
+            ours(**batch).loss.backward()
+            opt.step()
+            opt.zero_grad()
+    print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}))
+
+
+def _memory(rng: np.random.Generator, quick: bool, threads: int) -> list[dict[str, Any]]:
+    import json
+    import subprocess
+    import sys
+
+    import torch
+    import transformers
+    drop = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    specs: list[tuple[str, str, Any, int, int]] = [
+        ("char GPT", "GPT2LMHeadModel", transformers.GPT2Config(vocab_size=65, n_embd=384, n_layer=6, n_head=6,
+                                                                n_positions=256, **drop), 8, 256)]
+    if not quick:
+        specs.append(("GPT-2 small", "GPT2LMHeadModel",
+                      transformers.GPT2Config(vocab_size=50257, n_embd=768, n_layer=12, n_head=12, n_positions=256,
+                                              **drop), 4, 256))
+    rows = []
+    for name, kind, cfg, b, s in specs:
+        with tempfile.TemporaryDirectory() as d:
+            torch.manual_seed(0)
+            getattr(transformers, kind)(cfg).save_pretrained(d)
+            ids = rng.integers(0, cfg.vocab_size, (b, s))
+            np.savez(f"{d}/batch.npz", input_ids=ids, labels=ids)
+            peak = {}
+            for engine in ("coreformer", "coreformer+ckpt", "torch"):
+                code = (f"from coreformer.bench_train import _memory_child; "
+                        f"_memory_child({d!r}, {kind!r}, {engine!r}, {threads})")
+                done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800)
+                if done.returncode != 0:
+                    raise RuntimeError(f"the {engine} memory run failed:\n{done.stderr[-2000:]}")
+                peak[engine] = json.loads(done.stdout.strip().splitlines()[-1])["peak_mb"]
+        rows.append({"case": f"{name}, {b}x{s}", **peak})
+    return rows
+
+
+def _memory_table(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'train step, 2 steps':<28} {'coreformer MB':>14} {'+checkpointing':>15} {'torch MB':>10} "
+             f"{'ours/torch':>11} {'ckpt/torch':>11}"]
+    for r in rows:
+        lines.append(f"{r['case']:<28} {r['coreformer']:>14.0f} {r['coreformer+ckpt']:>15.0f} {r['torch']:>10.0f} "
+                     f"{r['coreformer'] / r['torch']:>11.2f} {r['coreformer+ckpt'] / r['torch']:>11.2f}")
+    return "\n".join(lines)
+
+
 def main(args: Any, threads: int) -> int:
     rng = np.random.default_rng(0)
     env = environment()
@@ -218,13 +297,16 @@ def main(args: Any, threads: int) -> int:
         results = run(steps, 1 if args.quick else max(1, rounds - 2), 0.0, settle=0.0)
         print("training steps (forward + loss + backward + AdamW), dropout 0")
         print(format_table(results))
+        memory = _memory(rng, args.quick, threads)
+        print("peak resident memory of a process training 2 steps (each engine in its own process)")
+        print(_memory_table(memory))
     else:
-        results = []
+        results, memory = [], []
         print("note: the training steps compare against transformers + torch; install both for that table")
     if args.json:
         import json
         with open(args.json, "w") as f:
-            json.dump({"environment": env, "kernels": kernels, "steps": results}, f, indent=1)
+            json.dump({"environment": env, "kernels": kernels, "steps": results, "peak_rss_mb": memory}, f, indent=1)
         print(f"wrote {args.json}")
     return 0
 

@@ -30,7 +30,7 @@ __all__ = [
     "Parameter", "FlatStore", "Module", "ModuleList", "Linear", "LayerNorm", "Embedding", "Dropout", "SinusoidalPositionalEncoding",
     "LearnedPositionalEmbedding", "MultiHeadAttention", "AdditiveAttention", "FeedForward", "KVCache", "DeviceKVCache",
     "TransformerEncoderLayer", "TransformerDecoderLayer", "TransformerEncoder", "TransformerDecoder",
-    "manual_seed", "split_heads", "merge_heads", "packed_qkv_grad", "attend",
+    "manual_seed", "layer_forward", "layer_backward", "split_heads", "merge_heads", "packed_qkv_grad", "attend",
 ]
 
 _rng = np.random.default_rng()
@@ -519,6 +519,27 @@ class Module:
             m.seed = (seed * 1_000_003 + i) % 2 ** 64
             m.offset = 0
         return self
+
+    gradient_checkpointing = False
+
+    def gradient_checkpointing_enable(self) -> Module:
+        """Activation checkpointing, as transformers' method of that name: in training, each layer of a
+        stack keeps only its input; its backward first runs the layer's forward again (dropout draws the
+        same masks: they come from the stream offsets the first run used), then differentiates it. The
+        activations held between forward and backward shrink from every layer's to one layer's, for about
+        one more forward's time; the gradients are the same, bit for bit."""
+        for m in self.modules():
+            object.__setattr__(m, "gradient_checkpointing", True)
+        return self
+
+    def gradient_checkpointing_disable(self) -> Module:
+        for m in self.modules():
+            object.__setattr__(m, "gradient_checkpointing", False)
+        return self
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return bool(self.gradient_checkpointing)
 
     def _param(self, name: str) -> Parameter:
         """The Parameter over parameter `name`'s array (made once; when the array is replaced, the same
@@ -1051,6 +1072,39 @@ class DeviceKVCache:
             setattr(self, name, rows.reshape(rows.shape[0], *t.shape[1:]))
 
 
+def layer_forward(layer: Module, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    """``fn(*args, **kw)``: one layer of a stack in training (``fn`` its training forward). With the
+    layer's ``gradient_checkpointing`` on, what the forward saved is dropped at once and only the inputs
+    (and the layer's dropout stream offsets) are kept, for ``layer_backward`` to run it again."""
+    if not layer.gradient_checkpointing:
+        return fn(*args, **kw)
+    drops = [m for m in layer.modules() if isinstance(m, Dropout)]
+    offsets = [d.offset for d in drops]
+    y = fn(*args, **kw)
+    for m in layer.modules():
+        object.__setattr__(m, "_saved", None)
+    object.__setattr__(layer, "_checkpoint", (fn, args, kw, offsets))
+    return y
+
+
+def layer_backward(layer: Module, grad_output: Any) -> Any:
+    """``layer.backward(grad_output)`` after ``layer_forward``: a checkpointed layer first runs its
+    forward again from the kept inputs, with the dropout streams rewound to where the first run began
+    (the same masks), and the offsets put back where they were after it."""
+    ck = layer.__dict__.get("_checkpoint")
+    if ck is not None:
+        object.__setattr__(layer, "_checkpoint", None)
+        fn, args, kw, offsets = ck
+        drops = [m for m in layer.modules() if isinstance(m, Dropout)]
+        after = [d.offset for d in drops]
+        for d, o in zip(drops, offsets):
+            d.offset = o
+        fn(*args, **kw)
+        for d, o in zip(drops, after):
+            d.offset = o
+    return layer.backward(grad_output)
+
+
 def split_heads(x: np.ndarray, n: int, num_heads: int) -> list[np.ndarray]:
     """A projection ``(B, S, n * num_heads * Dh)`` (n = 3 for packed Q/K/V) as n views
     ``(B, num_heads, S, Dh)``: no copy, the attention kernel reads the strides."""
@@ -1497,15 +1551,20 @@ class TransformerEncoder(Module):
     def forward(self, src: ArrayIn, mask: ArrayIn | None = None, src_key_padding_mask: ArrayIn | None = None,
                 is_causal: bool = False) -> Any:
         x = src
+        if self.training:  # each layer keeps its input (or, checkpointed, only that)
+            for layer in self.layers:
+                x = layer_forward(layer, layer, x, src_mask=mask, src_key_padding_mask=src_key_padding_mask,
+                                  is_causal=is_causal)
+            return self.norm(x) if self.norm is not None else x
         for i, layer in enumerate(self.layers):  # after the first, each layer runs in place in its input
             x = layer(x, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=is_causal,
-                      out=x if i and not self.training else None)  # training keeps each layer's input
+                      out=x if i else None)
         return self.norm(x) if self.norm is not None else x
 
     def backward(self, grad_output: ArrayIn) -> FloatArray:
         dy = self.norm.backward(grad_output) if self.norm is not None else np.asarray(grad_output, np.float32)
         for layer in reversed(list(self.layers)):
-            dy = layer.backward(dy)
+            dy = layer_backward(layer, dy)
         return dy
 
 
@@ -1534,10 +1593,11 @@ class TransformerDecoder(Module):
                 memory_is_causal: bool = False, cache: list[tuple[KVCache, KVCache]] | None = None) -> Any:
         x = tgt
         for i, layer in enumerate(self.layers):  # after the first, each layer runs in place in its input
-            x = layer(x, memory, tgt_mask=tgt_mask, memory_mask=memory_mask,
-                      tgt_key_padding_mask=tgt_key_padding_mask, memory_key_padding_mask=memory_key_padding_mask,
-                      tgt_is_causal=tgt_is_causal, memory_is_causal=memory_is_causal,
-                      cache=None if cache is None else cache[i], out=x if i and not self.training else None)
+            x = layer_forward(layer, layer, x, memory, tgt_mask=tgt_mask, memory_mask=memory_mask,
+                              tgt_key_padding_mask=tgt_key_padding_mask,
+                              memory_key_padding_mask=memory_key_padding_mask, tgt_is_causal=tgt_is_causal,
+                              memory_is_causal=memory_is_causal, cache=None if cache is None else cache[i],
+                              out=x if i and not self.training else None)
         if self.training:
             self._save(memory_shape=_shape(memory))
         return self.norm(x) if self.norm is not None else x
@@ -1548,6 +1608,6 @@ class TransformerDecoder(Module):
         dy = self.norm.backward(grad_output) if self.norm is not None else np.asarray(grad_output, np.float32)
         dmem = np.zeros(shape, np.float32)
         for layer in reversed(list(self.layers)):
-            dy, dm = layer.backward(dy)
+            dy, dm = layer_backward(layer, dy)
             dmem += dm
         return dy, dmem

@@ -472,7 +472,7 @@ class BertModel(nn.Module):
                            "(hidden dropout is applied)", type(self).__name__, p_attn)
         x = self.embeddings.train_forward(ids, tt, self.token_types)
         for layer in self.encoder.layer:
-            x = layer.train_forward(x, attend)
+            x = nn.layer_forward(layer, layer.train_forward, x, attend)
         pad = None if attend is None else ~mask.astype(bool)
         if pad is not None:
             x[pad] = 0.0
@@ -486,7 +486,7 @@ class BertModel(nn.Module):
         if pad is not None:
             dx[pad] = 0.0  # those outputs were set to zero
         for layer in reversed(list(self.encoder.layer)):
-            dx = layer.backward(dx)
+            dx = nn.layer_backward(layer, dx)
         self.embeddings.backward(dx)
 
     def _encode_packed(self, x, mask):

@@ -340,7 +340,7 @@ class GPT2LMHeadModel(nn.Module):
                            self.config.attn_pdrop)
         padding = None if mask is None or mask.all() else ~mask
         for block in t.h:
-            x = block.train_forward(x, padding)
+            x = nn.layer_forward(block, block.train_forward, x, padding)
         h = t.ln_f(x)
         w = t.wte.weight if self.lm_head is None else self.lm_head.weight
         logits = ops.linear(h, w)
@@ -356,7 +356,7 @@ class GPT2LMHeadModel(nn.Module):
                 self.lm_head._accumulate("weight", dw)
             dx = t.ln_f.backward(dh)
             for block in reversed(list(t.h)):
-                dx = block.backward(dx)
+                dx = nn.layer_backward(block, dx)
             dx = t.drop.backward(dx)
             t.wpe.backward(dx)
             t.wte.backward(dx)
