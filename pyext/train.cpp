@@ -118,8 +118,21 @@ py::tuple cross_entropy(const ArrayIn& logits, const ArrayIn& labels, int64_t ig
 }
 
 // (dx, dweight, dbias)
+// An optional array the caller gives for a result (a parameter's slot of a flat gradient buffer): checked
+// here so the message names it; None lets output() allocate.
+void check_given_out(py::handle out, const std::vector<int64_t>& shape, const char* name) {
+  if (out.is_none()) return;
+  CF_CHECK(py::isinstance<py::array>(out), TypeError, name, " must be None or a float32 numpy array, got ",
+           std::string(py::str(py::type::of(out).attr("__name__"))));
+  const Arg a = inout_float_arg(out, name);  // float32, C-contiguous, aligned, writable: or an error naming it
+  std::vector<int64_t> got(a.view.shape, a.view.shape + a.view.ndim);
+  CF_CHECK(got == shape, ValueError, name, " has shape ", cf::shape_str(got.data(), got.size()), " but the gradient has shape ",
+           cf::shape_str(shape.data(), shape.size()));
+}
+
 py::tuple linear_backward(const ArrayIn& grad_output, const ArrayIn& x, const ArrayIn& weight,
-                          const py::typing::Optional<py::str>& activation, const OptionalArrayIn& pre_activation) {
+                          const py::typing::Optional<py::str>& activation, const OptionalArrayIn& pre_activation,
+                          py::handle dweight_out, py::handle dbias_out) {
   Arg ga = float_arg(grad_output, "grad_output"), xa = float_arg(x, "x"), pa;
   CF_CHECK(!py::isinstance<cf::ops::PackedWeight>(weight), TypeError,
            "linear_backward needs the float32 weight, not a PackedWeight (its .unpack() gives it back)");
@@ -133,8 +146,11 @@ py::tuple linear_backward(const ArrayIn& grad_output, const ArrayIn& x, const Ar
   }
   cf::ops::linear_shape(xa.view, cf::ops::WeightRef(wa.view), OptionalView(), OptionalView());
   Arg dx = output(py::none(), {xa.view.shape, xa.view.shape + xa.view.ndim}, {}, false, &xa);
-  Arg dw = output(py::none(), {wa.view.shape[0], wa.view.shape[1]}, {}, false, &xa);
-  Arg db = output(py::none(), {wa.view.shape[0]}, {}, false, &xa);
+  const std::vector<int64_t> wshape{wa.view.shape[0], wa.view.shape[1]}, bshape{wa.view.shape[0]};
+  check_given_out(dweight_out, wshape, "dweight_out");
+  check_given_out(dbias_out, bshape, "dbias_out");
+  Arg dw = output(dweight_out, wshape, {&ga, &xa, &wa, &pa}, false, &xa);
+  Arg db = output(dbias_out, bshape, {&ga, &xa, &wa, &pa, &dw}, false, &xa);
   {
     py::gil_scoped_release nogil;
     cf::ops::linear_backward(ga.view, xa.view, wa.view, pre, act, dx.view, dw.view, db.view);
@@ -151,7 +167,9 @@ std::optional<float> scale_arg(const py::typing::Optional<py::float_>& scale) {
 
 // (out, lse): the forward of scaled_dot_product_attention with each row's log-sum-exp, for the backward.
 py::tuple sdpa_forward(const ArrayIn& query, const ArrayIn& key, const ArrayIn& value,
-                       const OptionalArrayIn& attn_mask, bool is_causal, const py::typing::Optional<py::float_>& scale) {
+                       const OptionalArrayIn& attn_mask, bool is_causal, const py::typing::Optional<py::float_>& scale,
+                       double dropout_p, uint64_t seed, uint64_t offset) {
+  const cf::cpu::AttentionDropout drop{dropout_p, seed, offset};
   Arg qa = strided_float_arg(query, "query"), ka = strided_float_arg(key, "key"), va = strided_float_arg(value, "value"), ma;
   OptionalView m = optional_mask(attn_mask, "attn_mask", ma);
   const std::optional<float> s = scale_arg(scale);
@@ -159,7 +177,7 @@ py::tuple sdpa_forward(const ArrayIn& query, const ArrayIn& key, const ArrayIn& 
   Arg la = output(py::none(), {qa.view.shape, qa.view.shape + qa.view.ndim - 1}, {}, false, &qa);
   {
     py::gil_scoped_release nogil;
-    cf::ops::scaled_dot_product_attention(qa.view, ka.view, va.view, m, is_causal, s, oa.view, la.view);
+    cf::ops::scaled_dot_product_attention(qa.view, ka.view, va.view, m, is_causal, s, oa.view, la.view, drop);
   }
   return py::make_tuple(oa.result(), la.result());
 }
@@ -167,7 +185,9 @@ py::tuple sdpa_forward(const ArrayIn& query, const ArrayIn& key, const ArrayIn& 
 // (dquery, dkey, dvalue)
 py::tuple sdpa_backward(const ArrayIn& grad_output, const ArrayIn& query, const ArrayIn& key, const ArrayIn& value,
                         const OptionalArrayIn& output_, const OptionalArrayIn& lse, const OptionalArrayIn& attn_mask,
-                        bool is_causal, const py::typing::Optional<py::float_>& scale) {
+                        bool is_causal, const py::typing::Optional<py::float_>& scale, double dropout_p, uint64_t seed,
+                        uint64_t offset) {
+  const cf::cpu::AttentionDropout drop{dropout_p, seed, offset};
   Arg ga = float_arg(grad_output, "grad_output"), qa = strided_float_arg(query, "query"),
       ka = strided_float_arg(key, "key"), va = strided_float_arg(value, "value"), oa, la, ma;
   OptionalView o = optional_float(output_, "output", oa);
@@ -181,7 +201,7 @@ py::tuple sdpa_backward(const ArrayIn& grad_output, const ArrayIn& query, const 
   {
     py::gil_scoped_release nogil;
     cf::ops::scaled_dot_product_attention_backward(ga.view, qa.view, ka.view, va.view, o, l, m, is_causal, s, dq.view,
-                                                   dk.view, dv.view);
+                                                   dk.view, dv.view, drop);
   }
   return py::make_tuple(dq.result(), dk.result(), dv.result());
 }
@@ -331,12 +351,15 @@ void register_train(py::module_& m) {
   m.def("total_norm", &total_norm, py::arg("arrays"), py::arg("inf_norm") = false);
   m.def("scale_all", &scale_all, py::arg("arrays"), py::arg("scale"));
   m.def("scaled_dot_product_attention_forward", &sdpa_forward, py::arg("query"), py::arg("key"), py::arg("value"),
-        py::arg("attn_mask") = py::none(), py::arg("is_causal") = false, py::arg("scale") = py::none());
+        py::arg("attn_mask") = py::none(), py::arg("is_causal") = false, py::arg("scale") = py::none(), py::kw_only(),
+        py::arg("dropout_p") = 0.0, py::arg("seed") = 0, py::arg("offset") = 0);
   m.def("scaled_dot_product_attention_backward", &sdpa_backward, py::arg("grad_output"), py::arg("query"),
         py::arg("key"), py::arg("value"), py::arg("output") = py::none(), py::arg("lse") = py::none(),
-        py::arg("attn_mask") = py::none(), py::arg("is_causal") = false, py::arg("scale") = py::none());
+        py::arg("attn_mask") = py::none(), py::arg("is_causal") = false, py::arg("scale") = py::none(), py::kw_only(),
+        py::arg("dropout_p") = 0.0, py::arg("seed") = 0, py::arg("offset") = 0);
   m.def("linear_backward", &linear_backward, py::arg("grad_output"), py::arg("x"), py::arg("weight"),
-        py::arg("activation") = py::none(), py::arg("pre_activation") = py::none());
+        py::arg("activation") = py::none(), py::arg("pre_activation") = py::none(), py::kw_only(),
+        py::arg("dweight_out") = py::none(), py::arg("dbias_out") = py::none());
   m.def("embedding_backward", &embedding_backward, py::arg("grad_output"), py::arg("ids"), py::arg("num_embeddings"),
         py::arg("padding_idx") = py::none());
   m.def("cross_entropy", &cross_entropy, py::arg("logits"), py::arg("labels"), py::arg("ignore_index") = -100,

@@ -1,5 +1,7 @@
 """The backward ops (training) against float64 references and torch.autograd: random upstream gradients
 (never one built from the output), strided and converted inputs, odd sizes, every ISA path."""
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -328,8 +330,9 @@ def test_linear_backward_bad_input(rng):
     assert dx.shape == (0, 8) and not dw.any() and not db.any()
 
 
-def sdpa_f64(q, k, v, go, mask=None, causal=False, scale=None):
-    """float64 closed forms: (output, lse, dq, dk, dv); a row with nothing to attend has zero output, lse -inf."""
+def sdpa_f64(q, k, v, go, mask=None, causal=False, scale=None, keep=None):
+    """float64 closed forms: (output, lse, dq, dk, dv); a row with nothing to attend has zero output, lse -inf.
+    ``keep``: dropout's factors on the probabilities (0 or 1 / (1 - p)), softmax first."""
     q, k, v, go = (np.asarray(a, np.float64) for a in (q, k, v, go))
     sq, sk = q.shape[-2], k.shape[-2]
     scale = 1 / np.sqrt(q.shape[-1]) if scale is None else scale
@@ -345,9 +348,10 @@ def sdpa_f64(q, k, v, go, mask=None, causal=False, scale=None):
     p = e / np.where(dead, 1, total)
     with np.errstate(divide="ignore"):
         lse = np.where(dead, -np.inf, m + np.log(np.where(dead, 1, total)))[..., 0]
-    o = p @ v
-    dv = np.swapaxes(p, -1, -2) @ go
-    dp = go @ np.swapaxes(v, -1, -2)
+    keep = np.ones_like(p) if keep is None else keep
+    o = (p * keep) @ v
+    dv = np.swapaxes(p * keep, -1, -2) @ go
+    dp = (go @ np.swapaxes(v, -1, -2)) * keep
     ds = p * (dp - (go * o).sum(-1, keepdims=True))
     return o, lse, scale * ds @ k, scale * np.swapaxes(ds, -1, -2) @ q, dv
 
@@ -380,6 +384,67 @@ def test_attention_backward(isa, rng, B, H, Sq, Sk, D, Dv, mask_kind, causal):
     # without the forward's output and lse: the forward runs again, the same numbers
     for got, again in zip(grads, ops.scaled_dot_product_attention_backward(go, q, k, v, None, None, mask, causal)):
         np.testing.assert_array_equal(got, again)
+
+
+def attention_keep(shape, p, seed, offset):
+    """Dropout's factors over the (B, H, Sq, Sk) probabilities: the stream's words in that order."""
+    words = __import__("coreformer")._core.philox_words(int(np.prod(shape)), seed, offset).reshape(shape)
+    return np.where(words < int((1 - p) * 2 ** 32), 1 / (1 - p), 0.0)
+
+
+@pytest.mark.parametrize("B,H,Sq,Sk,D,Dv", ATTN_SHAPES)
+@pytest.mark.parametrize("mask_kind,causal", [(None, False), (None, True), ("bool", False), ("float", True)])
+def test_attention_dropout_forward_and_backward(isa, rng, B, H, Sq, Sk, D, Dv, mask_kind, causal):
+    """Dropout on the probabilities inside the kernels: the forward's output and the backward's gradients
+    equal float64 closed forms with the stream's mask (softmax first; lse the undropped one), word for word."""
+    q, k, v, go = randn(rng, B, H, Sq, D), randn(rng, B, H, Sk, D), randn(rng, B, H, Sk, Dv), randn(rng, B, H, Sq, Dv)
+    mask = None
+    if mask_kind == "bool":
+        mask = rng.random((B, 1, Sq, Sk)) > 0.3
+    elif mask_kind == "float":
+        mask = randn(rng, Sq, Sk)
+        mask[rng.random((Sq, Sk)) < 0.2] = -np.inf
+    p, seed, offset = 0.3, 1234, 77
+    drop: dict[str, Any] = dict(dropout_p=p, seed=seed, offset=offset)
+    out, lse = ops.scaled_dot_product_attention_forward(q, k, v, mask, causal, **drop)
+    want = sdpa_f64(q, k, v, go, mask, causal, keep=attention_keep((B, H, Sq, Sk), p, seed, offset))
+    assert norm_rel(out, want[0]) < 2e-6
+    np.testing.assert_allclose(lse, want[1], rtol=1e-6, atol=1e-5)
+    grads = ops.scaled_dot_product_attention_backward(go, q, k, v, out, lse, mask, causal, **drop)
+    for got, ref_ in zip(grads, want[2:]):
+        assert norm_rel(got, ref_) < 2e-6
+    for got, again in zip(grads, ops.scaled_dot_product_attention_backward(go, q, k, v, None, None, mask, causal,
+                                                                           **drop)):
+        np.testing.assert_array_equal(got, again)  # the forward run again draws the same mask
+    # p = 0 is no dropout at all; another offset is another mask
+    np.testing.assert_array_equal(ops.scaled_dot_product_attention_forward(q, k, v, mask, causal, dropout_p=0.0,
+                                                                           seed=seed)[0],
+                                  ops.scaled_dot_product_attention_forward(q, k, v, mask, causal)[0])
+    if Sq * Sk >= 49:
+        other = ops.scaled_dot_product_attention_forward(q, k, v, mask, causal, dropout_p=p, seed=seed, offset=9)[0]
+        assert not np.array_equal(other, out)
+
+
+def test_attention_dropout_threads_keep_rate_and_bad_input(rng):
+    q, k, v = randn(rng, 2, 3, 70, 16), randn(rng, 2, 3, 90, 16), np.ones((2, 3, 90, 1), np.float32)
+    drop: dict[str, Any] = dict(dropout_p=0.25, seed=5, offset=0)
+    assert_same_on_thread_counts(lambda: ops.scaled_dot_product_attention_forward(q, k, v, **drop))
+    go = randn(rng, 2, 3, 70, 1)
+    assert_same_on_thread_counts(lambda: ops.scaled_dot_product_attention_backward(go, q, k, v, **drop))
+    # V = 1: each output is the kept probabilities' sum over 1 - p, 1 in expectation
+    out, _ = ops.scaled_dot_product_attention_forward(q, k, v, **drop)
+    assert abs(float(out.mean()) - 1.0) < 0.05
+    with pytest.raises(ValueError, match="needs a seed"):
+        ops.scaled_dot_product_attention_forward(q, k, v, dropout_p=0.1)
+    for bad in (1.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match=r"dropout_p must be in \[0, 1\)"):
+            ops.scaled_dot_product_attention_forward(q, k, v, dropout_p=bad, seed=1)
+        with pytest.raises(ValueError, match=r"dropout_p must be in \[0, 1\)"):
+            ops.scaled_dot_product_attention_backward(go, q, k, v, dropout_p=bad, seed=1)
+    with pytest.raises(ValueError, match="offset"):
+        ops.scaled_dot_product_attention_forward(q, k, v, dropout_p=0.1, seed=1, offset=-1)
+    with pytest.raises(TypeError):
+        ops.scaled_dot_product_attention_forward(q, k, v, dropout_p="0.1", seed=1)  # type: ignore[arg-type]
 
 
 def test_attention_backward_matches_torch_autograd_gqa_and_broadcast(rng):

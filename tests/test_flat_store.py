@@ -192,3 +192,59 @@ def test_tensor_indexing_is_a_view_along_the_first_dimension():
         t[True]
     with pytest.raises(IndexError, match="0-d"):
         coreformer.tensor(np.float32(1.0))[0]
+
+
+def test_linear_backward_writes_into_given_gradient_arrays(rng):
+    from coreformer import ops
+    x, w, dy = (rng.standard_normal(s).astype(np.float32) for s in ((5, 7), (3, 7), (5, 3)))
+    dx, dw, db = ops.linear_backward(dy, x, w)
+    buf = np.full(40, np.nan, np.float32)
+    dw_out, db_out = buf[:21].reshape(3, 7), buf[21:24]
+    dx2, dw2, db2 = ops.linear_backward(dy, x, w, dweight_out=dw_out, dbias_out=db_out)
+    assert dw2 is dw_out and db2 is db_out
+    np.testing.assert_array_equal(dw_out, dw)
+    np.testing.assert_array_equal(db_out, db)
+    np.testing.assert_array_equal(dx2, dx)
+    assert np.isnan(buf[24:]).all()  # nothing written past them
+    with pytest.raises(ValueError, match=r"dweight_out has shape \(7, 3\)"):
+        ops.linear_backward(dy, x, w, dweight_out=np.zeros((7, 3), np.float32))
+    with pytest.raises(ValueError, match=r"dbias_out has shape"):
+        ops.linear_backward(dy, x, w, dbias_out=np.zeros(4, np.float32))
+    with pytest.raises(TypeError, match="dweight_out must be a float32"):
+        ops.linear_backward(dy, x, w, dweight_out=np.zeros((3, 7)))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="dweight_out must be C-contiguous"):
+        ops.linear_backward(dy, x, w, dweight_out=np.zeros((7, 3), np.float32).T)
+    ro = np.zeros((3, 7), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="dweight_out is read-only"):
+        ops.linear_backward(dy, x, w, dweight_out=ro)
+    with pytest.raises(TypeError, match="dweight_out must be None or a float32 numpy array"):
+        ops.linear_backward(dy, x, w, dweight_out=[[0.0] * 7] * 3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="overlaps"):
+        ops.linear_backward(dy, x, w, dweight_out=w)
+    both = np.zeros(24, np.float32)
+    with pytest.raises(ValueError, match="overlaps"):
+        ops.linear_backward(dy, x, w, dweight_out=both[:21].reshape(3, 7), dbias_out=both[18:21])
+
+
+def test_backward_writes_gradients_straight_into_the_flat_buffer(gpt2, rng):  # noqa: F811
+    """A fresh backward's linear weight gradients are computed into their slots (no copy after): the
+    gradient arrays are the slots, and a second backward (accumulation) adds to them."""
+    from coreformer.models import GPT2LMHeadModel
+    model = GPT2LMHeadModel.from_pretrained(gpt2[0]).train()
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    ids = rng.integers(0, 211, (2, 9))
+    model(ids, labels=ids).loss.backward()
+    once = {n: np.array(p.grad) for n, p in model.named_parameters()}
+    store = model.flat_parameters
+    assert store is not None and store.grad is not None
+    start = store.grad.__array_interface__["data"][0]
+    for n, p in model.named_parameters():
+        g = p.grad
+        assert g is not None and g.base is store.grad, n
+        assert store.offset(p.data) == (g.__array_interface__["data"][0] - start) // 4, n
+    model(ids, labels=ids).loss.backward()
+    for n, p in model.named_parameters():
+        np.testing.assert_allclose(np.asarray(p.grad), 2 * once[n], rtol=1e-6, atol=1e-7, err_msg=n)

@@ -294,14 +294,17 @@ def test_training_is_bit_identical_run_after_run_and_across_thread_counts(gpt2, 
     assert_same_on_thread_counts(run, counts=(1, 2, 2, 3))  # run after run (2 twice) and across counts
 
 
-def test_gpt2_hidden_dropout_seeded_and_its_gradient_uses_the_forwards_masks(fresh_gpt2, rng):
+def test_gpt2_dropout_seeded_and_its_gradient_uses_the_forwards_masks(fresh_gpt2, rng):
+    """Hidden and attention-probability dropout (inside the attention kernels) as transformers places them:
+    seeded runs repeat, and central differences with the masks replayed match the gradient -- through an
+    attention projection too, whose gradient passes the dropped probabilities."""
     from coreformer import nn
     _, _, ours = fresh_gpt2
     ids, mask, labels = batch(rng, 211)
     eval_loss = float(ours(ids, attention_mask=mask, labels=labels, position_ids=POS).loss)
     ours.train().seed_dropout(3)
     drops = [m for m in ours.modules() if isinstance(m, nn.Dropout)]
-    assert len(drops) == 2 * 3 + 1 and all(m.p == pytest.approx(0.1) for m in drops)  # resid, mlp; embeddings
+    assert len(drops) == 3 * 3 + 1 and all(m.p == pytest.approx(0.1) for m in drops)  # attn, resid, mlp; embeddings
     offsets = [m.offset for m in drops]
     out = ours(ids, attention_mask=mask, labels=labels, position_ids=POS)
     assert float(out.loss) != pytest.approx(eval_loss, rel=1e-4)  # dropout is on in training
@@ -311,18 +314,26 @@ def test_gpt2_hidden_dropout_seeded_and_its_gradient_uses_the_forwards_masks(fre
     again = ours(ids, attention_mask=mask, labels=labels, position_ids=POS)
     assert float(again.loss) == float(out.loss)
     # a directional derivative by central differences, the forward's masks replayed, matches the gradient
-    p = dict(ours.named_parameters())["transformer.h.1.mlp.c_fc.weight"]
-    assert p.grad is not None
-    direction = rng.standard_normal(p.shape).astype(np.float32)
-    want = float((p.grad.astype(np.float64) * direction).sum())
-    eps, losses = 3e-3, []
-    for sign in (1.0, -1.0):
-        for m, o in zip(drops, offsets):
-            m.offset = o
-        p.data += np.float32(sign * eps) * direction
-        losses.append(float(ours(ids, attention_mask=mask, labels=labels, position_ids=POS).loss))
-        p.data -= np.float32(sign * eps) * direction
-    assert (losses[0] - losses[1]) / (2 * eps) == pytest.approx(want, rel=2e-2)
+    # (the attention weights, at this init's 0.3 scale, curve faster: a smaller step)
+    for name, eps in (("transformer.h.1.mlp.c_fc.weight", 3e-3), ("transformer.h.0.attn.c_attn.weight", 1e-3)):
+        p = dict(ours.named_parameters())[name]
+        assert p.grad is not None
+        direction = rng.standard_normal(p.shape).astype(np.float32)
+        want = float((p.grad.astype(np.float64) * direction).sum())
+        losses = []
+        for sign in (1.0, -1.0):
+            for m, o in zip(drops, offsets):
+                m.offset = o
+            p.data += np.float32(sign * eps) * direction
+            losses.append(float(ours(ids, attention_mask=mask, labels=labels, position_ids=POS).loss))
+            p.data -= np.float32(sign * eps) * direction
+        assert (losses[0] - losses[1]) / (2 * eps) == pytest.approx(want, rel=2e-2), name
+    # without attention dropout the loss differs: the attention kernels drop too
+    for m, o in zip(drops, offsets):
+        m.offset = o
+    for blk in ours.transformer.h:
+        blk.attn.attn_dropout.p = 0.0
+    assert float(ours(ids, attention_mask=mask, labels=labels, position_ids=POS).loss) != float(out.loss)
     # p = 0 everywhere: training computes what eval does
     no_dropout(ours)
     assert float(ours(ids, attention_mask=mask, labels=labels, position_ids=POS).loss) == pytest.approx(eval_loss,
@@ -537,3 +548,40 @@ def test_gradient_checkpointing_gives_the_same_gradients_bit_for_bit(gpt2, tmp_p
     for n in g0:
         np.testing.assert_array_equal(g1[n], g0[n], err_msg=n)
         np.testing.assert_array_equal(w1[n], w0[n], err_msg=n)
+
+
+def test_bert_attention_dropout_gradient_by_central_differences(tmp_path, rng):
+    """BERT's attention_probs_dropout_prob runs inside the attention kernels: seeded, and the gradient of a
+    query weight (through the dropped probabilities) matches central differences with the masks replayed."""
+    from coreformer import nn
+    from coreformer.models import BertForSequenceClassification
+    cfg = transformers.BertConfig(vocab_size=90, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=50, num_labels=3, hidden_dropout_prob=0.0,
+                                  attention_probs_dropout_prob=0.2, initializer_range=0.2)  # gradients not tiny
+    torch.manual_seed(0)
+    transformers.BertForSequenceClassification(cfg).save_pretrained(tmp_path)
+    model = BertForSequenceClassification.from_pretrained(tmp_path).train().seed_dropout(7)
+    ids, mask, _ = batch(rng, 90)
+    y = rng.integers(0, 3, 3)
+    drops = [m for m in model.modules() if isinstance(m, nn.Dropout) and m.p > 0]
+    assert len(drops) == 2  # one per layer: attention.self.dropout
+    offsets = [m.offset for m in drops]
+    out = model(ids, mask, labels=y)
+    out.loss.backward()
+    p = dict(model.named_parameters())["bert.encoder.layer.0.attention.self.query.weight"]
+    assert p.grad is not None
+    direction = rng.standard_normal(p.shape).astype(np.float32)
+    want = float((p.grad.astype(np.float64) * direction).sum())
+    eps, losses = 3e-3, []
+    for sign in (1.0, -1.0):
+        for m, o in zip(drops, offsets):
+            m.offset = o
+        p.data += np.float32(sign * eps) * direction
+        losses.append(float(model(ids, mask, labels=y).loss))
+        p.data -= np.float32(sign * eps) * direction
+    assert abs(want) > 1e-2
+    assert (losses[0] - losses[1]) / (2 * eps) == pytest.approx(want, rel=1e-2)
+    for m, o in zip(drops, offsets):
+        m.offset = o
+        m.p = 0.0
+    assert float(model(ids, mask, labels=y).loss) != float(out.loss)  # the attention did drop

@@ -207,6 +207,9 @@ void attend_block(const AttentionArgs& a, int64_t b, int64_t h, int64_t i0, int6
   const int64_t dvp = ceil_div(Dv, kNR) * kNR;
   const int64_t causal_off = Sk - a.Sq;  // query i sees keys j <= i + causal_off
   float *const qp = w.qp, *const s = w.s, *const o = w.o, *const m = w.m, *const l = w.l;
+  const bool drop = a.dropout.active();
+  const uint64_t drop_base = a.dropout.offset + static_cast<uint64_t>((b * a.H + h) * a.Sq) * static_cast<uint64_t>(Sk);
+  alignas(64) float keep[kBK];  // dropout: the factors of a row's block of probabilities
   // Scores in log2 units: q is scaled by scale * log2 e here, once per row, and the softmax takes 2^x
   // (no Cody-Waite reduction per score); float masks are converted as they are added.
   pack_a(a.q + b * a.q_sb + h * a.q_sh + i0 * a.q_ss, a.q_ss, mq, D,
@@ -247,8 +250,12 @@ void attend_block(const AttentionArgs& a, int64_t b, int64_t h, int64_t i0, int6
       const float corr = m[r] == kNegInf ? 0.0f : std::exp2(m[r] - m_new);
       const float sum = exp_sub_sum<true, true>(srow, srow, nk, m_new);
       if (l[r] != 0.0f && corr != 1.0f) { scale_row(o + r * Dv, Dv, corr); }
-      l[r] = l[r] * corr + sum;
+      l[r] = l[r] * corr + sum;  // the undropped sum: softmax first, then dropout
       m[r] = m_new;
+      if (drop) {
+        dropout_factors(a.dropout.seed, drop_base + static_cast<uint64_t>(i * Sk + j0), nk, a.dropout.p, keep);
+        for (int64_t j = 0; j < nk; ++j) srow[j] *= keep[j];
+      }
     }
     if (v_nonfinite[j0 / kBK]) {
       // inf or NaN among this block's values: only the keys a row gives weight to are added (the GEMM
@@ -342,7 +349,7 @@ void attention(const AttentionArgs& a) {
       for (int64_t i = 0; i < B * H * Sq; ++i) a.lse[i] = kNegInf;
     return;
   }
-  if (Sq <= kFewQueries) return attention_few_queries(a);
+  if (Sq <= kFewQueries && !a.dropout.active()) return attention_few_queries(a);
   const int64_t BH = B * H;
   const int64_t kp_head = ceil_div(Sk, kNR) * kNR * D;   // packed K^T of one head
   const int64_t dvp = ceil_div(Dv, kNR) * kNR;
@@ -513,6 +520,9 @@ void attention_backward_task(const AttentionBackwardArgs& g, int64_t b, int64_t 
   }
 
   const float scale = a.scale;
+  const bool drop = a.dropout.active();
+  const uint64_t drop_base = a.dropout.offset + static_cast<uint64_t>(bh * Sq) * static_cast<uint64_t>(Sk);
+  alignas(64) float keep[kGradBK];  // dropout: the forward's factors for a row's block of keys
   for (int64_t j0 = c0; j0 < c1; j0 += kGradBK) {
     const int64_t nk = imin(kGradBK, c1 - j0);
     pack_b_transposed(k + j0 * a.k_ss, a.k_ss, nk, D, w.kt);
@@ -546,6 +556,16 @@ void attention_backward_task(const AttentionBackwardArgs& g, int64_t b, int64_t 
         if (diagonal)
           for (int64_t j = imax(0, i + causal_off + 1 - j0); j < nk; ++j) srow[j] = kNegInf;
         const Vec l2 = Vec::set1(w.l2[i]), dl = Vec::set1(w.delta[i]), sc = Vec::set1(scale), zero = Vec::zero();
+        if (drop) {  // the forward's mask: dV takes the dropped P; dS = P (dP * keep - Delta)
+          dropout_factors(a.dropout.seed, drop_base + static_cast<uint64_t>(i * Sk + j0), nk, a.dropout.p, keep);
+          for (int64_t j = 0; j < nk; j += Vec::W) {
+            const Vec p = exp2_le0(Vec::load(srow + j) - l2), f = Vec::load_partial(keep + j, static_cast<int>(imin(Vec::W, nk - j)));
+            (p * f).store(srow + j);
+            const Vec d = sc * p * (Vec::load(dsrow + j) * f - dl);
+            select_lt(zero, p, d, p * zero).store(dsrow + j);
+          }
+          continue;
+        }
         for (int64_t j = 0; j < nk; j += Vec::W) {  // nk is a multiple of W but for the last block; the rest is scratch
           const Vec p = exp2_le0(Vec::load(srow + j) - l2);
           p.store(srow + j);

@@ -10,6 +10,7 @@
 #include "core/philox.h"
 #include "core/threading.h"
 #include "cpu/kernels.h"
+#include "cpu/row.h"
 
 namespace cf::cpu::CF_ISA_NS {
 
@@ -94,6 +95,25 @@ inline void philox_blocks(uint64_t block, uint64_t seed, uint32_t* w) {
 #endif
 
 }  // namespace
+
+void dropout_factors(uint64_t seed, uint64_t index, int64_t n, double p, float* f) {
+  const uint64_t threshold = static_cast<uint64_t>((1.0 - p) * 4294967296.0);
+  const bool none_kept = threshold == 0;
+  const uint32_t last_kept = none_kept ? 0u : static_cast<uint32_t>(std::min<uint64_t>(threshold - 1, 0xFFFFFFFFu));
+  const float scale = none_kept ? 0.0f : static_cast<float>(1.0 / (1.0 - p));
+  uint32_t w[4 * kLanes];
+  int64_t i = 0;
+  while (i < n) {
+    const uint64_t g = index + static_cast<uint64_t>(i);
+    philox_blocks(g >> 2, seed, w);
+    const int64_t first = static_cast<int64_t>(g & 3);
+    const int64_t m = std::min<int64_t>(n - i, 4 * kLanes - first);
+    const uint32_t* word = w + first;
+#pragma omp simd
+    for (int64_t j = 0; j < m; ++j) f[i + j] = word[j] <= last_kept && !none_kept ? scale : 0.0f;
+    i += m;
+  }
+}
 
 void dropout(const DropoutArgs& a) {
   if (a.n == 0) return;

@@ -40,6 +40,16 @@ struct MaskArgs {
   bool true_means_masked = false;  // boolean only: torch.nn.MultiheadAttention's convention
 };
 
+// Dropout on attention's probabilities (training, CPU): probability (b, h, i, j) is kept, times 1 / (1 - p),
+// when word offset + ((b H + h) Sq + i) Sk + j of stream `seed` is below (1 - p) 2^32 -- ops.dropout's rule
+// over the (B, H, Sq, Sk) probabilities, so the backward recomputes the mask from (seed, offset). The
+// softmax's normaliser is the row's undropped sum: softmax, then dropout, as torch's attention layers.
+struct AttentionDropout {
+  double p = 0.0;  // in [0, 1)
+  uint64_t seed = 0, offset = 0;
+  bool active() const { return p > 0.0; }
+};
+
 // out (B,H,Sq,Dv) = softmax(scale * q k^T + masks) v, with strides for b, h and s (the last axis is contiguous).
 struct AttentionArgs {
   int64_t B = 0, H = 0, Sq = 0, Sk = 0, D = 0, Dv = 0;
@@ -52,6 +62,7 @@ struct AttentionArgs {
   float scale = 1.0f;
   float* lse = nullptr;  // optional (B,H,Sq) contiguous: each row's log-sum-exp of its scaled, masked scores
                          // (natural log; -inf for a row with nothing to attend), what the backward needs
+  AttentionDropout dropout;  // applied to the probabilities when active (the lse stays the undropped one's)
 };
 
 // The backward of `attention` (FlashAttention-2's, on the CPU): f holds the forward's inputs (f.out and

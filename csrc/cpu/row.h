@@ -216,6 +216,10 @@ inline void for_vectors(int64_t begin, int64_t end, Body&& body) {
   if (i < end) body(i, static_cast<int>(end - i));
 }
 
+// f[j] = 1 / (1 - p) where word index + j of stream `seed` keeps its element, else 0, for j in [0, n):
+// ops.dropout's mask as factors (csrc/cpu/dropout.cpp), for a kernel that drops what it computes (attention).
+void dropout_factors(uint64_t seed, uint64_t index, int64_t n, double p, float* f);
+
 inline Vec load_n(const float* p, int w) { return w == Vec::W ? Vec::load(p) : Vec::load_partial(p, w); }
 inline void store_n(Vec v, float* p, int w) {
   if (w == Vec::W) v.store(p);

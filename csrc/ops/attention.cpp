@@ -33,6 +33,11 @@ Shape attention_shape(const TensorView& q, const TensorView& k, const TensorView
 
 namespace {
 
+void check_attention_dropout(const cpu::AttentionDropout& d, Device dev) {
+  CF_CHECK(std::isfinite(d.p) && d.p >= 0.0 && d.p < 1.0, ValueError, "dropout_p must be in [0, 1), got ", d.p);
+  if (d.active()) cpu_only(dev, "attention's dropout");
+}
+
 // The lse array of a forward whose query is q: q's shape without its last axis.
 void expect_lse(const TensorView& lse, const TensorView& q, const char* op) {
   Shape want = shape_of(q);
@@ -47,7 +52,7 @@ void expect_lse(const TensorView& lse, const TensorView& q, const char* op) {
 
 void scaled_dot_product_attention(const TensorView& q, const TensorView& k, const TensorView& v,
                                   const OptionalView& mask, bool is_causal, std::optional<float> scale,
-                                  const TensorView& out, const OptionalView& lse) {
+                                  const TensorView& out, const OptionalView& lse, const cpu::AttentionDropout& dropout) {
   const Shape shape = attention_shape(q, k, v, mask);
   expect_float_rows(out, "out");
   CF_CHECK(shape_of(out) == shape, ValueError, "scaled_dot_product_attention: out has shape ", out.shape_str(),
@@ -58,6 +63,7 @@ void scaled_dot_product_attention(const TensorView& q, const TensorView& k, cons
     expect_lse(*lse, q, "scaled_dot_product_attention");
     cpu_only(common_device({{"query", &q}, {"lse", opt(lse)}}), "attention's log-sum-exp output");
   }
+  check_attention_dropout(dropout, dev);
   // Any strides with a contiguous last axis: a head split out of a packed QKV projection or a
   // prefix of a preallocated KV cache is read in place.
   AttentionPlan a;
@@ -71,13 +77,14 @@ void scaled_dot_product_attention(const TensorView& q, const TensorView& k, cons
   if (mask) a.mask = broadcast_mask(*mask, a.B, a.H, a.Sq, a.Sk, "attn_mask", false);
   a.causal = is_causal;
   a.scale = scale ? *scale : (a.D > 0 ? 1.0f / std::sqrt(static_cast<float>(a.D)) : 1.0f);
-  Backend(dev, q.dtype).attention(a, lse ? lse->ptr<float>() : nullptr);
+  Backend(dev, q.dtype).attention(a, lse ? lse->ptr<float>() : nullptr, dropout);
 }
 
 void scaled_dot_product_attention_backward(const TensorView& grad_output, const TensorView& q, const TensorView& k,
                                            const TensorView& v, const OptionalView& output, const OptionalView& lse,
                                            const OptionalView& mask, bool is_causal, std::optional<float> scale,
-                                           const TensorView& dq, const TensorView& dk, const TensorView& dv) {
+                                           const TensorView& dq, const TensorView& dk, const TensorView& dv,
+                                           const cpu::AttentionDropout& dropout) {
   const char* op = "scaled_dot_product_attention_backward";
   const Shape shape = attention_shape(q, k, v, mask);
   expect_float(grad_output, "grad_output");
@@ -111,7 +118,7 @@ void scaled_dot_product_attention_backward(const TensorView& grad_output, const 
     lse_buf.resize(static_cast<size_t>(lv.numel()));
     ov.data = o_buf.data();
     lv.data = lse_buf.data();
-    scaled_dot_product_attention(q, k, v, mask, is_causal, scale, ov, lv);
+    scaled_dot_product_attention(q, k, v, mask, is_causal, scale, ov, lv, dropout);
     if (!output) o = o_buf.data();
     l = lse_buf.data();
   }
@@ -126,6 +133,8 @@ void scaled_dot_product_attention_backward(const TensorView& grad_output, const 
   if (mask) a.mask = broadcast_mask(*mask, a.B, a.H, a.Sq, a.Sk, "attn_mask", false);
   a.causal = is_causal;
   a.scale = scale ? *scale : (a.D > 0 ? 1.0f / std::sqrt(static_cast<float>(a.D)) : 1.0f);
+  check_attention_dropout(dropout, Device{});
+  a.dropout = dropout;
   g.o = o;
   g.lse = l;
   g.dout = grad_output.ptr<float>();

@@ -81,7 +81,7 @@ void Backend::norm(const void* x, int64_t rows, int64_t n, const OptionalView& w
   kernels().layer_norm(a);
 }
 
-void Backend::attention(AttentionPlan a, float* lse) const {
+void Backend::attention(AttentionPlan a, float* lse, const cpu::AttentionDropout& dropout) const {
   if (gpu()) {
     a.dtype = dtype_;
     a.device = device_.index;
@@ -98,6 +98,7 @@ void Backend::attention(AttentionPlan a, float* lse) const {
   c.causal = a.causal;
   c.scale = a.scale;
   c.lse = lse;
+  c.dropout = dropout;
   kernels().attention(c);
 }
 

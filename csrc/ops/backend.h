@@ -38,7 +38,7 @@ class Backend {
   void norm(const void* x, int64_t rows, int64_t n, const OptionalView& weight, const OptionalView& bias, float eps,
             void* y, const void* residual = nullptr, void* sum_out = nullptr) const;
   // lse: optional (B,H,Sq) contiguous log-sum-exp output, CPU only (the caller checks)
-  void attention(AttentionPlan a, float* lse = nullptr) const;
+  void attention(AttentionPlan a, float* lse = nullptr, const cpu::AttentionDropout& dropout = {}) const;
   // Keys and values of B*S rows (head h at columns [h*Dh, (h+1)*Dh) of each row, rows ld apart) into a
   // cache (B, H, capacity, Dh) at positions [past, past + S).
   void kv_append(const void* k, const void* v, int64_t ld, const KVCacheRef& cache, int64_t B, int64_t S,

@@ -73,15 +73,18 @@ void linear(const TensorView& x, const WeightRef& weight, const OptionalView& bi
 Shape attention_shape(const TensorView& q, const TensorView& k, const TensorView& v, const OptionalView& mask);
 // lse: optional (B,H,Sq) (or (H,Sq)) float32, C-contiguous, on the CPU: each query row's log-sum-exp of its
 // scaled, masked scores (-inf for a row with nothing to attend), what the backward recomputes P from.
+// dropout (training, CPU only): on the probabilities, from a counter-based stream (cpu::AttentionDropout).
 void scaled_dot_product_attention(const TensorView& q, const TensorView& k, const TensorView& v,
                                   const OptionalView& mask, bool is_causal, std::optional<float> scale,
-                                  const TensorView& out, const OptionalView& lse = OptionalView());
+                                  const TensorView& out, const OptionalView& lse = OptionalView(),
+                                  const cpu::AttentionDropout& dropout = {});
 // Its backward: dq, dk, dv (the shapes of q, k, v; C-contiguous) from grad_output (out's shape), the
 // forward's output (its inputs are recomputed into it when absent) and optionally its lse. CPU only.
 void scaled_dot_product_attention_backward(const TensorView& grad_output, const TensorView& q, const TensorView& k,
                                            const TensorView& v, const OptionalView& output, const OptionalView& lse,
                                            const OptionalView& mask, bool is_causal, std::optional<float> scale,
-                                           const TensorView& dq, const TensorView& dk, const TensorView& dv);
+                                           const TensorView& dq, const TensorView& dk, const TensorView& dv,
+                                           const cpu::AttentionDropout& dropout = {});
 
 // torch.nn.MultiheadAttention(batch_first=True) forward, inference: query (B,Sq,E), key (B,Sk,E),
 // value (B,Sk,E); in_weight (3E,E), in_bias (3E,), out_weight (E,E), out_bias (E,);

@@ -189,7 +189,7 @@ def _step_case(op: str, shape: str, ours: Any, ref: Any, torch: Any, fwd: Callab
     return Case(op, shape, flops, "GFLOP/s", impls)
 
 
-# Peak memory: each engine trains in a process of its own (ru_maxrss is a process's high-water mark), from
+# Peak memory: each engine trains in a process of its own (VmHWM is an address space's high-water mark), from
 # the same checkpoint and batch saved by the parent: the whole process, as its user sees it (interpreter,
 # imports, weights, optimiser state, activations).
 
@@ -222,7 +222,13 @@ def _memory_child(folder: str, kind: str, engine: str, threads: int, steps: int 
             ours(**batch).loss.backward()
             opt.step()
             opt.zero_grad()
-    print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}))
+    # VmHWM: this address space's high-water mark (ru_maxrss would carry the parent's over fork + exec)
+    try:
+        with open("/proc/self/status") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):  # not Linux: the process's own figure
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_mb": kb / 1024.0}))
 
 
 def _memory(rng: np.random.Generator, quick: bool, threads: int) -> list[dict[str, Any]]:

@@ -30,7 +30,7 @@ __all__ = [
     "Parameter", "FlatStore", "Module", "ModuleList", "Linear", "LayerNorm", "Embedding", "Dropout", "SinusoidalPositionalEncoding",
     "LearnedPositionalEmbedding", "MultiHeadAttention", "AdditiveAttention", "FeedForward", "KVCache", "DeviceKVCache",
     "TransformerEncoderLayer", "TransformerDecoderLayer", "TransformerEncoder", "TransformerDecoder",
-    "manual_seed", "layer_forward", "layer_backward", "split_heads", "merge_heads", "packed_qkv_grad", "attend",
+    "manual_seed", "grad_slot", "layer_forward", "layer_backward", "split_heads", "merge_heads", "packed_qkv_grad", "attend",
 ]
 
 _rng = np.random.default_rng()
@@ -312,6 +312,26 @@ def store_of(a: np.ndarray) -> FlatStore | None:
     return s if s is not None and s.data is base else None
 
 
+def grad_slot(params: list[Parameter | None]) -> FloatArray | None:
+    """Where a backward may write the gradient of ``params`` directly (``ops.linear_backward``'s
+    ``dweight_out``): when none holds a gradient yet and they lie one after another in a FlatStore, their
+    joined slot of its gradient buffer (``Module._accumulate`` then keeps it without a copy); else None."""
+    if any(p is None or p.grad is not None for p in params):
+        return None
+    slots = []
+    for p in params:
+        assert p is not None
+        store = store_of(p.data)
+        g = store.grad_for(p.data) if store is not None else None
+        if g is None:
+            return None
+        slots.append(g)
+    if len(slots) == 1:
+        return slots[0]
+    span = joined(slots)
+    return span if np.may_share_memory(span, slots[0]) else None
+
+
 def joined(arrays: list[Any]) -> FloatArray:
     """The arrays one after another along the first axis: a view when they already lie so in one
     buffer (BERT's query, key and value weights in a flat store: the fused QKV matrix is then the same
@@ -572,7 +592,9 @@ class Module:
             store = store_of(p.data)
             slot = store.grad_for(p.data) if store is not None else None
             if slot is not None:  # the flat gradient buffer's slot, in the parameters' layout
-                slot[...] = grad
+                g = np.asarray(grad)
+                if g.__array_interface__["data"][0] != slot.__array_interface__["data"][0] or g.base is not slot.base:
+                    slot[...] = g  # not already written there (grad_slot + dweight_out): copied in
                 p.grad = slot
                 return
             g = np.asarray(grad)
@@ -581,6 +603,12 @@ class Module:
             p.grad = g if own else np.array(g, dtype=np.float32, order="C")
         else:
             p.grad += grad
+
+    def _grad_outs(self, weight: str, bias: str) -> dict[str, Any]:
+        """``linear_backward``'s ``dweight_out`` / ``dbias_out`` for parameters ``weight`` and ``bias``
+        (their slots of the flat gradient buffer when they have no gradient yet; see ``grad_slot``)."""
+        return {"dweight_out": grad_slot([self._param(weight)]),
+                "dbias_out": grad_slot([self._param(bias)]) if self._params.get(bias) is not None else None}
 
     def _save(self, **saved: Any) -> None:
         object.__setattr__(self, "_saved", saved)
@@ -809,7 +837,8 @@ class Linear(Module):
 
     def backward(self, grad_output: ArrayIn) -> FloatArray:
         saved = self._take()
-        dx, dw, db = ops.linear_backward(grad_output, saved["x"], self.weight, self.activation, saved["pre"])
+        dx, dw, db = ops.linear_backward(grad_output, saved["x"], self.weight, self.activation, saved["pre"],
+                                         **self._grad_outs("weight", "bias"))
         self._accumulate("weight", dw)
         if self.bias is not None:
             self._accumulate("bias", db)
@@ -1283,7 +1312,8 @@ class MultiHeadAttention(Module):
                                                                saved["lse"], saved["mask"], saved["causal"])
         w = self.in_proj_weight
         if len(saved["inputs"]) == 1:
-            dx, dw, db = ops.linear_backward(packed_qkv_grad(dq, dk, dv), saved["inputs"][0], w)
+            dx, dw, db = ops.linear_backward(packed_qkv_grad(dq, dk, dv), saved["inputs"][0], w,
+                                             **self._grad_outs("in_proj_weight", "in_proj_bias"))
             self._accumulate("in_proj_weight", dw)
             if self.in_proj_bias is not None:
                 self._accumulate("in_proj_bias", db)
@@ -1332,6 +1362,16 @@ class Dropout(Module):
         if offset is None:
             return grad_output
         return ops.dropout_backward(grad_output, self.p, seed=self.seed, offset=offset)
+
+    def stream(self, n: int) -> dict[str, Any]:
+        """For a kernel that drops what it computes (attention's probabilities): ``n`` words of this
+        module's stream, as the keyword arguments ``dropout_p``, ``seed``, ``offset`` of
+        ``ops.scaled_dot_product_attention_forward`` / ``_backward`` (``dropout_p`` 0 in eval mode)."""
+        if not self.training or self.p == 0.0:
+            return {"dropout_p": 0.0, "seed": None, "offset": 0}
+        offset = self.offset
+        self.offset += int_arg("n", n)
+        return {"dropout_p": self.p, "seed": self.seed, "offset": offset}
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -196,23 +196,41 @@ def _broadcast_kv(query: np.ndarray, key: np.ndarray, value: np.ndarray, gqa: bo
 
 def scaled_dot_product_attention_forward(query: ArrayIn, key: ArrayIn, value: ArrayIn,
                                          attn_mask: ArrayIn | None = None, is_causal: bool = False,
-                                         scale: float | None = None, *,
-                                         enable_gqa: bool = False) -> tuple[FloatArray, FloatArray]:
+                                         scale: float | None = None, *, enable_gqa: bool = False,
+                                         dropout_p: float = 0.0, seed: int | None = None,
+                                         offset: int = 0) -> tuple[FloatArray, FloatArray]:
     """``scaled_dot_product_attention`` for training: ``(output, lse)``, lse ``(..., H, Sq)`` each query row's
     log-sum-exp of its scaled, masked scores (natural log; ``-inf`` for a row with nothing to attend) --
     what :func:`scaled_dot_product_attention_backward` recomputes the probabilities from. Same arguments and
-    rules as the forward. CPU only so far."""
+    rules as the forward.
+
+    ``dropout_p`` (as torch's): each probability is dropped with that chance and the kept ones scaled by
+    ``1 / (1 - p)``, after the softmax (its normaliser, and lse, are the undropped row's). The mask is
+    :func:`dropout`'s over the ``(B, H, Sq, Sk)`` probabilities, from ``seed`` and ``offset``: element
+    ``((b H + h) Sq + i) Sk + j`` uses word ``offset + that`` of the stream, so the backward, given the same
+    three, recomputes it -- nothing is stored. CPU only so far."""
     q, k, v = _attention_inputs(query, key, value, _flag("enable_gqa", enable_gqa))
     out, lse = _core.scaled_dot_product_attention_forward(q, k, v, attn_mask, _flag("is_causal", is_causal),
-                                                          None if scale is None else _float("scale", scale))
+                                                          None if scale is None else _float("scale", scale),
+                                                          **_attention_dropout(dropout_p, seed, offset))
     return out, lse
+
+
+def _attention_dropout(dropout_p: Any, seed: Any, offset: Any) -> dict[str, Any]:
+    p = _float("dropout_p", dropout_p)
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {p}")
+    if p > 0 and seed is None:
+        raise ValueError("dropout_p > 0 needs a seed (the mask is recomputed from seed and offset in the backward)")
+    return {"dropout_p": p, "seed": 0 if seed is None else _seed("seed", seed), "offset": _seed("offset", offset)}
 
 
 def scaled_dot_product_attention_backward(grad_output: ArrayIn, query: ArrayIn, key: ArrayIn, value: ArrayIn,
                                           output: ArrayIn | None = None, lse: ArrayIn | None = None,
                                           attn_mask: ArrayIn | None = None, is_causal: bool = False,
-                                          scale: float | None = None, *,
-                                          enable_gqa: bool = False) -> tuple[FloatArray, FloatArray, FloatArray]:
+                                          scale: float | None = None, *, enable_gqa: bool = False,
+                                          dropout_p: float = 0.0, seed: int | None = None,
+                                          offset: int = 0) -> tuple[FloatArray, FloatArray, FloatArray]:
     """The gradients ``(dquery, dkey, dvalue)`` of ``scaled_dot_product_attention(query, key, value,
     attn_mask, is_causal, scale)`` from ``grad_output`` (the output's shape), FlashAttention-2's way: the
     probabilities are recomputed tile by tile from the forward's ``output`` and ``lse`` (from
@@ -221,14 +239,15 @@ def scaled_dot_product_attention_backward(grad_output: ArrayIn, query: ArrayIn, 
     value (their gradients summed back to their shapes) and ``enable_gqa`` (each key/value head's gradient
     the sum over the query heads it serves). Keys a row gives zero weight (masked, causal, underflow) add
     nothing to any gradient, so inf/NaN in a masked key's row does not leak; a row with nothing to attend has
-    zero gradients. Deterministic: the same result on any thread count. CPU only so far."""
+    zero gradients. ``dropout_p``, ``seed``, ``offset``: the forward's, whose mask is recomputed. Deterministic:
+    the same result on any thread count. CPU only so far."""
     gqa = _flag("enable_gqa", enable_gqa)
     k_shape = np.shape(key) if isinstance(key, np.ndarray) else None
     v_shape = np.shape(value) if isinstance(value, np.ndarray) else None
     q, k, v = _attention_inputs(query, key, value, gqa)
     dq, dk, dv = _core.scaled_dot_product_attention_backward(
         grad_output, q, k, v, output, lse, attn_mask, _flag("is_causal", is_causal),
-        None if scale is None else _float("scale", scale))
+        None if scale is None else _float("scale", scale), **_attention_dropout(dropout_p, seed, offset))
     return dq, _unbroadcast_kv(dk, k_shape), _unbroadcast_kv(dv, v_shape)
 
 
@@ -700,16 +719,20 @@ def cross_entropy(logits: ArrayIn, labels: ArrayIn, ignore_index: int = -100, la
 
 
 def linear_backward(grad_output: ArrayIn, x: ArrayIn, weight: ArrayIn, activation: str | None = None,
-                    pre_activation: ArrayIn | None = None) -> tuple[Any, Any, Any]:
+                    pre_activation: ArrayIn | None = None, *, dweight_out: FloatArray | None = None,
+                    dbias_out: FloatArray | None = None) -> tuple[Any, Any, Any]:
     """The gradients of ``y = linear(x, weight, bias, activation)``: ``(dx, dweight, dbias)`` from
     ``grad_output`` (y's shape). With an activation, ``pre_activation`` is ``x @ weight.T + bias`` before it
     (what a training forward keeps), and the activation's derivative is applied first. dx = dZ @ weight and
     dweight = dZ^T @ x run on the packed GEMM (each thread owns whole rows of dweight: no atomics, the same
     sums whatever the thread count); dbias sums dZ's rows in fixed blocks. ``weight`` is the float32 array
-    (not a PackedWeight). CPU only so far."""
+    (not a PackedWeight). ``dweight_out`` / ``dbias_out``: float32 C-contiguous arrays of those shapes to
+    write the gradients into (overwritten, not added to; a layer passes its parameter's slot of the flat
+    gradient buffer, so no copy follows). CPU only so far."""
     if activation is not None and not isinstance(activation, str):
         raise TypeError(f"activation must be None or a str, got {type(activation).__name__}")
-    return _core.linear_backward(grad_output, x, weight, activation, pre_activation)
+    return _core.linear_backward(grad_output, x, weight, activation, pre_activation, dweight_out=dweight_out,
+                                 dbias_out=dbias_out)
 
 
 def _seed(name: str, value: Any) -> int:

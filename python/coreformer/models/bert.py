@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import nn, ops, tensor
-from .._log import logger
 from .._typing import ArrayLike, FloatArray, PathLike
 from ._common import (Config, ModelOutput, as_ids, as_mask, check_activation, check_layer_count, check_names,
                       classification_loss, device_tensor, model_loss, read_config, read_weights, to_device,
@@ -145,6 +144,8 @@ class _SelfAttention(nn.Module):
         self.value = nn.Linear(c.hidden_size, c.hidden_size)
         for m in (self.query, self.key, self.value):
             object.__setattr__(m, "_packable", ())  # only the fused matrix is multiplied by
+        # on the probabilities, inside the attention kernel (training)
+        self.dropout = nn.Dropout(c.get("attention_probs_dropout_prob") or 0.0)
         if nn.initialising():  # placeholders (from_pretrained) are fused after they are loaded
             self._after_load()
 
@@ -212,8 +213,9 @@ class _Layer(nn.Module):
         ``mask``: None or (B, 1, 1, S) bool, True where a key may be attended."""
         sa, ao, it, o = self.attention.self, self.attention.output, self.intermediate.dense, self.output
         q, k, v = nn.split_heads(ops.linear(x, sa.in_proj_weight, sa.in_proj_bias), 3, self.num_heads)
-        att, lse = ops.scaled_dot_product_attention_forward(q, k, v, mask)
-        self._save(x=x, q=q, k=k, v=v, o=att, lse=lse, mask=mask)
+        drop = sa.dropout.stream(q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2])
+        att, lse = ops.scaled_dot_product_attention_forward(q, k, v, mask, **drop)
+        self._save(x=x, q=q, k=k, v=v, o=att, lse=lse, mask=mask, drop=drop)
         h = ao.LayerNorm(ao.dropout(ao.dense(nn.merge_heads(att))), residual=x)
         return o.LayerNorm(o.dropout(o.dense(it(h))), residual=h)
 
@@ -225,8 +227,11 @@ class _Layer(nn.Module):
         dsum1 = ao.LayerNorm.backward(dh)  # of x + attention(x)
         do = nn.split_heads(ao.dense.backward(ao.dropout.backward(dsum1)), 1, self.num_heads)[0]
         dq, dk, dv = ops.scaled_dot_product_attention_backward(do, sv["q"], sv["k"], sv["v"], sv["o"], sv["lse"],
-                                                               sv["mask"])
-        dx, dw, db = ops.linear_backward(nn.packed_qkv_grad(dq, dk, dv), sv["x"], sa.in_proj_weight)
+                                                               sv["mask"], **sv["drop"])
+        qkv = (sa.query, sa.key, sa.value)  # their gradients straight into the flat buffer, when they may
+        dx, dw, db = ops.linear_backward(nn.packed_qkv_grad(dq, dk, dv), sv["x"], sa.in_proj_weight,
+                                         dweight_out=nn.grad_slot([m._param("weight") for m in qkv]),
+                                         dbias_out=nn.grad_slot([m._param("bias") for m in qkv]))
         e = dw.shape[0] // 3
         for i, m in enumerate((sa.query, sa.key, sa.value)):  # views of the fused matrix, by torch's names
             m._accumulate("weight", dw[i * e:(i + 1) * e])
@@ -465,11 +470,6 @@ class BertModel(nn.Module):
         if self.__dict__.get("_device"):
             raise ValueError(f"{type(self).__name__}: training runs on the CPU (call .to('cpu'))")
         attend = None if mask is None or mask.all() else mask.astype(bool)[:, None, None, :]
-        p_attn = self.config.get("attention_probs_dropout_prob") or 0.0
-        if p_attn > 0 and not self.__dict__.get("_warned_attn_dropout"):
-            object.__setattr__(self, "_warned_attn_dropout", True)
-            logger.warning("%s: attention-probability dropout (%g) is not implemented yet; training runs it as 0 "
-                           "(hidden dropout is applied)", type(self).__name__, p_attn)
         x = self.embeddings.train_forward(ids, tt, self.token_types)
         for layer in self.encoder.layer:
             x = nn.layer_forward(layer, layer.train_forward, x, attend)
@@ -679,8 +679,10 @@ class BertForMaskedLM(BertModel):
                 loss, dlogits = ops.cross_entropy(logits, lab, return_grad=True)
 
                 def backward() -> None:
-                    dh, dw, db = ops.linear_backward(dlogits, h, w)
-                    self.bert.embeddings.word_embeddings._accumulate("weight", dw)  # the decoder is tied to them
+                    words = self.bert.embeddings.word_embeddings
+                    dh, dw, db = ops.linear_backward(dlogits, h, w,
+                                                     dweight_out=nn.grad_slot([words._param("weight")]))
+                    words._accumulate("weight", dw)  # the decoder is tied to them
                     self.cls.predictions._accumulate("bias", db)
                     self.bert._encoder_backward(t.dense.backward(t.LayerNorm.backward(dh)))
                 out.loss = model_loss(self, loss, backward, generation)

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import nn, ops, tensor
-from .._log import logger
 from .._args import int_arg
 from .._files import read_json
 from .._typing import ArrayIn, ArrayLike, FloatArray, IntArray, PathLike
@@ -90,6 +89,7 @@ class _Attention(nn.Module):
         self.n_head, self.head_dim = c.n_head, c.n_embd // c.n_head
         scale = 1.0 / np.sqrt(self.head_dim) if c.scale_attn_weights else 1.0
         self.scale = scale / (index + 1) if c.scale_attn_by_inverse_layer_idx else scale
+        self.attn_dropout = nn.Dropout(c.attn_pdrop)  # on the probabilities, inside the attention kernel (training)
 
 
 class _MLP(nn.Module):
@@ -136,8 +136,9 @@ class _Block(nn.Module):
         a, m = self.attn, self.mlp
         q, k, v = nn.split_heads(a.c_attn(self.ln_1(x)), 3, a.n_head)
         mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
-        o, lse = ops.scaled_dot_product_attention_forward(q, k, v, mask, True, a.scale)
-        self._save(q=q, k=k, v=v, o=o, lse=lse, mask=mask)
+        drop = a.attn_dropout.stream(q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2])
+        o, lse = ops.scaled_dot_product_attention_forward(q, k, v, mask, True, a.scale, **drop)
+        self._save(q=q, k=k, v=v, o=o, lse=lse, mask=mask, drop=drop)
         x1 = x + self.resid_dropout(a.c_proj(nn.merge_heads(o)))
         return x1 + self.mlp_dropout(m.c_proj(m.c_fc(self.ln_2(x1))))
 
@@ -148,7 +149,7 @@ class _Block(nn.Module):
         dx1 = grad_output + self.ln_2.backward(m.c_fc.backward(m.c_proj.backward(self.mlp_dropout.backward(grad_output))))
         do = nn.split_heads(a.c_proj.backward(self.resid_dropout.backward(dx1)), 1, a.n_head)[0]
         dq, dk, dv = ops.scaled_dot_product_attention_backward(do, sv["q"], sv["k"], sv["v"], sv["o"], sv["lse"],
-                                                               sv["mask"], True, a.scale)
+                                                               sv["mask"], True, a.scale, **sv["drop"])
         return dx1 + self.ln_1.backward(a.c_attn.backward(nn.packed_qkv_grad(dq, dk, dv)))
 
 
@@ -333,11 +334,6 @@ class GPT2LMHeadModel(nn.Module):
     def _train_forward(self, ids: Any, mask: Any, position_ids: Any, labels: Any, generation: Any) -> ModelOutput:
         t = self.transformer
         x = t.drop(t.wte(ids) + t.wpe(position_ids))
-        if self.config.attn_pdrop > 0 and not self.__dict__.get("_warned_attn_dropout"):
-            object.__setattr__(self, "_warned_attn_dropout", True)
-            logger.warning("GPT2LMHeadModel: attention-probability dropout (attn_pdrop=%g) is not implemented yet; "
-                           "training runs it as 0 (hidden dropout, resid_pdrop and embd_pdrop, is applied)",
-                           self.config.attn_pdrop)
         padding = None if mask is None or mask.all() else ~mask
         for block in t.h:
             x = nn.layer_forward(block, block.train_forward, x, padding)
@@ -349,7 +345,8 @@ class GPT2LMHeadModel(nn.Module):
         loss, dlogits = ops.cross_entropy(logits, labels, return_grad=True)
 
         def backward() -> None:
-            dh, dw, _ = ops.linear_backward(dlogits, h, w)
+            head = t.wte if self.lm_head is None else self.lm_head
+            dh, dw, _ = ops.linear_backward(dlogits, h, w, dweight_out=nn.grad_slot([head._param("weight")]))
             if self.lm_head is None:
                 t.wte._accumulate("weight", dw)  # the tied head's gradient joins the embedding's
             else:

@@ -249,8 +249,9 @@ class Transformer(nn.Module):
         loss, dlogits = ops.cross_entropy(logits, lab, return_grad=True)
 
         def backward() -> None:
-            dh, dw, db = ops.linear_backward(dlogits, h, w)
-            (self.tgt_embed if self.tie_embeddings else self.generator)._accumulate("weight", dw)
+            owner = self.tgt_embed if self.tie_embeddings else self.generator
+            dh, dw, db = ops.linear_backward(dlogits, h, w, dweight_out=nn.grad_slot([owner._param("weight")]))
+            owner._accumulate("weight", dw)
             if self.generator.bias is not None:
                 self.generator._accumulate("bias", db)
             dx_tgt, dmem = self.decoder.backward(dh)
