@@ -208,16 +208,62 @@ class _Layer(nn.Module):
             eps=(ao.LayerNorm.eps, o.LayerNorm.eps), cu_seqlens=cu_seqlens, attn_mask=attn_mask, out=out)
 
 
-    def train_forward(self, x, mask):
+    def train_forward(self, x, mask=None, cu=None):
         """The post-LN layer as its parts, keeping what backward needs (attention: the row log-sum-exp).
-        ``mask``: None or (B, 1, 1, S) bool, True where a key may be attended."""
+        ``x`` (B, S, E) with ``mask`` None or (B, 1, 1, S) bool, True where a key may be attended; or packed:
+        ``x`` (T, E), the batch's real tokens one sequence after another, ``cu`` (B + 1,) where each starts
+        (each attends within itself; the padding costs no work)."""
         sa, ao, it, o = self.attention.self, self.attention.output, self.intermediate.dense, self.output
-        q, k, v = nn.split_heads(ops.linear(x, sa.in_proj_weight, sa.in_proj_bias), 3, self.num_heads)
-        drop = sa.dropout.stream(q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2])
-        att, lse = ops.scaled_dot_product_attention_forward(q, k, v, mask, **drop)
-        self._save(x=x, q=q, k=k, v=v, o=att, lse=lse, mask=mask, drop=drop)
-        h = ao.LayerNorm(ao.dropout(ao.dense(nn.merge_heads(att))), residual=x)
+        qkv = ops.linear(x, sa.in_proj_weight, sa.in_proj_bias)
+        if cu is None:
+            q, k, v = nn.split_heads(qkv, 3, self.num_heads)
+            drop = sa.dropout.stream(q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2])
+            att, lse = ops.scaled_dot_product_attention_forward(q, k, v, mask, **drop)
+            self._save(x=x, q=q, k=k, v=v, o=att, lse=lse, mask=mask, drop=drop)
+            merged = nn.merge_heads(att)
+        else:
+            merged, seqs = self._attend_packed(qkv, cu)
+            self._save(x=x, qkv=qkv, seqs=seqs, cu=cu)
+        h = ao.LayerNorm(ao.dropout(ao.dense(merged)), residual=x)
         return o.LayerNorm(o.dropout(o.dense(it(h))), residual=h)
+
+    def _heads(self, qkv, r0, r1, which):
+        """Sequence rows [r0, r1) of q, k or v (which 0, 1, 2) as (1, H, L, Dh): a strided view."""
+        t, h = qkv.shape[0], self.num_heads
+        return qkv.reshape(t, 3, h, -1)[r0:r1, which].transpose(1, 0, 2)[None]
+
+    def _attend_packed(self, qkv, cu):
+        """Attention of each packed sequence within itself: (T, E) merged heads, and per sequence what the
+        backward needs (its output, lse and dropout words)."""
+        sa = self.attention.self
+        t = qkv.shape[0]
+        merged = np.empty((t, qkv.shape[1] // 3), np.float32)
+        seqs: list[Any] = []
+        for r0, r1 in zip(cu[:-1], cu[1:]):
+            if r1 == r0:
+                seqs.append(None)
+                continue
+            q, k, v = (self._heads(qkv, r0, r1, i) for i in range(3))
+            drop = sa.dropout.stream(q.shape[1] * (r1 - r0) * (r1 - r0))
+            att, lse = ops.scaled_dot_product_attention_forward(q, k, v, **drop)
+            merged[r0:r1] = att[0].transpose(1, 0, 2).reshape(r1 - r0, -1)
+            seqs.append((att, lse, drop))
+        return merged, seqs
+
+    def _attend_packed_backward(self, dmerged, qkv, seqs, cu):
+        """d(qkv) (T, 3E) from d(merged heads) (T, E), sequence by sequence."""
+        t, h = qkv.shape[0], self.num_heads
+        dqkv = np.zeros((t, 3, h, qkv.shape[1] // (3 * h)), np.float32)
+        for (r0, r1), saved in zip(zip(cu[:-1], cu[1:]), seqs):
+            if saved is None:
+                continue
+            att, lse, drop = saved
+            do = np.ascontiguousarray(dmerged[r0:r1].reshape(r1 - r0, h, -1).transpose(1, 0, 2))[None]
+            q, k, v = (self._heads(qkv, r0, r1, i) for i in range(3))
+            grads = ops.scaled_dot_product_attention_backward(do, q, k, v, att, lse, **drop)
+            for i, g in enumerate(grads):
+                dqkv[r0:r1, i] = g[0].transpose(1, 0, 2)
+        return dqkv.reshape(t, -1)
 
     def backward(self, grad_output):
         sa, ao, it, o = self.attention.self, self.attention.output, self.intermediate.dense, self.output
@@ -225,11 +271,16 @@ class _Layer(nn.Module):
         dsum2 = o.LayerNorm.backward(grad_output)  # of h + ffn(h)
         dh = dsum2 + it.backward(o.dense.backward(o.dropout.backward(dsum2)))
         dsum1 = ao.LayerNorm.backward(dh)  # of x + attention(x)
-        do = nn.split_heads(ao.dense.backward(ao.dropout.backward(dsum1)), 1, self.num_heads)[0]
-        dq, dk, dv = ops.scaled_dot_product_attention_backward(do, sv["q"], sv["k"], sv["v"], sv["o"], sv["lse"],
-                                                               sv["mask"], **sv["drop"])
+        dmerged = ao.dense.backward(ao.dropout.backward(dsum1))
+        if "cu" in sv:
+            dqkv = self._attend_packed_backward(dmerged, sv["qkv"], sv["seqs"], sv["cu"])
+        else:
+            do = nn.split_heads(dmerged, 1, self.num_heads)[0]
+            dq, dk, dv = ops.scaled_dot_product_attention_backward(do, sv["q"], sv["k"], sv["v"], sv["o"], sv["lse"],
+                                                                   sv["mask"], **sv["drop"])
+            dqkv = nn.packed_qkv_grad(dq, dk, dv)
         qkv = (sa.query, sa.key, sa.value)  # their gradients straight into the flat buffer, when they may
-        dx, dw, db = ops.linear_backward(nn.packed_qkv_grad(dq, dk, dv), sv["x"], sa.in_proj_weight,
+        dx, dw, db = ops.linear_backward(dqkv, sv["x"], sa.in_proj_weight,
                                          dweight_out=nn.grad_slot([m._param("weight") for m in qkv]),
                                          dbias_out=nn.grad_slot([m._param("bias") for m in qkv]))
         e = dw.shape[0] // 3
@@ -464,29 +515,40 @@ class BertModel(nn.Module):
         return x
 
     def _train_encode(self, ids, mask, tt):
-        """Training: the padded batch with its key-padding mask (padding rows are computed and get no
-        gradient through attention: a packed-sequence backward is to come), each layer keeping what its
-        backward needs. Padding positions of the result are zeros, as in eval."""
+        """Training, each layer keeping what its backward needs. A padded batch runs packed, as inference
+        does: after the embeddings (each token keeps its position in the padded row), the real tokens of
+        every sequence are gathered into one (T, E) matrix and the layers run on those rows only, each
+        sequence attending within itself -- padding costs no work. Padding positions of the result are
+        zeros, as in eval."""
         if self.__dict__.get("_device"):
             raise ValueError(f"{type(self).__name__}: training runs on the CPU (call .to('cpu'))")
-        attend = None if mask is None or mask.all() else mask.astype(bool)[:, None, None, :]
         x = self.embeddings.train_forward(ids, tt, self.token_types)
+        if mask is None or mask.all():
+            for layer in self.encoder.layer:
+                x = nn.layer_forward(layer, layer.train_forward, x)
+            self._save(real=None)
+            return x
+        real = mask.astype(bool)
+        cu = np.concatenate([[0], np.cumsum(real.sum(1))]).astype(np.int64)
+        h = x[real]  # (T, E): row by row, each row's real tokens in order
         for layer in self.encoder.layer:
-            x = nn.layer_forward(layer, layer.train_forward, x, attend)
-        pad = None if attend is None else ~mask.astype(bool)
-        if pad is not None:
-            x[pad] = 0.0
-        self._save(pad=pad)
-        return x
+            h = nn.layer_forward(layer, layer.train_forward, h, None, cu)
+        out = np.zeros_like(x)
+        out[real] = h
+        self._save(real=real)
+        return out
 
     def _encoder_backward(self, grad_hidden):
         """From the gradient of last_hidden_state: every encoder parameter's gradient."""
-        pad = self._take()["pad"]
-        dx = np.array(grad_hidden, np.float32)
-        if pad is not None:
-            dx[pad] = 0.0  # those outputs were set to zero
+        real = self._take()["real"]
+        dx = np.array(grad_hidden, np.float32) if real is None else np.ascontiguousarray(
+            np.asarray(grad_hidden, np.float32)[real])  # padding outputs are zeros: no gradient
         for layer in reversed(list(self.encoder.layer)):
             dx = nn.layer_backward(layer, dx)
+        if real is not None:
+            full = np.zeros(real.shape + dx.shape[-1:], np.float32)
+            full[real] = dx
+            dx = full
         self.embeddings.backward(dx)
 
     def _encode_packed(self, x, mask):

@@ -99,6 +99,23 @@ class _MLP(nn.Module):
         self.c_proj = nn.Linear(c.n_inner, c.n_embd)
 
 
+def run_block(x, weights, key_padding_mask, cache):
+    """One block in place in x (an array or a Tensor, with its weights as ``_Block.weights`` gives them).
+    With ``cache`` (``nn.KVCache`` or ``nn.DeviceKVCache``) the new keys and values join it and the queries
+    attend to every cached position; ``key_padding_mask`` (True = padding) covers them all."""
+    heads, scale, act, eps, ws = weights
+    s = x.shape[1]
+    kv = {}
+    if cache is not None:
+        cache.reserve(s)
+        kv = dict(k_cache=cache.k, v_cache=cache.v, cache_length=cache.length)
+    ops.transformer_encoder_layer(x, heads, *ws, activation=act, norm_first=True, eps=eps,
+                                  key_padding_mask=key_padding_mask, is_causal=True, scale=scale, out=x, **kv)
+    if cache is not None:
+        cache.length += s
+    return x
+
+
 class _Block(nn.Module):
     def __init__(self, c: GPT2Config, index: int):
         super().__init__()
@@ -109,26 +126,24 @@ class _Block(nn.Module):
         self.resid_dropout = nn.Dropout(c.resid_pdrop)  # after each projection back to the stream (training)
         self.mlp_dropout = nn.Dropout(c.resid_pdrop)
 
+    def weights(self, put=None):
+        """What the block's one core call multiplies and adds: (heads, scale, activation, eps, the twelve
+        weights). ``put`` None: this block's arrays (packed where packed); else ``put(array)`` each (its
+        Tensor on a device)."""
+        a, m = self.attn, self.mlp
+        ws = ((a.c_attn._weight("weight"), a.c_attn.bias, a.c_proj._weight("weight"), a.c_proj.bias,
+               m.c_fc._weight("weight"), m.c_fc.bias, m.c_proj._weight("weight"), m.c_proj.bias)
+              if put is None else
+              tuple(put(w) for w in (a.c_attn.weight, a.c_attn.bias, a.c_proj.weight, a.c_proj.bias, m.c_fc.weight,
+                                     m.c_fc.bias, m.c_proj.weight, m.c_proj.bias)))
+        norms = (self.ln_1.weight, self.ln_1.bias, self.ln_2.weight, self.ln_2.bias)
+        return (a.n_head, a.scale, m.c_fc.activation, (self.ln_1.eps, self.ln_2.eps),
+                ws + (norms if put is None else tuple(put(w) for w in norms)))
+
     def forward(self, x, key_padding_mask, cache):
         """The pre-LN block, x + attn(ln_1(x)) then + mlp(ln_2(x)), as one core call
-        (``ops.transformer_encoder_layer`` with ``norm_first`` and causal attention), in place in x.
-        With ``cache`` (an ``nn.KVCache``) the new keys and values join it and the queries attend to
-        every cached position; ``key_padding_mask`` (True = padding) covers them all."""
-        a, m = self.attn, self.mlp
-        s = x.shape[1]
-        kv = {}
-        if cache is not None:
-            cache.reserve(s)
-            kv = dict(k_cache=cache.k, v_cache=cache.v, cache_length=cache.length)
-        ops.transformer_encoder_layer(
-            x, a.n_head, a.c_attn._weight("weight"), a.c_attn.bias, a.c_proj._weight("weight"), a.c_proj.bias,
-            m.c_fc._weight("weight"), m.c_fc.bias, m.c_proj._weight("weight"), m.c_proj.bias, self.ln_1.weight,
-            self.ln_1.bias, self.ln_2.weight, self.ln_2.bias, activation=m.c_fc.activation, norm_first=True,
-            eps=(self.ln_1.eps, self.ln_2.eps), key_padding_mask=key_padding_mask, is_causal=True, scale=a.scale, out=x, **kv)
-        if cache is not None:
-            cache.length += s
-        return x
-
+        (``ops.transformer_encoder_layer`` with ``norm_first`` and causal attention), in place in x."""
+        return run_block(x, self.weights(), key_padding_mask, cache)
 
     def train_forward(self, x: FloatArray, key_padding_mask: Any) -> FloatArray:
         """The block in training mode, as its parts (each keeping what its backward needs; attention keeps
@@ -250,51 +265,50 @@ class GPT2LMHeadModel(nn.Module):
         return to_device(self, device, dtype)
 
     def _use_tensors(self, device: str, dtype: str):
-        """The device path's weights (also usable with ``device="cpu"``: the same path on the CPU
-        kernels, how the tests check it without a GPU)."""
+        """The weights as Tensors on ``device`` (views of the flat store's one copy there), for ``_logits``
+        (also usable with ``device="cpu"``: the same forward on CPU Tensors, how the tests check the
+        device path without a GPU)."""
         t = lambda a: device_tensor(a, device, dtype)
         tr = self.transformer
-        head = tr.wte.weight if self.lm_head is None else self.lm_head.weight
         d: dict[str, Any] = {"device": device, "dtype": dtype, "wte": t(tr.wte.weight), "wpe": t(tr.wpe.weight),
-             "ln_f": (t(tr.ln_f.weight), t(tr.ln_f.bias), tr.ln_f.eps), "blocks": []}
-        d["head"] = d["wte"] if self.lm_head is None else t(head)
-        for blk in tr.h:
-            a, m = blk.attn, blk.mlp
-            d["blocks"].append({
-                "heads": a.n_head, "scale": a.scale, "act": m.c_fc.activation,
-                "eps": (blk.ln_1.eps, blk.ln_2.eps),
-                "weights": (t(a.c_attn.weight), t(a.c_attn.bias), t(a.c_proj.weight), t(a.c_proj.bias),
-                            t(m.c_fc.weight), t(m.c_fc.bias), t(m.c_proj.weight), t(m.c_proj.bias),
-                            t(blk.ln_1.weight), t(blk.ln_1.bias), t(blk.ln_2.weight), t(blk.ln_2.bias))})
+                             "ln_f": (t(tr.ln_f.weight), t(tr.ln_f.bias), tr.ln_f.eps),
+                             "blocks": [blk.weights(t) for blk in tr.h]}
+        d["head"] = d["wte"] if self.lm_head is None else t(self.lm_head.weight)
         object.__setattr__(self, "_device", d)
         return self
 
-    def _forward_device(self, ids, mask, position_ids, cache, logits_to_keep):
-        d = self.__dict__["_device"]
-        dev = d["device"]
+    def _logits(self, ids, mask, position_ids, cache, logits_to_keep):
+        """The inference forward, one for both homes of the weights: numpy arrays on the CPU (packed where
+        packed) or Tensors on the model's device (``.to``), where the hidden states stay until the logits
+        (a Tensor then; an array on the CPU)."""
+        d = self.__dict__.get("_device")
+        t = self.transformer
+        if d is None:
+            put = lambda a: a  # noqa: E731
+            wte, wpe, ln_f = t.wte.weight, t.wpe.weight, (t.ln_f.weight, t.ln_f.bias, t.ln_f.eps)
+            blocks = [blk.weights() for blk in t.h]
+            head = self._weight("tied_head_weight") if self.lm_head is None else self.lm_head._weight("weight")
+        else:
+            put = lambda a: tensor(a, d["device"])  # noqa: E731
+            wte, wpe, ln_f, blocks, head = d["wte"], d["wpe"], d["ln_f"], d["blocks"], d["head"]
         b, s = ids.shape
-        tok = ops.embedding(tensor(ids, dev), d["wte"])
-        pos = ops.embedding(tensor(np.ascontiguousarray(position_ids), dev), d["wpe"])
-        _, x = ops.layer_norm(tok, residual=pos, return_sum=True)  # x = tok + pos (the norm is not used)
-        padding = None if mask is None or mask.all() else tensor(~mask, dev)
-        for i, blk in enumerate(d["blocks"]):
-            kv = {}
-            layer_cache = None if cache is None else cache.layers[i]
-            if layer_cache is not None:
-                layer_cache.reserve(s)
-                kv = {"k_cache": layer_cache.k, "v_cache": layer_cache.v, "cache_length": layer_cache.length}
-            ops.transformer_encoder_layer(x, blk["heads"], *blk["weights"], activation=blk["act"], norm_first=True,
-                                          eps=blk["eps"], key_padding_mask=padding, is_causal=True,
-                                          scale=blk["scale"], out=x, **kv)
-            if layer_cache is not None:
-                layer_cache.length += s
+        x = ops.embedding(put(ids), wte)
+        pos = ops.embedding(put(np.ascontiguousarray(position_ids)), wpe)
+        if d is None:
+            x += pos
+        else:
+            _, x = ops.layer_norm(x, residual=pos, return_sum=True)  # x + pos on the device (the norm unused)
+        padding = None if mask is None or mask.all() else put(~mask)
+        for i, weights in enumerate(blocks):  # in place in x, a new array
+            run_block(x, weights, padding, None if cache is None else cache.layers[i])
         if logits_to_keep and logits_to_keep < s:
-            # the last rows of each sequence, gathered on the device (an embedding lookup is a row gather)
             k = logits_to_keep
-            rows = (np.arange(b)[:, None] * s + np.arange(s - k, s)[None]).reshape(-1)
-            x = ops.embedding(tensor(rows, dev), x.reshape(b * s, -1)).reshape(b, k, -1)
-        h = ops.layer_norm(x, *d["ln_f"])
-        return ops.linear(h, d["head"])  # a Tensor on the device
+            if d is None:
+                x = x[:, -k:]
+            else:  # the last rows of each sequence, gathered there (an embedding lookup is a row gather)
+                rows = (np.arange(b)[:, None] * s + np.arange(s - k, s)[None]).reshape(-1)
+                x = ops.embedding(put(rows), x.reshape(b * s, -1)).reshape(b, k, -1)
+        return ops.linear(ops.layer_norm(x, *ln_f), head)
 
     def forward(self, input_ids: ArrayLike, attention_mask: ArrayLike | None = None,
                 position_ids: ArrayLike | None = None, cache: GPT2Cache | None = None,
@@ -311,20 +325,9 @@ class GPT2LMHeadModel(nn.Module):
                                  "pass no cache)")
             with training_forward(self) as generation:
                 return self._train_forward(ids, mask, position_ids, labels, generation)
+        logits = self._logits(ids, mask, position_ids, cache, logits_to_keep)
         if self.__dict__.get("_device"):
-            logits = self._forward_device(ids, mask, position_ids, cache, logits_to_keep)
-            return ModelOutput(logits=logits.numpy().astype(np.float32, copy=False), cache=cache)
-        t = self.transformer
-        x = ops.embedding(ids, t.wte.weight)
-        x += ops.embedding(position_ids, t.wpe.weight)
-        padding = None if mask is None or mask.all() else ~mask
-        for i, block in enumerate(t.h):  # in place in x, a new array
-            block(x, padding, None if cache is None else cache.layers[i])
-        if logits_to_keep:
-            x = x[:, -logits_to_keep:]
-        h = t.ln_f(x)
-        w = self._weight("tied_head_weight") if self.lm_head is None else self.lm_head._weight("weight")
-        logits = ops.linear(h, w)
+            logits = logits.numpy().astype(np.float32, copy=False)
         if labels is None:
             return ModelOutput(logits=logits, cache=cache)
         if logits_to_keep:
@@ -446,7 +449,7 @@ class GPT2LMHeadModel(nn.Module):
                 def next_ids(step_ids, upto):
                     if on_device:
                         step_ids, m, pos = self._inputs(step_ids, full_mask[:, :upto], None, cache)
-                        logits = self._forward_device(step_ids, m, pos, cache, 1)
+                        logits = self._logits(step_ids, m, pos, cache, 1)
                         return ops.argmax(logits.reshape(b, -1)).numpy()
                     logits = self(step_ids, full_mask[:, :upto], cache=cache, logits_to_keep=1).logits[:, -1]
                     return pick(logits, seqs[:, :upto], full_mask[:, :upto])
