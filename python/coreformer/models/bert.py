@@ -96,17 +96,27 @@ class _Embeddings(nn.Module):
         n = self.position_embeddings.num_embeddings
         return n if self.padding_idx is None else n - self.padding_idx - 1
 
-    def forward(self, input_ids, token_type_ids):
+    def forward(self, input_ids, token_type_ids, on=None):
+        """word + position + token type, then LayerNorm. ``on``: None for this module's arrays (a new
+        array), or a model's device weights (``BertModel._use_tensors``): the same sum there, a Tensor."""
         pos = self.position_ids(input_ids)
-        x = ops.embedding(input_ids, self.word_embeddings.weight)
-        if pos.ndim == 1:
-            x += self.position_embeddings.weight[:pos.size]
-        else:
-            x += ops.embedding(pos, self.position_embeddings.weight)
-        if token_type_ids is None:
-            x += self.token_type_embeddings.weight[0]
-            return self.LayerNorm(x)
-        return self.LayerNorm(x, residual=ops.embedding(token_type_ids, self.token_type_embeddings.weight))
+        if on is None:
+            x = ops.embedding(input_ids, self.word_embeddings.weight)
+            if pos.ndim == 1:
+                x += self.position_embeddings.weight[:pos.size]
+            else:
+                x += ops.embedding(pos, self.position_embeddings.weight)
+            if token_type_ids is None:
+                x += self.token_type_embeddings.weight[0]
+                return self.LayerNorm(x)
+            return self.LayerNorm(x, residual=ops.embedding(token_type_ids, self.token_type_embeddings.weight))
+        put = lambda a: tensor(np.ascontiguousarray(np.broadcast_to(a, input_ids.shape)), on["device"])  # noqa: E731
+        word, position, types, ln = on["embeddings"]
+        _, x = ops.layer_norm(ops.embedding(put(input_ids), word), residual=ops.embedding(put(pos), position),
+                              return_sum=True)  # word + position (the norm is not used)
+        tt = np.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+        gamma, beta, eps = ln
+        return ops.layer_norm(x, gamma, beta, eps, residual=ops.embedding(put(tt), types))
 
 
     def train_forward(self, input_ids, token_type_ids, typed=True):
@@ -186,6 +196,13 @@ class _Intermediate(nn.Module):
         self.dense = nn.Linear(c.hidden_size, c.intermediate_size, activation=c.hidden_act)
 
 
+def run_layer(x, weights, **kw):
+    """One post-LN layer as one core call (``ops.transformer_encoder_layer``), with ``_Layer.weights``'s
+    weights (arrays or Tensors); ``kw``: out, cu_seqlens, key_padding_mask, attn_mask."""
+    heads, act, eps, ws = weights
+    return ops.transformer_encoder_layer(x, heads, *ws, activation=act, eps=eps, **kw)
+
+
 class _Layer(nn.Module):
     def __init__(self, c: BertConfig):
         super().__init__()
@@ -200,12 +217,21 @@ class _Layer(nn.Module):
         LayerNorm. ``x (B, S, E)`` without padding, or ``(T, E)`` with ``cu_seqlens``: the batch's
         real tokens one sequence after another, each attending within itself. ``out`` may be x;
         ``attn_mask`` (a float ``(B * heads, S, S)``) is added to the scores (MPNet's position bias)."""
+        return run_layer(x, self.weights(), cu_seqlens=cu_seqlens, attn_mask=attn_mask, out=out)
+
+    def weights(self, put=None):
+        """What the layer's one core call takes: (heads, activation, eps, the twelve weights). ``put`` None:
+        this layer's arrays (packed where packed); else ``put(array)`` each (its Tensor on a device)."""
         sa, ao, it, o = self.attention.self, self.attention.output, self.intermediate.dense, self.output
-        return ops.transformer_encoder_layer(
-            x, self.num_heads, sa._weight("in_proj_weight"), sa.in_proj_bias, ao.dense._weight("weight"),
-            ao.dense.bias, it._weight("weight"), it.bias, o.dense._weight("weight"), o.dense.bias,
-            ao.LayerNorm.weight, ao.LayerNorm.bias, o.LayerNorm.weight, o.LayerNorm.bias, activation=it.activation,
-            eps=(ao.LayerNorm.eps, o.LayerNorm.eps), cu_seqlens=cu_seqlens, attn_mask=attn_mask, out=out)
+        if put is None:
+            ws = (sa._weight("in_proj_weight"), sa.in_proj_bias, ao.dense._weight("weight"), ao.dense.bias,
+                  it._weight("weight"), it.bias, o.dense._weight("weight"), o.dense.bias)
+        else:
+            ws = tuple(put(w) for w in (sa.in_proj_weight, sa.in_proj_bias, ao.dense.weight, ao.dense.bias,
+                                        it.weight, it.bias, o.dense.weight, o.dense.bias))
+        norms = (ao.LayerNorm.weight, ao.LayerNorm.bias, o.LayerNorm.weight, o.LayerNorm.bias)
+        return (self.num_heads, it.activation, (ao.LayerNorm.eps, o.LayerNorm.eps),
+                ws + (norms if put is None else tuple(put(w) for w in norms)))
 
 
     def train_forward(self, x, mask=None, cu=None):
@@ -431,53 +457,34 @@ class BertModel(nn.Module):
         return to_device(self, device, dtype)
 
     def _use_tensors(self, device: str, dtype: str):
-        """The device path's weights: each parameter once as a Tensor on ``device`` (also usable with
-        ``device="cpu"``, where the same path runs on the CPU kernels -- how the tests check it
-        without a GPU). The word and position + token-type embeddings become two tables, so the three
-        embeddings are two lookups and one add & norm."""
+        """The weights as Tensors on ``device`` (views of the flat store's one copy there), for ``_encode``
+        (also usable with ``device="cpu"``: the same forward on CPU Tensors, how the tests check the device
+        path without a GPU)."""
         t = lambda a: device_tensor(a, device, dtype)
         e = self.embeddings
-        pos, typ = e.position_embeddings.weight, e.token_type_embeddings.weight
-        dev = {"device": device, "dtype": dtype, "positions": pos.shape[0],
-               "word": t(e.word_embeddings.weight),
-               "pos_type": t((typ[:, None, :] + pos[None]).reshape(-1, pos.shape[1])),
-               "ln": (t(e.LayerNorm.weight), t(e.LayerNorm.bias), e.LayerNorm.eps), "layers": []}
-        for layer in self.encoder.layer:
-            sa, ao, it, o = layer.attention.self, layer.attention.output, layer.intermediate.dense, layer.output
-            dev["layers"].append({
-                "heads": layer.num_heads, "in_w": t(sa.in_proj_weight), "in_b": t(sa.in_proj_bias),
-                "out_w": t(ao.dense.weight), "out_b": t(ao.dense.bias),
-                "n1": (t(ao.LayerNorm.weight), t(ao.LayerNorm.bias), ao.LayerNorm.eps),
-                "l1_w": t(it.weight), "l1_b": t(it.bias), "act": it.activation,
-                "l2_w": t(o.dense.weight), "l2_b": t(o.dense.bias),
-                "n2": (t(o.LayerNorm.weight), t(o.LayerNorm.bias), o.LayerNorm.eps)})
+        dev = {"device": device, "dtype": dtype,
+               "embeddings": (t(e.word_embeddings.weight), t(e.position_embeddings.weight),
+                              t(e.token_type_embeddings.weight), (t(e.LayerNorm.weight), t(e.LayerNorm.bias),
+                                                                  e.LayerNorm.eps)),
+               "layers": [layer.weights(t) for layer in self.encoder.layer]}
         object.__setattr__(self, "_device", dev)
         return self
 
-    def _encode_tensor(self, ids, mask, tt):
-        """The encoder on the device: a Tensor ``(B, S, H)`` (padding positions not zeroed)."""
-        d = self.__dict__["_device"]
-        s = ids.shape[1]
-        if s > d["positions"]:
-            raise ValueError(f"input_ids has {s} positions but the model has {d['positions']} "
-                             "(max_position_embeddings)")
-        dev = d["device"]
-        types = np.zeros_like(ids) if tt is None else tt
-        n_types = d["pos_type"].shape[0] // d["positions"]
-        if types.size and (types.min() < 0 or types.max() >= n_types):
-            raise IndexError(f"token_type_ids must lie in [0, {n_types}), got values in "
-                             f"[{types.min()}, {types.max()}]")
-        word = ops.embedding(tensor(ids, dev), d["word"])
-        pos = self.embeddings.position_ids(ids)
-        pt = ops.embedding(tensor(types * d["positions"] + pos, dev), d["pos_type"])
-        w, bias, eps = d["ln"]
-        x = ops.layer_norm(word, w, bias, eps, residual=pt)
-        kpm = None if mask is None or mask.all() else tensor(~mask.astype(bool), dev)
-        for L in d["layers"]:  # one fused call per layer, in place (the GPU's transformer_encoder_layer)
-            (n1w, n1b, eps1), (n2w, n2b, eps2) = L["n1"], L["n2"]
-            ops.transformer_encoder_layer(x, L["heads"], L["in_w"], L["in_b"], L["out_w"], L["out_b"], L["l1_w"],
-                                          L["l1_b"], L["l2_w"], L["l2_b"], n1w, n1b, n2w, n2b, activation=L["act"],
-                                          eps=(eps1, eps2), key_padding_mask=kpm, out=x)
+    def _encode(self, ids, mask, tt):
+        """The inference encoder, one for both homes of the weights: on the CPU an array (padding
+        positions zero; a padded batch runs packed, see ``_encode_packed``), on the model's device a
+        Tensor (B, S, H) whose padding rows are left as computed (``_host`` zeroes them)."""
+        d = self.__dict__.get("_device")
+        x = self.embeddings(ids, tt, d)  # a new array or Tensor: the layers run in place in it
+        if d is None:
+            if mask is not None and not mask.all():
+                return self._encode_packed(x, mask)
+            for layer in self.encoder.layer:
+                layer(x, out=x)
+            return x
+        kpm = None if mask is None or mask.all() else tensor(~mask.astype(bool), d["device"])
+        for weights in d["layers"]:
+            run_layer(x, weights, key_padding_mask=kpm, out=x)
         return x
 
     @staticmethod
@@ -505,14 +512,8 @@ class BertModel(nn.Module):
         ids, mask, tt = self._checked_inputs(input_ids, attention_mask, token_type_ids)
         if self.training:
             return self._train_encode(ids, mask, tt)
-        if self.__dict__.get("_device"):
-            return self._host(self._encode_tensor(ids, mask, tt), mask)
-        x = self.embeddings(ids, tt)  # a new array: the layers run in place in it
-        if mask is not None and not mask.all():
-            return self._encode_packed(x, mask)
-        for layer in self.encoder.layer:
-            layer(x, out=x)
-        return x
+        x = self._encode(ids, mask, tt)
+        return self._host(x, mask) if self.__dict__.get("_device") else x
 
     def _train_encode(self, ids, mask, tt):
         """Training, each layer keeping what its backward needs. A padded batch runs packed, as inference
@@ -723,10 +724,10 @@ class BertForMaskedLM(BertModel):
             if labels is not None:
                 raise ValueError("BertForMaskedLM: labels are for the CPU path in this version (call .to('cpu'))")
             ids, mask, tt = self.bert._checked_inputs(input_ids, attention_mask, token_type_ids)
-            x = self.bert._encode_tensor(ids, mask, tt)
+            x = self.bert._encode(ids, mask, tt)
             m = d["mlm"]
             h = ops.layer_norm(ops.linear(x, m["dense_w"], m["dense_b"], m["act"]), *m["ln"])
-            logits = ops.linear(h, d["word"], m["bias"])
+            logits = ops.linear(h, d["embeddings"][0], m["bias"])
             return ModelOutput(last_hidden_state=self.bert._host(x, mask),
                                logits=logits.numpy().astype(np.float32, copy=False))
         with training_forward(self) as generation:
