@@ -139,7 +139,7 @@ def _gpt2_case(rng: np.random.Generator, name: str, layers: int, dim: int, heads
     ids = rng.integers(0, vocab, (batch, ctx))
     return _step_case(name, f"{layers}x{dim}, {batch}x{ctx}", ours, ref, torch,
                       lambda: ours(ids, labels=ids), lambda: ref(torch.from_numpy(ids), labels=torch.from_numpy(ids)),
-                      batch * ctx, layers, ctx, dim)
+                      batch * ctx, layers, batch * ctx * ctx, dim, lookup_only=ours.transformer.wpe.weight.size)
 
 
 def _bert_case(rng: np.random.Generator, quick: bool) -> Case:
@@ -162,11 +162,18 @@ def _bert_case(rng: np.random.Generator, quick: bool) -> Case:
     return _step_case("train step: MiniLM-shaped classifier", f"6x384, {b}x{s} padded", ours, ref, torch,
                       lambda: ours(ids, attention_mask=mask, labels=labels),
                       lambda: ref(t["ids"], attention_mask=t["mask"], labels=t["labels"]),
-                      int(mask.sum()), 6, s, 384)
+                      int(mask.sum()), 6, int((mask.sum(1) ** 2).sum()), 384,
+                      lookup_only=sum(m.weight.size for m in (ours.bert.embeddings.word_embeddings,
+                                                              ours.bert.embeddings.position_embeddings,
+                                                              ours.bert.embeddings.token_type_embeddings)))
 
 
 def _step_case(op: str, shape: str, ours: Any, ref: Any, torch: Any, fwd: Callable[[], Any],
-               ref_fwd: Callable[[], Any], tokens: int, layers: int, ctx: int, dim: int) -> Case:
+               ref_fwd: Callable[[], Any], tokens: int, layers: int, attn_pairs: int, dim: int,
+               lookup_only: int) -> Case:
+    """The rate counts 6 x parameters x tokens, less ``lookup_only`` parameters (embedding tables no product
+    reads), plus attention's two S x S products forward and backward over ``attn_pairs`` (query, key)
+    pairs per layer (B S^2 for a GPT; the sum of the squared real lengths for a packed padded batch)."""
     opt = optim.AdamW(ours.parameters(), lr=1e-5)
 
     def step() -> None:
@@ -184,8 +191,8 @@ def _step_case(op: str, shape: str, ours: Any, ref: Any, torch: Any, fwd: Callab
             topt.step()
             topt.zero_grad()
         impls["torch"] = torch_step
-    n = sum(p.size for p in ours.parameters())
-    flops = 6.0 * n * tokens + 12.0 * layers * tokens * ctx * dim  # 6ND + attention's S^2 products, fwd + bwd
+    n = sum(p.size for p in ours.parameters()) - lookup_only
+    flops = 6.0 * n * tokens + 12.0 * layers * attn_pairs * dim
     return Case(op, shape, flops, "GFLOP/s", impls)
 
 
