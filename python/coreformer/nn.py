@@ -30,7 +30,7 @@ __all__ = [
     "Parameter", "FlatStore", "Module", "ModuleList", "Linear", "LayerNorm", "Embedding", "Dropout", "SinusoidalPositionalEncoding",
     "LearnedPositionalEmbedding", "MultiHeadAttention", "AdditiveAttention", "FeedForward", "KVCache", "DeviceKVCache",
     "TransformerEncoderLayer", "TransformerDecoderLayer", "TransformerEncoder", "TransformerDecoder",
-    "manual_seed", "grad_slot", "layer_forward", "layer_backward", "split_heads", "merge_heads", "packed_qkv_grad", "attend",
+    "manual_seed", "feed_forward", "grad_slot", "layer_forward", "layer_backward", "split_heads", "merge_heads", "packed_qkv_grad", "attend",
 ]
 
 _rng = np.random.default_rng()
@@ -837,7 +837,10 @@ class Linear(Module):
 
     def backward(self, grad_output: ArrayIn) -> FloatArray:
         saved = self._take()
-        dx, dw, db = ops.linear_backward(grad_output, saved["x"], self.weight, self.activation, saved["pre"],
+        x = saved["x"]
+        if callable(x):  # not kept: recomputed from the layer before (feed_forward)
+            x = x()
+        dx, dw, db = ops.linear_backward(grad_output, x, self.weight, self.activation, saved["pre"],
                                          **self._grad_outs("weight", "bias"))
         self._accumulate("weight", dw)
         if self.bias is not None:
@@ -1099,6 +1102,19 @@ class DeviceKVCache:
             t = getattr(self, name)
             rows = ops.embedding(index, t.reshape(t.shape[0], -1))
             setattr(self, name, rows.reshape(rows.shape[0], *t.shape[1:]))
+
+
+def feed_forward(first: Linear, second: Linear, x: Any, residual: Any = None) -> Any:
+    """``second(first(x), residual=residual)``, the position-wise feed-forward. In training, when ``first``
+    has an activation, ``second`` does not keep its input (the activation's output, the widest activation
+    of a layer): its backward recomputes it from the pre-activation ``first`` keeps anyway -- a quarter
+    less memory per layer for one elementwise pass."""
+    y = first(x)
+    out = second(y, residual=residual)
+    if second.training and first.activation is not None:
+        pre, act = first.__dict__["_saved"]["pre"], first.activation
+        second.__dict__["_saved"]["x"] = lambda: _ACT_FORWARD[act](pre)
+    return out
 
 
 def layer_forward(layer: Module, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
@@ -1420,7 +1436,7 @@ class FeedForward(Module):
         self.linear2 = Linear(dim_feedforward, d_model, bias=bias)
 
     def forward(self, x: ArrayIn, residual: ArrayIn | None = None) -> Any:
-        return self.linear2(self.linear1(x), residual=residual)
+        return feed_forward(self.linear1, self.linear2, x, residual)
 
 
 class TransformerEncoderLayer(Module):
@@ -1449,10 +1465,10 @@ class TransformerEncoderLayer(Module):
             masks = dict(attn_mask=src_mask, key_padding_mask=src_key_padding_mask, is_causal=is_causal)
             if self.norm_first:  # x1 = x + sa(norm1(x));  y = x1 + ff(norm2(x1))
                 x1 = sa(n1(x), **masks, residual=x)
-                y = self.linear2(self.linear1(n2(x1)), residual=x1)
+                y = feed_forward(self.linear1, self.linear2, n2(x1), residual=x1)
             else:  # h = norm1(x + sa(x));  y = norm2(h + ff(h))
                 h = n1(sa(x, **masks), residual=x)
-                y = n2(self.linear2(self.linear1(h)), residual=h)
+                y = n2(feed_forward(self.linear1, self.linear2, h), residual=h)
             return _into(out, y)
         return ops.transformer_encoder_layer(
             src, sa.num_heads, sa._weight("in_proj_weight"), sa.in_proj_bias, sa.out_proj._weight("weight"),
@@ -1518,11 +1534,11 @@ class TransformerDecoderLayer(Module):
             if self.norm_first:  # x += sa(norm1(x)); x += mha(norm2(x), mem); x += ff(norm3(x))
                 x1 = sa(self.norm1(x), **self_kw, residual=x)
                 x2 = ca(self.norm2(x1), mem, mem, **cross_kw, residual=x1)
-                y = self.linear2(self.linear1(self.norm3(x2)), residual=x2)
+                y = feed_forward(self.linear1, self.linear2, self.norm3(x2), residual=x2)
             else:  # x = norm1(x + sa(x)); x = norm2(x + mha(x, mem)); x = norm3(x + ff(x))
                 x1 = self.norm1(sa(x, **self_kw), residual=x)
                 x2 = self.norm2(ca(x1, mem, mem, **cross_kw), residual=x1)
-                y = self.norm3(self.linear2(self.linear1(x2)), residual=x2)
+                y = self.norm3(feed_forward(self.linear1, self.linear2, x2), residual=x2)
             return _into(out, y)
         kw: dict[str, Any] = {}
         sc, cc = cache if cache is not None else (None, None)

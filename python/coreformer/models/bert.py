@@ -251,7 +251,7 @@ class _Layer(nn.Module):
             merged, seqs = self._attend_packed(qkv, cu)
             self._save(x=x, qkv=qkv, seqs=seqs, cu=cu)
         h = ao.LayerNorm(ao.dropout(ao.dense(merged)), residual=x)
-        return o.LayerNorm(o.dropout(o.dense(it(h))), residual=h)
+        return o.LayerNorm(o.dropout(nn.feed_forward(it, o.dense, h)), residual=h)
 
     def _heads(self, qkv, r0, r1, which):
         """Sequence rows [r0, r1) of q, k or v (which 0, 1, 2) as (1, H, L, Dh): a strided view."""

@@ -155,7 +155,7 @@ class _Block(nn.Module):
         o, lse = ops.scaled_dot_product_attention_forward(q, k, v, mask, True, a.scale, **drop)
         self._save(q=q, k=k, v=v, o=o, lse=lse, mask=mask, drop=drop)
         x1 = x + self.resid_dropout(a.c_proj(nn.merge_heads(o)))
-        return x1 + self.mlp_dropout(m.c_proj(m.c_fc(self.ln_2(x1))))
+        return x1 + self.mlp_dropout(nn.feed_forward(m.c_fc, m.c_proj, self.ln_2(x1)))
 
     def backward(self, grad_output: ArrayIn) -> FloatArray:
         a, m = self.attn, self.mlp
