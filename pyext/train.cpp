@@ -94,30 +94,6 @@ cf::ops::Reduction reduction_arg(const std::string& r) {
 }
 
 // (loss: float, or the per-row losses for "none"; dlogits or None)
-py::tuple cross_entropy(const ArrayIn& logits, const ArrayIn& labels, int64_t ignore_index, float label_smoothing,
-                        const std::string& reduction, bool return_grad) {
-  const cf::ops::Reduction red = reduction_arg(reduction);
-  Arg xa = float_arg(logits, "logits"), la = ids_arg(labels, "labels", /*int32_ok=*/false), ra, ga;
-  OptionalView per_row, grad;
-  if (red == cf::ops::Reduction::none) {
-    CF_CHECK(xa.view.ndim >= 1, ValueError, "logits must have at least 1 dimension (the classes), got a scalar");
-    ra = output(py::none(), {xa.view.shape, xa.view.shape + xa.view.ndim - 1}, {}, false, &xa);
-    per_row = ra.view;
-  }
-  if (return_grad) {
-    ga = output(py::none(), {xa.view.shape, xa.view.shape + xa.view.ndim}, {}, false, &xa);
-    grad = ga.view;
-  }
-  cf::ops::CrossEntropyResult r;
-  {
-    py::gil_scoped_release nogil;
-    r = cf::ops::cross_entropy(xa.view, la.view, ignore_index, label_smoothing, red, per_row, grad);
-  }
-  py::object loss = red == cf::ops::Reduction::none ? ra.result() : py::object(py::float_(r.loss));
-  return py::make_tuple(loss, return_grad ? ga.result() : py::object(py::none()));
-}
-
-// (dx, dweight, dbias)
 // An optional array the caller gives for a result (a parameter's slot of a flat gradient buffer): checked
 // here so the message names it; None lets output() allocate.
 void check_given_out(py::handle out, const std::vector<int64_t>& shape, const char* name) {
@@ -130,6 +106,33 @@ void check_given_out(py::handle out, const std::vector<int64_t>& shape, const ch
            cf::shape_str(shape.data(), shape.size()));
 }
 
+py::tuple cross_entropy(const ArrayIn& logits, const ArrayIn& labels, int64_t ignore_index, float label_smoothing,
+                        const std::string& reduction, bool return_grad, py::handle grad_out) {
+  const cf::ops::Reduction red = reduction_arg(reduction);
+  Arg xa = float_arg(logits, "logits"), la = ids_arg(labels, "labels", /*int32_ok=*/false), ra, ga;
+  OptionalView per_row, grad;
+  if (red == cf::ops::Reduction::none) {
+    CF_CHECK(xa.view.ndim >= 1, ValueError, "logits must have at least 1 dimension (the classes), got a scalar");
+    ra = output(py::none(), {xa.view.shape, xa.view.shape + xa.view.ndim - 1}, {}, false, &xa);
+    per_row = ra.view;
+  }
+  CF_CHECK(return_grad || grad_out.is_none(), ValueError, "grad_out is for return_grad=True");
+  if (return_grad) {
+    const std::vector<int64_t> shape(xa.view.shape, xa.view.shape + xa.view.ndim);
+    check_given_out(grad_out, shape, "grad_out");
+    ga = output(grad_out, shape, {&xa, &la}, false, &xa);
+    grad = ga.view;
+  }
+  cf::ops::CrossEntropyResult r;
+  {
+    py::gil_scoped_release nogil;
+    r = cf::ops::cross_entropy(xa.view, la.view, ignore_index, label_smoothing, red, per_row, grad);
+  }
+  py::object loss = red == cf::ops::Reduction::none ? ra.result() : py::object(py::float_(r.loss));
+  return py::make_tuple(loss, return_grad ? ga.result() : py::object(py::none()));
+}
+
+// (dx, dweight, dbias)
 py::tuple linear_backward(const ArrayIn& grad_output, const ArrayIn& x, const ArrayIn& weight,
                           const py::typing::Optional<py::str>& activation, const OptionalArrayIn& pre_activation,
                           py::handle dweight_out, py::handle dbias_out) {
@@ -363,7 +366,8 @@ void register_train(py::module_& m) {
   m.def("embedding_backward", &embedding_backward, py::arg("grad_output"), py::arg("ids"), py::arg("num_embeddings"),
         py::arg("padding_idx") = py::none());
   m.def("cross_entropy", &cross_entropy, py::arg("logits"), py::arg("labels"), py::arg("ignore_index") = -100,
-        py::arg("label_smoothing") = 0.0, py::arg("reduction") = "mean", py::arg("return_grad") = false);
+        py::arg("label_smoothing") = 0.0, py::arg("reduction") = "mean", py::arg("return_grad") = false, py::kw_only(),
+        py::arg("grad_out") = py::none());
   m.def("layer_norm_backward", &layer_norm_backward, py::arg("grad_output"), py::arg("x"),
         py::arg("weight") = py::none(), py::arg("eps") = 1e-5, py::arg("residual") = py::none());
   m.def("gelu_backward", &gelu_backward, py::arg("grad_output"), py::arg("x"), py::arg("approximate") = "none");

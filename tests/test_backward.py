@@ -728,3 +728,21 @@ def test_central_differences_cross_entropy_embedding_additive(rng):
     grads = ops.additive_attention_backward(dya, q, kk, vv, wq, wk, va, m)
     directional_check(lambda a, b_, c, d, e, f: ref.additive(a, b_, c, d, e, f, mask=m)[0],
                       [q, kk, vv, wq, wk, va], grads, dya, rng)
+
+
+def test_cross_entropy_grad_out(rng):
+    logits, labels = randn(rng, 7, 65), rng.integers(0, 65, 7)
+    labels[3] = -100
+    loss, grad = ops.cross_entropy(logits, labels, return_grad=True)
+    buf = np.full((7, 65), np.nan, np.float32)
+    loss2, grad2 = ops.cross_entropy(logits, labels, return_grad=True, grad_out=buf)
+    assert grad2 is buf and loss2 == loss
+    np.testing.assert_array_equal(buf, grad)
+    with pytest.raises(ValueError, match=r"grad_out has shape \(65, 7\)"):
+        ops.cross_entropy(logits, labels, return_grad=True, grad_out=np.zeros((65, 7), np.float32))
+    with pytest.raises(ValueError, match="grad_out is for return_grad=True"):
+        ops.cross_entropy(logits, labels, grad_out=buf)  # type: ignore[call-overload]
+    with pytest.raises(ValueError, match="overlaps"):
+        ops.cross_entropy(logits, labels, return_grad=True, grad_out=logits)
+    with pytest.raises(TypeError, match="grad_out must be a float32"):
+        ops.cross_entropy(logits, labels, return_grad=True, grad_out=np.zeros((7, 65)))  # type: ignore[call-overload]

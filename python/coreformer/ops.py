@@ -696,12 +696,13 @@ def embedding_backward(grad_output: ArrayIn, ids: ArrayIn, num_embeddings: int,
 
 @overload
 def cross_entropy(logits: ArrayIn, labels: ArrayIn, ignore_index: int = ..., label_smoothing: float = ...,
-                  reduction: str = ..., *, return_grad: Literal[True]) -> tuple[Any, FloatArray]: ...
+                  reduction: str = ..., *, return_grad: Literal[True],
+                  grad_out: FloatArray | None = ...) -> tuple[Any, FloatArray]: ...
 @overload
 def cross_entropy(logits: ArrayIn, labels: ArrayIn, ignore_index: int = ..., label_smoothing: float = ...,
                   reduction: str = ..., return_grad: Literal[False] = ...) -> Any: ...
 def cross_entropy(logits: ArrayIn, labels: ArrayIn, ignore_index: int = -100, label_smoothing: float = 0.0,
-                  reduction: str = "mean", return_grad: bool = False) -> Any:
+                  reduction: str = "mean", return_grad: bool = False, *, grad_out: FloatArray | None = None) -> Any:
     """``torch.nn.functional.cross_entropy(logits, labels, ignore_index=, label_smoothing=, reduction=)``
     over the last axis of logits ``(..., C)`` with integer labels ``(...)``, fused with its gradient: two
     passes over each row of logits (its logsumexp, then the loss and the gradient), never a probability
@@ -709,12 +710,14 @@ def cross_entropy(logits: ArrayIn, labels: ArrayIn, ignore_index: int = -100, la
     none, as torch) or ``"sum"`` return a float, ``"none"`` the per-row losses (0 at ignored rows). With
     ``return_grad=True``, ``(loss, dlogits)``: the gradient of that float (of the sum of the per-row
     losses for ``"none"``), 0 at ignored rows. Labels outside ``[0, C)`` that are not ``ignore_index``
-    raise ``IndexError``. The sum is in float64 in row order (the same whatever the thread count). CPU only so far."""
+    raise ``IndexError``. The sum is in float64 in row order (the same whatever the thread count).
+    ``grad_out``: a float32 C-contiguous array of logits' shape to write dlogits into (a model's buffer
+    reused step after step: a fresh vocabulary-sized array each step costs its page faults). CPU only so far."""
     if not isinstance(reduction, str):
         raise TypeError(f"reduction must be 'mean', 'sum' or 'none', got {type(reduction).__name__}")
     loss, grad = _core.cross_entropy(logits, labels, _int("ignore_index", ignore_index),
                                      _float("label_smoothing", label_smoothing), reduction,
-                                     _flag("return_grad", return_grad))
+                                     _flag("return_grad", return_grad), grad_out=grad_out)
     return (loss, grad) if return_grad else loss
 
 

@@ -354,6 +354,20 @@ def as_mask(mask, shape, name: str) -> np.ndarray | None:
     return m != 0
 
 
+def scratch(model, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A float32 array of ``shape`` the model keeps for ``name`` and reuses while the shape holds (the
+    vocabulary-sized dlogits of a training step: a fresh one each step costs ~50,000 page faults). Safe to
+    overwrite at the next forward: a loss whose forward is not the latest refuses its backward."""
+    have = model.__dict__.get("_scratch")
+    if have is None:
+        have = {}
+        object.__setattr__(model, "_scratch", have)
+    a = have.get(name)
+    if a is None or a.shape != tuple(shape):
+        a = have[name] = np.empty(shape, np.float32)
+    return a
+
+
 def device_tensor(a, device: str, dtype: str):
     """Weight ``a`` on ``device``: a view of its FlatStore's one copy there (the model's whole buffer goes
     over once), or a Tensor of its own for a table derived from the parameters; None stays None."""

@@ -16,7 +16,7 @@ import numpy as np
 from .. import nn, ops, tensor
 from .._typing import ArrayLike, FloatArray, PathLike
 from ._common import (Config, ModelOutput, as_ids, as_mask, check_activation, check_layer_count, check_names,
-                      classification_loss, device_tensor, model_loss, read_config, read_weights, to_device,
+                      classification_loss, device_tensor, model_loss, read_config, read_weights, scratch, to_device,
                       token_labels, training_forward)
 
 if TYPE_CHECKING:
@@ -739,7 +739,8 @@ class BertForMaskedLM(BertModel):
             out = ModelOutput(last_hidden_state=x, logits=logits)
             if labels is not None:
                 lab = token_labels(labels, x.shape[:2], self.config.vocab_size, "the vocabulary")
-                loss, dlogits = ops.cross_entropy(logits, lab, return_grad=True)
+                loss, dlogits = ops.cross_entropy(logits, lab, return_grad=True,
+                                                  grad_out=scratch(self, "dlogits", logits.shape))
 
                 def backward() -> None:
                     words = self.bert.embeddings.word_embeddings

@@ -17,8 +17,8 @@ from .._args import int_arg
 from .._files import read_json
 from .._typing import ArrayIn, ArrayLike, FloatArray, IntArray, PathLike
 from ._common import (Config, Loss, ModelOutput, as_ids, as_mask, check_activation, check_layer_count, check_names,
-                      device_tensor, is_token_ids, model_loss, read_config, read_weights, shifted_labels, to_device,
-                      training_forward)
+                      device_tensor, is_token_ids, model_loss, read_config, read_weights, scratch, shifted_labels,
+                      to_device, training_forward)
 from .generation import NextToken, Streamer, check_generation_args, check_streamer, eos_set, stream_end, stream_put
 
 if TYPE_CHECKING:
@@ -345,7 +345,8 @@ class GPT2LMHeadModel(nn.Module):
         logits = ops.linear(h, w)
         if labels is None:
             return ModelOutput(logits=logits)
-        loss, dlogits = ops.cross_entropy(logits, labels, return_grad=True)
+        loss, dlogits = ops.cross_entropy(logits, labels, return_grad=True,
+                                          grad_out=scratch(self, "dlogits", logits.shape))
 
         def backward() -> None:
             head = t.wte if self.lm_head is None else self.lm_head

@@ -11,7 +11,8 @@ import numpy as np
 from .. import nn, ops, tensor
 from .._typing import ArrayIn, ArrayLike, FloatArray, IntArray
 from .._args import flag, float_arg, int_arg, is_int
-from ._common import Loss, ModelOutput, as_ids, device_tensor, model_loss, to_device, token_labels, training_forward
+from ._common import (Loss, ModelOutput, as_ids, device_tensor, model_loss, scratch, to_device, token_labels,
+                      training_forward)
 from .generation import check_generation_args, eos_set
 
 __all__ = ["Transformer"]
@@ -246,7 +247,8 @@ class Transformer(nn.Module):
         if labels is None:
             return out
         lab = token_labels(labels, logits.shape[:2], logits.shape[-1], "the target vocabulary")
-        loss, dlogits = ops.cross_entropy(logits, lab, return_grad=True)
+        loss, dlogits = ops.cross_entropy(logits, lab, return_grad=True,
+                                          grad_out=scratch(self, "dlogits", logits.shape))
 
         def backward() -> None:
             owner = self.tgt_embed if self.tie_embeddings else self.generator
