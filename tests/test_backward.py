@@ -360,17 +360,23 @@ ATTN_SHAPES = [(1, 1, 1, 1, 1, 1), (1, 2, 7, 7, 8, 8), (2, 3, 63, 65, 16, 7), (1
                (1, 2, 5, 1000, 32, 32), (2, 1, 130, 129, 64, 33), (1, 3, 49, 300, 128, 96)]
 
 
+def attention_mask_case(rng, kind, B, Sq, Sk):
+    """None, a bool mask (B, 1, Sq, Sk) with ~30% masked, or a float one (Sq, Sk) with ~20% -inf."""
+    if kind == "bool":
+        return rng.random((B, 1, Sq, Sk)) > 0.3
+    if kind == "float":
+        mask = randn(rng, Sq, Sk)
+        mask[rng.random((Sq, Sk)) < 0.2] = -np.inf
+        return mask
+    return None
+
+
 @pytest.mark.parametrize("B,H,Sq,Sk,D,Dv", ATTN_SHAPES)
 @pytest.mark.parametrize("mask_kind", [None, "bool", "float"])
 @pytest.mark.parametrize("causal", [False, True])
 def test_attention_backward(isa, rng, B, H, Sq, Sk, D, Dv, mask_kind, causal):
     q, k, v, go = randn(rng, B, H, Sq, D), randn(rng, B, H, Sk, D), randn(rng, B, H, Sk, Dv), randn(rng, B, H, Sq, Dv)
-    mask = None
-    if mask_kind == "bool":
-        mask = rng.random((B, 1, Sq, Sk)) > 0.3
-    elif mask_kind == "float":
-        mask = randn(rng, Sq, Sk)
-        mask[rng.random((Sq, Sk)) < 0.2] = -np.inf
+    mask = attention_mask_case(rng, mask_kind, B, Sq, Sk)
     out, lse = ops.scaled_dot_product_attention_forward(q, k, v, mask, causal)
     np.testing.assert_array_equal(out, ops.scaled_dot_product_attention(q, k, v, mask, causal))
     want = sdpa_f64(q, k, v, go, mask, causal)
@@ -398,12 +404,7 @@ def test_attention_dropout_forward_and_backward(isa, rng, B, H, Sq, Sk, D, Dv, m
     """Dropout on the probabilities inside the kernels: the forward's output and the backward's gradients
     equal float64 closed forms with the stream's mask (softmax first; lse the undropped one), word for word."""
     q, k, v, go = randn(rng, B, H, Sq, D), randn(rng, B, H, Sk, D), randn(rng, B, H, Sk, Dv), randn(rng, B, H, Sq, Dv)
-    mask = None
-    if mask_kind == "bool":
-        mask = rng.random((B, 1, Sq, Sk)) > 0.3
-    elif mask_kind == "float":
-        mask = randn(rng, Sq, Sk)
-        mask[rng.random((Sq, Sk)) < 0.2] = -np.inf
+    mask = attention_mask_case(rng, mask_kind, B, Sq, Sk)
     p, seed, offset = 0.3, 1234, 77
     drop: dict[str, Any] = dict(dropout_p=p, seed=seed, offset=offset)
     out, lse = ops.scaled_dot_product_attention_forward(q, k, v, mask, causal, **drop)

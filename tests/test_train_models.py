@@ -180,6 +180,21 @@ def bert_batch(rng):
     return ids, mask, tt
 
 
+def loss_and_backward(ours, ref, ids, mask, labels):
+    """Both models' loss on (ids, mask, labels), equal within 1e-5, then both backwards."""
+    out = ours(ids, attention_mask=mask, labels=labels)
+    t = ref(torch.tensor(ids), attention_mask=torch.tensor(mask), labels=torch.tensor(labels))
+    assert out.loss == pytest.approx(t.loss.item(), rel=1e-5)
+    out.loss.backward()
+    t.loss.backward()
+    return out, t
+
+
+def loss_and_grads_match(ours, ref, ids, mask, labels):
+    loss_and_backward(ours, ref, ids, mask, labels)
+    compare_named_grads(ref, ours)
+
+
 def compare_named_grads(ref, ours, rename=lambda n: n, skip=lambda n: False):
     """Every parameter gradient of a torch model `ref` against ours by name (rename: theirs -> ours), within
     1e-4; a gradient that is zero in exact arithmetic (a key bias) only has to be rounding-small."""
@@ -411,13 +426,7 @@ def test_roberta_sequence_classification_gradients(tmp_path, rng):
     mask = np.ones((3, 13), np.int64)
     mask[1, 9:] = 0
     ids[mask == 0] = 1  # the pad id, as a tokenizer pads
-    labels = np.array([2, 0, 1])
-    out = ours(ids, attention_mask=mask, labels=labels)
-    t = ref(torch.tensor(ids), attention_mask=torch.tensor(mask), labels=torch.tensor(labels))
-    assert out.loss == pytest.approx(t.loss.item(), rel=1e-5)
-    out.loss.backward()
-    t.loss.backward()
-    compare_named_grads(ref, ours)
+    loss_and_grads_match(ours, ref, ids, mask, np.array([2, 0, 1]))
 
 
 def test_a_later_forward_or_another_thread_never_gives_a_silent_wrong_gradient(fresh_gpt2, tmp_path, rng):
@@ -470,12 +479,7 @@ def test_distilbert_classifier_and_roberta_token_classifier_gradients(tmp_path, 
     ref = transformers.DistilBertForSequenceClassification.from_pretrained(tmp_path / "d").double().train()
     ours = DistilBertForSequenceClassification.from_pretrained(tmp_path / "d").train()
     ids, mask, _ = bert_batch(rng)
-    labels = np.array([1, 2, 0])
-    out = ours(ids, attention_mask=mask, labels=labels)
-    t = ref(torch.tensor(ids), attention_mask=torch.tensor(mask), labels=torch.tensor(labels))
-    assert out.loss == pytest.approx(t.loss.item(), rel=1e-5)
-    out.loss.backward()
-    t.loss.backward()
+    loss_and_backward(ours, ref, ids, mask, np.array([1, 2, 0]))
 
     def rename(n: str) -> str:
         n = n.replace("transformer.layer.", "encoder.layer.")
@@ -492,13 +496,7 @@ def test_distilbert_classifier_and_roberta_token_classifier_gradients(tmp_path, 
     ref = transformers.RobertaForTokenClassification.from_pretrained(tmp_path / "r").double().train()
     ours = RobertaForTokenClassification.from_pretrained(tmp_path / "r").train()
     ids[mask == 0] = 1
-    labels = np.where(mask == 1, rng.integers(0, 5, ids.shape), -100)
-    out = ours(ids, attention_mask=mask, labels=labels)
-    t = ref(torch.tensor(ids), attention_mask=torch.tensor(mask), labels=torch.tensor(labels))
-    assert out.loss == pytest.approx(t.loss.item(), rel=1e-5)
-    out.loss.backward()
-    t.loss.backward()
-    compare_named_grads(ref, ours)
+    loss_and_grads_match(ours, ref, ids, mask, np.where(mask == 1, rng.integers(0, 5, ids.shape), -100))
 
 
 def grads_after_steps(model, batch_fn, checkpointed, steps=2):

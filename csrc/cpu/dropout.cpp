@@ -94,13 +94,25 @@ inline void philox_blocks(uint64_t block, uint64_t seed, uint32_t* w) {
 }
 #endif
 
-}  // namespace
+// Which words keep their element: word < (1 - p) 2^32, i.e. word <= last_kept (32-bit compares vectorise;
+// 64-bit ones did not); kept elements are scaled by 1 / (1 - p). p = 1 (or within 2^-32 of it) keeps none.
+struct KeepRule {
+  uint32_t last_kept = 0;
+  bool none_kept = false;
+  float scale = 0.0f;
+  explicit KeepRule(double p) {
+    const uint64_t threshold = static_cast<uint64_t>((1.0 - p) * 4294967296.0);
+    none_kept = threshold == 0;
+    last_kept = none_kept ? 0u : static_cast<uint32_t>(std::min<uint64_t>(threshold - 1, 0xFFFFFFFFu));
+    scale = none_kept ? 0.0f : static_cast<float>(1.0 / (1.0 - p));
+  }
+  bool keeps(uint32_t word) const { return word <= last_kept && !none_kept; }
+};
 
-void dropout_factors(uint64_t seed, uint64_t index, int64_t n, double p, float* f) {
-  const uint64_t threshold = static_cast<uint64_t>((1.0 - p) * 4294967296.0);
-  const bool none_kept = threshold == 0;
-  const uint32_t last_kept = none_kept ? 0u : static_cast<uint32_t>(std::min<uint64_t>(threshold - 1, 0xFFFFFFFFu));
-  const float scale = none_kept ? 0.0f : static_cast<float>(1.0 / (1.0 - p));
+// body(i, words, m) for consecutive runs covering [0, n): words[j] is word index + i + j of the stream
+// (words index & 3 ... of the first Philox block onwards, as far as a batch of blocks reaches).
+template <class Body>
+inline void for_words(uint64_t seed, uint64_t index, int64_t n, Body&& body) {
   uint32_t w[4 * kLanes];
   int64_t i = 0;
   while (i < n) {
@@ -108,44 +120,40 @@ void dropout_factors(uint64_t seed, uint64_t index, int64_t n, double p, float* 
     philox_blocks(g >> 2, seed, w);
     const int64_t first = static_cast<int64_t>(g & 3);
     const int64_t m = std::min<int64_t>(n - i, 4 * kLanes - first);
-    const uint32_t* word = w + first;
-#pragma omp simd
-    for (int64_t j = 0; j < m; ++j) f[i + j] = word[j] <= last_kept && !none_kept ? scale : 0.0f;
+    body(i, static_cast<const uint32_t*>(w + first), m);
     i += m;
   }
 }
 
+}  // namespace
+
+void dropout_factors(uint64_t seed, uint64_t index, int64_t n, double p, float* f) {
+  const KeepRule rule(p);
+  for_words(seed, index, n, [&](int64_t i, const uint32_t* word, int64_t m) {
+#pragma omp simd
+    for (int64_t j = 0; j < m; ++j) f[i + j] = rule.keeps(word[j]) ? rule.scale : 0.0f;
+  });
+}
+
 void dropout(const DropoutArgs& a) {
   if (a.n == 0) return;
-  // keep when word < (1 - p) 2^32, i.e. word <= last_kept (32-bit compares vectorise; 64-bit ones did not)
-  const uint64_t threshold = static_cast<uint64_t>((1.0 - a.p) * 4294967296.0);
-  const bool none_kept = threshold == 0;  // p = 1 (or within 2^-32 of it)
-  const uint32_t last_kept = none_kept ? 0u : static_cast<uint32_t>(std::min<uint64_t>(threshold - 1, 0xFFFFFFFFu));
-  const float scale = none_kept ? 0.0f : static_cast<float>(1.0 / (1.0 - a.p));
+  const KeepRule rule(a.p);
   constexpr int64_t kChunk = 1 << 14;
   const int64_t chunks = (a.n + kChunk - 1) / kChunk;
   const int nt = threads_for(a.n * 4, 1 << 16);
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t begin = c * kChunk, end = std::min(a.n, begin + kChunk);
-    uint32_t w[4 * kLanes];
-    int64_t i = begin;
-    while (i < end) {
-      const uint64_t g = a.offset + static_cast<uint64_t>(i);
-      philox_blocks(g >> 2, a.seed, w);
-      // words g & 3 ... of the first block onwards, as far as the blocks reach
-      const int64_t first = static_cast<int64_t>(g & 3);
-      const int64_t n = std::min<int64_t>(end - i, 4 * kLanes - first);
-      const uint32_t* word = w + first;
-      float* y = a.y + i;
-      const float* x = a.x + i;
-      // x * mask as torch's: a dropped NaN stays NaN
+    for_words(a.seed, a.offset + static_cast<uint64_t>(begin), end - begin,
+              [&](int64_t i, const uint32_t* word, int64_t m) {
+                float* y = a.y + begin + i;
+                const float* x = a.x + begin + i;
+                // x * mask as torch's: a dropped NaN stays NaN
 #pragma omp simd
-      for (int64_t j = 0; j < n; ++j) y[j] = x[j] * (word[j] <= last_kept && !none_kept ? scale : 0.0f);
-      if (a.mask)
-        for (int64_t j = 0; j < n; ++j) a.mask[i + j] = word[j] <= last_kept && !none_kept;
-      i += n;
-    }
+                for (int64_t j = 0; j < m; ++j) y[j] = x[j] * (rule.keeps(word[j]) ? rule.scale : 0.0f);
+                if (a.mask)
+                  for (int64_t j = 0; j < m; ++j) a.mask[begin + i + j] = rule.keeps(word[j]);
+              });
   }
 }
 

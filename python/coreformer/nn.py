@@ -223,6 +223,17 @@ class Parameter:
 _stores: weakref.WeakValueDictionary[int, FlatStore] = weakref.WeakValueDictionary()
 
 
+def _addr(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
+def adjacent(a: np.ndarray, b: np.ndarray) -> bool:
+    """``b`` starts where ``a`` ends, both C-contiguous views into one 1-D float32 buffer (a FlatStore's)."""
+    base = a.base
+    return (isinstance(base, np.ndarray) and b.base is base and base.ndim == 1 and base.dtype == np.float32
+            and a.flags.c_contiguous and b.flags.c_contiguous and _addr(a) + a.nbytes == _addr(b))
+
+
 class FlatStore:
     """A module tree's parameters in one float32 buffer, as llm.c lays them out (``Module.flatten_parameters``
     makes it; ``train()`` and ``.to(device)`` do so on their own).
@@ -272,11 +283,15 @@ class FlatStore:
         """Where ``a`` starts in ``data`` (in elements), or None when it is not a view into it."""
         if a.base is not self.data:
             return None
-        return (a.__array_interface__["data"][0] - self.data.__array_interface__["data"][0]) // 4
+        return (_addr(a) - _addr(self.data)) // 4
 
     def holds(self, name: str, a: np.ndarray) -> bool:
         slot = self.slots.get(name)
         return slot is not None and a.shape == slot[1] and a.flags.c_contiguous and self.offset(a) == slot[0]
+
+    def holds_all(self, named: list[tuple[str, np.ndarray]]) -> bool:
+        """Whether ``named`` (a module's ``(name, array)`` pairs) are exactly this store's slots."""
+        return len(named) == len(self.slots) and all(self.holds(n, a) for n, a in named)
 
     def grad_for(self, a: np.ndarray) -> FloatArray | None:
         """The slot of ``grad`` that matches parameter array ``a`` (a view into ``data``), or None."""
@@ -336,21 +351,11 @@ def joined(arrays: list[Any]) -> FloatArray:
     """The arrays one after another along the first axis: a view when they already lie so in one
     buffer (BERT's query, key and value weights in a flat store: the fused QKV matrix is then the same
     memory), else a new array."""
-    first = arrays[0]
-    base = first.base
-    if not isinstance(base, np.ndarray):
+    first, base = arrays[0], arrays[0].base
+    if not (isinstance(base, np.ndarray) and first.flags.c_contiguous
+            and all(a.shape[1:] == first.shape[1:] and adjacent(p, a) for p, a in zip(arrays, arrays[1:]))):
         return np.concatenate(arrays)
-    ok = base.flags.c_contiguous and base.dtype == np.float32 and base.ndim == 1
-    addr = first.__array_interface__["data"][0]
-    for a in arrays:
-        if not ok:
-            break
-        ok = (a.base is base and a.flags.c_contiguous and a.shape[1:] == first.shape[1:]
-              and a.__array_interface__["data"][0] == addr)
-        addr += a.nbytes
-    if not ok:
-        return np.concatenate(arrays)
-    start = (first.__array_interface__["data"][0] - base.__array_interface__["data"][0]) // 4
+    start = (_addr(first) - _addr(base)) // 4
     n = sum(a.size for a in arrays)
     return base[start:start + n].reshape((-1,) + first.shape[1:])
 
@@ -478,9 +483,9 @@ class Module:
         slot, values and any ``.grad`` kept. The Parameter objects stay the same (an optimiser made
         before keeps working). Done already (nothing replaced since): returns the store as it is.
         ``train()`` calls it; ``.to(device)`` moves this one buffer."""
-        store = self.__dict__.get("_flat")
         named = list(self._named_arrays())
-        if store is not None and len(named) == len(store.slots) and all(store.holds(n, a) for n, a in named):
+        store = self.__dict__.get("_flat")
+        if store is not None and store.holds_all(named):
             return store
         entries: list[tuple[list[str], np.ndarray, bool]] = []
         index: dict[int, int] = {}
@@ -522,10 +527,7 @@ class Module:
         """The :class:`FlatStore` holding this module's parameters (None before ``flatten_parameters``
         or after a parameter was replaced by another array)."""
         store = self.__dict__.get("_flat")
-        if store is None:
-            return None
-        named = list(self._named_arrays())
-        return store if len(named) == len(store.slots) and all(store.holds(n, a) for n, a in named) else None
+        return store if store is not None and store.holds_all(list(self._named_arrays())) else None
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.parameters():
@@ -593,7 +595,7 @@ class Module:
             slot = store.grad_for(p.data) if store is not None else None
             if slot is not None:  # the flat gradient buffer's slot, in the parameters' layout
                 g = np.asarray(grad)
-                if g.__array_interface__["data"][0] != slot.__array_interface__["data"][0] or g.base is not slot.base:
+                if g.base is not slot.base or _addr(g) != _addr(slot):
                     slot[...] = g  # not already written there (grad_slot + dweight_out): copied in
                 p.grad = slot
                 return
@@ -1117,14 +1119,17 @@ def feed_forward(first: Linear, second: Linear, x: Any, residual: Any = None) ->
     return out
 
 
+def _dropouts(layer: Module) -> list[Dropout]:
+    return [m for m in layer.modules() if isinstance(m, Dropout)]
+
+
 def layer_forward(layer: Module, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
     """``fn(*args, **kw)``: one layer of a stack in training (``fn`` its training forward). With the
     layer's ``gradient_checkpointing`` on, what the forward saved is dropped at once and only the inputs
     (and the layer's dropout stream offsets) are kept, for ``layer_backward`` to run it again."""
     if not layer.gradient_checkpointing:
         return fn(*args, **kw)
-    drops = [m for m in layer.modules() if isinstance(m, Dropout)]
-    offsets = [d.offset for d in drops]
+    offsets = [d.offset for d in _dropouts(layer)]
     y = fn(*args, **kw)
     for m in layer.modules():
         object.__setattr__(m, "_saved", None)
@@ -1140,7 +1145,7 @@ def layer_backward(layer: Module, grad_output: Any) -> Any:
     if ck is not None:
         object.__setattr__(layer, "_checkpoint", None)
         fn, args, kw, offsets = ck
-        drops = [m for m in layer.modules() if isinstance(m, Dropout)]
+        drops = _dropouts(layer)
         after = [d.offset for d in drops]
         for d, o in zip(drops, offsets):
             d.offset = o

@@ -21,7 +21,7 @@ import numpy as np
 from . import _core
 from ._args import flag, float_arg, int_arg
 from ._typing import FloatArray
-from .nn import Parameter, store_of
+from .nn import Parameter, _addr, adjacent, joined, store_of
 
 __all__ = [
     "Optimizer", "SGD", "AdamW", "clip_grad_norm_", "LambdaLR", "get_constant_schedule",
@@ -53,21 +53,6 @@ def _grads(params: list[Parameter]) -> list[FloatArray]:
     return out
 
 
-def _follows(a: np.ndarray, b: np.ndarray) -> bool:
-    """``b`` starts where ``a`` ends, both C-contiguous views into one 1-D float32 buffer."""
-    base = a.base
-    return (base is not None and b.base is base and a.flags.c_contiguous and b.flags.c_contiguous
-            and a.__array_interface__["data"][0] + a.nbytes == b.__array_interface__["data"][0])
-
-
-def _span(first: np.ndarray, last: np.ndarray) -> np.ndarray:
-    base = first.base
-    assert isinstance(base, np.ndarray)
-    start = (first.__array_interface__["data"][0] - base.__array_interface__["data"][0]) // base.itemsize
-    stop = (last.__array_interface__["data"][0] + last.nbytes - base.__array_interface__["data"][0]) // base.itemsize
-    return base.reshape(-1)[start:stop]
-
-
 def _coalesced(*columns: list[np.ndarray]) -> list[list[np.ndarray]]:
     """Parallel lists (parameters, gradients, moments) with each run of neighbours that lie one after
     another in their flat buffers -- in every list at once -- joined into one view: a model in a
@@ -75,16 +60,16 @@ def _coalesced(*columns: list[np.ndarray]) -> list[list[np.ndarray]]:
     so the entries are taken in memory order (a group listed as named_parameters() interleaves the
     decayed matrices and the biases, which the store keeps apart)."""
     n = len(columns[0])
-    order = sorted(range(n), key=lambda i: (id(columns[0][i].base), columns[0][i].__array_interface__["data"][0]))
+    order = sorted(range(n), key=lambda i: (id(columns[0][i].base), _addr(columns[0][i])))
     columns = tuple([c[i] for i in order] for c in columns)
     out: list[list[np.ndarray]] = [[] for _ in columns]
     i = 0
     while i < n:
         j = i + 1
-        while j < n and all(_follows(c[j - 1], c[j]) for c in columns):
+        while j < n and all(adjacent(c[j - 1], c[j]) for c in columns):
             j += 1
         for o, c in zip(out, columns):
-            o.append(c[i] if j == i + 1 else _span(c[i], c[j - 1]))
+            o.append(c[i] if j == i + 1 else joined([a.reshape(-1) for a in c[i:j]]))
         i = j
     return out
 
